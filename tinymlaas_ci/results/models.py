@@ -1,0 +1,235 @@
+"""The result file: one JSON per run, committed to ``runs/<project>/results/<run>.json``.
+
+Results are facts. They are written atomically with sorted keys, carry ``schema: 1``, and are
+never overwritten silently by a result of a different spec: history is git history.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "RESULT_SCHEMA",
+    "RunIdentity",
+    "ModelInput",
+    "DatasetInput",
+    "Inputs",
+    "CompressionRecord",
+    "DeviceRecord",
+    "RuntimeRecord",
+    "Latency",
+    "Metrics",
+    "GateVerdict",
+    "StageRecord",
+    "ErrorRecord",
+    "Result",
+]
+
+RESULT_SCHEMA = 1
+
+
+class _Rec(BaseModel):
+    # Readers tolerate keys added by newer writers; writers only write known keys.
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, populate_by_name=True)
+
+
+class RunIdentity(_Rec):
+    project: str
+    """Project: the folder under ``runs/``."""
+    name: str
+    """Run name, unique in the project."""
+    spec_file: str
+    """Spec file, relative to the repository root."""
+    spec_hash: str
+    """sha256 of the expanded spec, its device and pipeline, and the digests of its uploads."""
+    spec_commit: str | None = None
+    """Git commit of the repository when the run was made."""
+    pipeline: str = "default"
+    """Pipeline that ran."""
+    matrix: dict[str, Any] = Field(default_factory=dict)
+    """The sweep values of this run, when it came from a ``matrix``."""
+    actions_run_url: str | None = None
+    """The GitHub Actions run that produced this result, when known."""
+
+
+class ModelInput(_Rec):
+    kind: Literal["upload", "huggingface"]
+    """Where the model came from."""
+    path: str | None = None
+    """Upload path in the repository."""
+    repo: str | None = None
+    """Hugging Face repository id."""
+    revision: str | None = None
+    """Revision asked for."""
+    commit: str | None = None
+    """Hugging Face commit sha the revision resolved to."""
+    file: str | None = None
+    """File inside the Hugging Face repository."""
+    sha256: str
+    """sha256 of the model file."""
+    bytes: int
+    """Size of the model file."""
+    format: str
+    """Detected model format."""
+    parameters: int | None = None
+    """Number of parameters, when known."""
+
+
+class DatasetInput(_Rec):
+    kind: Literal["upload", "huggingface"]
+    path: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    sha256: str
+    """sha256 of the archive (uploads) or of the downloaded files (Hub)."""
+    format: str
+    """Detected layout: ``imagefolder`` or ``parquet``."""
+    splits: dict[str, int]
+    """Samples per split."""
+    labels: list[str]
+    """Class labels, in index order."""
+    eval_split: str
+    """The split inference was measured on."""
+
+
+class Inputs(_Rec):
+    model: ModelInput
+    dataset: DatasetInput
+
+
+class CompressionRecord(_Rec):
+    quantization: str
+    """Quantization mode applied."""
+    per_channel: bool = False
+    calibration_samples: int | None = None
+    """Samples actually used for calibration."""
+    target_sparsity: float | None = None
+    achieved_sparsity: float | None = None
+    """Fraction of zero weights in prunable layers after pruning."""
+    fine_tune_epochs: int | None = None
+    ops_quantized: dict[str, int] = Field(default_factory=dict)
+    """Count of quantized operators by type in the deployed graph."""
+    baseline_bytes: int | None = None
+    """Size of the uncompressed ONNX baseline."""
+    compressed_bytes: int | None = None
+    """Size of the compressed model."""
+
+
+class DeviceRecord(_Rec):
+    name: str
+    kind: str
+    arch: str
+    cpu_model: str | None = None
+    isa_flags: list[str] = Field(default_factory=list)
+    """CPU flags relevant to inference speed (avx2, avx512*, neon, ...)."""
+    cpu_count: int | None = None
+    memory_mb: int | None = None
+    os: str | None = None
+
+
+class RuntimeRecord(_Rec):
+    name: str
+    version: str
+    threads: int = 1
+    providers: list[str] = Field(default_factory=list)
+
+
+class Latency(_Rec):
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    iterations: int
+    """Timed iterations."""
+    seconds: float
+    """Wall time of the timed iterations."""
+    warmup: int
+
+
+class Metrics(_Rec):
+    accuracy: float
+    """Top-1 accuracy over the whole evaluation split, measured on the device."""
+    top5_accuracy: float | None = None
+    """Top-5 accuracy, when there are more than 5 classes."""
+    baseline_accuracy: float | None = None
+    """Accuracy of the uncompressed baseline on the same split and device."""
+    accuracy_drop: float | None = None
+    """``baseline_accuracy - accuracy``."""
+    samples: int
+    """Samples evaluated."""
+    latency_ms: Latency
+    """Latency per inference call in milliseconds."""
+    batch_size: int
+    throughput_per_s: float
+    """Samples per second at ``batch_size``."""
+    model_size_bytes: int
+    """Bytes of the deployed model file."""
+    model_gzip_bytes: int
+    """Bytes of the deployed model file after gzip -9 (shows what pruning saves)."""
+    baseline_model_bytes: int | None = None
+    compression_ratio: float | None = None
+    """``baseline_model_bytes / model_size_bytes``."""
+    peak_memory_mb: float | None = None
+    """Peak resident memory of the inference process in MiB."""
+    load_time_ms: float | None = None
+    """Time to load the model into the runtime."""
+    labels: list[str] = Field(default_factory=list)
+    confusion_matrix: list[list[int]] = Field(default_factory=list)
+    """Rows: true label, columns: predicted label."""
+
+
+class GateVerdict(_Rec):
+    gate: str
+    limit: float
+    value: float | None
+    passed: bool
+    message: str
+
+
+class StageRecord(_Rec):
+    name: str
+    status: Literal["pending", "running", "generated", "failed", "skipped"]
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    cache_key: str | None = None
+    cache_hit: bool = False
+    executor: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+
+
+class ErrorRecord(_Rec):
+    stage: str | None = None
+    message: str
+
+
+class Result(_Rec):
+    schema_: Literal[1] = Field(default=1, alias="schema")
+    run: RunIdentity
+    status: Literal["succeeded", "failed", "gates-failed"]
+    """``succeeded``; ``gates-failed`` when the run completed but a gate failed; ``failed`` otherwise."""
+    created_at: str
+    """UTC time the result was written (ISO 8601)."""
+    spec: dict[str, Any]
+    """The expanded run spec."""
+    inputs: Inputs | None = None
+    compression: CompressionRecord | None = None
+    device: DeviceRecord | None = None
+    runtime: RuntimeRecord | None = None
+    metrics: Metrics | None = None
+    gates: list[GateVerdict] = Field(default_factory=list)
+    stages: list[StageRecord] = Field(default_factory=list)
+    error: ErrorRecord | None = None
+    tools: dict[str, str] = Field(default_factory=dict)
+    """Versions of the tools used (tinymlaas_ci, python, torch, onnx, onnxruntime, numpy)."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)

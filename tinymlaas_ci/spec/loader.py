@@ -1,0 +1,236 @@
+"""Safe YAML loading that remembers where every key and value came from.
+
+PyYAML composes a node tree (each node knows its line and column); we build the Python value
+from it ourselves, so that we can refuse what a spec file must never contain (Python tags,
+duplicate keys, merge keys, alias bombs) and report errors at ``file:line:column``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinymlaas_ci.errors import Problem
+
+__all__ = ["LoadedYaml", "load_yaml_text", "load_yaml_file", "MAX_NODES", "MAX_BYTES"]
+
+try:  # The C parser is ~10x faster; fall back to pure Python where libyaml is missing.
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on the PyYAML build
+    _Loader = yaml.SafeLoader
+
+MAX_NODES = 20_000
+"""Most nodes a spec may expand to, aliases counted each time they are used."""
+MAX_BYTES = 1_000_000
+"""Largest spec file read, in bytes."""
+
+_STD = "tag:yaml.org,2002:"
+_ALLOWED_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+Path_ = tuple  # a key path: ("model", "upload"), ("matrix", "device", 1)
+
+
+@dataclass
+class LoadedYaml:
+    """A loaded document and the positions (1-based line, column) of its keys and values."""
+
+    path: str
+    data: Any = None
+    values: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def position(self, loc: tuple, *, key: bool = False) -> tuple[int, int]:
+        """Best position for ``loc``: the key (when asked and known), else the value, else the
+        nearest ancestor that exists."""
+        loc = tuple(loc)
+        while True:
+            if key and loc in self.keys:
+                return self.keys[loc]
+            if loc in self.values:
+                return self.values[loc]
+            if loc in self.keys:
+                return self.keys[loc]
+            if not loc:
+                return (1, 1)
+            loc = loc[:-1]
+            key = True
+
+    def problem(self, loc: tuple, message: str, *, key: bool = False, hint: str | None = None) -> Problem:
+        line, col = self.position(loc, key=key)
+        return Problem(self.path, line, col, message, hint)
+
+
+class _Refused(Exception):
+    def __init__(self, mark, message: str, hint: str | None = None):
+        self.mark = mark
+        self.message = message
+        self.hint = hint
+
+
+def _pos(mark) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
+
+class _Builder:
+    def __init__(self, loader, out: LoadedYaml):
+        self.loader = loader
+        self.out = out
+        self.count = 0
+
+    def build(self, node, path: tuple) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _Refused(
+                node.start_mark,
+                f"the document expands to more than {MAX_NODES} nodes",
+                "a spec file is small; aliases that expand exponentially (an 'alias bomb') are refused",
+            )
+        tag = node.tag
+        self.out.values[path] = _pos(node.start_mark)
+        if tag not in _ALLOWED_TAGS:
+            if tag.startswith("tag:yaml.org,2002:python/") or tag.startswith("!"):
+                shown = tag.replace("tag:yaml.org,2002:", "!!")
+                raise _Refused(node.start_mark, f"tag {shown} is not allowed", "spec files hold plain data: remove the tag")
+            if tag == _STD + "timestamp":
+                # Dates are fine as text; we never want a datetime object.
+                return str(node.value)
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            raise _Refused(node.start_mark, f"tag {shown} is not allowed", "spec files hold plain data: remove the tag")
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self.loader.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:  # e.g. a malformed int
+                raise _Refused(node.start_mark, f"cannot read value: {exc}") from None
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+        result: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _STD + "merge":
+                raise _Refused(key_node.start_mark, "merge keys ('<<') are not supported", "write the keys out")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Refused(key_node.start_mark, "a key must be a plain value, not a list or mapping")
+            key = self.build(key_node, path + ("\0key",))
+            self.out.values.pop(path + ("\0key",), None)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise _Refused(key_node.start_mark, f"unsupported key {key!r}")
+            if not isinstance(key, str):
+                key = str(key).lower() if isinstance(key, bool) or key is None else str(key)
+                key = "null" if key == "none" else key
+            if key in result:
+                first = self.out.keys.get(path + (key,), (0, 0))
+                raise _Refused(
+                    key_node.start_mark,
+                    f"duplicate key {key!r} (first defined on line {first[0]})",
+                    "each key may appear once in a mapping; remove one",
+                )
+            self.out.keys[path + (key,)] = _pos(key_node.start_mark)
+            result[key] = self.build(value_node, path + (key,))
+        return result
+
+
+def _describe(data: Any) -> str:
+    if isinstance(data, list):
+        return "a list"
+    if isinstance(data, str):
+        return "a string"
+    if isinstance(data, bool):
+        return "a boolean"
+    if isinstance(data, (int, float)):
+        return "a number"
+    return type(data).__name__
+
+
+def _tab_at(text: str, mark) -> bool:
+    """True when the parser stopped at (or just after) a tab: the usual cause of the error."""
+    if mark is None:
+        return False
+    lines = text.splitlines()
+    if mark.line >= len(lines):
+        return False
+    line = lines[mark.line]
+    return "\t" in line[: mark.column + 1] and not line[: mark.column].strip(" \t")
+
+
+def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) -> LoadedYaml:
+    """Load one YAML document from ``raw``. Problems are collected in ``.problems``; this never
+    raises for bad input."""
+    out = LoadedYaml(path=path)
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_BYTES:
+            out.problems.append(Problem(path, 0, 0, f"file is larger than {MAX_BYTES} bytes", "a spec file is small; is this the right file?"))
+            return out
+        if b"\0" in raw:
+            out.problems.append(Problem(path, 0, 0, "file is binary, not YAML text", "spec files are UTF-8 YAML"))
+            return out
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            out.problems.append(Problem(path, 0, 0, f"file is not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
+            return out
+    else:
+        text = raw
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+        out.problems.append(Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file"))
+        return out
+
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            out.problems.append(Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file"))
+            return out
+        out.data = _Builder(loader, out).build(node, ())
+    except _Refused as exc:
+        line, col = _pos(exc.mark)
+        out.problems.append(Problem(path, line, col, exc.message, exc.hint))
+        out.data = None
+        out.values.clear()
+        out.keys.clear()
+        return out
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = _pos(mark)
+        message = (exc.problem or str(exc)).strip()
+        hint = None
+        if _tab_at(text, mark) or "'\\t'" in message:
+            message = "tab character where YAML expects indentation or a value"
+            hint = "indent YAML with spaces, not tabs"
+        elif "but found another document" in message:
+            message = "more than one YAML document in the file"
+            hint = "a spec file holds one document; remove the extra '---'"
+        elif exc.context:
+            message = f"{exc.context.strip()}: {message}" if mark is exc.problem_mark else message
+        out.problems.append(Problem(path, line, col, f"YAML syntax error: {message}", hint))
+        return out
+    except yaml.YAMLError as exc:
+        out.problems.append(Problem(path, 0, 0, f"YAML error: {exc}"))
+        return out
+    except RecursionError:
+        out.problems.append(Problem(path, 0, 0, "the document nests too deeply"))
+        return out
+    finally:
+        loader.dispose()
+
+    if expect_mapping and not isinstance(out.data, dict):
+        out.problems.append(
+            Problem(path, 1, 1, f"expected a mapping of keys at the top level, found {_describe(out.data)}",
+                    "a spec file starts with 'schema: 1' and then its keys")
+        )
+        out.data = None
+    return out
+
+
+def load_yaml_file(path: Path, display: str | None = None) -> LoadedYaml:
+    shown = display or str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except IsADirectoryError:
+        return LoadedYaml(shown, problems=[Problem(shown, 0, 0, "is a directory, not a spec file")])
+    except OSError as exc:
+        return LoadedYaml(shown, problems=[Problem(shown, 0, 0, f"cannot read: {exc.strerror}")])
+    return load_yaml_text(raw, shown)

@@ -1,0 +1,458 @@
+"""The spec files a team commits: runs, devices, pipelines.
+
+Every model forbids unknown keys and documents every field; those docstrings become the JSON
+Schema descriptions and the spec reference on the website. Every file carries ``schema: 1``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "NAME_PATTERN",
+    "Quantization",
+    "ModelFormat",
+    "DatasetFormat",
+    "Runtime",
+    "ModelSource",
+    "DatasetSource",
+    "Pruning",
+    "Compression",
+    "Measure",
+    "Gates",
+    "Resources",
+    "RunSpec",
+    "LocalDevice",
+    "DockerDevice",
+    "SshDevice",
+    "DeviceSpec",
+    "DockerEndpoint",
+    "SshEndpoint",
+    "StageSpec",
+    "PipelineSpec",
+    "BUILTIN_STAGES",
+    "DEFAULT_PIPELINE",
+]
+
+SCHEMA_VERSION = 1
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        str_strip_whitespace=True,
+        validate_default=True,
+    )
+
+
+class Quantization(str, Enum):
+    """How weights (and activations) are quantized."""
+
+    none = "none"
+    dynamic_int8 = "dynamic-int8"
+    static_int8 = "static-int8"
+    fp16 = "fp16"
+
+
+class ModelFormat(str, Enum):
+    auto = "auto"
+    pytorch = "pytorch"
+    torchscript = "torchscript"
+    exported_program = "exported-program"
+    onnx = "onnx"
+
+
+class DatasetFormat(str, Enum):
+    auto = "auto"
+    imagefolder = "imagefolder"
+    parquet = "parquet"
+
+
+class Runtime(str, Enum):
+    onnxruntime = "onnxruntime"
+    pytorch = "pytorch"
+
+
+class _Source(_Spec):
+    upload: str | None = None
+    """Path of a file in this repository, relative to the repository root (e.g. ``uploads/m/model.pkl``)."""
+    huggingface: str | None = None
+    """A Hugging Face repository id, ``owner/name``."""
+    revision: str = "main"
+    """Branch, tag or commit of the Hugging Face repository; resolved to a commit sha and recorded."""
+
+    @field_validator("upload")
+    @classmethod
+    def _upload_is_relative(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", value):
+            raise ValueError("upload paths must be relative to the repository root, not absolute")
+        parts = re.split(r"[\\/]", value)
+        if ".." in parts:
+            raise ValueError("upload paths must not contain '..'; keep files inside the repository")
+        if not value or value.endswith("/"):
+            raise ValueError("upload must name a file")
+        return value
+
+    @field_validator("huggingface")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not _HF_REPO_RE.match(value):
+            raise ValueError(f"{value!r} is not a Hugging Face repository id like 'owner/name'")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self):
+        given = [k for k in ("upload", "huggingface") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("give a source: either 'upload' (a file in the repository) or 'huggingface' (a repo id)")
+        if len(given) > 1:
+            raise ValueError("give only one source: 'upload' or 'huggingface', not both")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "upload" if self.upload is not None else "huggingface"
+
+
+class ModelSource(_Source):
+    """Where the model comes from and how to read it."""
+
+    file: str | None = None
+    """File inside the Hugging Face repository (e.g. ``model.onnx``). Required with ``huggingface``."""
+    format: ModelFormat = ModelFormat.auto
+    """Model format; ``auto`` decides from the file extension and content."""
+    input_shape: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(default=None, min_length=1, max_length=6)
+    """Shape of one input sample without the batch axis (e.g. ``[1, 8, 8]``), when the format cannot tell."""
+
+    @model_validator(mode="after")
+    def _hf_needs_file(self):
+        if self.huggingface is not None and not self.file:
+            raise ValueError("a Hugging Face model needs 'file': the model file inside the repository")
+        if self.upload is not None and self.file is not None:
+            raise ValueError("'file' applies to Hugging Face models only; an upload already names its file")
+        return self
+
+
+class DatasetSource(_Source):
+    """Where the dataset comes from. Archives (``.zip``, ``.tar.gz``) use the ImageFolder layout
+    ``{train,val,test}/<label>/<file>``; Hugging Face datasets may also be parquet with an image and a
+    label column."""
+
+    split: str = "test"
+    """The split that inference is measured on. Never the training split."""
+    format: DatasetFormat = DatasetFormat.auto
+    """Dataset layout; ``auto`` detects ImageFolder or parquet."""
+    image_column: str = "image"
+    """Parquet datasets: the column holding the images (or feature arrays)."""
+    label_column: str = "label"
+    """Parquet datasets: the column holding the integer labels."""
+
+    @field_validator("split")
+    @classmethod
+    def _not_train(cls, value: str) -> str:
+        if value == "train":
+            raise ValueError("accuracy is measured on held-out data: use 'test' or 'val', not 'train'")
+        return value
+
+
+class Pruning(_Spec):
+    """Magnitude pruning of weights, optionally followed by fine-tuning."""
+
+    sparsity: float = Field(ge=0.0, lt=1.0)
+    """Fraction of weights set to zero in each prunable layer, in ``[0, 1)``."""
+    fine_tune_epochs: int = Field(default=0, ge=0, le=1000)
+    """Epochs of fine-tuning on the train split after pruning (PyTorch models only)."""
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    """Learning rate of the fine-tuning."""
+
+
+class Compression(_Spec):
+    """How the model is compressed before it is installed."""
+
+    quantization: Quantization = Quantization.none
+    """``none``, ``dynamic-int8``, ``static-int8`` (calibrated) or ``fp16``."""
+    calibration_samples: int = Field(default=256, ge=1, le=1_000_000)
+    """Samples from the train (else val) split used to calibrate ``static-int8``."""
+    per_channel: bool = False
+    """Quantize weights per output channel instead of per tensor (static/dynamic int8)."""
+    pruning: Pruning | None = None
+    """Magnitude pruning; omit for none."""
+
+
+class Measure(_Spec):
+    """How latency is measured on the device (warm-up, then at least N iterations and S seconds)."""
+
+    warmup: int = Field(default=20, ge=0, le=100_000)
+    """Untimed iterations before measuring."""
+    min_iterations: int = Field(default=200, ge=1, le=10_000_000)
+    """Timed iterations, at least."""
+    min_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
+    """Seconds of timed iterations, at least."""
+    batch_size: int = Field(default=1, ge=1, le=4096)
+    """Samples per inference call."""
+    threads: int = Field(default=1, ge=1, le=256)
+    """Intra-op threads of the runtime."""
+
+
+class Gates(_Spec):
+    """Limits a run must meet. A failed gate fails the run; its result is still written."""
+
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Lowest acceptable top-1 accuracy on the test split."""
+    max_accuracy_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Largest acceptable drop of accuracy against the uncompressed baseline (absolute, e.g. 0.01)."""
+    max_latency_p50_ms: float | None = Field(default=None, gt=0.0)
+    """Largest acceptable median latency in milliseconds."""
+    max_latency_p95_ms: float | None = Field(default=None, gt=0.0)
+    """Largest acceptable 95th-percentile latency in milliseconds."""
+    max_latency_p99_ms: float | None = Field(default=None, gt=0.0)
+    """Largest acceptable 99th-percentile latency in milliseconds."""
+    max_model_bytes: int | None = Field(default=None, ge=1)
+    """Largest acceptable size of the deployed model file in bytes."""
+    max_peak_memory_mb: float | None = Field(default=None, gt=0.0)
+    """Largest acceptable peak resident memory of the inference process, in MiB."""
+
+
+class Resources(_Spec):
+    """Limits for stage containers; the device file gives the defaults."""
+
+    memory_mb: int | None = Field(default=None, ge=64, le=1_048_576)
+    """Memory limit of each stage container in MiB."""
+    cpus: float | None = Field(default=None, gt=0.0, le=1024)
+    """CPU limit of each stage container."""
+
+
+class RunSpec(_Spec):
+    """One run: a model, a dataset, a compression and a device. With ``matrix``, a sweep of runs."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    """Version of this file format. Always ``1``."""
+    name: Name | None = None
+    """Run name, unique in its project. Defaults to the file name without ``.yaml``."""
+    description: str = ""
+    """Free text shown on the website."""
+    model: ModelSource
+    """The model to deploy."""
+    dataset: DatasetSource
+    """The dataset to calibrate, fine-tune and measure on."""
+    compression: Compression = Compression()
+    """Quantization and pruning."""
+    device: Name = "host"
+    """Name of a device in ``devices/<name>.yaml``."""
+    runtime: Runtime = Runtime.onnxruntime
+    """Inference runtime on the device."""
+    pipeline: Name = "default"
+    """Name of a pipeline in ``pipelines/<name>.yaml``; ``default`` is built in."""
+    measure: Measure = Measure()
+    """How latency is measured."""
+    gates: Gates = Gates()
+    """Limits the run must meet."""
+    resources: Resources = Resources()
+    """Memory and CPU limits for stage containers (override the device's)."""
+    notify: list[str] = Field(default_factory=list, max_length=100)
+    """Email addresses told when the run succeeds or fails."""
+    matrix: dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]] | None = None
+    """A sweep: dotted field path -> list of values. One run per combination, named from the values."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("notify")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _EMAIL_RE.match(v)]
+        if bad:
+            raise ValueError(f"not an email address: {', '.join(map(repr, bad))}")
+        return value
+
+
+class DockerEndpoint(_Spec):
+    """How to reach a Docker engine."""
+
+    host: str | None = None
+    """Docker host URL (``unix:///var/run/docker.sock``, ``ssh://user@board``, ``tcp://...``). Default: the environment's."""
+    platform: str | None = None
+    """Image platform for the device, e.g. ``linux/arm64``. Default: from ``arch``."""
+
+
+class SshEndpoint(_Spec):
+    """How to reach a Linux board over SSH."""
+
+    host: str
+    """Host name or address."""
+    user: str = "root"
+    """Login user."""
+    port: int = Field(default=22, ge=1, le=65535)
+    """SSH port."""
+    python: str = "python3"
+    """Python interpreter on the board."""
+
+
+class _DeviceBase(_Spec):
+    schema_: Literal[1] = Field(alias="schema")
+    """Version of this file format. Always ``1``."""
+    name: Name | None = None
+    """Device name. Defaults to the file name without ``.yaml``."""
+    description: str = ""
+    """Free text shown on the website."""
+    arch: Literal["amd64", "arm64", "armv7", "riscv64", "x86", "other"] = "amd64"
+    """CPU architecture."""
+    runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
+    """Labels of the GitHub Actions runner attached to this device."""
+    memory_mb: int | None = Field(default=None, ge=1)
+    """Memory of the device in MiB; also the default memory limit of stage containers."""
+    storage_mb: int | None = Field(default=None, ge=1)
+    """Storage of the device in MiB."""
+    cpus: float | None = Field(default=None, gt=0)
+    """CPUs available to stages on this device."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class LocalDevice(_DeviceBase):
+    """The runner machine itself."""
+
+    kind: Literal["local"]
+    """``local``: inference runs on the machine that runs the runner."""
+
+
+class DockerDevice(_DeviceBase):
+    """Any Docker endpoint, local or remote (e.g. a board over ``ssh://``)."""
+
+    kind: Literal["docker"]
+    """``docker``: an inference image is built for the device and run on its engine."""
+    docker: DockerEndpoint = DockerEndpoint()
+    """How to reach the device's Docker engine."""
+
+
+class SshDevice(_DeviceBase):
+    """A Linux board reached over SSH with Python and ONNX Runtime installed."""
+
+    kind: Literal["ssh"]
+    """``ssh``: the bundle is copied over SSH and run there."""
+    ssh: SshEndpoint
+    """How to reach the board."""
+
+
+DeviceSpec = Annotated[Union[LocalDevice, DockerDevice, SshDevice], Field(discriminator="kind")]
+
+BUILTIN_STAGES = ("fetch", "compile", "install", "infer")
+
+
+class StageSpec(_Spec):
+    """One stage of a pipeline: a built-in stage, or a command of your own."""
+
+    name: Name
+    """Stage name, unique in the pipeline; its folder in the run volume."""
+    builtin: Literal["fetch", "compile", "install", "infer"] | None = None
+    """A built-in stage."""
+    command: list[str] | None = Field(default=None, min_length=1)
+    """Your own stage: the command to run. ``{run}`` is replaced by the run volume path."""
+    image: str | None = None
+    """Docker image for the stage, or a folder with a ``Dockerfile`` (``pipelines/images/<name>``)."""
+    needs: list[Name] = Field(default_factory=list)
+    """Stages that must finish before this one."""
+    network: bool = False
+    """Give the stage container network access (fetch needs it)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Extra parameters, passed to the stage in ``stage.json``."""
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.builtin is None) == (self.command is None):
+            raise ValueError("a stage needs exactly one of 'builtin' (fetch, compile, install, infer) or 'command'")
+        return self
+
+
+class PipelineSpec(_Spec):
+    """A small graph of stages. The built-in ``default`` is fetch -> compile -> install -> infer."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    """Version of this file format. Always ``1``."""
+    name: Name | None = None
+    """Pipeline name. Defaults to the file name without ``.yaml``."""
+    description: str = ""
+    """Free text."""
+    stages: list[StageSpec] = Field(min_length=1, max_length=64)
+    """The stages, in any order; ``needs`` gives the graph."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _graph(self):
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate stage names: {', '.join(dupes)}")
+        known = set(names)
+        for stage in self.stages:
+            missing = [n for n in stage.needs if n not in known]
+            if missing:
+                raise ValueError(f"stage {stage.name!r} needs unknown stage(s): {', '.join(missing)}")
+        # Cycle check (Kahn).
+        indeg = {s.name: len(set(s.needs)) for s in self.stages}
+        users: dict[str, list[str]] = {n: [] for n in names}
+        for s in self.stages:
+            for n in set(s.needs):
+                users[n].append(s.name)
+        ready = [n for n, d in indeg.items() if d == 0]
+        seen = 0
+        while ready:
+            n = ready.pop()
+            seen += 1
+            for u in users[n]:
+                indeg[u] -= 1
+                if indeg[u] == 0:
+                    ready.append(u)
+        if seen != len(names):
+            raise ValueError("the stages' 'needs' form a cycle")
+        return self
+
+    def order(self) -> list[StageSpec]:
+        """Stages in a deterministic topological order (file order among equals)."""
+        done: list[StageSpec] = []
+        placed: set[str] = set()
+        pending = list(self.stages)
+        while pending:
+            for s in pending:
+                if all(n in placed for n in s.needs):
+                    done.append(s)
+                    placed.add(s.name)
+                    pending.remove(s)
+                    break
+        return done
+
+
+DEFAULT_PIPELINE = PipelineSpec.model_validate(
+    {
+        "schema": 1,
+        "name": "default",
+        "description": "fetch -> compile -> install -> infer",
+        "stages": [
+            {"name": "fetch", "builtin": "fetch", "network": True},
+            {"name": "compile", "builtin": "compile", "needs": ["fetch"]},
+            {"name": "install", "builtin": "install", "needs": ["compile"]},
+            {"name": "infer", "builtin": "infer", "needs": ["install"]},
+        ],
+    }
+)
