@@ -1,0 +1,69 @@
+"""The executor interface: run one stage of one run against its run volume.
+
+Executors differ only in *where* the stage process runs (a subprocess here, a container on a
+Docker engine); the stage contract (see :mod:`tinymlaas_ci.stages.contract`) is the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+__all__ = ["StageCall", "ExecOutcome", "Executor", "LineSink", "builtin_argv"]
+
+LineSink = Callable[[str], None]
+"""Receives each line the stage prints (stdout and stderr merged), without the newline."""
+
+
+@dataclass(frozen=True)
+class StageCall:
+    """Everything an executor needs to run one stage."""
+
+    run_id: str
+    """``<project>/<run>``."""
+    stage: str
+    """The stage's name in the pipeline (its folder in the run volume)."""
+    builtin: str | None
+    """``fetch``/``compile``/``install``/``infer``, or None for a user's own stage."""
+    command: tuple[str, ...] | None
+    """A user stage's command; ``{run}`` stands for the run volume path."""
+    image: str | None
+    """Docker image (name:tag) the stage runs in; None means the executor's default stage image."""
+    network: bool = False
+    """Whether the stage may reach the network."""
+    memory_mb: int | None = None
+    cpus: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment (e.g. HF_TOKEN for fetch). Never logged."""
+    docker_host: str | None = None
+    """Run on this Docker engine instead of the default one (a ``docker`` device)."""
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    returncode: int
+    executor: str
+    image: str | None = None
+    image_digest: str | None = None
+    oom_killed: bool = False
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, call: StageCall, volume: Path, repo: Path, sink: LineSink) -> ExecOutcome:
+        """Run the stage to completion. ``volume`` is the run volume on this machine; ``repo`` the
+        repository root (read-only for the stage). Must not raise for a stage that fails: return
+        its exit code. Raises :class:`~tinymlaas_ci.errors.ExecutorError` when the executor itself
+        cannot work (no engine, missing image)."""
+        ...
+
+
+def builtin_argv(call: StageCall, volume: str, python: str | None = None) -> list[str]:
+    """The command line of a stage, with ``{run}`` replaced by ``volume``."""
+    if call.builtin is not None:
+        return [python or sys.executable, "-m", f"tinymlaas_ci.stages.{call.builtin}", volume, "--name", call.stage]
+    assert call.command is not None
+    return [part.replace("{run}", volume) for part in call.command]
