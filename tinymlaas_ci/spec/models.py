@@ -277,6 +277,15 @@ class RunSpec(_Spec):
 
     model_config = ConfigDict(populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _runtime_supports_quantization(self):
+        if self.runtime is Runtime.pytorch and self.compression.quantization is Quantization.static_int8:
+            raise ValueError(
+                "runtime 'pytorch' does not support 'static-int8'; use runtime 'onnxruntime' "
+                "for static int8, or quantization 'dynamic-int8' / 'fp16' with pytorch"
+            )
+        return self
+
     @field_validator("notify")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
