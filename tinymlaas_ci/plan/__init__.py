@@ -1,1 +1,246 @@
-"""plan layer."""
+"""Planning: specs -> expanded runs -> stage invocations with content-addressed keys.
+
+Pure: no file, network or process I/O. :func:`plan` takes a loaded :class:`~tinymlaas_ci.spec.repo.Repo`
+and returns the same :class:`Plan` every time for the same input, so tests assert on it and the
+workflows build their job matrix from its JSON form.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from tinymlaas_ci import __version__
+from tinymlaas_ci.errors import UsageError
+from tinymlaas_ci.fs import canonical_json
+from tinymlaas_ci.spec.models import PipelineSpec, RunSpec
+from tinymlaas_ci.spec.repo import ExpandedRun, Repo
+
+__all__ = ["PlannedStage", "PlannedRun", "Plan", "plan", "spec_hash", "stage_key", "STAGE_INPUTS", "PLAN_SCHEMA"]
+
+PLAN_SCHEMA = 1
+RunStatus = Literal["new", "changed", "up-to-date"]
+
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "fetch": ("model", "dataset"),
+    "compile": ("compression", "model.format", "model.input_shape", "runtime"),
+    "install": ("runtime", "device"),
+    "infer": ("measure", "runtime", "dataset.split", "device"),
+}
+"""The spec fields each built-in stage depends on. Other fields (gates, notify, description)
+change a run's spec hash but no stage's key: the stages are reused, the verdicts recomputed."""
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    builtin: str | None
+    command: tuple[str, ...] | None
+    image: str | None
+    needs: tuple[str, ...]
+    network: bool
+    params: dict[str, Any]
+    key: str
+    """Content-addressed plan key: stage, parameters, relevant spec fields, input digests, the
+    keys of the stages it needs, and the package version. The engine extends it with the digests
+    of the upstream outputs and the image digest to get the cache key."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    id: str
+    project: str
+    name: str
+    source: str
+    spec: RunSpec
+    spec_hash: str
+    device: str
+    device_kind: str
+    runner: tuple[str, ...]
+    pipeline: str
+    stages: tuple[PlannedStage, ...]
+    status: RunStatus
+    result_path: str
+    matrix: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "project": self.project,
+            "name": self.name,
+            "source": self.source,
+            "spec_hash": self.spec_hash,
+            "device": self.device,
+            "device_kind": self.device_kind,
+            "runner": list(self.runner),
+            "pipeline": self.pipeline,
+            "status": self.status,
+            "result": self.result_path,
+            "matrix": self.matrix,
+            "stages": [
+                {
+                    "name": s.name,
+                    "builtin": s.builtin,
+                    "command": list(s.command) if s.command else None,
+                    "image": s.image,
+                    "needs": list(s.needs),
+                    "network": s.network,
+                    "key": s.key,
+                }
+                for s in self.stages
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: tuple[PlannedRun, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        runs = [r.to_json() for r in self.runs]
+        pending = [r for r in self.runs if r.status != "up-to-date"]
+        devices: dict[str, dict[str, Any]] = {}
+        for r in pending:
+            entry = devices.setdefault(r.device, {"device": r.device, "runner": list(r.runner), "runs": []})
+            entry["runs"].append(r.id)
+        return {
+            "schema": PLAN_SCHEMA,
+            "runs": runs,
+            "summary": {
+                "total": len(runs),
+                "new": sum(r.status == "new" for r in self.runs),
+                "changed": sum(r.status == "changed" for r in self.runs),
+                "up-to-date": sum(r.status == "up-to-date" for r in self.runs),
+            },
+            # What the workflows turn into a job matrix: one job per device with pending runs.
+            "matrix": {"include": sorted(devices.values(), key=lambda d: d["device"])},
+        }
+
+    def select(self, patterns: list[str]) -> "Plan":
+        return Plan(tuple(r for r in self.runs if _selected(r, patterns)))
+
+
+def _selected(run: PlannedRun, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(run.id, p) or fnmatch.fnmatchcase(run.name, p) or run.project == p for p in patterns)
+
+
+def _h(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj, indent=None).encode()).hexdigest()
+
+
+def _dump(model) -> Any:
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def _pick(spec_json: dict, dotted_key: str) -> Any:
+    cur: Any = spec_json
+    for part in dotted_key.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+def _uploads(spec: RunSpec, digests: dict[str, str]) -> dict[str, str | None]:
+    return {s.upload: digests.get(s.upload) for s in (spec.model, spec.dataset) if s.upload is not None}
+
+
+def spec_hash(run: ExpandedRun, device: Any, pipeline: PipelineSpec, digests: dict[str, str]) -> str:
+    """sha256 of everything that defines a run's result: the expanded spec, its device and
+    pipeline, and the digests of its uploads."""
+    return _h(
+        {
+            "schema": PLAN_SCHEMA,
+            "spec": _dump(run.spec),
+            "device": _dump(device) if device is not None else None,
+            "pipeline": _dump(pipeline),
+            "uploads": _uploads(run.spec, digests),
+        }
+    )
+
+
+def stage_key(stage, spec_json: dict, device_json: Any, uploads: dict, upstream: list[str]) -> str:
+    if stage.builtin:
+        inputs = {k: (device_json if k == "device" else _pick(spec_json, k)) for k in STAGE_INPUTS[stage.builtin]}
+    else:
+        inputs = {"spec": spec_json, "device": device_json}
+    return _h(
+        {
+            "stage": stage.name,
+            "builtin": stage.builtin,
+            "command": stage.command,
+            "image": stage.image,
+            "network": stage.network,
+            "params": stage.params,
+            "inputs": inputs,
+            "uploads": uploads if stage.builtin in ("fetch", None) else {},
+            "upstream": upstream,
+            "version": __version__,
+        }
+    )
+
+
+def _plan_run(repo: Repo, run: ExpandedRun) -> PlannedRun:
+    device = repo.devices.get(run.spec.device)
+    pipeline = repo.pipelines.get(run.spec.pipeline)
+    if device is None or pipeline is None:
+        raise UsageError(f"{run.id}: cannot plan a run whose device or pipeline is unknown; run 'tinymlaas validate'")
+    spec_json = _dump(run.spec)
+    device_json = _dump(device)
+    uploads = _uploads(run.spec, repo.upload_digests)
+    keys: dict[str, str] = {}
+    stages = []
+    for st in pipeline.order():
+        key = stage_key(st, spec_json, device_json, uploads, [keys[n] for n in st.needs])
+        keys[st.name] = key
+        stages.append(
+            PlannedStage(
+                name=st.name,
+                builtin=st.builtin,
+                command=tuple(st.command) if st.command else None,
+                image=st.image,
+                needs=tuple(st.needs),
+                network=st.network,
+                params=dict(st.params),
+                key=key,
+            )
+        )
+    digest = spec_hash(run, device, pipeline, repo.upload_digests)
+    committed = repo.results.get(run.id)
+    status: RunStatus
+    if committed is None:
+        status = "new"
+    elif committed.spec_hash == digest:
+        status = "up-to-date"
+    else:
+        status = "changed"
+    return PlannedRun(
+        id=run.id,
+        project=run.project,
+        name=run.name,
+        source=run.source,
+        spec=run.spec,
+        spec_hash=digest,
+        device=device.name,
+        device_kind=device.kind,
+        runner=tuple(device.runner),
+        pipeline=pipeline.name,
+        stages=tuple(stages),
+        status=status,
+        result_path=f"runs/{run.project}/results/{run.name}.json",
+        matrix=dict(run.matrix),
+    )
+
+
+def plan(repo: Repo, select: list[str] | None = None) -> Plan:
+    """The plan for every valid run of ``repo`` (or those matching ``select`` glob patterns of
+    ``project/run``, ``run`` or a project name). Runs with problems are not planned; check
+    ``repo.problems`` first."""
+    runs = tuple(_plan_run(repo, r) for r in repo.runs)
+    result = Plan(runs)
+    if select:
+        result = result.select(select)
+        if not result.runs:
+            known = ", ".join(r.id for r in runs[:20]) or "none"
+            raise UsageError(f"no run matches {' '.join(select)}", hint=f"runs: {known}")
+    return result

@@ -1,0 +1,446 @@
+"""Load a whole repository of specs: runs, devices, pipelines and the committed results.
+
+Everything that reads files lives here, so that :mod:`tinymlaas_ci.plan` can stay pure. Every
+problem in every file is collected before anything is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tinymlaas_ci.errors import Problem, SpecError
+from tinymlaas_ci.fs import sha256_file
+from tinymlaas_ci.spec.loader import LoadedYaml, load_yaml_file
+from tinymlaas_ci.spec.models import (
+    DEFAULT_PIPELINE,
+    NAME_PATTERN,
+    DockerDevice,
+    LocalDevice,
+    PipelineSpec,
+    RunSpec,
+    SshDevice,
+)
+from tinymlaas_ci.spec.validate import _type_at, dotted, field_keys, problems_from_error, suggest, validate_loaded
+
+__all__ = ["Repo", "RunFile", "ExpandedRun", "ResultSummary", "load_repo", "expand_matrix", "SPEC_SUFFIXES"]
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+_DEVICE_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
+_NAME_RE = re.compile(NAME_PATTERN)
+_MATRIX_FORBIDDEN = {"schema", "name", "matrix", "description"}
+
+
+@dataclass(frozen=True)
+class ExpandedRun:
+    """One run after matrix expansion."""
+
+    project: str
+    name: str
+    spec: RunSpec
+    source: str
+    """The spec file, relative to the repository root (POSIX)."""
+    matrix: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.project}/{self.name}"
+
+
+@dataclass
+class RunFile:
+    path: str
+    project: str
+    loaded: LoadedYaml
+    spec: RunSpec | None = None
+    runs: list[ExpandedRun] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """The part of a committed result that planning needs."""
+
+    path: str
+    spec_hash: str | None
+    status: str | None
+
+
+@dataclass
+class Repo:
+    """Everything loaded from a repository, with every problem found."""
+
+    root: Path
+    run_files: list[RunFile] = field(default_factory=list)
+    devices: dict[str, Any] = field(default_factory=dict)
+    device_files: dict[str, str] = field(default_factory=dict)
+    pipelines: dict[str, PipelineSpec] = field(default_factory=dict)
+    upload_digests: dict[str, str] = field(default_factory=dict)
+    results: dict[str, ResultSummary] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[ExpandedRun]:
+        return [run for f in self.run_files for run in f.runs]
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise SpecError(self.problems)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _spec_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in SPEC_SUFFIXES and not p.name.startswith("."))
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, dict):
+        text = "-".join(f"{k}-{_slug(v)}" for k, v in value.items())
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "none"
+    elif isinstance(value, list):
+        text = "-".join(_slug(v) for v in value)
+    else:
+        text = str(value)
+    text = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return text
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = copy.deepcopy(value)
+
+
+def _check_matrix_key(key: str) -> tuple[str | None, str | None]:
+    """(problem, hint) when a matrix key does not name a real field of a run spec."""
+    if key in _MATRIX_FORBIDDEN:
+        return f"matrix key {key!r} cannot be swept", "sweep model, dataset, compression, device, runtime or measure fields"
+    parts = key.split(".")
+    model: Any = RunSpec
+    for i, part in enumerate(parts):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return f"matrix key {key!r}: {'.'.join(parts[:i])!r} has no fields", None
+        keys = field_keys(model)
+        if part not in keys:
+            prefix = ".".join(parts[:i])
+            hint = suggest(part, keys)
+            if hint:
+                hint = f"did you mean {'.'.join(parts[:i] + [hint.split(chr(39))[1]])!r}?"
+            where = f"in {prefix!r}" if prefix else "of a run spec"
+            return f"matrix key {key!r}: {part!r} is not a field {where}", hint or f"fields: {', '.join(keys)}"
+        model = _type_at(model, (part,), None)
+    return None, None
+
+
+def expand_matrix(loaded: LoadedYaml, base_name: str) -> tuple[list[tuple[str, dict, dict]], list[Problem]]:
+    """Expand a ``matrix`` into ``(name, data, values)`` combinations, with problems for bad keys."""
+    data = loaded.data
+    matrix = data.get("matrix") if isinstance(data, dict) else None
+    if not matrix:
+        plain = {k: v for k, v in data.items() if k != "matrix"}
+        return [(base_name, plain, {})], []
+    problems: list[Problem] = []
+    if not isinstance(matrix, dict):
+        return [], []  # the model validation reports the type error
+    keys = []
+    for key, values in matrix.items():
+        msg, hint = _check_matrix_key(str(key))
+        if msg:
+            problems.append(loaded.problem(("matrix", key), msg, key=True, hint=hint))
+        elif isinstance(values, list) and values:
+            keys.append(key)
+    if problems or not keys:
+        return [], problems
+    combos = []
+    for values in itertools.product(*(matrix[k] for k in keys)):
+        name = "-".join([base_name] + [_slug(v) or "x" for v in values])
+        expanded = {k: copy.deepcopy(v) for k, v in data.items() if k != "matrix"}
+        for key, value in zip(keys, values):
+            _set_dotted(expanded, key, value)
+        expanded["name"] = name
+        combos.append((name, expanded, dict(zip(keys, values))))
+    return combos, problems
+
+
+class Loader:
+    def __init__(self, root: Path):
+        self.repo = Repo(root=root.resolve())
+
+    # -- devices and pipelines -------------------------------------------------------------
+    def load_devices(self) -> None:
+        repo = self.repo
+        for path in _spec_files(repo.root / "devices"):
+            rel = _rel(path, repo.root)
+            loaded = load_yaml_file(path, rel)
+            if loaded.problems:
+                repo.problems += loaded.problems
+                continue
+            kind = loaded.data.get("kind")
+            cls = _DEVICE_CLASSES.get(kind) if isinstance(kind, str) else None
+            if cls is None:
+                if "kind" not in loaded.data:
+                    repo.problems.append(loaded.problem((), "missing required key 'kind'", hint="kind: local, docker or ssh"))
+                else:
+                    repo.problems.append(
+                        loaded.problem(("kind",), f"kind: {kind!r} is not one of: local, docker, ssh", hint=suggest(str(kind), _DEVICE_CLASSES))
+                    )
+                continue
+            spec, problems = validate_loaded(loaded, cls)
+            repo.problems += problems
+            if spec is None:
+                continue
+            name = spec.name or path.stem
+            if spec.name and spec.name != path.stem:
+                repo.problems.append(
+                    loaded.problem(("name",), f"device name {spec.name!r} differs from its file name {path.stem!r}",
+                                   hint=f"rename the file to devices/{spec.name}.yaml or remove 'name'")
+                )
+                continue
+            if name in repo.devices:
+                repo.problems.append(loaded.problem((), f"device {name!r} is defined twice (also in {repo.device_files[name]})"))
+                continue
+            repo.devices[name] = spec.model_copy(update={"name": name})
+            repo.device_files[name] = rel
+
+    def load_pipelines(self) -> None:
+        repo = self.repo
+        repo.pipelines["default"] = DEFAULT_PIPELINE
+        for path in _spec_files(repo.root / "pipelines"):
+            rel = _rel(path, repo.root)
+            loaded = load_yaml_file(path, rel)
+            spec, problems = validate_loaded(loaded, PipelineSpec)
+            repo.problems += problems
+            if spec is None:
+                continue
+            name = spec.name or path.stem
+            if spec.name and spec.name != path.stem:
+                repo.problems.append(
+                    loaded.problem(("name",), f"pipeline name {spec.name!r} differs from its file name {path.stem!r}",
+                                   hint=f"rename the file to pipelines/{spec.name}.yaml or remove 'name'")
+                )
+                continue
+            for i, stage in enumerate(spec.stages):
+                if stage.image and "/" in stage.image and not (repo.root / stage.image).is_dir() and stage.image.startswith("pipelines/"):
+                    repo.problems.append(
+                        loaded.problem(("stages", i, "image"), f"stages[{i}].image: folder {stage.image!r} does not exist",
+                                       hint="give an image name, or a folder holding a Dockerfile")
+                    )
+            repo.pipelines[name] = spec.model_copy(update={"name": name})
+
+    # -- runs --------------------------------------------------------------------------------
+    def run_paths(self, selected: list[Path] | None) -> list[Path]:
+        root = self.repo.root
+        runs_dir = root / "runs"
+        found: list[Path] = []
+        if runs_dir.is_dir():
+            for entry in sorted(runs_dir.iterdir()):
+                if entry.is_dir() and not entry.name.startswith("."):
+                    found += _spec_files(entry)
+                elif entry.suffix in SPEC_SUFFIXES:
+                    found.append(entry)
+        if selected:
+            # Explicit files outside runs/ are validated too (e.g. a spec being drafted).
+            for sel in selected:
+                if sel.is_file() and sel.resolve() not in {f.resolve() for f in found}:
+                    found.append(sel)
+        return found
+
+    def load_runs(self, selected: list[Path] | None) -> None:
+        repo = self.repo
+        for path in self.run_paths(selected):
+            rel = _rel(path, repo.root)
+            parts = Path(rel).parts
+            loaded = load_yaml_file(path, rel)
+            if len(parts) == 3 and parts[0] == "runs":
+                project = parts[1]
+            else:
+                project = path.resolve().parent.name
+                if len(parts) == 2 and parts[0] == "runs":
+                    repo.problems.append(Problem(rel, 0, 0, "run specs live in a project folder: runs/<project>/<run>.yaml",
+                                                 f"move it, e.g. to runs/default/{path.name}"))
+                    continue
+            if not _NAME_RE.match(project):
+                repo.problems.append(Problem(rel, 0, 0, f"project folder name {project!r} is not a valid name",
+                                             "use lower-case letters, digits, '.', '_' or '-'"))
+            rf = RunFile(path=rel, project=project, loaded=loaded)
+            repo.run_files.append(rf)
+            spec, problems = validate_loaded(loaded, RunSpec)
+            repo.problems += problems
+            if spec is None:
+                continue
+            rf.spec = spec
+            base = spec.name or path.stem
+            if not spec.name and not _NAME_RE.match(base):
+                repo.problems.append(Problem(rel, 0, 0, f"run name {base!r} (from the file name) is not a valid name",
+                                             "rename the file or set 'name:' (lower-case letters, digits, '.', '_', '-')"))
+                continue
+            combos, problems = expand_matrix(loaded, base)
+            repo.problems += problems
+            seen_errors: set[tuple] = set()
+            for name, data, values in combos:
+                if not _NAME_RE.match(name):
+                    repo.problems.append(loaded.problem(("matrix",), f"matrix run name {name!r} is not a valid name",
+                                                        hint="shorten the values or the base name (at most 63 characters)"))
+                    continue
+                try:
+                    expanded = RunSpec.model_validate(data)
+                except ValidationError as err:
+                    for p in self._matrix_problems(err, loaded, values, data):
+                        if (p.line, p.column, p.message) not in seen_errors:
+                            seen_errors.add((p.line, p.column, p.message))
+                            repo.problems.append(p)
+                    continue
+                rf.runs.append(ExpandedRun(project, name, expanded, rel, values))
+
+    def _matrix_problems(self, err: ValidationError, loaded: LoadedYaml, values: dict, data: dict) -> list[Problem]:
+        """Point errors of an expanded run at the matrix value that caused them."""
+        out = []
+        probe = LoadedYaml(loaded.path, data=data, values=dict(loaded.values), keys=dict(loaded.keys))
+        for p in problems_from_error(err, probe, RunSpec):
+            for key, value in values.items():
+                idx = loaded.data["matrix"][key].index(value)
+                line, col = loaded.position(("matrix", key, idx))
+                message = p.message
+                if message.split(":")[0] in (key, dotted(tuple(key.split(".")))) or key in message:
+                    out.append(Problem(p.path, line, col, f"matrix {key}={value!r}: {message}", p.hint))
+                    break
+            else:
+                line, col = loaded.position(("matrix",), key=True)
+                out.append(Problem(p.path, line, col, f"matrix combination {values}: {p.message}", p.hint))
+        return out
+
+    # -- cross-file checks -------------------------------------------------------------------
+    def cross_check(self) -> None:
+        repo = self.repo
+        names: dict[tuple[str, str], str] = {}
+        for rf in repo.run_files:
+            for run in rf.runs:
+                key = (run.project, run.name)
+                if key in names:
+                    line = rf.loaded.position(("name",))[0] if "name" in rf.loaded.data else 0
+                    repo.problems.append(Problem(rf.path, line, 1 if line else 0,
+                                                 f"run name {run.name!r} is used twice in project {run.project!r} (also by {names[key]})",
+                                                 "run names must be unique within a project: set a different 'name'"))
+                    continue
+                names[key] = rf.path
+                self._check_refs(rf, run)
+
+    def _check_refs(self, rf: RunFile, run: ExpandedRun) -> None:
+        repo = self.repo
+        loaded = rf.loaded
+
+        def where(field_path: tuple) -> tuple:
+            key = field_path[0] if len(field_path) == 1 else ".".join(field_path)
+            if key in run.matrix:
+                idx = loaded.data["matrix"][key].index(run.matrix[key])
+                return ("matrix", key, idx)
+            return field_path
+
+        spec = run.spec
+        if spec.device not in repo.devices:
+            known = sorted(repo.devices)
+            hint = suggest(spec.device, known) or (f"known devices: {', '.join(known)}" if known else
+                                                 f"register it: create devices/{spec.device}.yaml (tinymlaas device register {spec.device})")
+            repo.problems.append(loaded.problem(where(("device",)), f"device {spec.device!r} is not defined in devices/", hint=hint))
+        if spec.pipeline not in repo.pipelines:
+            known = sorted(repo.pipelines)
+            repo.problems.append(loaded.problem(where(("pipeline",)), f"pipeline {spec.pipeline!r} is not defined in pipelines/",
+                                                hint=suggest(spec.pipeline, known) or f"known pipelines: {', '.join(known)}"))
+        for part in ("model", "dataset"):
+            source = getattr(spec, part)
+            if source.upload is None:
+                continue
+            self._check_upload(loaded, where((part, "upload")) if (f"{part}.upload" in run.matrix) else (part, "upload"), source.upload)
+
+    def _check_upload(self, loaded: LoadedYaml, loc: tuple, rel: str) -> None:
+        repo = self.repo
+        if rel in repo.upload_digests:
+            return
+        path = repo.root / rel
+        if path.is_symlink() or any(p.is_symlink() for p in path.parents if p != repo.root and repo.root in p.parents):
+            try:
+                path.resolve().relative_to(repo.root)
+            except ValueError:
+                repo.problems.append(loaded.problem(loc, f"upload {rel!r} is a symlink that points outside the repository",
+                                                    hint="commit the file itself into the repository (Git LFS is fine)"))
+                return
+        if not path.exists():
+            repo.problems.append(loaded.problem(loc, f"upload {rel!r} does not exist",
+                                                hint="commit the file, or fix the path (it is relative to the repository root)"))
+            return
+        if not path.is_file():
+            repo.problems.append(loaded.problem(loc, f"upload {rel!r} is not a file"))
+            return
+        repo.upload_digests[rel] = sha256_file(path)
+
+    # -- results -----------------------------------------------------------------------------
+    def load_results(self) -> None:
+        repo = self.repo
+        for rf in repo.run_files:
+            for run in rf.runs:
+                path = repo.root / "runs" / run.project / "results" / f"{run.name}.json"
+                if not path.is_file():
+                    continue
+                try:
+                    data = json.loads(path.read_text())
+                    summary = ResultSummary(_rel(path, repo.root), data["run"]["spec_hash"], data.get("status"))
+                except (OSError, ValueError, KeyError, TypeError):
+                    summary = ResultSummary(_rel(path, repo.root), None, None)
+                repo.results[run.id] = summary
+
+
+def load_repo(root: Path, paths: list[Path] | None = None, *, results: bool = True) -> Repo:
+    """Load and check every spec in the repository at ``root``.
+
+    ``paths`` narrows the run specs to those files or folders (devices and pipelines are always
+    loaded, since runs refer to them). Problems are collected in ``repo.problems``.
+    """
+    loader = Loader(root)
+    loader.load_devices()
+    loader.load_pipelines()
+    selected = [Path(p) for p in paths] if paths else None
+    loader.load_runs(selected)
+    loader.cross_check()
+    repo = loader.repo
+    if selected:
+        wanted = [p.resolve() for p in selected]
+
+        def keep(rel: str) -> bool:
+            full = (repo.root / rel).resolve()
+            return any(full == w or w in full.parents for w in wanted)
+
+        for w, sel in zip(wanted, selected):
+            if not w.exists():
+                repo.problems.append(Problem(str(sel), 0, 0, "no such file or folder"))
+        repo.run_files = [rf for rf in repo.run_files if keep(rf.path)]
+        run_paths = {rf.path for rf in loader.repo.run_files}
+        repo.problems = [
+            p for p in repo.problems
+            if p.path.startswith(("devices/", "pipelines/")) or p.path in run_paths or not (repo.root / p.path).exists()
+        ]
+    if results:
+        loader.load_results()
+    return repo
