@@ -1,0 +1,208 @@
+"""Measurement on the device, after MLPerf Tiny's habits.
+
+* accuracy over the whole evaluation split (never the training data), with a confusion matrix;
+* latency: ``warmup`` untimed calls, then timed calls until both ``min_iterations`` and
+  ``min_seconds`` are reached; percentiles, not a single time;
+* the CPU model and ISA flags recorded next to the latency; peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from tinymlaas_ci.errors import TinymlError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+__all__ = [
+    "evaluate",
+    "measure_latency",
+    "percentile",
+    "peak_memory_mb",
+    "cpu_info",
+    "device_record",
+    "tool_versions",
+]
+
+# CPU flags that change inference speed; everything else in /proc/cpuinfo is noise here.
+_RELEVANT_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "vnni", "neon", "asimd",
+                   "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16", "dotprod")
+_RELEVANT_PREFIXES = ("avx512", "amx")
+
+
+def evaluate(
+    run: Callable[["np.ndarray"], "np.ndarray"],
+    x: "np.ndarray",
+    y: "np.ndarray",
+    *,
+    num_classes: int,
+    batch_size: int = 64,
+    fixed_batch: int | None = None,
+) -> dict[str, Any]:
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy and the confusion matrix.
+
+    Every sample of ``x`` is evaluated. A model with a fixed batch size is fed batches of exactly
+    that size (the last one padded and the padding dropped).
+    """
+    import numpy as np
+
+    n = len(x)
+    if n == 0:
+        raise TinymlError("the evaluation split is empty", hint="choose a split with samples (dataset.split)")
+    step = fixed_batch or batch_size
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    top5_hits = 0
+    for start in range(0, n, step):
+        xb = x[start:start + step]
+        yb = y[start:start + step]
+        real = len(xb)
+        if fixed_batch and real < fixed_batch:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed_batch - real, axis=0)])
+        logits = np.asarray(run(xb))[:real]
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise TinymlError(
+                f"the model returns shape {tuple(logits.shape)}, but the dataset has {num_classes} classes",
+                hint="the model's last layer must output one logit per label of the dataset",
+            )
+        pred = logits.argmax(axis=1)
+        np.add.at(confusion, (yb, pred), 1)
+        if num_classes > 5:
+            top5 = np.argpartition(-logits, 5, axis=1)[:, :5]
+            top5_hits += int((top5 == yb[:, None]).any(axis=1).sum())
+    correct = int(np.trace(confusion))
+    return {
+        "accuracy": correct / n,
+        "top5_accuracy": (top5_hits / n) if num_classes > 5 else None,
+        "samples": int(n),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linear interpolation."""
+    if not sorted_values:
+        raise ValueError("no values")
+    k = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo))
+
+
+def measure_latency(
+    run: Callable[["np.ndarray"], Any],
+    batch: "np.ndarray",
+    *,
+    warmup: int = 20,
+    min_iterations: int = 200,
+    min_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Latency of ``run(batch)`` in milliseconds; a dict fitting ``results.models.Latency``."""
+    for _ in range(int(warmup)):
+        run(batch)
+    times_ns: list[int] = []
+    clock = time.perf_counter_ns
+    started = clock()
+    min_ns = int(min_seconds * 1e9)
+    while True:
+        t0 = clock()
+        run(batch)
+        t1 = clock()
+        times_ns.append(t1 - t0)
+        if len(times_ns) >= min_iterations and t1 - started >= min_ns:
+            break
+    seconds = (clock() - started) / 1e9
+    ms = sorted(t / 1e6 for t in times_ns)
+    n = len(ms)
+    mean = sum(ms) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in ms) / n)
+    return {
+        "p50": percentile(ms, 50), "p90": percentile(ms, 90), "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99), "mean": mean, "std": std, "min": ms[0], "max": ms[-1],
+        "iterations": n, "seconds": seconds, "warmup": int(warmup),
+    }
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
+    """CPU model, relevant ISA flags, and CPU count of this machine."""
+    model = None
+    flags: set[str] = set()
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and model is None and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    relevant = sorted(f for f in flags if f in _RELEVANT_FLAGS or f.startswith(_RELEVANT_PREFIXES) or "vnni" in f)
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        count = os.cpu_count()
+    return {"cpu_model": model or platform.processor() or None, "isa_flags": relevant, "cpu_count": count}
+
+
+def device_record(device: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict fitting ``results.models.DeviceRecord``: the device spec plus what this machine reports."""
+    info = cpu_info()
+    return {
+        "name": device.get("name") or "host",
+        "kind": device.get("kind") or "local",
+        "arch": device.get("arch") or _arch(),
+        "cpu_model": info["cpu_model"],
+        "isa_flags": info["isa_flags"],
+        "cpu_count": info["cpu_count"],
+        "memory_mb": device.get("memory_mb") or _memory_mb(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def _arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(machine, machine or "other")
+
+
+def _memory_mb() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def tool_versions(*names: str) -> dict[str, str]:
+    """Versions of the named tools that are installed (python and tinymlaas_ci always)."""
+    from importlib import metadata
+
+    import tinymlaas_ci
+
+    out = {"python": platform.python_version(), "tinymlaas_ci": tinymlaas_ci.__version__}
+    for name in names:
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None)
+        if version is None:
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        out[name] = str(version)
+    return out
