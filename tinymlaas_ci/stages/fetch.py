@@ -1,0 +1,252 @@
+"""The fetch stage: get the model and the dataset, record exactly what was fetched.
+
+``python -m tinymlaas_ci.stages.fetch VOLUME [--name fetch]``
+
+* model -> ``fetch/model/<file>`` (uploads also bring the ``*.py`` files next to them, so that
+  pickled user classes can be imported by later stages);
+* dataset -> ``fetch/dataset/`` (archives extracted safely, Hub datasets as a snapshot), then
+  converted to ``fetch/dataset.npz``;
+* artifacts ``model`` and ``dataset``; records ``model`` (a ``ModelInput``), ``dataset`` (a
+  ``DatasetInput``) and ``tools``.
+
+Hub revisions are resolved to commit shas and recorded; ``HF_TOKEN`` is used, never written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tinymlaas_ci.errors import SourceError
+from tinymlaas_ci.fs import is_within
+from tinymlaas_ci.stages.contract import StageContext, stage_main
+
+__all__ = ["detect_model_format", "run_fetch", "main"]
+
+_MODEL_EXTENSIONS = {
+    ".onnx": "onnx",
+    ".pt2": "exported-program",
+    ".pkl": "pytorch",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+}
+
+
+def detect_model_format(path: str | os.PathLike, declared: str | None = "auto") -> str:
+    """The model format: ``declared`` unless it is ``auto``, else decided from the extension
+    (and, for ``.pt``/``.pth``/``.pkl``, whether the file is a TorchScript zip)."""
+    if declared and declared != "auto":
+        return declared
+    path = Path(path)
+    suffix = path.suffix.lower()
+    fmt = _MODEL_EXTENSIONS.get(suffix)
+    if fmt is None:
+        raise SourceError(
+            f"cannot tell the format of model file {path.name!r} from its extension",
+            source=str(path.name),
+            hint="set model.format to one of pytorch, torchscript, exported-program, onnx "
+                 "(or use .onnx, .pt2, .pt, .pth, .pkl)",
+        )
+    if fmt == "pytorch" and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            return fmt
+        # torch.jit.save writes constants.pkl and the generated code/; torch.save does not.
+        if any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n or n.startswith("code/")
+               for n in names):
+            return "torchscript"
+    return fmt
+
+
+def _reset(path: Path) -> None:
+    # A resumed stage starts from a clean folder: stale files must not leak into this run.
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _copy(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tools: dict[str, str] = {}
+    for dist in ("huggingface_hub", "numpy", "Pillow", "pyarrow"):
+        try:
+            tools[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return tools
+
+
+def _prepare_hub_env(ctx: StageContext) -> None:
+    # Must run before huggingface_hub is imported: it reads these once. The client's home
+    # goes into this stage's folder, so a read-only container root is fine and nothing of
+    # the machine's own Hub login leaks in (the token comes from HF_TOKEN only).
+    os.environ.setdefault("HF_HOME", str(ctx.path(".hf-home")))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> dict[str, Any]:
+    from tinymlaas_ci.sources.uploads import resolve_upload
+
+    model_dir = ctx.path("model")
+    _reset(model_dir)
+    model_dir.mkdir(parents=True)
+    if model.get("upload"):
+        rel = model["upload"]
+        upload = resolve_upload(repo_root, rel)
+        dest = model_dir / PurePosixPath(upload.rel).name
+        _copy(upload.path, dest)
+        ctx.log(f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})")
+        support = []
+        folder = repo_root.joinpath(*PurePosixPath(upload.rel).parent.parts)
+        for py in sorted(folder.glob("*.py")):
+            # Only plain files inside the repository: a link must not smuggle in outside code.
+            if py.is_symlink() or not py.is_file() or not is_within(py, repo_root):
+                ctx.log(f"model: skipped {py.name} next to the model (not a regular file in the repository)")
+                continue
+            _copy(py, model_dir / py.name)
+            support.append(py.name)
+        if support:
+            ctx.log(f"model: copied {len(support)} Python file(s) next to it: {', '.join(support)}")
+        record: dict[str, Any] = {
+            "kind": "upload",
+            "path": upload.rel,
+            "sha256": upload.sha256,
+            "bytes": upload.bytes,
+            "format": detect_model_format(dest, model.get("format")),
+        }
+        if support:
+            record["support_files"] = support
+    else:
+        _prepare_hub_env(ctx)
+        from tinymlaas_ci.sources.hub import download_file
+
+        repo, file, revision = model["huggingface"], model.get("file"), model.get("revision") or "main"
+        if not file:
+            raise SourceError(f"model from Hugging Face repo {repo!r} names no file", source=repo,
+                              hint="set model.file to the model's path inside the repository")
+        staging = ctx.path(".download")
+        _reset(staging)
+        try:
+            got = download_file(repo, file, staging, revision=revision, repo_type="model")
+            dest = model_dir / PurePosixPath(file).name
+            os.replace(got.path, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        ctx.log(f"model: downloaded {file} from {repo} at {revision} -> commit {got.commit} "
+                f"({got.bytes} bytes, sha256 {got.sha256[:12]})")
+        record = {
+            "kind": "huggingface",
+            "repo": repo,
+            "revision": revision,
+            "commit": got.commit,
+            "file": file,
+            "sha256": got.sha256,
+            "bytes": got.bytes,
+            "format": detect_model_format(dest, model.get("format")),
+        }
+    ctx.add_artifact("model", dest)
+    ctx.log(f"model: format {record['format']}")
+    return record
+
+
+def _fetch_dataset(ctx: StageContext, repo_root: Path, dataset: dict[str, Any],
+                   sample_shape: list[int] | None) -> dict[str, Any]:
+    from tinymlaas_ci.ml.datasets import canonical_split, convert_dataset
+    from tinymlaas_ci.sources.archives import extract_archive, is_archive
+    from tinymlaas_ci.sources.uploads import resolve_upload
+
+    data_dir = ctx.path("dataset")
+    _reset(data_dir)
+    data_dir.mkdir(parents=True)
+    if dataset.get("upload"):
+        upload = resolve_upload(repo_root, dataset["upload"])
+        name = PurePosixPath(upload.rel).name
+        if is_archive(name):
+            extracted = extract_archive(upload.path, data_dir)
+            ctx.log(f"dataset: extracted {extracted.files} files ({extracted.bytes} bytes) from {upload.rel}")
+        elif name.endswith(".parquet"):
+            _copy(upload.path, data_dir / name)
+            ctx.log(f"dataset: copied {upload.rel} ({upload.bytes} bytes)")
+        else:
+            raise SourceError(f"dataset upload {upload.rel!r} is neither an archive nor a parquet file",
+                              source=upload.rel,
+                              hint="upload a .zip, .tar.gz, .tgz or .tar of the ImageFolder layout, or a .parquet")
+        base: dict[str, Any] = {"kind": "upload", "path": upload.rel, "sha256": upload.sha256}
+    else:
+        _prepare_hub_env(ctx)
+        from tinymlaas_ci.sources.hub import download_snapshot
+
+        repo, revision = dataset["huggingface"], dataset.get("revision") or "main"
+        snap = download_snapshot(repo, data_dir, revision=revision, repo_type="dataset")
+        shutil.rmtree(data_dir / ".cache", ignore_errors=True)  # the client's bookkeeping
+        ctx.log(f"dataset: downloaded {len(snap.files)} files ({snap.bytes} bytes) from {repo} at {revision} "
+                f"-> commit {snap.commit}")
+        base = {"kind": "huggingface", "repo": repo, "revision": revision, "commit": snap.commit,
+                "sha256": snap.sha256}
+    npz = ctx.path("dataset.npz")
+    summary = convert_dataset(
+        data_dir,
+        npz,
+        format=dataset.get("format") or "auto",
+        image_column=dataset.get("image_column") or "image",
+        label_column=dataset.get("label_column") or "label",
+        sample_shape=sample_shape,
+        log=lambda m: ctx.log(f"dataset: {m}"),
+    )
+    eval_split = canonical_split(dataset.get("split") or "test")
+    if summary.splits.get(eval_split, 0) == 0:
+        found = ", ".join(f"{s} ({n})" for s, n in summary.splits.items() if n) or "none"
+        raise SourceError(
+            f"the dataset has no samples in the evaluation split {eval_split!r}; splits found: {found}",
+            source=base.get("path") or base.get("repo"),
+            hint="set dataset.split to a split that exists (test or val), or add that split to the dataset",
+        )
+    ctx.add_artifact("dataset", npz)
+    ctx.log(f"dataset: {summary.format}, splits {summary.splits}, {len(summary.labels)} labels, "
+            f"sample shape {list(summary.sample_shape)}")
+    return {
+        **base,
+        "format": summary.format,
+        "splits": summary.splits,
+        "labels": summary.labels,
+        "eval_split": eval_split,
+        "sample_shape": list(summary.sample_shape),
+    }
+
+
+def run_fetch(ctx: StageContext) -> None:
+    """The stage body: fetch the model and the dataset named by ``ctx.spec``."""
+    spec = ctx.spec
+    if "model" not in spec or "dataset" not in spec:
+        raise SourceError("stage.json has no spec.model or spec.dataset", hint="the engine writes stage.json; re-plan the run")
+    repo_root = Path(ctx.config.get("repo") or ".").resolve()
+    model_spec = spec["model"]
+    model = _fetch_model(ctx, repo_root, model_spec)
+    dataset = _fetch_dataset(ctx, repo_root, spec["dataset"], model_spec.get("input_shape"))
+    shutil.rmtree(ctx.dir / ".hf-home", ignore_errors=True)
+    ctx.records.update({"model": model, "dataset": dataset, "tools": _tool_versions()})
+    ctx.metrics.update({"model_bytes": model["bytes"], "dataset_samples": sum(dataset["splits"].values())})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tinymlaas_ci.stages.fetch VOLUME [--name NAME]``."""
+    return stage_main("fetch", run_fetch, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
