@@ -1,0 +1,443 @@
+"""Execute a plan: each run's stages in order, with cache, resume, locks and status records.
+
+Cheapest check first: a run whose committed result has the planned spec hash is up to date
+and costs nothing. Otherwise each stage's cache key (its plan key, the digests of the outputs
+it reads, and the identity of the code or image that runs it) decides whether it runs again.
+A stage's folder is emptied before it runs and its outputs are trusted only when its status
+says ``generated`` with the same key and its artifacts are unchanged on disk, so a crash or
+``kill -9`` mid-stage leaves nothing that a later run would mistake for a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tinymlaas_ci import __version__
+from tinymlaas_ci.engine.executor import ExecOutcome, Executor, StageCall
+from tinymlaas_ci.engine.locks import file_lock
+from tinymlaas_ci.engine.progress import Progress
+from tinymlaas_ci.engine.volume import LOG_FILE, RunVolume, StageStatus, default_work_dir, now_iso
+from tinymlaas_ci.errors import ExecutorError, TinymlError
+from tinymlaas_ci.fs import atomic_write_json, canonical_json
+from tinymlaas_ci.plan import Plan, PlannedRun, PlannedStage
+from tinymlaas_ci.results.build import build_result
+from tinymlaas_ci.results.io import result_path, write_result
+from tinymlaas_ci.results.models import Result
+from tinymlaas_ci.spec.repo import Repo
+from tinymlaas_ci.stages.contract import CONTRACT_SCHEMA, ERROR_FILE, OUTPUTS_FILE, STAGE_FILE
+
+__all__ = ["RunOptions", "RunOutcome", "Engine", "code_digest", "DEVICE_STAGES", "PASSED_ENV"]
+
+DEVICE_STAGES = ("install", "infer")
+"""Built-in stages that use the device: one at a time per device, across processes."""
+
+PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HUGGING_FACE_HUB_TOKEN")
+"""Environment passed to stages that may use the network (fetch). Values are never logged."""
+
+
+@dataclass
+class RunOptions:
+    executor: str = "local"
+    force: bool = False
+    keep_going: bool = False
+    lock_timeout: float | None = None
+    work_dir: Path | None = None
+    write_results: bool = True
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    """``succeeded``, ``gates-failed``, ``failed``, ``up-to-date`` or ``not-run``."""
+    result_path: str | None = None
+    failed_stage: str | None = None
+    message: str | None = None
+    log: str | None = None
+    result: Result | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """Identity of the stage code run by the local executor: the package version plus a hash
+    of the sources stages execute, so an edited checkout never reuses stale outputs."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        pkg = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256(__version__.encode())
+        for sub in ("stages", "ml", "sources", "devices"):
+            for path in sorted((pkg / sub).rglob("*.py")):
+                h.update(path.relative_to(pkg).as_posix().encode())
+                h.update(path.read_bytes())
+        for name in ("errors.py", "fs.py"):
+            h.update((pkg / name).read_bytes())
+        _CODE_DIGEST = "local:" + h.hexdigest()[:16]
+    return _CODE_DIGEST
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj, indent=None).encode()).hexdigest()
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class Engine:
+    """Runs plans. ``executors`` maps an executor name to an object with the
+    :class:`~tinymlaas_ci.engine.executor.Executor` interface (the seam tests use)."""
+
+    def __init__(
+        self,
+        repo: Repo,
+        options: RunOptions | None = None,
+        progress: Progress | None = None,
+        executors: dict[str, Executor] | None = None,
+    ):
+        self.repo = repo
+        self.options = options or RunOptions()
+        self.progress = progress or Progress()
+        self.work_dir = (self.options.work_dir or default_work_dir(repo.root)).resolve()
+        self.lock_dir = self.work_dir.parent / "locks"
+        self._executors = dict(executors or {})
+        self._warned_sandbox = False
+
+    # -- executors -----------------------------------------------------------------------------
+    def executor(self, name: str) -> Executor:
+        if name not in self._executors:
+            if name == "local":
+                from tinymlaas_ci.engine.local import LocalExecutor
+
+                self._executors[name] = LocalExecutor()
+            elif name == "docker":
+                from tinymlaas_ci.engine.docker import DockerExecutor
+
+                self._executors[name] = DockerExecutor()
+            else:
+                raise TinymlError(f"unknown executor {name!r}", hint="use 'local' or 'docker'")
+        return self._executors[name]
+
+    def _identity(self, executor: Executor, call: StageCall) -> str:
+        identity = getattr(executor, "identity", None)
+        if identity is not None:
+            return identity(call)
+        return code_digest()
+
+    # -- plan ----------------------------------------------------------------------------------
+    def execute(self, plan: Plan) -> list[RunOutcome]:
+        outcomes: list[RunOutcome] = []
+        stop = False
+        for run in plan.runs:
+            if stop:
+                outcomes.append(RunOutcome(run.id, "not-run", message="not run: an earlier run failed (use --keep-going)"))
+                continue
+            if run.status == "up-to-date" and not self.options.force:
+                outcomes.append(RunOutcome(run.id, "up-to-date", result_path=run.result_path))
+                self.progress.message(f"= {run.id}: up to date ({run.result_path})")
+                continue
+            outcome = self.execute_run(run)
+            outcomes.append(outcome)
+            if outcome.status == "failed" and not self.options.keep_going:
+                stop = True
+        return outcomes
+
+    # -- one run -------------------------------------------------------------------------------
+    def execute_run(self, run: PlannedRun) -> RunOutcome:
+        volume = RunVolume(self.work_dir, run.project, run.name).create()
+        with file_lock(volume.root / ".lock", what=f"run {run.id}", timeout=self.options.lock_timeout,
+                       on_wait=self.progress.message):
+            return self._execute_run(run, volume)
+
+    def _execute_run(self, run: PlannedRun, volume: RunVolume) -> RunOutcome:
+        device = self.repo.devices[run.device]
+        outputs: dict[str, dict[str, Any]] = {}
+        records: list[dict[str, Any]] = []
+        error: dict[str, Any] | None = None
+        failed: PlannedStage | None = None
+        log_path: str | None = None
+        for stage in run.stages:
+            if failed is not None:
+                records.append({"name": stage.name, "status": "pending"})
+                self.progress.stage_finished(run.id, stage.name, "skipped", None, f"{failed.name} failed")
+                continue
+            record, out = self._stage(run, device, volume, stage, outputs)
+            records.append(record)
+            if out is None:
+                failed = stage
+                err = volume.read_json(stage.name, ERROR_FILE) or {}
+                message = err.get("message") or f"exited with code {record.get('returncode')}"
+                if err.get("hint"):
+                    message += f" (hint: {err['hint']})"
+                log_path = str(volume.stage_dir(stage.name) / LOG_FILE)
+                error = {"stage": stage.name, "message": message}
+            else:
+                outputs[stage.builtin or stage.name] = out
+        return self._finish(run, volume, outputs, records, error, log_path)
+
+    def _stage(self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage,
+               outputs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        opts = self.options
+        executor_name = opts.executor
+        call = self._call(run, device, stage)
+        executor = self.executor(executor_name)
+        upstream = {n: outputs.get(self._builtin_of(run, n), {}) for n in stage.needs}
+        upstream_digests = {n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()}
+        try:
+            identity = self._identity(executor, call)
+        except ExecutorError as exc:
+            self.progress.stage_finished(run.id, stage.name, "failed", None, str(exc).splitlines()[0])
+            self._write_error(volume, stage.name, exc)
+            return self._record(volume, stage, "failed"), None
+        key = _digest({"plan": stage.key, "upstream": upstream_digests, "executor": identity})
+
+        previous = volume.status(stage.name)
+        if not opts.force and previous.status == "generated" and previous.cache_key == key:
+            out = volume.read_json(stage.name, OUTPUTS_FILE)
+            if out is not None and self._intact(volume, previous):
+                previous.cache_hit = True
+                self.progress.stage_finished(run.id, stage.name, "cached", None, f"key {key[:8]}")
+                return self._record_from(previous, cache_hit=True), out
+
+        lock = nullcontext()
+        if stage.builtin in DEVICE_STAGES:
+            lock = file_lock(self.lock_dir / f"device-{run.device}.lock", what=f"device {run.device!r}",
+                             timeout=opts.lock_timeout, on_wait=self.progress.message)
+        with lock:
+            return self._run_stage(run, device, volume, stage, upstream, call, executor, key)
+
+    def _run_stage(self, run, device, volume: RunVolume, stage: PlannedStage, upstream, call: StageCall,
+                   executor: Executor, key: str):
+        stage_dir = volume.reset_stage(stage.name)
+        in_container = executor.name == "docker"
+        config = {
+            "schema": CONTRACT_SCHEMA,
+            "stage": stage.name,
+            "builtin": stage.builtin,
+            "run": {"project": run.project, "name": run.name},
+            "repo": "/repo" if in_container else str(self.repo.root),
+            "params": stage.params,
+            "spec": run.spec.model_dump(mode="json", by_alias=True),
+            "device": device.model_dump(mode="json", by_alias=True),
+            "inputs": upstream,
+        }
+        atomic_write_json(stage_dir / STAGE_FILE, config)
+        status = StageStatus(stage=stage.name, status="running", started_at=now_iso(), cache_key=key,
+                             executor=executor.name, pid=os.getpid())
+        volume.write_status(status)
+        if (stage.builtin == "compile" and run.spec.model.format.value in ("auto", "pytorch")
+                and not in_container and not self._warned_sandbox):
+            self._warned_sandbox = True
+            self.progress.message(
+                "warning: the local executor cannot sandbox stages; a pickled PyTorch model runs "
+                "code with your rights when loaded. Use --executor docker for models you do not trust."
+            )
+        self.progress.stage_started(run.id, stage.name)
+        started = time.monotonic()
+        log_file = open(stage_dir / LOG_FILE, "w", encoding="utf-8", errors="replace")
+        secrets = [v for k, v in call.env.items() if v and ("TOKEN" in k or "PASSWORD" in k)]
+
+        def sink(line: str) -> None:
+            for s in secrets:  # a stage that echoes a secret must not leak it into logs
+                line = line.replace(s, "***")
+            log_file.write(line + "\n")
+            log_file.flush()
+            self.progress.stage_line(run.id, stage.name, line)
+
+        try:
+            outcome = executor.run(call, volume.root, self.repo.root, sink)
+        except ExecutorError as exc:
+            outcome = ExecOutcome(returncode=-1, executor=executor.name)
+            sink(f"error: {exc}")
+            self._write_error(volume, stage.name, exc)
+        except BaseException:
+            status.status = "failed"
+            status.finished_at = now_iso()
+            volume.write_status(status)
+            raise
+        finally:
+            log_file.close()
+        seconds = time.monotonic() - started
+        out = volume.read_json(stage.name, OUTPUTS_FILE) if outcome.returncode == 0 else None
+        status.finished_at = now_iso()
+        status.duration_s = round(seconds, 3)
+        status.returncode = outcome.returncode
+        status.image = outcome.image
+        status.image_digest = outcome.image_digest
+        if out is not None:
+            status.status = "generated"
+            status.artifacts = self._stat_artifacts(volume, out)
+        else:
+            status.status = "failed"
+            if outcome.returncode == 0:
+                self._write_error(volume, stage.name, TinymlError("the stage exited 0 but wrote no outputs.json"))
+            elif outcome.oom_killed:
+                limit = call.memory_mb
+                self._write_error(volume, stage.name, TinymlError(
+                    f"killed for using more than its memory limit ({limit} MiB)" if limit else "killed: out of memory",
+                    hint="raise resources.memory_mb in the run spec or memory_mb in the device file"))
+            elif volume.read_json(stage.name, ERROR_FILE) is None:
+                self._write_error(volume, stage.name, TinymlError(
+                    f"exited with code {outcome.returncode} without writing error.json",
+                    hint=f"see the log: {stage_dir / LOG_FILE}"))
+        volume.write_status(status)
+        note = ""
+        if out is None:
+            err = volume.read_json(stage.name, ERROR_FILE) or {}
+            note = (err.get("message") or "").splitlines()[0][:200] if err.get("message") else ""
+        self.progress.stage_finished(run.id, stage.name, status.status, seconds, note)
+        return self._record_from(status, cache_hit=False), out
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _builtin_of(self, run: PlannedRun, name: str) -> str:
+        for s in run.stages:
+            if s.name == name:
+                return s.builtin or s.name
+        return name
+
+    def _call(self, run: PlannedRun, device, stage: PlannedStage) -> StageCall:
+        spec = run.spec
+        env = {}
+        if stage.network:
+            env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
+        memory = spec.resources.memory_mb or device.memory_mb
+        cpus = spec.resources.cpus or device.cpus
+        return StageCall(
+            run_id=run.id,
+            stage=stage.name,
+            builtin=stage.builtin,
+            command=stage.command,
+            image=stage.image,
+            network=stage.network,
+            memory_mb=memory,
+            cpus=cpus,
+            env=env,
+        )
+
+    @staticmethod
+    def _stat_artifacts(volume: RunVolume, out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        stats = {}
+        for art in (out.get("artifacts") or {}).values():
+            path = volume.root / art["path"]
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stats[art["path"]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": art.get("sha256")}
+        return stats
+
+    @staticmethod
+    def _intact(volume: RunVolume, status: StageStatus) -> bool:
+        for rel, recorded in status.artifacts.items():
+            try:
+                st = (volume.root / rel).stat()
+            except OSError:
+                return False
+            if st.st_size != recorded.get("size") or st.st_mtime_ns != recorded.get("mtime_ns"):
+                return False
+        return True
+
+    @staticmethod
+    def _write_error(volume: RunVolume, stage: str, exc: TinymlError) -> None:
+        volume.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(volume.stage_dir(stage) / ERROR_FILE, {
+            "schema": CONTRACT_SCHEMA, "stage": stage, "type": type(exc).__name__,
+            "message": exc.message, "hint": exc.hint,
+        })
+
+    def _record(self, volume: RunVolume, stage: PlannedStage, status: str) -> dict[str, Any]:
+        st = volume.status(stage.name)
+        st.status = status  # type: ignore[assignment]
+        volume.write_status(st)
+        return self._record_from(st, cache_hit=False)
+
+    @staticmethod
+    def _record_from(st: StageStatus, *, cache_hit: bool) -> dict[str, Any]:
+        return {
+            "name": st.stage,
+            "status": st.status,
+            "started_at": st.started_at,
+            "finished_at": st.finished_at,
+            "duration_s": st.duration_s,
+            "cache_key": st.cache_key,
+            "cache_hit": cache_hit,
+            "executor": st.executor,
+            "image": st.image,
+            "image_digest": st.image_digest,
+        }
+
+    def _finish(self, run: PlannedRun, volume: RunVolume, outputs, records, error, log_path) -> RunOutcome:
+        root = self.repo.root
+        identity = {
+            "project": run.project,
+            "name": run.name,
+            "spec_file": run.source,
+            "spec_hash": run.spec_hash,
+            "spec_commit": _git(root, "log", "-1", "--format=%H", "--", run.source),
+            "pipeline": run.pipeline,
+            "matrix": run.matrix,
+        }
+        if os.environ.get("GITHUB_RUN_ID") and os.environ.get("GITHUB_REPOSITORY"):
+            server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
+            identity["actions_run_url"] = f"{server}/{os.environ['GITHUB_REPOSITORY']}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
+        result = build_result(
+            run=identity,
+            spec=run.spec.model_dump(mode="json", by_alias=True, exclude={"matrix"}),
+            gates=run.spec.gates,
+            outputs=outputs,
+            stages=records,
+            created_at=now_iso(),
+            error=error,
+            tools={"tinymlaas_ci": __version__},
+        )
+        write_result(volume.root / "result.json", result)
+        rel = None
+        if result.status != "failed" and self.options.write_results:
+            path = result_path(root, run.project, run.name)
+            rel = path.relative_to(root).as_posix()
+            if path.exists():
+                try:
+                    import json
+
+                    old = json.loads(path.read_text()).get("run", {}).get("spec_hash")
+                except (OSError, ValueError):
+                    old = None
+                if old and old != run.spec_hash:
+                    self.progress.message(f"  replacing {rel}: its spec changed ({old[:8]} -> {run.spec_hash[:8]}); "
+                                          "the old result stays in git history")
+            write_result(path, result)
+        failed_gates = [g for g in result.gates if not g.passed]
+        if result.status == "succeeded":
+            m = result.metrics
+            self.progress.message(
+                f"✓ {run.id}: accuracy {m.accuracy:.4f}, p50 {m.latency_ms.p50:.4f} ms, "
+                f"{m.model_size_bytes:,} bytes -> {rel or volume.root / 'result.json'}"
+            )
+        elif result.status == "gates-failed":
+            for g in failed_gates:
+                self.progress.message(f"✗ {run.id}: gate {g.message}")
+        else:
+            self.progress.message(f"✗ {run.id}: {error['stage'] if error else '?'} failed: {error['message'] if error else ''}")
+        return RunOutcome(
+            run_id=run.id,
+            status=result.status,
+            result_path=rel,
+            failed_stage=error["stage"] if error else None,
+            message="; ".join(g.message for g in failed_gates) if failed_gates else (error or {}).get("message"),
+            log=log_path,
+            result=result,
+            stages=records,
+        )

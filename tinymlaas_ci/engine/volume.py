@@ -1,0 +1,102 @@
+"""Run volumes and status records.
+
+A run volume is one folder per run (``.tinymlaas/work/<project>/<run>/`` by default) holding a
+folder per stage: ``stage.json`` in, ``outputs.json`` / ``error.json`` out, ``log.txt``, and
+``status.json`` — the record the studio kept in its database: ``pending`` -> ``running`` ->
+``generated`` or ``failed``, with times, cache key and executor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.fs import atomic_write_json, is_within
+
+__all__ = ["StageStatus", "RunVolume", "default_work_dir", "now_iso", "STATUS_FILE", "LOG_FILE"]
+
+STATUS_FILE = "status.json"
+LOG_FILE = "log.txt"
+Status = Literal["pending", "running", "generated", "failed"]
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def default_work_dir(repo_root: Path) -> Path:
+    env = os.environ.get("TINYMLAAS_WORK_DIR")
+    return Path(env).resolve() if env else repo_root / ".tinymlaas" / "work"
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    status: Status = "pending"
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    cache_key: str | None = None
+    cache_hit: bool = False
+    executor: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+    returncode: int | None = None
+    pid: int | None = None
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """path -> {size, mtime_ns, sha256} of the outputs when the stage finished: a cheap stat
+    check tells whether they are still what the stage produced."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageStatus":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class RunVolume:
+    """The folder of one run."""
+
+    def __init__(self, work_dir: Path, project: str, name: str):
+        self.root = (work_dir / project / name).resolve()
+        self.project = project
+        self.name = name
+
+    def create(self) -> "RunVolume":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def stage_dir(self, stage: str) -> Path:
+        path = self.root / stage
+        if not is_within(path, self.root):
+            raise TinymlError(f"stage name {stage!r} escapes the run volume")
+        return path
+
+    def status(self, stage: str) -> StageStatus:
+        path = self.stage_dir(stage) / STATUS_FILE
+        try:
+            return StageStatus.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return StageStatus(stage=stage)
+
+    def write_status(self, status: StageStatus) -> None:
+        atomic_write_json(self.stage_dir(status.stage) / STATUS_FILE, asdict(status))
+
+    def reset_stage(self, stage: str) -> Path:
+        """Empty a stage's folder before it runs, so nothing half-written survives a crash."""
+        path = self.stage_dir(stage)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def read_json(self, stage: str, filename: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.stage_dir(stage) / filename).read_text())
+        except (OSError, ValueError):
+            return None
