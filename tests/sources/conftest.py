@@ -1,0 +1,22 @@
+"""Fixtures for the sources tests: the fake Hub, and a clean Hugging Face environment."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:  # so that `tests.hubserver` imports however pytest is started
+    sys.path.insert(0, str(_ROOT))
+
+from tests.hubserver import fake_hub  # noqa: E402,F401  (the fixture)
+
+
+@pytest.fixture(autouse=True)
+def _clean_hub_env(monkeypatch, tmp_path_factory):
+    """No token, endpoint or offline switch from the machine leaks into a test."""
+    for name in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
