@@ -1,0 +1,257 @@
+"""The Docker executor: each stage in a fresh, locked-down container.
+
+The sandbox (DESIGN section 3) is what makes it safe to unpickle an uploaded model:
+
+* no network (``network_mode="none"``) unless the stage asks for it (fetch);
+* a read-only root filesystem, with a 512 MB tmpfs at ``/tmp`` (also ``HOME``);
+* every capability dropped and ``no-new-privileges``;
+* a non-root user (1000:1000, or the caller's uid:gid when the runner is not root);
+* memory (no extra swap) and CPU limits, and a bound on the number of processes;
+* the run volume at ``/run`` (read-write; the stage writes only its own folder) and the
+  repository at ``/repo`` (read-only).
+
+Bind mounts name paths on the engine's machine: the volume and the repository must be
+visible there, which they are for the local engine and for a runner that sits next to its
+device's engine.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Callable
+
+from tinymlaas_ci.devices.docker import client_for, docker_errors, host_label
+from tinymlaas_ci.engine.executor import ExecOutcome, LineSink, StageCall, builtin_argv
+from tinymlaas_ci.engine.images import STAGE_IMAGE
+from tinymlaas_ci.errors import ExecutorError
+from tinymlaas_ci.fs import atomic_write_json
+from tinymlaas_ci.stages.contract import ERROR_FILE
+
+__all__ = ["DockerExecutor", "SANDBOX_UID", "VOLUME_MOUNT", "REPO_MOUNT", "oom_error"]
+
+SANDBOX_UID = 1000
+"""uid and gid of stages when the runner runs as root."""
+VOLUME_MOUNT = "/run"
+REPO_MOUNT = "/repo"
+TMPFS_SIZE = "512m"
+PIDS_LIMIT = 4096
+OOM_EXIT = 137
+
+
+def oom_error(call: StageCall, host: str | None = None) -> ExecutorError:
+    """The error for a stage the kernel killed for exceeding its memory limit."""
+    limit = f"{call.memory_mb} MiB" if call.memory_mb else "the engine's memory"
+    where = f" on {host_label(host)}" if host or call.docker_host else ""
+    return ExecutorError(
+        f"stage {call.stage!r} of {call.run_id} was killed: out of memory (limit {limit}){where}",
+        hint="raise resources.memory_mb in the run spec, or memory_mb in the device file",
+    )
+
+
+class DockerExecutor:
+    """Runs each stage in a container on a Docker engine (see the module docstring).
+
+    ``default_image`` is used for stages without an image of their own; ``docker_host`` is
+    the engine unless a call names another (``StageCall.docker_host``, a ``docker`` device).
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        default_image: str = STAGE_IMAGE,
+        docker_host: str | None = None,
+        timeout: int = 120,
+        client_factory: Callable[..., object] = client_for,
+    ) -> None:
+        self.default_image = default_image
+        self.docker_host = docker_host
+        self.timeout = timeout
+        self._client_factory = client_factory
+        self._clients: dict[str | None, object] = {}
+
+    # -- public --------------------------------------------------------------------------------
+
+    def run(self, call: StageCall, volume: Path, repo: Path, sink: LineSink) -> ExecOutcome:
+        """Run ``call`` in a container and return its exit code; see :class:`Executor`."""
+        host = call.docker_host or self.docker_host
+        client = self._client(host)
+        image_ref = call.image or self.default_image
+        image = self._image(client, image_ref, host, call)
+        volume = Path(volume).resolve()
+        repo = Path(repo).resolve()
+        uid, gid = self.sandbox_user()
+        self._prepare_volume(volume, call.stage, uid, gid)
+
+        argv = builtin_argv(call, VOLUME_MOUNT, python="python")
+        env = dict(call.env)
+        env.update({"TINYMLAAS_SANDBOXED": "1", "HOME": "/tmp", "PYTHONUNBUFFERED": "1"})
+        kwargs: dict = {
+            "image": image.id,  # the exact image we inspected, even if the tag moves meanwhile
+            "command": argv,
+            "user": f"{uid}:{gid}",
+            "environment": env,
+            "working_dir": VOLUME_MOUNT,
+            "volumes": {
+                str(volume): {"bind": VOLUME_MOUNT, "mode": "rw"},
+                str(repo): {"bind": REPO_MOUNT, "mode": "ro"},
+            },
+            "network_mode": "host" if call.network else "none",
+            "read_only": True,
+            "tmpfs": {"/tmp": f"size={TMPFS_SIZE}"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": PIDS_LIMIT,
+            "labels": {"org.tinymlaas.run": call.run_id, "org.tinymlaas.stage": call.stage},
+            "detach": True,
+        }
+        if call.memory_mb:
+            # memswap == mem: no swap on top, so the limit is the limit and an overrun is an OOM kill.
+            kwargs["mem_limit"] = f"{call.memory_mb}m"
+            kwargs["memswap_limit"] = f"{call.memory_mb}m"
+        if call.cpus:
+            kwargs["nano_cpus"] = int(call.cpus * 1_000_000_000)
+
+        where = f"stage {call.stage!r} of {call.run_id} in {image_ref}"
+        container = None
+        try:
+            with docker_errors(host, f"creating the container for {where}"):
+                container = client.containers.create(**kwargs)
+            with docker_errors(host, f"starting {where}"):
+                container.start()
+            with docker_errors(host, f"reading the output of {where}"):
+                self._stream(container, sink)
+            with docker_errors(host, f"waiting for {where}"):
+                status = container.wait(timeout=None)
+                container.reload()
+            returncode = int(status.get("StatusCode", 1))
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        finally:
+            if container is not None:
+                self._remove(container)
+        if oom:
+            # The stage could not write error.json itself: the kernel killed it.
+            error = oom_error(call, host)
+            sink(f"error: {error}")
+            self._write_oom_error(volume, call, error)
+        return ExecOutcome(
+            returncode=returncode,
+            executor=self.name,
+            image=image_ref,
+            image_digest=image.id,
+            oom_killed=oom,
+        )
+
+    @staticmethod
+    def sandbox_user() -> tuple[int, int]:
+        """The uid:gid stages run as: 1000:1000 for a root runner, else the runner's own."""
+        if os.getuid() == 0:
+            return SANDBOX_UID, SANDBOX_UID
+        return os.getuid(), os.getgid()
+
+    def close(self) -> None:
+        """Close the engine connections."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _client(self, host: str | None):
+        if host not in self._clients:
+            self._clients[host] = self._client_factory(host, timeout=self.timeout)
+        return self._clients[host]
+
+    def _image(self, client, ref: str, host: str | None, call: StageCall):
+        # Check first: for a missing image dockerd tries a pull and reports an APIError 500
+        # about the registry, which does not tell the user what to do.
+        import docker  # noqa: PLC0415 - client_for already proved it is installed
+
+        try:
+            return client.images.get(ref)
+        except docker.errors.ImageNotFound as exc:
+            if call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:")):
+                hint = "build it with 'tinymlaas images build' (offline: add --base tinymlaas-base:bookworm)"
+            else:
+                hint = f"build or pull {ref} on that engine, or fix the stage's image in the pipeline"
+            raise ExecutorError(
+                f"image {ref} not found on {host_label(host)} (stage {call.stage!r} of {call.run_id})",
+                hint=hint,
+            ) from exc
+        except docker.errors.APIError as exc:
+            with docker_errors(host, f"inspecting image {ref}"):
+                raise exc
+
+    @staticmethod
+    def _prepare_volume(volume: Path, stage: str, uid: int, gid: int) -> None:
+        """Let the sandbox user write its stage folder and read the rest of the volume."""
+        stage_dir = volume / stage
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if os.getuid() != 0:
+            return  # the sandbox user is the caller: it owns what it created
+        for root, _dirs, files in os.walk(volume):  # symlinked folders are not entered
+            folder = Path(root)
+            inside = folder == stage_dir or stage_dir in folder.parents
+            for path in (folder, *(folder / name for name in files)):
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                if inside:
+                    if (st.st_uid, st.st_gid) != (uid, gid):
+                        os.lchown(path, uid, gid)
+                    continue
+                # Readable (and searchable, for folders) by the sandbox user; never writable.
+                want = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
+                if st.st_mode & want != want:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | want)
+
+    @staticmethod
+    def _stream(container, sink: LineSink) -> None:
+        # Output arrives in chunks that need not end at line ends; keep the partial line.
+        pending = b""
+        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                sink(line.rstrip(b"\r").decode("utf-8", "replace"))
+        if pending:
+            sink(pending.rstrip(b"\r").decode("utf-8", "replace"))
+
+    @staticmethod
+    def _remove(container) -> None:
+        import docker  # noqa: PLC0415
+
+        # Always, also on Ctrl-C: a stage container is never reused, and a leftover one
+        # would keep its mounts (and the volume) busy.
+        for attempt in range(3):
+            try:
+                container.remove(force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if "removal of container" in str(exc) and "in progress" in str(exc):
+                    return
+                time.sleep(0.2 * (attempt + 1))
+            except Exception:  # noqa: BLE001 - never let cleanup mask the real error
+                return
+
+    @staticmethod
+    def _write_oom_error(volume: Path, call: StageCall, error: ExecutorError) -> None:
+        try:
+            atomic_write_json(
+                volume / call.stage / ERROR_FILE,
+                {
+                    "schema": 1,
+                    "stage": call.stage,
+                    "type": "OutOfMemory",
+                    "message": error.message,
+                    "hint": error.hint,
+                },
+            )
+        except OSError:
+            pass

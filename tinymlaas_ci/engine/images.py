@@ -1,0 +1,157 @@
+"""Building the images stages run in: ``tinymlaas images build``.
+
+Two images come from ``pipelines/images/<name>/Dockerfile``:
+
+* ``stage`` (``tinymlaas-stage:<version>``): torch (CPU), ONNX, ONNX Runtime, onnxscript,
+  numpy, huggingface_hub, Pillow, pyarrow and this package; the built-in stages run in it.
+* ``inference`` (``tinymlaas-inference:<tag>``): ONNX Runtime + numpy + this package, plus a
+  model bundle at ``/bundle``; built per bundle on a device's engine by
+  :func:`build_inference_image` (which lives in :mod:`tinymlaas_ci.devices.docker`, below the
+  engine, so that the device transport can use it too).
+
+Both Dockerfiles take ``ARG BASE`` (``python:3.11-slim`` unless ``--base`` says otherwise) and
+build a virtualenv in a builder stage, then copy only the venv into the final image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tinymlaas_ci import __version__
+from tinymlaas_ci.devices.docker import (
+    BUNDLE_DIR,
+    DEFAULT_BASE,
+    INFERENCE_REPOSITORY,
+    build_image,
+    build_inference_image,
+    client_for,
+    dockerfile_path,
+    docker_errors,
+    host_label,
+    inference_tag,
+    prepare_context,
+)
+from tinymlaas_ci.errors import ExecutorError
+
+__all__ = [
+    "STAGE_IMAGE",
+    "STAGE_REPOSITORY",
+    "INFERENCE_REPOSITORY",
+    "DEFAULT_BASE",
+    "BUNDLE_DIR",
+    "IMAGE_NAMES",
+    "BuiltImage",
+    "image_tag",
+    "pip_find_links",
+    "build_images",
+    "build_inference_image",
+    "inference_tag",
+]
+
+STAGE_REPOSITORY = "tinymlaas-stage"
+STAGE_IMAGE = f"{STAGE_REPOSITORY}:{__version__}"
+"""The default image of the built-in stages in the Docker executor."""
+IMAGE_NAMES = ("stage", "inference")
+"""The images ``tinymlaas images build`` knows, by their folder under ``pipelines/images``."""
+
+Sink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """One image built by :func:`build_images`."""
+
+    name: str
+    tag: str
+    id: str
+    size_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        return f"{self.tag}  {self.id[:19]}  {self.size_bytes / 1e6:.0f} MB  ({self.seconds:.0f}s)"
+
+
+def image_tag(name: str, tag_suffix: str = "") -> str:
+    """The tag ``tinymlaas images build`` gives image ``name``.
+
+    The inference image built here is the bare runtime (no bundle) tagged ``base-<version>``;
+    per-bundle images get content-hash tags when a device installs a bundle.
+    """
+    if name == "stage":
+        return f"{STAGE_IMAGE}{tag_suffix}"
+    if name == "inference":
+        return f"{INFERENCE_REPOSITORY}:base-{__version__}{tag_suffix}"
+    raise ExecutorError(f"unknown image {name!r}", hint=f"choose one of {', '.join(IMAGE_NAMES)}")
+
+
+def pip_find_links() -> list[Path]:
+    """Local wheel folders pip is configured with (``find-links`` in ``pip config list``).
+
+    That is where a machine keeps wheels it cannot or should not download, such as the
+    torch CPU wheel; handing them to the build keeps it fast and offline-friendly.
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found: list[Path] = []
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if not key.strip().endswith("find-links"):
+            continue
+        for item in value.strip().strip("'\"").split():
+            item = item.removeprefix("file://")
+            path = Path(item)
+            if path.is_dir() and path not in found:
+                found.append(path)
+    return found
+
+
+def build_images(
+    *,
+    only: str | None = None,
+    base: str | None = None,
+    wheels: list[Path] | tuple[Path, ...] = (),
+    tag_suffix: str = "",
+    repo: Path | None = None,
+    docker_host: str | None = None,
+    sink: Sink = print,
+) -> list[BuiltImage]:
+    """Build the stage and inference images (or ``only`` one) on the engine at ``docker_host``.
+
+    ``wheels`` are folders of local wheels put into the build context (pip looks there first);
+    ``base`` replaces the Dockerfiles' ``BASE`` (e.g. ``tinymlaas-base:bookworm`` offline).
+    """
+    names = (only,) if only else IMAGE_NAMES
+    for name in names:
+        image_tag(name)  # unknown names fail before anything is built
+    client = client_for(docker_host)
+    built: list[BuiltImage] = []
+    try:
+        for name in names:
+            tag = image_tag(name, tag_suffix)
+            base_image = base or DEFAULT_BASE
+            sink(f"== building {tag} from {base_image} on {host_label(docker_host)}")
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="tmc.") as tmp:
+                ctx = Path(tmp)
+                facts = prepare_context(ctx, dockerfile_path(name, repo), wheels=tuple(wheels))
+                sink(f"   context: {facts['package_wheel']}; local wheels: {facts['local_wheels']}")
+                buildargs = {"BASE": base_image}
+                if name == "stage" and any((ctx / "wheels").glob("torch-2.13.0*.whl")):
+                    buildargs["TORCH_INDEX"] = ""  # the local CPU wheel; no extra index needed
+                image_id = build_image(client, ctx, tag, buildargs=buildargs, sink=sink, host=docker_host)
+            with docker_errors(docker_host, f"inspecting {tag}"):
+                size = int(client.images.get(image_id).attrs.get("Size") or 0)
+            built.append(BuiltImage(name, tag, image_id, size, time.perf_counter() - started))
+    finally:
+        client.close()
+    return built
