@@ -195,10 +195,11 @@ def _extract_zip(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
     try:
         with zipfile.ZipFile(limits.archive) as zf:
             for info, rel in _zip_members(limits, zf):
-                # zipfile stops at the declared size and then fails the CRC check; allow one
-                # byte more than declared so that a lying header is named as such.
+                # zipfile stops at the declared size and then fails the CRC check. Let it read
+                # on to the real end of the stream (bounded by our own byte count) so that a
+                # lying header is named as such.
                 probe = copy.copy(info)
-                probe.file_size = info.file_size + 1
+                probe.file_size = 1 << 62  # no cap from the header; _write_member counts
                 with zf.open(probe) as src:
                     total += _write_member(limits, root, rel, src, info.filename, info.file_size, False, total)
                 names.append(rel.as_posix())
