@@ -65,14 +65,21 @@ class LoadedYaml:
 
 
 class _Refused(Exception):
-    def __init__(self, mark, message: str, hint: str | None = None):
+    def __init__(self, mark, message: str, hint: str | None = None, *, pos: tuple[int, int] | None = None):
         self.mark = mark
         self.message = message
         self.hint = hint
+        self.pos = pos
 
 
 def _pos(mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
+
+def _byte_pos(raw: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column of a byte offset (the column counts bytes)."""
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    return raw.count(b"\n", 0, offset) + 1, offset - line_start + 1
 
 
 class _Builder:
@@ -84,10 +91,14 @@ class _Builder:
     def build(self, node, path: tuple) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
+            # Aliases share one node, so the node's own mark would point at the anchor's first
+            # use; the top-level key being built is where the expansion happens.
+            top = self.out.keys.get(path[:1]) if path else None
             raise _Refused(
                 node.start_mark,
-                f"the document expands to more than {MAX_NODES} nodes",
-                "a spec file is small; aliases that expand exponentially (an 'alias bomb') are refused",
+                (f"key {path[0]!r} expands" if top else "the document expands") + f" to more than {MAX_NODES} values",
+                "a spec file is small, and aliases that multiply into a huge document are refused",
+                pos=top,
             )
         tag = node.tag
         self.out.values[path] = _pos(node.start_mark)
@@ -103,8 +114,11 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             try:
                 return self.loader.construct_object(node, deep=True)
-            except yaml.YAMLError as exc:  # e.g. a malformed int
-                raise _Refused(node.start_mark, f"cannot read value: {exc}") from None
+            except (yaml.YAMLError, ValueError, KeyError, TypeError, OverflowError):
+                # An explicit tag on a value that does not fit it, e.g. '!!int x' or '!!bool 2'.
+                shown = node.tag.replace(_STD, "!!")
+                raise _Refused(node.start_mark, f"{node.value!r} is not a valid {shown} value",
+                               "remove the tag or fix the value") from None
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
         result: dict = {}
@@ -155,21 +169,69 @@ def _tab_at(text: str, mark) -> bool:
     return "\t" in line[: mark.column + 1] and not line[: mark.column].strip(" \t")
 
 
+_CONTEXT_HINTS = {
+    "while parsing a flow mapping": "the '{{' at line {line}, column {col} is not closed, or an item before here misses its ','",
+    "while parsing a flow sequence": "the '[' at line {line}, column {col} is not closed, or an item before here misses its ','",
+    "while scanning a quoted scalar": "the quoted text that starts at line {line}, column {col} is not closed",
+    "while parsing a quoted scalar": "inside the quoted text that starts at line {line}, column {col}",
+    "while parsing a block mapping": "check the indentation against the mapping that starts at line {line}, column {col}",
+    "while parsing a block collection": "check the indentation against the list that starts at line {line}, column {col}",
+}
+_PROBLEM_HINTS = {
+    "mapping values are not allowed in this context":
+        "check the indentation of this line, and quote values that contain ': '",
+    "found character that cannot start any token": "quote the value",
+    "found undefined alias": "define the anchor ('&name') before using it ('*name')",
+}
+
+
+def _syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str, str | None]:
+    """(line, column, message, hint) for a YAML syntax error, in words a spec author can act on."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = _pos(mark)
+    lines = text.splitlines()
+    if lines and line > len(lines):
+        # The parser reports a missing closer at the end of the stream, past the last line;
+        # an annotation there would land on no line at all.
+        line, col = len(lines), len(lines[-1]) + 1
+    message = (exc.problem or str(exc)).strip()
+    context = (exc.context or "").strip()
+    if _tab_at(text, mark) or "'\\t'" in message:
+        return line, col, "tab character where YAML expects indentation or a value", "indent YAML with spaces, not tabs"
+    if "but found another document" in message:
+        return line, col, "more than one YAML document in the file", \
+            "a spec file holds one document; remove the extra '---'"
+    hint = _PROBLEM_HINTS.get(message)
+    if context in _CONTEXT_HINTS and exc.context_mark is not None:
+        cline, ccol = _pos(exc.context_mark)
+        hint = _CONTEXT_HINTS[context].format(line=cline, col=ccol)
+    elif context and exc.context_mark is not None and hint is None:
+        cline, ccol = _pos(exc.context_mark)
+        hint = f"{context} at line {cline}, column {ccol}"
+    return line, col, message, hint
+
+
 def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) -> LoadedYaml:
     """Load one YAML document from ``raw``. Problems are collected in ``.problems``; this never
     raises for bad input."""
     out = LoadedYaml(path=path)
     if isinstance(raw, bytes):
         if len(raw) > MAX_BYTES:
-            out.problems.append(Problem(path, 0, 0, f"file is larger than {MAX_BYTES} bytes", "a spec file is small; is this the right file?"))
+            out.problems.append(Problem(path, 0, 0, f"file is larger than {MAX_BYTES} bytes",
+                                        "a spec file is a few kB: is this the right file?"))
             return out
-        if b"\0" in raw:
-            out.problems.append(Problem(path, 0, 0, "file is binary, not YAML text", "spec files are UTF-8 YAML"))
+        nul = raw.find(b"\0")
+        if nul >= 0:
+            line, col = _byte_pos(raw, nul)
+            out.problems.append(Problem(path, line, col, "file is binary (it holds a NUL byte), not YAML text",
+                                        "spec files are UTF-8 YAML text"))
             return out
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            out.problems.append(Problem(path, 0, 0, f"file is not UTF-8 text (byte {exc.start})", "save it as UTF-8"))
+            line, col = _byte_pos(raw, exc.start)
+            out.problems.append(Problem(path, line, col, f"file is not UTF-8 text: byte 0x{raw[exc.start]:02x} is invalid here",
+                                        "save the file as UTF-8"))
             return out
     else:
         text = raw
@@ -185,25 +247,14 @@ def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) 
             return out
         out.data = _Builder(loader, out).build(node, ())
     except _Refused as exc:
-        line, col = _pos(exc.mark)
+        line, col = exc.pos or _pos(exc.mark)
         out.problems.append(Problem(path, line, col, exc.message, exc.hint))
         out.data = None
         out.values.clear()
         out.keys.clear()
         return out
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = _pos(mark)
-        message = (exc.problem or str(exc)).strip()
-        hint = None
-        if _tab_at(text, mark) or "'\\t'" in message:
-            message = "tab character where YAML expects indentation or a value"
-            hint = "indent YAML with spaces, not tabs"
-        elif "but found another document" in message:
-            message = "more than one YAML document in the file"
-            hint = "a spec file holds one document; remove the extra '---'"
-        elif exc.context:
-            message = f"{exc.context.strip()}: {message}" if mark is exc.problem_mark else message
+        line, col, message, hint = _syntax_error(text, exc)
         out.problems.append(Problem(path, line, col, f"YAML syntax error: {message}", hint))
         return out
     except yaml.YAMLError as exc:
@@ -225,6 +276,7 @@ def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) 
 
 
 def load_yaml_file(path: Path, display: str | None = None) -> LoadedYaml:
+    """Read and load one spec file; problems (unreadable, too large, bad YAML) are collected."""
     shown = display or str(path)
     try:
         with open(path, "rb") as fh:

@@ -20,6 +20,7 @@ from pydantic import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "LocatedError",
     "NAME_PATTERN",
     "Quantization",
     "ModelFormat",
@@ -52,6 +53,31 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
+
+
+class LocatedError(ValueError):
+    """A validator's error that knows where inside the validated value it belongs.
+
+    ``items`` are ``(loc, message, hint)`` with ``loc`` relative to the value the validator
+    checked (``()`` for the value itself). :mod:`tinymlaas_ci.spec.validate` turns each item
+    into its own problem, so a model validator can point at the exact key and report several
+    problems at once; ``str()`` is the first message, for callers that use the models directly.
+    """
+
+    def __init__(self, items: list[tuple[tuple, str, str | None]]) -> None:
+        self.items = [(tuple(loc), message, hint) for loc, message, hint in items]
+        super().__init__(self.items[0][1] if self.items else "invalid")
+
+    @classmethod
+    def at(cls, loc: tuple, message: str, hint: str | None = None) -> "LocatedError":
+        return cls([(loc, message, hint)])
+
+
+def _close(word: str, choices: list[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 class _Spec(BaseModel):
@@ -106,28 +132,37 @@ class _Source(_Spec):
         if value is None:
             return value
         if value.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", value):
-            raise ValueError("upload paths must be relative to the repository root, not absolute")
+            raise LocatedError.at((), f"upload path {value!r} is absolute",
+                                  "give a path relative to the repository root, e.g. uploads/my-model/model.onnx")
         parts = re.split(r"[\\/]", value)
         if ".." in parts:
-            raise ValueError("upload paths must not contain '..'; keep files inside the repository")
+            raise LocatedError.at((), f"upload path {value!r} contains '..'",
+                                  "uploads must stay inside the repository: give a path under it without '..'")
         if not value or value.endswith("/"):
-            raise ValueError("upload must name a file")
+            raise LocatedError.at((), f"upload path {value!r} does not name a file",
+                                  "give the path of a file, e.g. uploads/my-model/model.onnx")
         return value
 
     @field_validator("huggingface")
     @classmethod
     def _repo_id(cls, value: str | None) -> str | None:
         if value is not None and not _HF_REPO_RE.match(value):
-            raise ValueError(f"{value!r} is not a Hugging Face repository id like 'owner/name'")
+            raise LocatedError.at((), f"{value!r} is not a Hugging Face repository id",
+                                  "write it as 'owner/name', e.g. 'google/mobilenet_v2_1.0_224'")
         return value
 
     @model_validator(mode="after")
     def _exactly_one_source(self):
         given = [k for k in ("upload", "huggingface") if getattr(self, k) is not None]
         if not given:
-            raise ValueError("give a source: either 'upload' (a file in the repository) or 'huggingface' (a repo id)")
+            raise LocatedError.at(
+                (), "no source given", "add 'upload' with a file in the repository, or 'huggingface' with a Hub repo id"
+            )
         if len(given) > 1:
-            raise ValueError("give only one source: 'upload' or 'huggingface', not both")
+            raise LocatedError.at(
+                ("huggingface",), "give only one source: 'upload' or 'huggingface', not both",
+                "remove one of the two",
+            )
         return self
 
     @property
@@ -148,9 +183,15 @@ class ModelSource(_Source):
     @model_validator(mode="after")
     def _hf_needs_file(self):
         if self.huggingface is not None and not self.file:
-            raise ValueError("a Hugging Face model needs 'file': the model file inside the repository")
+            raise LocatedError.at(
+                ("huggingface",), "a Hugging Face model needs 'file', the model file inside the repository",
+                "add e.g. 'file: model.onnx' next to 'huggingface'",
+            )
         if self.upload is not None and self.file is not None:
-            raise ValueError("'file' applies to Hugging Face models only; an upload already names its file")
+            raise LocatedError.at(
+                ("file",), "'file' applies to Hugging Face models only; an upload already names its file",
+                "remove 'file'",
+            )
         return self
 
 
@@ -172,7 +213,9 @@ class DatasetSource(_Source):
     @classmethod
     def _not_train(cls, value: str) -> str:
         if value == "train":
-            raise ValueError("accuracy is measured on held-out data: use 'test' or 'val', not 'train'")
+            raise LocatedError.at(
+                (), "accuracy is measured on held-out data, not on the 'train' split", "use 'test' or 'val'"
+            )
         return value
 
 
@@ -280,18 +323,20 @@ class RunSpec(_Spec):
     @model_validator(mode="after")
     def _runtime_supports_quantization(self):
         if self.runtime is Runtime.pytorch and self.compression.quantization is Quantization.static_int8:
-            raise ValueError(
-                "runtime 'pytorch' does not support 'static-int8'; use runtime 'onnxruntime' "
-                "for static int8, or quantization 'dynamic-int8' / 'fp16' with pytorch"
+            raise LocatedError.at(
+                ("compression", "quantization"),
+                "runtime 'pytorch' does not support 'static-int8'",
+                "use runtime 'onnxruntime' for static int8, or quantization 'dynamic-int8' or 'fp16' with pytorch",
             )
         return self
 
     @field_validator("notify")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not _EMAIL_RE.match(v)]
+        bad = [((i,), f"{v!r} is not an email address", "write it as name@example.com")
+               for i, v in enumerate(value) if not _EMAIL_RE.match(v)]
         if bad:
-            raise ValueError(f"not an email address: {', '.join(map(repr, bad))}")
+            raise LocatedError(bad)
         return value
 
 
@@ -388,8 +433,16 @@ class StageSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_kind(self):
-        if (self.builtin is None) == (self.command is None):
-            raise ValueError("a stage needs exactly one of 'builtin' (fetch, compile, install, infer) or 'command'")
+        if self.builtin is not None and self.command is not None:
+            raise LocatedError.at(
+                ("command",), "a stage has either 'builtin' or 'command', not both",
+                "remove 'command' to use the built-in stage, or 'builtin' to run your own command",
+            )
+        if self.builtin is None and self.command is None:
+            raise LocatedError.at(
+                (), f"stage {self.name!r} has neither 'builtin' nor 'command'",
+                "add 'builtin' with one of fetch, compile, install, infer; or 'command' to run your own",
+            )
         return self
 
 
@@ -409,32 +462,51 @@ class PipelineSpec(_Spec):
 
     @model_validator(mode="after")
     def _graph(self):
-        names = [s.name for s in self.stages]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate stage names: {', '.join(dupes)}")
-        known = set(names)
-        for stage in self.stages:
-            missing = [n for n in stage.needs if n not in known]
-            if missing:
-                raise ValueError(f"stage {stage.name!r} needs unknown stage(s): {', '.join(missing)}")
-        # Cycle check (Kahn).
+        problems: list[tuple[tuple, str, str | None]] = []
+        first: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            if stage.name in first:
+                problems.append((("stages", i, "name"), f"stage name {stage.name!r} is used twice (also by stages[{first[stage.name]}])",
+                                 "give every stage its own name"))
+            else:
+                first[stage.name] = i
+        names = list(first)
+        for i, stage in enumerate(self.stages):
+            for j, need in enumerate(stage.needs):
+                if need not in first:
+                    problems.append((("stages", i, "needs", j), f"stage {stage.name!r} needs unknown stage {need!r}",
+                                     _close(need, names) or f"stages: {', '.join(names)}"))
+        if problems:
+            raise LocatedError(problems)
+        # Cycle check (Kahn): what is left once every stage that can run has run is a cycle.
         indeg = {s.name: len(set(s.needs)) for s in self.stages}
         users: dict[str, list[str]] = {n: [] for n in names}
         for s in self.stages:
             for n in set(s.needs):
                 users[n].append(s.name)
         ready = [n for n, d in indeg.items() if d == 0]
-        seen = 0
         while ready:
             n = ready.pop()
-            seen += 1
+            del indeg[n]
             for u in users[n]:
                 indeg[u] -= 1
                 if indeg[u] == 0:
                     ready.append(u)
-        if seen != len(names):
-            raise ValueError("the stages' 'needs' form a cycle")
+        if indeg:
+            # Walk 'needs' inside the unresolved stages from the first one until a stage repeats.
+            by_name = {s.name: s for s in self.stages}
+            walk = [next(s.name for s in self.stages if s.name in indeg)]
+            while True:
+                nxt = next(n for n in by_name[walk[-1]].needs if n in indeg)
+                if nxt in walk:
+                    walk = walk[walk.index(nxt):] + [nxt]
+                    break
+                walk.append(nxt)
+            i = first[walk[0]]
+            raise LocatedError.at(
+                ("stages", i, "needs"), "the stages' 'needs' form a cycle: " + " -> ".join(walk),
+                "remove one of these 'needs' so that the stages can run in order",
+            )
         return self
 
     def order(self) -> list[StageSpec]:

@@ -36,6 +36,7 @@ SPEC_SUFFIXES = (".yaml", ".yml")
 _DEVICE_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
 _NAME_RE = re.compile(NAME_PATTERN)
 _MATRIX_FORBIDDEN = {"schema", "name", "matrix", "description"}
+_NAME_RULE = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,29 @@ class Repo:
 
 
 def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as shown to the user. The file itself is not resolved, so a
+    symlinked spec keeps its own name (its target is checked by :func:`_escapes`)."""
+    absolute = path if path.is_absolute() else Path.cwd() / path
+    for candidate in (absolute, absolute.parent.resolve() / absolute.name):
+        try:
+            return candidate.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
+
+
+def _escapes(path: Path, root: Path) -> bool:
+    """True when ``path`` is (or passes through) a symlink that leads outside ``root``."""
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        path.resolve().relative_to(root)
     except ValueError:
-        return path.as_posix()
+        return True
+    return False
+
+
+def _outside_problem(rel: str) -> Problem:
+    return Problem(rel, 0, 0, "spec file is a symlink that points outside the repository",
+                   "commit the file itself into the repository")
 
 
 def _spec_files(folder: Path) -> list[Path]:
@@ -142,7 +162,7 @@ def _check_matrix_key(key: str) -> tuple[str | None, str | None]:
     model: Any = RunSpec
     for i, part in enumerate(parts):
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return f"matrix key {key!r}: {'.'.join(parts[:i])!r} has no fields", None
+            return f"matrix key {key!r}: {'.'.join(parts[:i])!r} has no fields", f"sweep {'.'.join(parts[:i])!r} itself"
         keys = field_keys(model)
         if part not in keys:
             prefix = ".".join(parts[:i])
@@ -171,6 +191,15 @@ def expand_matrix(loaded: LoadedYaml, base_name: str) -> tuple[list[tuple[str, d
         if msg:
             problems.append(loaded.problem(("matrix", key), msg, key=True, hint=hint))
         elif isinstance(values, list) and values:
+            seen: dict[str, Any] = {}
+            for j, value in enumerate(values):
+                slug = _slug(value)
+                if slug in seen:
+                    what = "is listed twice" if value == seen[slug] else f"gives the same run name as {seen[slug]!r}"
+                    problems.append(loaded.problem(("matrix", key, j), f"matrix.{key}[{j}]: {value!r} {what}",
+                                                   hint="list each value once"))
+                else:
+                    seen[slug] = value
             keys.append(key)
     if problems or not keys:
         return [], problems
@@ -194,6 +223,9 @@ class Loader:
         repo = self.repo
         for path in _spec_files(repo.root / "devices"):
             rel = _rel(path, repo.root)
+            if _escapes(path, repo.root):
+                repo.problems.append(_outside_problem(rel))
+                continue
             loaded = load_yaml_file(path, rel)
             if loaded.problems:
                 repo.problems += loaded.problems
@@ -202,10 +234,13 @@ class Loader:
             cls = _DEVICE_CLASSES.get(kind) if isinstance(kind, str) else None
             if cls is None:
                 if "kind" not in loaded.data:
-                    repo.problems.append(loaded.problem((), "missing required key 'kind'", hint="kind: local, docker or ssh"))
+                    repo.problems.append(loaded.problem((), "missing required key 'kind'", key=True,
+                                                        hint="add 'kind: local', 'kind: docker' or 'kind: ssh'"))
                 else:
                     repo.problems.append(
-                        loaded.problem(("kind",), f"kind: {kind!r} is not one of: local, docker, ssh", hint=suggest(str(kind), _DEVICE_CLASSES))
+                        loaded.problem(("kind",), f"kind: {kind!r} is not one of: local, docker, ssh",
+                                       hint=suggest(str(kind), _DEVICE_CLASSES)
+                                       or "local is the runner itself, docker any Docker engine, ssh a Linux board")
                     )
                 continue
             spec, problems = validate_loaded(loaded, cls)
@@ -230,6 +265,9 @@ class Loader:
         repo.pipelines["default"] = DEFAULT_PIPELINE
         for path in _spec_files(repo.root / "pipelines"):
             rel = _rel(path, repo.root)
+            if _escapes(path, repo.root):
+                repo.problems.append(_outside_problem(rel))
+                continue
             loaded = load_yaml_file(path, rel)
             spec, problems = validate_loaded(loaded, PipelineSpec)
             repo.problems += problems
@@ -273,18 +311,22 @@ class Loader:
         for path in self.run_paths(selected):
             rel = _rel(path, repo.root)
             parts = Path(rel).parts
+            if _escapes(path, repo.root) and not (Path(rel).is_absolute() or parts[:1] == ("..",)):
+                repo.problems.append(_outside_problem(rel))
+                continue
             loaded = load_yaml_file(path, rel)
             if len(parts) == 3 and parts[0] == "runs":
                 project = parts[1]
             else:
                 project = path.resolve().parent.name
                 if len(parts) == 2 and parts[0] == "runs":
-                    repo.problems.append(Problem(rel, 0, 0, "run specs live in a project folder: runs/<project>/<run>.yaml",
-                                                 f"move it, e.g. to runs/default/{path.name}"))
+                    repo.problems.append(Problem(rel, 0, 0, "run spec is not in a project folder",
+                                                 f"run specs live in runs/<project>/<run>.yaml: move it, e.g. to runs/default/{path.name}"))
                     continue
             if not _NAME_RE.match(project):
+                better = _slug(project)[:63] or "default"
                 repo.problems.append(Problem(rel, 0, 0, f"project folder name {project!r} is not a valid name",
-                                             "use lower-case letters, digits, '.', '_' or '-'"))
+                                             f"rename the folder, e.g. to runs/{better}/: {_NAME_RULE}"))
             rf = RunFile(path=rel, project=project, loaded=loaded)
             repo.run_files.append(rf)
             spec, problems = validate_loaded(loaded, RunSpec)
@@ -294,8 +336,8 @@ class Loader:
             rf.spec = spec
             base = spec.name or path.stem
             if not spec.name and not _NAME_RE.match(base):
-                repo.problems.append(Problem(rel, 0, 0, f"run name {base!r} (from the file name) is not a valid name",
-                                             "rename the file or set 'name:' (lower-case letters, digits, '.', '_', '-')"))
+                repo.problems.append(Problem(rel, 0, 0, f"run name {base!r}, taken from the file name, is not a valid name",
+                                             f"rename the file or set 'name': {_NAME_RULE}"))
                 continue
             combos, problems = expand_matrix(loaded, base)
             repo.problems += problems
@@ -325,7 +367,9 @@ class Loader:
                 line, col = loaded.position(("matrix", key, idx))
                 message = p.message
                 if message.split(":")[0] in (key, dotted(tuple(key.split(".")))) or key in message:
-                    out.append(Problem(p.path, line, col, f"matrix {key}={value!r}: {message}", p.hint))
+                    if message.startswith(key + ": "):
+                        message = message[len(key) + 2:]
+                    out.append(Problem(p.path, line, col, f"matrix.{key}[{idx}]: {message}", p.hint))
                     break
             else:
                 line, col = loaded.position(("matrix",), key=True)
@@ -340,8 +384,8 @@ class Loader:
             for run in rf.runs:
                 key = (run.project, run.name)
                 if key in names:
-                    line = rf.loaded.position(("name",))[0] if "name" in rf.loaded.data else 0
-                    repo.problems.append(Problem(rf.path, line, 1 if line else 0,
+                    line, col = rf.loaded.position(("name",), key=True) if "name" in rf.loaded.data else (0, 0)
+                    repo.problems.append(Problem(rf.path, line, col,
                                                  f"run name {run.name!r} is used twice in project {run.project!r} (also by {names[key]})",
                                                  "run names must be unique within a project: set a different 'name'"))
                     continue
@@ -385,14 +429,19 @@ class Loader:
                 path.resolve().relative_to(repo.root)
             except ValueError:
                 repo.problems.append(loaded.problem(loc, f"upload {rel!r} is a symlink that points outside the repository",
-                                                    hint="commit the file itself into the repository (Git LFS is fine)"))
+                                                    hint="commit the file itself into the repository; Git LFS is fine"))
                 return
         if not path.exists():
-            repo.problems.append(loaded.problem(loc, f"upload {rel!r} does not exist",
-                                                hint="commit the file, or fix the path (it is relative to the repository root)"))
+            siblings = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+            close = suggest(path.name, siblings)
+            hint = (f"did you mean {(Path(rel).parent / close.split(chr(39))[1]).as_posix()!r}?" if close else
+                    "commit the file, or fix the path: it is relative to the repository root")
+            repo.problems.append(loaded.problem(loc, f"upload {rel!r} does not exist", hint=hint))
             return
         if not path.is_file():
-            repo.problems.append(loaded.problem(loc, f"upload {rel!r} is not a file"))
+            what = "a folder" if path.is_dir() else "not a regular file"
+            repo.problems.append(loaded.problem(loc, f"upload {rel!r} is {what}, not a file",
+                                                hint="name one file: a model file, or a dataset archive such as data.zip"))
             return
         repo.upload_digests[rel] = sha256_file(path)
 
@@ -443,4 +492,6 @@ def load_repo(root: Path, paths: list[Path] | None = None, *, results: bool = Tr
         ]
     if results:
         loader.load_results()
+    # File order, then line order: what a reader scanning the output expects.
+    repo.problems = sorted(dict.fromkeys(repo.problems))
     return repo

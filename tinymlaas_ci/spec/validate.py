@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from tinymlaas_ci.errors import Problem
 from tinymlaas_ci.spec.loader import LoadedYaml
+from tinymlaas_ci.spec.models import NAME_PATTERN, SCHEMA_VERSION, DeviceSpec, LocatedError
 
 __all__ = ["validate_loaded", "problems_from_error", "field_keys", "suggest", "dotted"]
 
@@ -28,8 +29,18 @@ def dotted(loc: tuple) -> str:
 
 
 def suggest(word: str, choices: typing.Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    """A "did you mean" hint: the closest choice, else the choices that contain ``word``
+    (so that ``int8`` suggests ``dynamic-int8`` and ``static-int8``)."""
+    choices = [str(c) for c in choices]
+    word = str(word)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    low = word.lower()
+    within = [c for c in choices if len(low) >= 2 and low in c.lower()]
+    if within and len(within) <= 3:
+        return "did you mean " + " or ".join(repr(c) for c in within) + "?"
+    return None
 
 
 def _unwrap(tp: Any, data: Any = None) -> Any:
@@ -108,25 +119,129 @@ def _resolve_loc(data: Any, loc: tuple) -> tuple:
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "an empty value"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+_NAME_HINT = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+# pydantic error type -> our wording. Messages say what a value must be; the caller adds
+# where it is and what was found.
+_TYPE_MESSAGES = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping of keys",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+}
+_BOUND_MESSAGES = {
+    "greater_than_equal": ("ge", "must be at least {}"),
+    "greater_than": ("gt", "must be greater than {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "less_than": ("lt", "must be less than {}"),
+}
+
+
+def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, str | None]:
+    """(message, hint) for one pydantic error, without its location."""
+    kind = e["type"]
+    ctx = e.get("ctx") or {}
+    value = e.get("input")
+    got = "" if isinstance(value, (dict, list)) else f", got {_short(value)}"
+    if kind in _TYPE_MESSAGES:
+        hint = None
+        expected = _type_at(model, loc, data)
+        if kind in ("dict_type", "model_type", "model_attributes_type") and isinstance(expected, type) \
+                and issubclass(expected, BaseModel):
+            hint = f"its keys: {', '.join(field_keys(expected))}"
+        elif kind == "list_type":
+            hint = "write a list: [a, b] or one '- item' per line"
+        if value is None:
+            parent = _type_at(model, loc[:-1], data) if loc else None
+            info = _field(parent, str(loc[-1])) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
+            if hint and hint.startswith("its keys"):
+                hint = "fill in " + hint
+            else:
+                hint = "give it a value" if info is None or info.is_required() else \
+                    "give it a value, or remove the key to use the default"
+        return _TYPE_MESSAGES[kind] + got, hint
+    if kind in _BOUND_MESSAGES:
+        name, text = _BOUND_MESSAGES[kind]
+        return text.format(ctx.get(name)) + got, None
+    if kind == "too_short":
+        return f"must have at least {_plural(ctx.get('min_length'), 'item')}, has {ctx.get('actual_length')}", None
+    if kind == "too_long":
+        return f"must have at most {_plural(ctx.get('max_length'), 'item')}, has {ctx.get('actual_length')}", None
+    if kind == "string_too_short":
+        return "must not be empty", None
+    if kind == "string_too_long":
+        return f"must be at most {_plural(ctx.get('max_length'), 'character')}" + got, None
+    if kind == "string_pattern_mismatch":
+        if ctx.get("pattern") == NAME_PATTERN:
+            return f"{_short(value)} is not a valid name", _NAME_HINT
+        return f"must match the pattern {ctx.get('pattern')}" + got, None
+    if kind in ("enum", "literal_error"):
+        expected = _type_at(model, loc, data)
+        choices: list[str] = []
+        if isinstance(expected, type) and issubclass(expected, Enum):
+            choices = [str(m.value) for m in expected]
+        elif typing.get_origin(expected) is typing.Literal:
+            choices = [str(a) for a in typing.get_args(expected)]
+        if loc[-1:] == ("schema",) and choices == [str(SCHEMA_VERSION)]:
+            return f"schema version {_short(value)} is not supported", \
+                f"write 'schema: {SCHEMA_VERSION}', the version this TinyMLaaS-CI reads"
+        if choices:
+            return f"{_short(value)} is not one of: {', '.join(choices)}", suggest(str(value), choices)
+    msg = e["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):], None
+    return msg + got, None
+
+
+def _missing_hint(model: Any, loc: tuple, data: Any) -> str | None:
+    if loc == ("schema",) or loc[-1:] == ("schema",):
+        return "add 'schema: 1' as the first key"
+    parent = _type_at(model, loc[:-1], data)
+    info = _field(parent, str(loc[-1])) if isinstance(parent, type) and issubclass(parent, BaseModel) else None
+    desc = (info.description or "").split("\n")[0].split(". ")[0].strip().rstrip(".").replace("``", "'") if info else ""
+    where = f" under '{dotted(loc[:-1])}'" if loc[:-1] else ""
+    if desc:
+        desc = desc[0].lower() + desc[1:]
+        return f"add '{loc[-1]}'{where}: {desc}"
+    return f"add '{loc[-1]}'{where}"
 
 
 def problems_from_error(
     err: ValidationError, loaded: LoadedYaml, model: Any, *, prefix: tuple = ()
 ) -> list[Problem]:
+    """One problem per pydantic error, at the position of the key or value it concerns."""
     problems: list[Problem] = []
     data = loaded.data
+    inner = _get(data, prefix)
     for e in err.errors(include_url=False):
-        loc = prefix + _resolve_loc(_get(data, prefix), tuple(e["loc"]))
+        loc = prefix + _resolve_loc(inner, tuple(e["loc"]))
+        rel = loc[len(prefix):]
         kind = e["type"]
-        where = dotted(loc)
-        hint = None
         if kind == "extra_forbidden":
             key = loc[-1]
-            parent = _type_at(model, loc[len(prefix):-1], _get(data, prefix))
+            parent = _type_at(model, rel[:-1], inner)
             keys = field_keys(parent) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-            hint = suggest(str(key), keys) or (f"allowed keys: {', '.join(keys)}" if keys else None)
+            hint = suggest(str(key), keys) or _other_kind(model, inner, rel) or (
+                f"allowed keys: {', '.join(keys)}" if keys else None)
             parent_name = dotted(loc[:-1])
             msg = f"unknown key {key!r}" + (f" in {parent_name!r}" if parent_name else "")
             problems.append(loaded.problem(loc, msg, key=True, hint=hint))
@@ -135,28 +250,41 @@ def problems_from_error(
             key = loc[-1]
             parent_name = dotted(loc[:-1])
             msg = f"missing required key {key!r}" + (f" in {parent_name!r}" if parent_name else "")
-            problems.append(loaded.problem(loc[:-1], msg, key=True))
+            problems.append(loaded.problem(loc[:-1], msg, key=True, hint=_missing_hint(model, rel, inner)))
             continue
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if msg.startswith("Assertion failed, "):
-            msg = msg[len("Assertion failed, "):]
-        if kind in ("enum", "literal_error"):
-            expected = _type_at(model, loc[len(prefix):], _get(data, prefix))
-            choices: list[str] = []
-            if isinstance(expected, type) and issubclass(expected, Enum):
-                choices = [str(m.value) for m in expected]
-            elif typing.get_origin(expected) is typing.Literal:
-                choices = [str(a) for a in typing.get_args(expected)]
-            if choices:
-                msg = f"{_short(e.get('input'))} is not one of: {', '.join(choices)}"
-                hint = suggest(str(e.get("input")), choices)
-        elif kind not in ("value_error", "assertion_error") and "input" in e and not isinstance(e["input"], (dict, list)):
-            msg = f"{msg}, got {_short(e['input'])}"
-        text = f"{where}: {msg}" if where else msg
-        problems.append(loaded.problem(loc, text, hint=hint))
+        error = (e.get("ctx") or {}).get("error")
+        if kind == "value_error" and isinstance(error, LocatedError):
+            for sub, msg, hint in error.items:
+                where = dotted(loc + sub)
+                problems.append(loaded.problem(loc + sub, f"{where}: {msg}" if where else msg, hint=hint))
+            continue
+        msg, hint = _describe_error(e, model, rel, inner)
+        where = dotted(loc)
+        # An empty value has no position of its own worth showing: point at its key.
+        problems.append(loaded.problem(loc, f"{where}: {msg}" if where else msg, hint=hint,
+                                       key=e.get("input", 0) is None))
     return problems
+
+
+def _other_kind(model: Any, data: Any, rel: tuple) -> str | None:
+    """For a device file: 'docker' under kind 'local' is a key of another kind."""
+    if len(rel) != 1 or not isinstance(data, dict):
+        return None
+    if not (isinstance(model, type) and issubclass(model, BaseModel) and "kind" in model.model_fields):
+        return None
+    for m in typing.get_args(_strip_annotated(DeviceSpec)):
+        if m is model:
+            continue
+        kind = m.model_fields.get("kind")
+        if kind is not None and _field(m, str(rel[0])) is not None:
+            return f"{rel[0]!r} applies to devices of kind {typing.get_args(kind.annotation)[0]!r}"
+    return None
+
+
+def _strip_annotated(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
 
 
 def _get(data: Any, loc: tuple) -> Any:
