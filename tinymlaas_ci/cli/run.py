@@ -121,6 +121,18 @@ def _summary(outcomes, args) -> None:
         print(f"resume with: {' '.join(shlex.quote(c) for c in cmd)}  (finished stages are reused)", file=sys.stderr)
 
 
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def cmd_status(args) -> int:
     import fnmatch
 
@@ -141,7 +153,10 @@ def cmd_status(args) -> int:
                 for stage_dir in sorted((d for d in run.iterdir() if (d / "status.json").exists()),
                                         key=lambda d: volume.status(d.name).started_at or ""):
                     st = volume.status(stage_dir.name)
-                    stages.append({"stage": st.stage, "status": st.status, "duration_s": st.duration_s,
+                    state = st.status
+                    if state == "running" and st.pid and not _alive(st.pid):
+                        state = "interrupted"  # its runner died (crash or kill -9); the next run redoes it
+                    stages.append({"stage": st.stage, "status": state, "duration_s": st.duration_s,
                                    "started_at": st.started_at, "cache_key": st.cache_key})
                 result = volume.read_json(".", "result.json") if (run / "result.json").exists() else None
                 rows.append({"run": run_id, "stages": stages, "result": result.get("status") if result else None})

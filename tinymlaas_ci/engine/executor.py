@@ -66,4 +66,8 @@ def builtin_argv(call: StageCall, volume: str, python: str | None = None) -> lis
     if call.builtin is not None:
         return [python or sys.executable, "-m", f"tinymlaas_ci.stages.{call.builtin}", volume, "--name", call.stage]
     assert call.command is not None
-    return [part.replace("{run}", volume) for part in call.command]
+    argv = [part.replace("{run}", volume) for part in call.command]
+    if python and argv[0] in ("python", "python3"):
+        # The same interpreter as the runner, so a stage sees the packages the runner sees.
+        argv[0] = python
+    return argv

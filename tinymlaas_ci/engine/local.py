@@ -7,6 +7,7 @@ unpickled with this user's rights, so the engine warns once per run when a run l
 from __future__ import annotations
 
 import os
+import sys
 import signal
 import subprocess
 from pathlib import Path
@@ -21,7 +22,7 @@ class LocalExecutor:
     name = "local"
 
     def run(self, call: StageCall, volume: Path, repo: Path, sink: LineSink) -> ExecOutcome:
-        argv = builtin_argv(call, str(volume))
+        argv = builtin_argv(call, str(volume), python=sys.executable)
         env = dict(os.environ)
         env.update(call.env)
         env["PYTHONUNBUFFERED"] = "1"

@@ -36,7 +36,8 @@ from tinymlaas_ci.stages.contract import CONTRACT_SCHEMA, ERROR_FILE, OUTPUTS_FI
 __all__ = ["RunOptions", "RunOutcome", "Engine", "code_digest", "DEVICE_STAGES", "PASSED_ENV"]
 
 DEVICE_STAGES = ("install", "infer")
-"""Built-in stages that use the device: one at a time per device, across processes."""
+"""Stages that use the device (the built-in ones, or a user's stage with one of these names):
+one at a time per device, across processes."""
 
 PASSED_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HUGGING_FACE_HUB_TOKEN")
 """Environment passed to stages that may use the network (fetch). Values are never logged."""
@@ -185,8 +186,9 @@ class Engine:
                 log_path = str(volume.stage_dir(stage.name) / LOG_FILE)
                 error = {"stage": stage.name, "message": message}
             else:
-                outputs[stage.builtin or stage.name] = out
-        return self._finish(run, volume, outputs, records, error, log_path)
+                outputs[stage.name] = out
+        builtin = {s.builtin: outputs[s.name] for s in run.stages if s.builtin and s.name in outputs}
+        return self._finish(run, volume, builtin, records, error, log_path)
 
     def _stage(self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage,
                outputs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -194,7 +196,7 @@ class Engine:
         executor_name = opts.executor
         call = self._call(run, device, stage)
         executor = self.executor(executor_name)
-        upstream = {n: outputs.get(self._builtin_of(run, n), {}) for n in stage.needs}
+        upstream = {n: outputs.get(n, {}) for n in stage.needs}
         upstream_digests = {n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()}
         try:
             identity = self._identity(executor, call)
@@ -213,7 +215,7 @@ class Engine:
                 return self._record_from(previous, cache_hit=True), out
 
         lock = nullcontext()
-        if stage.builtin in DEVICE_STAGES:
+        if (stage.builtin or stage.name) in DEVICE_STAGES:
             lock = file_lock(self.lock_dir / f"device-{run.device}.lock", what=f"device {run.device!r}",
                              timeout=opts.lock_timeout, on_wait=self.progress.message)
         with lock:
@@ -302,12 +304,6 @@ class Engine:
         return self._record_from(status, cache_hit=False), out
 
     # -- helpers -------------------------------------------------------------------------------
-    def _builtin_of(self, run: PlannedRun, name: str) -> str:
-        for s in run.stages:
-            if s.name == name:
-                return s.builtin or s.name
-        return name
-
     def _call(self, run: PlannedRun, device, stage: PlannedStage) -> StageCall:
         spec = run.spec
         env = {}
@@ -420,12 +416,14 @@ class Engine:
                                           "the old result stays in git history")
             write_result(path, result)
         failed_gates = [g for g in result.gates if not g.passed]
-        if result.status == "succeeded":
+        if result.status == "succeeded" and result.metrics is not None:
             m = result.metrics
             self.progress.message(
                 f"✓ {run.id}: accuracy {m.accuracy:.4f}, p50 {m.latency_ms.p50:.4f} ms, "
                 f"{m.model_size_bytes:,} bytes -> {rel or volume.root / 'result.json'}"
             )
+        elif result.status == "succeeded":
+            self.progress.message(f"✓ {run.id}: done -> {rel or volume.root / 'result.json'}")
         elif result.status == "gates-failed":
             for g in failed_gates:
                 self.progress.message(f"✗ {run.id}: gate {g.message}")

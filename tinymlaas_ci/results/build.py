@@ -63,8 +63,8 @@ def build_result(
     for out in outputs.values():
         all_tools.update({k: str(v) for k, v in (out.get("records", {}).get("tools") or {}).items()})
     all_tools.update(tools or {})
-    verdicts = evaluate_gates(gates, metrics) if metrics else []
-    if error is not None or metrics is None:
+    verdicts = evaluate_gates(gates, metrics) if error is None else []
+    if error is not None:
         status = "failed"
     elif any(not v.passed for v in verdicts):
         status = "gates-failed"
