@@ -87,7 +87,9 @@ class DockerExecutor:
         uid, gid = self.sandbox_user()
         self._prepare_volume(volume, call.stage, uid, gid)
 
-        argv = builtin_argv(call, VOLUME_MOUNT, python="python")
+        # Built-in stages use the image's `python`; a user's command runs exactly as written
+        # (its interpreter is the image's business, not the runner's).
+        argv = builtin_argv(call, VOLUME_MOUNT, python="python" if call.builtin else None)
         env = dict(call.env)
         env.update({"TINYMLAAS_SANDBOXED": "1", "HOME": "/tmp", "PYTHONUNBUFFERED": "1"})
         kwargs: dict = {
@@ -122,9 +124,12 @@ class DockerExecutor:
             with docker_errors(host, f"creating the container for {where}"):
                 container = client.containers.create(**kwargs)
             with docker_errors(host, f"starting {where}"):
+                # Attach before starting: a logs(follow=True) stream can end before the last
+                # line without a newline arrives; the attached stream carries every byte.
+                output = container.attach(stream=True, logs=True, stdout=True, stderr=True)
                 container.start()
             with docker_errors(host, f"reading the output of {where}"):
-                self._stream(container, sink)
+                self._stream(output, sink)
             with docker_errors(host, f"waiting for {where}"):
                 status = container.wait(timeout=None)
                 container.reload()
@@ -210,10 +215,10 @@ class DockerExecutor:
                     os.chmod(path, stat.S_IMODE(st.st_mode) | want)
 
     @staticmethod
-    def _stream(container, sink: LineSink) -> None:
+    def _stream(output, sink: LineSink) -> None:
         # Output arrives in chunks that need not end at line ends; keep the partial line.
         pending = b""
-        for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+        for chunk in output:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:

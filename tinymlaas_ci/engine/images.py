@@ -141,6 +141,7 @@ def build_images(
             base_image = base or DEFAULT_BASE
             sink(f"== building {tag} from {base_image} on {host_label(docker_host)}")
             started = time.perf_counter()
+            previous = _image_id(client, tag, docker_host)
             with tempfile.TemporaryDirectory(prefix="tmc.") as tmp:
                 ctx = Path(tmp)
                 facts = prepare_context(ctx, dockerfile_path(name, repo), wheels=tuple(wheels))
@@ -149,9 +150,38 @@ def build_images(
                 if name == "stage" and any((ctx / "wheels").glob("torch-2.13.0*.whl")):
                     buildargs["TORCH_INDEX"] = ""  # the local CPU wheel; no extra index needed
                 image_id = build_image(client, ctx, tag, buildargs=buildargs, sink=sink, host=docker_host)
+            if previous and previous != image_id:
+                _drop_untagged(client, previous, docker_host, sink)
             with docker_errors(docker_host, f"inspecting {tag}"):
                 size = int(client.images.get(image_id).attrs.get("Size") or 0)
             built.append(BuiltImage(name, tag, image_id, size, time.perf_counter() - started))
     finally:
         client.close()
     return built
+
+
+def _image_id(client, ref: str, host: str | None) -> str | None:
+    import docker  # noqa: PLC0415 - client_for already proved it is installed
+
+    try:
+        return client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise ExecutorError(f"cannot inspect {ref} on {host_label(host)}: {exc}") from exc
+
+
+def _drop_untagged(client, image_id: str, host: str | None, sink: Sink) -> None:
+    """Remove the image a rebuild replaced, if nothing else names or uses it.
+
+    Every rebuild would otherwise leave a gigabyte-sized dangling image behind.
+    """
+    import docker  # noqa: PLC0415
+
+    try:
+        if client.images.get(image_id).tags:
+            return
+        client.images.remove(image_id)
+        sink(f"   removed the replaced image {image_id[:19]}")
+    except docker.errors.DockerException:
+        pass  # still used by a container, or already gone: leaving it is harmless
