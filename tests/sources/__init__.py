@@ -1,0 +1,1 @@
+"""Tests of the sources layer (Hub, uploads, archives) and dataset conversion."""
