@@ -124,7 +124,7 @@ class _Builder:
         result: dict = {}
         for key_node, value_node in node.value:
             if key_node.tag == _STD + "merge":
-                raise _Refused(key_node.start_mark, "merge keys ('<<') are not supported", "write the keys out")
+                raise _Refused(key_node.start_mark, "merge keys '<<' are not supported", "write the keys out")
             if not isinstance(key_node, yaml.ScalarNode):
                 raise _Refused(key_node.start_mark, "a key must be a plain value, not a list or mapping")
             key = self.build(key_node, path + ("\0key",))
@@ -138,7 +138,7 @@ class _Builder:
                 first = self.out.keys.get(path + (key,), (0, 0))
                 raise _Refused(
                     key_node.start_mark,
-                    f"duplicate key {key!r} (first defined on line {first[0]})",
+                    f"duplicate key {key!r}, first defined on line {first[0]}",
                     "each key may appear once in a mapping; remove one",
                 )
             self.out.keys[path + (key,)] = _pos(key_node.start_mark)
@@ -223,7 +223,7 @@ def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) 
         nul = raw.find(b"\0")
         if nul >= 0:
             line, col = _byte_pos(raw, nul)
-            out.problems.append(Problem(path, line, col, "file is binary (it holds a NUL byte), not YAML text",
+            out.problems.append(Problem(path, line, col, "file is binary, not YAML text: it holds a NUL byte",
                                         "spec files are UTF-8 YAML text"))
             return out
         try:

@@ -466,7 +466,7 @@ class PipelineSpec(_Spec):
         first: dict[str, int] = {}
         for i, stage in enumerate(self.stages):
             if stage.name in first:
-                problems.append((("stages", i, "name"), f"stage name {stage.name!r} is used twice (also by stages[{first[stage.name]}])",
+                problems.append((("stages", i, "name"), f"stage name {stage.name!r} is used twice, also by stages[{first[stage.name]}]",
                                  "give every stage its own name"))
             else:
                 first[stage.name] = i

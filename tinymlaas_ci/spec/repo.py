@@ -255,7 +255,7 @@ class Loader:
                 )
                 continue
             if name in repo.devices:
-                repo.problems.append(loaded.problem((), f"device {name!r} is defined twice (also in {repo.device_files[name]})"))
+                repo.problems.append(loaded.problem((), f"device {name!r} is defined twice, also in {repo.device_files[name]}"))
                 continue
             repo.devices[name] = spec.model_copy(update={"name": name})
             repo.device_files[name] = rel
@@ -386,7 +386,7 @@ class Loader:
                 if key in names:
                     line, col = rf.loaded.position(("name",), key=True) if "name" in rf.loaded.data else (0, 0)
                     repo.problems.append(Problem(rf.path, line, col,
-                                                 f"run name {run.name!r} is used twice in project {run.project!r} (also by {names[key]})",
+                                                 f"run name {run.name!r} is used twice in project {run.project!r}, also by {names[key]}",
                                                  "run names must be unique within a project: set a different 'name'"))
                     continue
                 names[key] = rf.path

@@ -180,7 +180,11 @@ def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, st
         return _TYPE_MESSAGES[kind] + got, hint
     if kind in _BOUND_MESSAGES:
         name, text = _BOUND_MESSAGES[kind]
-        return text.format(ctx.get(name)) + got, None
+        hint = None
+        if ctx.get(name) == 1 and kind == "less_than_equal" and isinstance(value, (int, float)) and 1 < value <= 100:
+            # Accuracies are fractions; 95 almost always means 95 %.
+            hint = f"this is a fraction: write {value / 100:g} for {value:g}%"
+        return text.format(ctx.get(name)) + got, hint
     if kind == "too_short":
         return f"must have at least {_plural(ctx.get('min_length'), 'item')}, has {ctx.get('actual_length')}", None
     if kind == "too_long":
@@ -201,7 +205,7 @@ def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, st
         elif typing.get_origin(expected) is typing.Literal:
             choices = [str(a) for a in typing.get_args(expected)]
         if loc[-1:] == ("schema",) and choices == [str(SCHEMA_VERSION)]:
-            return f"schema version {_short(value)} is not supported", \
+            return f"version {_short(value)} is not supported", \
                 f"write 'schema: {SCHEMA_VERSION}', the version this TinyMLaaS-CI reads"
         if choices:
             return f"{_short(value)} is not one of: {', '.join(choices)}", suggest(str(value), choices)
