@@ -24,14 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable, Iterator
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
+from typing_extensions import Self
 
-__all__ = ["FakeHub", "FakeRepo", "HubRequest", "fake_hub_fixture", "DEFAULT_TOKEN"]
+__all__ = ["DEFAULT_TOKEN", "FakeHub", "FakeRepo", "HubRequest", "fake_hub_fixture"]
 
 DEFAULT_TOKEN = "hf_fakehub_secret_token_0123456789"
 
@@ -137,7 +138,7 @@ class FakeHub:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "FakeHub":
+    def start(self) -> Self:
         """Start both servers on free ports; returns ``self``."""
         hub = self
 
@@ -153,7 +154,9 @@ class FakeHub:
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), CdnHandler)
         for server in (self._hub, self._cdn):
             server.daemon_threads = True
-            t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            t = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
             t.start()
             self._threads.append(t)
         return self
@@ -169,7 +172,7 @@ class FakeHub:
         self._threads.clear()
         self._hub = self._cdn = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -235,8 +238,14 @@ class _Handler(BaseHTTPRequestHandler):
             return auth[7:].strip()
         return None
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              *, content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for k, v in (headers or {}).items():
@@ -246,7 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and body:
             self.wfile.write(body)
 
-    def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None):
+    def _error(
+        self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None
+    ):
         headers = dict(extra or {})
         if code:
             headers["X-Error-Code"] = code
@@ -256,7 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, obj) -> None:
         self._send(200, json.dumps(obj).encode())
 
-    def _repo_or_error(self, repo_type: str, repo_id: str, *, needs_access: bool) -> FakeRepo | None:
+    def _repo_or_error(
+        self, repo_type: str, repo_id: str, *, needs_access: bool
+    ) -> FakeRepo | None:
         """The repo if this request may see it; otherwise sends the Hub's error and returns None."""
         repo = self.fake.repos.get((repo_type, repo_id))
         token = self._token()
@@ -268,28 +281,34 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if repo.gated and needs_access and not valid:
             status = 401 if token is None else 403
-            self._error(status, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.")
+            self._error(
+                status,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+            )
             return None
         return repo
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def do_HEAD(self):  # noqa: N802
+    def do_HEAD(self):
         self._dispatch()
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._dispatch()
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
         token = self._token()
-        self.fake._record(HubRequest(
-            method=self.command,
-            path=url.path,
-            authorized=token is not None and token == self.fake.token,
-            had_token=token is not None,
-            server=self.role,
-        ))
+        self.fake._record(
+            HubRequest(
+                method=self.command,
+                path=url.path,
+                authorized=token is not None and token == self.fake.token,
+                had_token=token is not None,
+                server=self.role,
+            )
+        )
         try:
             if self.role == "cdn":
                 return self._cdn(url.path)
@@ -300,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _api(self, path: str, query: dict) -> None:
-        kind, rest = path[len("/api/"):].split("/", 1)
+        kind, rest = path[len("/api/") :].split("/", 1)
         repo_type = "model" if kind == "models" else "dataset"
         tree_path = None
         if "/tree/" in rest:
@@ -322,16 +341,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         tree = repo.commits[sha]
         if endpoint == "info":
-            self._json({
-                "id": repo.repo_id,
-                "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
-                "sha": sha,
-                "private": repo.private,
-                "gated": "manual" if repo.gated else False,
-                "disabled": False,
-                "tags": [],
-                "siblings": [{"rfilename": p} for p in sorted(tree)],
-            })
+            self._json(
+                {
+                    "id": repo.repo_id,
+                    "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
+                    "sha": sha,
+                    "private": repo.private,
+                    "gated": "manual" if repo.gated else False,
+                    "disabled": False,
+                    "tags": [],
+                    "siblings": [{"rfilename": p} for p in sorted(tree)],
+                }
+            )
             return
         prefix = unquote(tree_path).strip("/") + "/" if tree_path else ""
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
@@ -339,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         for p in sorted(tree):
             if not p.startswith(prefix):
                 continue
-            rel = p[len(prefix):]
+            rel = p[len(prefix) :]
             parts = rel.split("/")
             for i in range(1, len(parts)):
                 if recursive or i == 1:
@@ -348,17 +369,24 @@ class _Handler(BaseHTTPRequestHandler):
                 data = tree[p]
                 entry = {"type": "file", "path": p, "size": len(data), "oid": _git_blob_sha(data)}
                 if p in repo.large:
-                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                    entry["lfs"] = {
+                        "oid": hashlib.sha256(data).hexdigest(),
+                        "size": len(data),
+                        "pointerSize": 134,
+                    }
                 entries.append(entry)
-        dirs = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()} for d in sorted(folders)]
+        dirs = [
+            {"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()}
+            for d in sorted(folders)
+        ]
         self._json(dirs + entries)
 
     def _resolve(self, path: str) -> None:
         repo_type = "model"
         if path.startswith("/datasets/"):
-            repo_type, path = "dataset", path[len("/datasets"):]
+            repo_type, path = "dataset", path[len("/datasets") :]
         elif path.startswith("/models/"):
-            path = path[len("/models"):]
+            path = path[len("/models") :]
         if "/resolve/" not in path:
             self._error(404, None, "Not found")
             return
@@ -374,8 +402,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         tree = repo.commits[sha]
         if file_path not in tree:
-            self._error(404, "EntryNotFound", f"{file_path} does not exist on \"{revision}\"",
-                        {"X-Repo-Commit": sha})
+            self._error(
+                404,
+                "EntryNotFound",
+                f'{file_path} does not exist on "{revision}"',
+                {"X-Repo-Commit": sha},
+            )
             return
         data = tree[file_path]
         if file_path in repo.large:
@@ -394,8 +426,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(k, v)
             self.end_headers()
             return
-        self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{_git_blob_sha(data)}"'},
-                   content_type="application/octet-stream")
+        self._send(
+            200,
+            data,
+            {"X-Repo-Commit": sha, "ETag": f'"{_git_blob_sha(data)}"'},
+            content_type="application/octet-stream",
+        )
 
     def _cdn(self, path: str) -> None:
         digest = path.rsplit("/", 1)[-1]
@@ -407,9 +443,15 @@ class _Handler(BaseHTTPRequestHandler):
         if rng and rng.startswith("bytes=") and rng.endswith("-"):
             start = int(rng[6:-1])
             part = data[start:]
-            self._send(206, part, {"ETag": f'"{digest}"',
-                                   "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"},
-                       content_type="application/octet-stream")
+            self._send(
+                206,
+                part,
+                {
+                    "ETag": f'"{digest}"',
+                    "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
+                },
+                content_type="application/octet-stream",
+            )
             return
         self._send(200, data, {"ETag": f'"{digest}"'}, content_type="application/octet-stream")
 

@@ -53,18 +53,27 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def parquet_bytes(images: list, labels: list[int], names: list[str] | None = None,
-                  image_column: str = "image", label_column: str = "label") -> bytes:
+def parquet_bytes(
+    images: list,
+    labels: list[int],
+    names: list[str] | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> bytes:
     """A Hugging Face style parquet table (image structs with bytes, or numeric lists)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table({image_column: images, label_column: pa.array(labels, type=pa.int64())})
     if names is not None:
-        meta = {"info": {"features": {
-            image_column: {"_type": "Image"},
-            label_column: {"_type": "ClassLabel", "names": names},
-        }}}
+        meta = {
+            "info": {
+                "features": {
+                    image_column: {"_type": "Image"},
+                    label_column: {"_type": "ClassLabel", "names": names},
+                }
+            }
+        }
         table = table.replace_schema_metadata({b"huggingface": json.dumps(meta).encode()})
     buf = io.BytesIO()
     pq.write_table(table, buf)

@@ -11,7 +11,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:  # so that `tests.hubserver` imports however pytest is started
     sys.path.insert(0, str(_ROOT))
 
-from tests.hubserver import fake_hub  # noqa: E402,F401  (the fixture)
+from tests.hubserver import fake_hub  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,9 @@ def _zip(tmp: Path, name: str, build) -> Path:
     return path
 
 
-def _tar(tmp: Path, name: str, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz") -> Path:
+def _tar(
+    tmp: Path, name: str, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz"
+) -> Path:
     path = tmp / name
     with tarfile.open(path, mode) as tf:
         for info, data in members:
@@ -73,40 +75,109 @@ def _lying_zip(tmp: Path) -> Path:
 
 
 HOSTILE = {
-    "zip-traversal": (lambda t: _zip(t, "a.zip", lambda z: z.writestr("../evil.txt", b"x")), {},
-                      r"member '\.\./evil\.txt': escapes the destination with '\.\.'"),
-    "zip-deep-traversal": (lambda t: _zip(t, "a.zip", lambda z: z.writestr("train/../../evil.txt", b"x")), {},
-                           r"path traversal"),
-    "zip-absolute": (lambda t: _zip(t, "a.zip", lambda z: z.writestr("/tmp/evil.txt", b"x")), {},
-                     r"member '/tmp/evil\.txt': has an absolute path"),
-    "zip-drive": (lambda t: _zip(t, "a.zip", lambda z: z.writestr("C:\\evil.txt", b"x")), {},
-                  r"has an absolute path"),
-    "zip-symlink": (lambda t: _zip(t, "a.zip", _zip_symlink), {}, r"member 'data/link': is a symbolic link"),
-    "zip-fifo": (lambda t: _zip(t, "a.zip", _zip_fifo), {}, r"member 'data/pipe': is a device file, FIFO"),
-    "zip-too-many": (lambda t: _zip(t, "a.zip", lambda z: [z.writestr(f"f{i}.txt", b"x") for i in range(11)]),
-                     {"max_members": 10}, r"more than 10 members"),
-    "zip-bomb": (lambda t: _zip(t, "a.zip", lambda z: z.writestr("zeros.bin", b"\x00" * BOMB)), {},
-                 r"member 'zeros\.bin': declares 8388608 bytes from \d+ compressed \(ratio \d+:1 exceeds 200:1"),
-    "zip-too-big": (lambda t: _zip(t, "a.zip", lambda z: z.writestr("a.bin", bytes(range(256)) * 64)),
-                    {"max_bytes": 10_000}, r"declares more than 10000 bytes uncompressed"),
-    "zip-lying-header": (_lying_zip, {}, r"member 'train/0/a\.npy': inflates beyond the 100 bytes its header declares"),
-    "tar-traversal": (lambda t: _tar(t, "a.tar.gz", [(_ti("ok.txt"), b"ok"), (_ti("../evil.txt"), b"x")]), {},
-                      r"archive 'a\.tar\.gz', member '\.\./evil\.txt': escapes the destination"),
-    "tar-absolute": (lambda t: _tar(t, "a.tgz", [(_ti("/etc/cron.d/evil"), b"x")]), {},
-                     r"member '/etc/cron\.d/evil': has an absolute path"),
-    "tar-symlink": (lambda t: _tar(t, "a.tar", [(_ti("train/l", tarfile.SYMTYPE, linkname="/etc/passwd"), None)], "w"),
-                    {}, r"member 'train/l': is a symbolic link \(to '/etc/passwd'\)"),
-    "tar-hardlink": (lambda t: _tar(t, "a.tar.gz", [(_ti("a.txt"), b"a"), (_ti("b.txt", tarfile.LNKTYPE, linkname="a.txt"), None)]),
-                     {}, r"member 'b\.txt': is a hard link"),
-    "tar-device": (lambda t: _tar(t, "a.tar.gz", [(_ti("dev/sda", tarfile.CHRTYPE, devmajor=8, devminor=0), None)]),
-                   {}, r"member 'dev/sda': is a device file"),
-    "tar-fifo": (lambda t: _tar(t, "a.tar.gz", [(_ti("pipe", tarfile.FIFOTYPE), None)]), {}, r"member 'pipe': is a FIFO"),
-    "tar-too-many": (lambda t: _tar(t, "a.tar.gz", [(_ti(f"f{i}"), b"x") for i in range(11)]), {"max_members": 10},
-                     r"member 'f10': more than 10 members"),
-    "tar-bomb": (lambda t: _tar(t, "a.tar.gz", [(_ti("zeros.bin"), b"\x00" * BOMB)]), {},
-                 r"ratio \d+:1 exceeds 200:1; a decompression bomb"),
-    "tar-too-big": (lambda t: _tar(t, "a.tar", [(_ti("a"), b"a" * 6000), (_ti("b"), b"b" * 6000)], "w"),
-                    {"max_bytes": 10_000}, r"member 'b': declares more than 10000 bytes"),
+    "zip-traversal": (
+        lambda t: _zip(t, "a.zip", lambda z: z.writestr("../evil.txt", b"x")),
+        {},
+        r"member '\.\./evil\.txt': escapes the destination with '\.\.'",
+    ),
+    "zip-deep-traversal": (
+        lambda t: _zip(t, "a.zip", lambda z: z.writestr("train/../../evil.txt", b"x")),
+        {},
+        r"path traversal",
+    ),
+    "zip-absolute": (
+        lambda t: _zip(t, "a.zip", lambda z: z.writestr("/tmp/evil.txt", b"x")),
+        {},
+        r"member '/tmp/evil\.txt': has an absolute path",
+    ),
+    "zip-drive": (
+        lambda t: _zip(t, "a.zip", lambda z: z.writestr("C:\\evil.txt", b"x")),
+        {},
+        r"has an absolute path",
+    ),
+    "zip-symlink": (
+        lambda t: _zip(t, "a.zip", _zip_symlink),
+        {},
+        r"member 'data/link': is a symbolic link",
+    ),
+    "zip-fifo": (
+        lambda t: _zip(t, "a.zip", _zip_fifo),
+        {},
+        r"member 'data/pipe': is a device file, FIFO",
+    ),
+    "zip-too-many": (
+        lambda t: _zip(t, "a.zip", lambda z: [z.writestr(f"f{i}.txt", b"x") for i in range(11)]),
+        {"max_members": 10},
+        r"more than 10 members",
+    ),
+    "zip-bomb": (
+        lambda t: _zip(t, "a.zip", lambda z: z.writestr("zeros.bin", b"\x00" * BOMB)),
+        {},
+        r"member 'zeros\.bin': declares 8388608 bytes from \d+ compressed \(ratio \d+:1 exceeds 200:1",
+    ),
+    "zip-too-big": (
+        lambda t: _zip(t, "a.zip", lambda z: z.writestr("a.bin", bytes(range(256)) * 64)),
+        {"max_bytes": 10_000},
+        r"declares more than 10000 bytes uncompressed",
+    ),
+    "zip-lying-header": (
+        _lying_zip,
+        {},
+        r"member 'train/0/a\.npy': inflates beyond the 100 bytes its header declares",
+    ),
+    "tar-traversal": (
+        lambda t: _tar(t, "a.tar.gz", [(_ti("ok.txt"), b"ok"), (_ti("../evil.txt"), b"x")]),
+        {},
+        r"archive 'a\.tar\.gz', member '\.\./evil\.txt': escapes the destination",
+    ),
+    "tar-absolute": (
+        lambda t: _tar(t, "a.tgz", [(_ti("/etc/cron.d/evil"), b"x")]),
+        {},
+        r"member '/etc/cron\.d/evil': has an absolute path",
+    ),
+    "tar-symlink": (
+        lambda t: _tar(
+            t, "a.tar", [(_ti("train/l", tarfile.SYMTYPE, linkname="/etc/passwd"), None)], "w"
+        ),
+        {},
+        r"member 'train/l': is a symbolic link \(to '/etc/passwd'\)",
+    ),
+    "tar-hardlink": (
+        lambda t: _tar(
+            t,
+            "a.tar.gz",
+            [(_ti("a.txt"), b"a"), (_ti("b.txt", tarfile.LNKTYPE, linkname="a.txt"), None)],
+        ),
+        {},
+        r"member 'b\.txt': is a hard link",
+    ),
+    "tar-device": (
+        lambda t: _tar(
+            t, "a.tar.gz", [(_ti("dev/sda", tarfile.CHRTYPE, devmajor=8, devminor=0), None)]
+        ),
+        {},
+        r"member 'dev/sda': is a device file",
+    ),
+    "tar-fifo": (
+        lambda t: _tar(t, "a.tar.gz", [(_ti("pipe", tarfile.FIFOTYPE), None)]),
+        {},
+        r"member 'pipe': is a FIFO",
+    ),
+    "tar-too-many": (
+        lambda t: _tar(t, "a.tar.gz", [(_ti(f"f{i}"), b"x") for i in range(11)]),
+        {"max_members": 10},
+        r"member 'f10': more than 10 members",
+    ),
+    "tar-bomb": (
+        lambda t: _tar(t, "a.tar.gz", [(_ti("zeros.bin"), b"\x00" * BOMB)]),
+        {},
+        r"ratio \d+:1 exceeds 200:1; a decompression bomb",
+    ),
+    "tar-too-big": (
+        lambda t: _tar(t, "a.tar", [(_ti("a"), b"a" * 6000), (_ti("b"), b"b" * 6000)], "w"),
+        {"max_bytes": 10_000},
+        r"member 'b': declares more than 10000 bytes",
+    ),
 }
 
 
@@ -147,7 +218,11 @@ def test_not_an_archive_and_corrupt_archive(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["zip", "tar.gz", "tgz", "tar"])
 def test_valid_archive_with_wrapper_folder_extracts(fmt, tmp_path):
-    files = {"digits/train/0/a.png": b"A" * 10, "digits/test/1/b.png": b"B" * 20, "digits/README.md": b"hi"}
+    files = {
+        "digits/train/0/a.png": b"A" * 10,
+        "digits/test/1/b.png": b"B" * 20,
+        "digits/README.md": b"hi",
+    }
     if fmt == "zip":
         archive = tmp_path / "ds.zip"
         archive.write_bytes(zip_bytes(files))

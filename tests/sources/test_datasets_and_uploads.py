@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.sources.builders import digit_pixels, imagefolder_files, parquet_bytes, png_bytes, write_tree
+from tests.sources.builders import (
+    digit_pixels,
+    imagefolder_files,
+    parquet_bytes,
+    png_bytes,
+    write_tree,
+)
 from tinymlaas_ci.errors import SourceError
 from tinymlaas_ci.ml.datasets import canonical_split, convert_dataset, detect_format, load_npz
 from tinymlaas_ci.sources.uploads import resolve_upload
@@ -65,13 +70,18 @@ def test_odd_shape_names_the_file(tmp_path):
     files = imagefolder_files({"train": {"0": 2}})
     files["train/0/zz_big.png"] = png_bytes(np.zeros((9, 9), np.uint8))
     write_tree(tmp_path / "ds", files)
-    with pytest.raises(SourceError, match=r"train/0/zz_big\.png has shape \(1, 9, 9\) but .* \(1, 8, 8\)"):
+    with pytest.raises(
+        SourceError, match=r"train/0/zz_big\.png has shape \(1, 9, 9\) but .* \(1, 8, 8\)"
+    ):
         convert_dataset(tmp_path / "ds", tmp_path / "d.npz")
     assert not (tmp_path / "d.npz").exists()
 
 
 def test_bad_layouts_are_explained(tmp_path):
-    write_tree(tmp_path / "flat", {"a.png": png_bytes(digit_pixels(1)), "b.png": png_bytes(digit_pixels(2))})
+    write_tree(
+        tmp_path / "flat",
+        {"a.png": png_bytes(digit_pixels(1)), "b.png": png_bytes(digit_pixels(2))},
+    )
     with pytest.raises(SourceError, match=r"no known layout \(found: a\.png, b\.png\)") as info:
         detect_format(tmp_path / "flat")
     assert "train/, val/, test/" in info.value.hint
@@ -88,11 +98,18 @@ def test_bad_layouts_are_explained(tmp_path):
 
 def test_parquet_hf_layout_with_label_names(tmp_path):
     imgs = [{"bytes": png_bytes(digit_pixels(i)), "path": None} for i in range(5)]
-    write_tree(tmp_path / "pq", {
-        "data/train-00000-of-00001.parquet": parquet_bytes(imgs[:3], [0, 1, 2], names=["zero", "one", "two"]),
-        "data/test-00000-of-00001.parquet": parquet_bytes(imgs[3:], [2, 0], names=["zero", "one", "two"]),
-        "README.md": b"# card",
-    })
+    write_tree(
+        tmp_path / "pq",
+        {
+            "data/train-00000-of-00001.parquet": parquet_bytes(
+                imgs[:3], [0, 1, 2], names=["zero", "one", "two"]
+            ),
+            "data/test-00000-of-00001.parquet": parquet_bytes(
+                imgs[3:], [2, 0], names=["zero", "one", "two"]
+            ),
+            "README.md": b"# card",
+        },
+    )
     summary = convert_dataset(tmp_path / "pq", tmp_path / "d.npz")
     assert summary.format == "parquet"
     assert summary.labels == ["zero", "one", "two"]
@@ -104,31 +121,52 @@ def test_parquet_hf_layout_with_label_names(tmp_path):
 
 
 def test_parquet_split_folders_raw_bytes_and_numeric_rows(tmp_path):
-    write_tree(tmp_path / "a", {
-        "test/0000.parquet": parquet_bytes([png_bytes(digit_pixels(7))], [3]),
-        "validation.parquet": parquet_bytes([png_bytes(digit_pixels(8))], [1]),
-    })
+    write_tree(
+        tmp_path / "a",
+        {
+            "test/0000.parquet": parquet_bytes([png_bytes(digit_pixels(7))], [3]),
+            "validation.parquet": parquet_bytes([png_bytes(digit_pixels(8))], [1]),
+        },
+    )
     summary = convert_dataset(tmp_path / "a", tmp_path / "a.npz")
     assert summary.splits == {"train": 0, "val": 1, "test": 1}
     assert summary.labels == ["0", "1", "2", "3"]  # no metadata: "0".."N-1"
 
     rows = [list(np.arange(64, dtype=float) / 64.0), list(np.ones(64))]
-    write_tree(tmp_path / "b", {"test.parquet": parquet_bytes(rows, [0, 1], image_column="pixels",
-                                                              label_column="target")})
-    summary = convert_dataset(tmp_path / "b", tmp_path / "b.npz", image_column="pixels", label_column="target",
-                              sample_shape=[1, 8, 8])
+    write_tree(
+        tmp_path / "b",
+        {"test.parquet": parquet_bytes(rows, [0, 1], image_column="pixels", label_column="target")},
+    )
+    summary = convert_dataset(
+        tmp_path / "b",
+        tmp_path / "b.npz",
+        image_column="pixels",
+        label_column="target",
+        sample_shape=[1, 8, 8],
+    )
     data = load_npz(tmp_path / "b.npz")
     assert summary.sample_shape == (1, 8, 8)
-    np.testing.assert_allclose(data["x_test"][0].ravel(), np.arange(64) / 64.0)  # numbers used as-is
+    np.testing.assert_allclose(
+        data["x_test"][0].ravel(), np.arange(64) / 64.0
+    )  # numbers used as-is
 
-    with pytest.raises(SourceError, match=r"has no column 'img' \(columns: pixels, target\)") as info:
-        convert_dataset(tmp_path / "b", tmp_path / "c.npz", image_column="img", label_column="target")
+    with pytest.raises(
+        SourceError, match=r"has no column 'img' \(columns: pixels, target\)"
+    ) as info:
+        convert_dataset(
+            tmp_path / "b", tmp_path / "c.npz", image_column="img", label_column="target"
+        )
     assert "image_column" in info.value.hint
 
 
 def test_canonical_split():
-    assert [canonical_split(s) for s in ("validation", "Valid", "dev", "test", "train")] == \
-        ["val", "val", "val", "test", "train"]
+    assert [canonical_split(s) for s in ("validation", "Valid", "dev", "test", "train")] == [
+        "val",
+        "val",
+        "val",
+        "test",
+        "train",
+    ]
 
 
 def test_upload_checks(tmp_path):
@@ -153,10 +191,14 @@ def test_upload_checks(tmp_path):
     os.symlink(outside, repo / "uploads" / "m" / "escape.onnx")
     with pytest.raises(SourceError, match="resolves outside the repository"):
         resolve_upload(repo, "uploads/m/escape.onnx")
-    os.symlink("model.onnx", repo / "uploads" / "m" / "alias.onnx")  # a link inside the repo is fine
+    os.symlink(
+        "model.onnx", repo / "uploads" / "m" / "alias.onnx"
+    )  # a link inside the repo is fine
     assert resolve_upload(repo, "uploads/m/alias.onnx").sha256 == up.sha256
 
-    (repo / "uploads" / "m" / "lfs.onnx").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n")
+    (repo / "uploads" / "m" / "lfs.onnx").write_bytes(
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"
+    )
     with pytest.raises(SourceError, match="Git LFS pointer") as info:
         resolve_upload(repo, "uploads/m/lfs.onnx")
     assert "lfs" in info.value.hint

@@ -24,9 +24,10 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -34,22 +35,28 @@ from tinymlaas_ci.errors import SourceError
 from tinymlaas_ci.fs import atomic_write_bytes
 
 __all__ = [
-    "SPLITS",
     "IMAGE_EXTENSIONS",
+    "SPLITS",
     "DatasetSummary",
     "canonical_split",
-    "find_dataset_root",
-    "detect_format",
-    "load_imagefolder",
-    "load_parquet",
     "convert_dataset",
-    "write_npz",
+    "detect_format",
+    "find_dataset_root",
+    "load_imagefolder",
     "load_npz",
+    "load_parquet",
+    "write_npz",
 ]
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "testing": "test", "training": "train"}
+_ALIASES = {
+    "validation": "val",
+    "valid": "val",
+    "dev": "val",
+    "testing": "test",
+    "training": "train",
+}
 _SHARD = re.compile(r"^(?P<split>[A-Za-z]+)(?:[-_.].*)?$")
 
 
@@ -122,7 +129,11 @@ def _parquet_files(root: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".parquet") and not f.startswith("."))
+        out.extend(
+            Path(dirpath) / f
+            for f in sorted(filenames)
+            if f.endswith(".parquet") and not f.startswith(".")
+        )
     return out
 
 
@@ -137,7 +148,10 @@ def detect_format(folder: str | os.PathLike) -> str:
     dirs = [p for p in _visible(root.iterdir()) if p.is_dir()]
     if any(canonical_split(p.name) in SPLITS for p in dirs):
         return "imagefolder"
-    found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in _visible(root.iterdir())[:20]) or "nothing"
+    found = (
+        ", ".join(p.name + ("/" if p.is_dir() else "") for p in _visible(root.iterdir())[:20])
+        or "nothing"
+    )
     raise _error(
         f"dataset at {Path(folder).name!r} has no known layout (found: {found})",
         folder,
@@ -146,6 +160,7 @@ def detect_format(folder: str | os.PathLike) -> str:
 
 
 # -- images -----------------------------------------------------------------------------------
+
 
 def _image_array(data: bytes | Path, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
@@ -163,8 +178,11 @@ def _image_array(data: bytes | Path, where: str) -> np.ndarray:
                 img = img.convert("RGB")  # palette, RGBA, CMYK, YCbCr -> plain RGB
             arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise _error(f"{where} is not a readable image ({exc})", where,
-                     "re-encode it as PNG or remove it from the dataset") from exc
+        raise _error(
+            f"{where} is not a readable image ({exc})",
+            where,
+            "re-encode it as PNG or remove it from the dataset",
+        ) from exc
     if arr.ndim == 2:
         return arr[None, :, :]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
@@ -174,8 +192,11 @@ def _npy_array(path: Path, where: str) -> np.ndarray:
     try:
         return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
     except (ValueError, OSError) as exc:
-        raise _error(f"{where} is not a readable .npy array ({exc})", where,
-                     "save each sample with numpy.save (no pickled objects)") from exc
+        raise _error(
+            f"{where} is not a readable .npy array ({exc})",
+            where,
+            "save each sample with numpy.save (no pickled objects)",
+        ) from exc
 
 
 class _Stack:
@@ -205,7 +226,11 @@ class _Stack:
         out: dict[str, np.ndarray] = {}
         for s in SPLITS:
             xs = self.x[s]
-            out[f"x_{s}"] = np.stack(xs).astype(np.float32, copy=False) if xs else np.zeros((0, *shape), np.float32)
+            out[f"x_{s}"] = (
+                np.stack(xs).astype(np.float32, copy=False)
+                if xs
+                else np.zeros((0, *shape), np.float32)
+            )
             out[f"y_{s}"] = np.asarray(self.y[s], dtype=np.int64)
         return out
 
@@ -224,20 +249,29 @@ def load_imagefolder(
         split = canonical_split(entry.name)
         if entry.is_dir() and split in SPLITS:
             if split in split_dirs:
-                raise _error(f"dataset has two folders for split {split!r}: {split_dirs[split].name}/ and {entry.name}/",
-                             entry, "keep one folder per split")
+                raise _error(
+                    f"dataset has two folders for split {split!r}: {split_dirs[split].name}/ and {entry.name}/",
+                    entry,
+                    "keep one folder per split",
+                )
             split_dirs[split] = entry
         else:
             ignored.append(entry.name)
     if not split_dirs:
-        raise _error(f"no train/, val/ or test/ folder in {Path(folder).name!r}", folder,
-                     "use the ImageFolder layout {train,val,test}/<label>/<file>")
+        raise _error(
+            f"no train/, val/ or test/ folder in {Path(folder).name!r}",
+            folder,
+            "use the ImageFolder layout {train,val,test}/<label>/<file>",
+        )
     label_set: set[str] = set()
     for split_dir in split_dirs.values():
         for entry in _visible(split_dir.iterdir()):
             if not entry.is_dir():
-                raise _error(f"{entry.relative_to(root).as_posix()} is a file directly in a split folder", entry,
-                             "put each sample in a folder named after its label: <split>/<label>/<file>")
+                raise _error(
+                    f"{entry.relative_to(root).as_posix()} is a file directly in a split folder",
+                    entry,
+                    "put each sample in a folder named after its label: <split>/<label>/<file>",
+                )
             label_set.add(entry.name)
     labels = sorted(label_set)
     index = {name: i for i, name in enumerate(labels)}
@@ -254,8 +288,11 @@ def load_imagefolder(
                 elif suffix == ".npy":
                     sample = _npy_array(path, where)
                 else:
-                    raise _error(f"{where} is not an image (.png, .jpg, .jpeg, .bmp) or a .npy array", path,
-                                 "remove it from the dataset or convert it")
+                    raise _error(
+                        f"{where} is not an image (.png, .jpg, .jpeg, .bmp) or a .npy array",
+                        path,
+                        "remove it from the dataset or convert it",
+                    )
                 stack.add(split, sample, index[label_dir.name], where)
         if log is not None:
             log(f"read {len(stack.y[split])} samples of split {split!r}")
@@ -263,6 +300,7 @@ def load_imagefolder(
 
 
 # -- parquet ----------------------------------------------------------------------------------
+
 
 def _parquet_split(path: Path, root: Path) -> str:
     rel = path.relative_to(root)
@@ -301,9 +339,12 @@ def _cell_array(value: Any, where: str, sample_shape: tuple[int, ...] | None) ->
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return _image_array(value["bytes"], where)
-        raise _error(f"{where}: image struct has no 'bytes' (only a path: {value.get('path')!r})", where,
-                     "embed the image bytes in the parquet file (datasets: cast_column(..., Image(decode=True)) "
-                     "then push_to_hub embeds them)")
+        raise _error(
+            f"{where}: image struct has no 'bytes' (only a path: {value.get('path')!r})",
+            where,
+            "embed the image bytes in the parquet file (datasets: cast_column(..., Image(decode=True)) "
+            "then push_to_hub embeds them)",
+        )
     if isinstance(value, (bytes, bytearray)):
         return _image_array(bytes(value), where)
     if value is None:
@@ -311,8 +352,11 @@ def _cell_array(value: Any, where: str, sample_shape: tuple[int, ...] | None) ->
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise _error(f"{where}: cannot read the image column as numbers or image bytes ({exc})", where,
-                     "store encoded images (PNG bytes) or numeric arrays") from exc
+        raise _error(
+            f"{where}: cannot read the image column as numbers or image bytes ({exc})",
+            where,
+            "store encoded images (PNG bytes) or numeric arrays",
+        ) from exc
     if arr.ndim == 1 and sample_shape and int(np.prod(sample_shape)) == arr.size:
         arr = arr.reshape(sample_shape)
     elif arr.ndim == 2:
@@ -338,7 +382,9 @@ def load_parquet(
     root = find_dataset_root(folder)
     files = _parquet_files(root)
     if not files:
-        raise _error(f"no parquet files in {Path(folder).name!r}", folder, "add <split>.parquet files")
+        raise _error(
+            f"no parquet files in {Path(folder).name!r}", folder, "add <split>.parquet files"
+        )
     shape = tuple(int(d) for d in sample_shape) if sample_shape else None
     names_meta: list[str] | None = None
     raw_labels: dict[str, list[Any]] = {s: [] for s in SPLITS}
@@ -350,7 +396,9 @@ def load_parquet(
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowException, OSError) as exc:
-            raise _error(f"{rel} is not a readable parquet file ({exc})", path, "re-create the file") from exc
+            raise _error(
+                f"{rel} is not a readable parquet file ({exc})", path, "re-create the file"
+            ) from exc
         missing = [c for c in (image_column, label_column) if c not in schema.names]
         if missing:
             raise _error(
@@ -363,8 +411,11 @@ def load_parquet(
         if pa.types.is_string(label_type) or pa.types.is_large_string(label_type):
             string_labels = True
         elif not pa.types.is_integer(label_type):
-            raise _error(f"{rel}: label column {label_column!r} has type {label_type}, not integers", path,
-                         "store class indices (int) in the label column")
+            raise _error(
+                f"{rel}: label column {label_column!r} has type {label_type}, not integers",
+                path,
+                "store class indices (int) in the label column",
+            )
         pf = pq.ParquetFile(path)
         row = 0
         for batch in pf.iter_batches(columns=[image_column, label_column], batch_size=1024):
@@ -373,7 +424,9 @@ def load_parquet(
             for image, label in zip(images, labels):
                 where = f"{rel} row {row}"
                 if label is None:
-                    raise _error(f"{where}: the label is missing (null)", path, "drop rows without a label")
+                    raise _error(
+                        f"{where}: the label is missing (null)", path, "drop rows without a label"
+                    )
                 stack.add(split, _cell_array(image, where, shape), 0, where)
                 raw_labels[split].append(label)
                 row += 1
@@ -389,7 +442,9 @@ def load_parquet(
             stack.y[s] = [int(v) for v in raw_labels[s]]
         top = max((max(v) for v in stack.y.values() if v), default=-1)
         if min((min(v) for v in stack.y.values() if v), default=0) < 0:
-            raise _error("the label column holds negative values", root, "labels are class indices 0..N-1")
+            raise _error(
+                "the label column holds negative values", root, "labels are class indices 0..N-1"
+            )
         if names_meta is not None and top < len(names_meta):
             labels = list(names_meta)
         else:
@@ -398,6 +453,7 @@ def load_parquet(
 
 
 # -- output -----------------------------------------------------------------------------------
+
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], labels: list[str]) -> None:
     """Write ``arrays`` and ``labels`` (as a str array, loadable without pickle) atomically."""
@@ -436,15 +492,32 @@ def convert_dataset(
     if fmt == "imagefolder":
         arrays, labels, ignored = load_imagefolder(folder, log=log)
     elif fmt == "parquet":
-        arrays, labels = load_parquet(folder, image_column=image_column, label_column=label_column,
-                                      sample_shape=sample_shape, log=log)
+        arrays, labels = load_parquet(
+            folder,
+            image_column=image_column,
+            label_column=label_column,
+            sample_shape=sample_shape,
+            log=log,
+        )
     else:
         raise _error(f"unknown dataset format {fmt!r}", folder, "use auto, imagefolder or parquet")
     splits = {s: int(arrays[f"y_{s}"].shape[0]) for s in SPLITS}
     if not any(splits.values()):
-        raise _error(f"dataset in {folder.name!r} holds no samples", folder, "add samples to the split folders")
+        raise _error(
+            f"dataset in {folder.name!r} holds no samples",
+            folder,
+            "add samples to the split folders",
+        )
     write_npz(out_npz, arrays, labels)
-    sample_shape_out = tuple(int(d) for d in next(arrays[f"x_{s}"] for s in SPLITS if splits[s]).shape[1:])
+    sample_shape_out = tuple(
+        int(d) for d in next(arrays[f"x_{s}"] for s in SPLITS if splits[s]).shape[1:]
+    )
     rel_root = root.relative_to(folder).as_posix() if root != folder else ""
-    return DatasetSummary(format=fmt, splits=splits, labels=labels, sample_shape=sample_shape_out,
-                          root=rel_root, ignored=ignored)
+    return DatasetSummary(
+        format=fmt,
+        splits=splits,
+        labels=labels,
+        sample_shape=sample_shape_out,
+        root=rel_root,
+        ignored=ignored,
+    )

@@ -24,21 +24,22 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from tinymlaas_ci.errors import ArchiveError
 
 __all__ = [
-    "DEFAULT_MAX_MEMBERS",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MEMBERS",
     "DEFAULT_MAX_RATIO",
     "DEFAULT_RATIO_FLOOR",
     "Extracted",
     "archive_format",
-    "is_archive",
     "extract_archive",
+    "is_archive",
 ]
 
 DEFAULT_MAX_MEMBERS = 100_000
@@ -97,19 +98,28 @@ class _Limits:
         where = f"archive {self.archive.name!r}"
         if member is not None:
             where += f", member {member!r}"
-        return ArchiveError(f"{where}: {why}", source=str(self.archive),
-                            hint=hint or "rebuild the archive with plain files and folders only")
+        return ArchiveError(
+            f"{where}: {why}",
+            source=str(self.archive),
+            hint=hint or "rebuild the archive with plain files and folders only",
+        )
 
     def check_count(self, count: int, member: str) -> None:
         if count > self.max_members:
-            raise self.refuse(member, f"more than {self.max_members} members",
-                              "split the dataset or raise the member limit")
+            raise self.refuse(
+                member,
+                f"more than {self.max_members} members",
+                "split the dataset or raise the member limit",
+            )
 
     def check_total(self, total: int, member: str, *, declared: bool) -> None:
         what = "declares" if declared else "expands to"
         if total > self.max_bytes:
-            raise self.refuse(member, f"{what} more than {self.max_bytes} bytes uncompressed (size limit)",
-                              "keep datasets under the size limit or raise it")
+            raise self.refuse(
+                member,
+                f"{what} more than {self.max_bytes} bytes uncompressed (size limit)",
+                "keep datasets under the size limit or raise it",
+            )
         ratio = total / self.archive_size
         if total >= self.ratio_floor and ratio > self.max_ratio:
             raise self.refuse(
@@ -125,19 +135,34 @@ def _safe_name(limits: _Limits, name: str) -> PurePosixPath | None:
     if "\x00" in name:
         raise limits.refuse(name, "has a NUL byte in its name")
     unified = name.replace("\\", "/")
-    if unified.startswith("/") or (len(unified) >= 2 and unified[1] == ":" and unified[0].isalpha()):
-        raise limits.refuse(name, "has an absolute path", "store paths relative to the archive root")
+    if unified.startswith("/") or (
+        len(unified) >= 2 and unified[1] == ":" and unified[0].isalpha()
+    ):
+        raise limits.refuse(
+            name, "has an absolute path", "store paths relative to the archive root"
+        )
     parts = [p for p in unified.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise limits.refuse(name, "escapes the destination with '..' (path traversal)",
-                            "store paths relative to the archive root without '..'")
+        raise limits.refuse(
+            name,
+            "escapes the destination with '..' (path traversal)",
+            "store paths relative to the archive root without '..'",
+        )
     if not parts:
         return None
     return PurePosixPath(*parts)
 
 
-def _write_member(limits: _Limits, root: Path, rel: PurePosixPath, src: BinaryIO, member: str,
-                  declared: int, lying_ok: bool, total: int) -> int:
+def _write_member(
+    limits: _Limits,
+    root: Path,
+    rel: PurePosixPath,
+    src: BinaryIO,
+    member: str,
+    declared: int,
+    lying_ok: bool,
+    total: int,
+) -> int:
     """Stream one member into ``root/rel``; returns the bytes written. Counts real bytes."""
     target = root.joinpath(*rel.parts)
     # Parents are created by us only and never through a symlink: the folder is fresh and no
@@ -145,11 +170,19 @@ def _write_member(limits: _Limits, root: Path, rel: PurePosixPath, src: BinaryIO
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.parent.resolve().is_relative_to(root.resolve()):
         raise limits.refuse(member, "would be written outside the destination")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     try:
         fd = os.open(target, flags, 0o644)
     except FileExistsError:
-        raise limits.refuse(member, "appears twice in the archive (or clashes with a folder)") from None
+        raise limits.refuse(
+            member, "appears twice in the archive (or clashes with a folder)"
+        ) from None
     written = 0
     with os.fdopen(fd, "wb") as out:
         while True:
@@ -158,17 +191,24 @@ def _write_member(limits: _Limits, root: Path, rel: PurePosixPath, src: BinaryIO
                 break
             written += len(block)
             if not lying_ok and written > declared:
-                raise limits.refuse(member, f"inflates beyond the {declared} bytes its header declares (the header lies)",
-                                    "the archive is corrupt or hostile; rebuild it")
+                raise limits.refuse(
+                    member,
+                    f"inflates beyond the {declared} bytes its header declares (the header lies)",
+                    "the archive is corrupt or hostile; rebuild it",
+                )
             limits.check_total(total + written, member, declared=False)
             out.write(block)
     return written
 
 
-def _zip_members(limits: _Limits, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def _zip_members(
+    limits: _Limits, zf: zipfile.ZipFile
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Check every zip entry before anything is written."""
     infos = zf.infolist()
-    limits.check_count(len(infos), infos[limits.max_members].filename if len(infos) > limits.max_members else "")
+    limits.check_count(
+        len(infos), infos[limits.max_members].filename if len(infos) > limits.max_members else ""
+    )
     accepted: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
     declared = 0
     for info in infos:
@@ -178,9 +218,13 @@ def _zip_members(limits: _Limits, zf: zipfile.ZipFile) -> list[tuple[zipfile.Zip
         if kind == stat.S_IFLNK:
             raise limits.refuse(info.filename, "is a symbolic link; links are not extracted")
         if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise limits.refuse(info.filename, "is a device file, FIFO or socket; only regular files are extracted")
+            raise limits.refuse(
+                info.filename, "is a device file, FIFO or socket; only regular files are extracted"
+            )
         if info.flag_bits & 0x1:
-            raise limits.refuse(info.filename, "is encrypted", "store the dataset without a password")
+            raise limits.refuse(
+                info.filename, "is encrypted", "store the dataset without a password"
+            )
         if info.is_dir() or kind == stat.S_IFDIR or rel is None:
             continue
         declared += info.file_size
@@ -201,25 +245,42 @@ def _extract_zip(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
                 probe = copy.copy(info)
                 probe.file_size = 1 << 62  # no cap from the header; _write_member counts
                 with zf.open(probe) as src:
-                    total += _write_member(limits, root, rel, src, info.filename, info.file_size, False, total)
+                    total += _write_member(
+                        limits, root, rel, src, info.filename, info.file_size, False, total
+                    )
                 names.append(rel.as_posix())
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise limits.refuse(None, f"is not a readable zip file ({exc})", "re-create the archive") from exc
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
+        raise limits.refuse(
+            None, f"is not a readable zip file ({exc})", "re-create the archive"
+        ) from exc
     return len(names), total, names
 
 
 def _tar_check(limits: _Limits, member: tarfile.TarInfo) -> PurePosixPath | None:
     rel = _safe_name(limits, member.name)
     if member.issym():
-        raise limits.refuse(member.name, f"is a symbolic link (to {member.linkname!r}); links are not extracted")
+        raise limits.refuse(
+            member.name, f"is a symbolic link (to {member.linkname!r}); links are not extracted"
+        )
     if member.islnk():
-        raise limits.refuse(member.name, f"is a hard link (to {member.linkname!r}); links are not extracted")
+        raise limits.refuse(
+            member.name, f"is a hard link (to {member.linkname!r}); links are not extracted"
+        )
     if member.ischr() or member.isblk():
         raise limits.refuse(member.name, "is a device file; only regular files are extracted")
     if member.isfifo():
         raise limits.refuse(member.name, "is a FIFO; only regular files are extracted")
     if not (member.isreg() or member.isdir()):
-        raise limits.refuse(member.name, f"has an unsupported type ({member.type!r}); only regular files are extracted")
+        raise limits.refuse(
+            member.name,
+            f"has an unsupported type ({member.type!r}); only regular files are extracted",
+        )
     return rel
 
 
@@ -229,14 +290,15 @@ def _tar_iter(limits: _Limits) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInf
             for member in tf:
                 yield tf, member
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise limits.refuse(None, f"is not a readable tar file ({exc})", "re-create the archive") from exc
+        raise limits.refuse(
+            None, f"is not a readable tar file ({exc})", "re-create the archive"
+        ) from exc
 
 
 def _extract_tar(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
     # Pass 1: headers only. Bounded: it stops at the member or declared-size limit.
-    count = declared = 0
-    for _, member in _tar_iter(limits):
-        count += 1
+    declared = 0
+    for count, (_, member) in enumerate(_tar_iter(limits), start=1):
         limits.check_count(count, member.name)
         rel = _tar_check(limits, member)
         if member.isreg() and rel is not None:
@@ -277,8 +339,11 @@ def extract_archive(
     archive = Path(archive)
     fmt = archive_format(archive)
     if fmt is None:
-        raise ArchiveError(f"{archive.name!r} is not a supported archive", source=str(archive),
-                           hint="use .zip, .tar.gz, .tgz or .tar")
+        raise ArchiveError(
+            f"{archive.name!r} is not a supported archive",
+            source=str(archive),
+            hint="use .zip, .tar.gz, .tgz or .tar",
+        )
     if not archive.is_file():
         raise ArchiveError(f"archive {str(archive)!r} does not exist", source=str(archive))
     limits = _Limits(archive, max_members, max_bytes, max_ratio, ratio_floor)
@@ -290,8 +355,11 @@ def extract_archive(
         for entry in sorted(tmp.iterdir()):
             final = dest / entry.name
             if final.exists() or final.is_symlink():
-                raise limits.refuse(entry.name, f"would overwrite {final.name!r} already in the destination",
-                                    "extract into an empty folder")
+                raise limits.refuse(
+                    entry.name,
+                    f"would overwrite {final.name!r} already in the destination",
+                    "extract into an empty folder",
+                )
         for entry in sorted(tmp.iterdir()):
             os.rename(entry, dest / entry.name)
     finally:

@@ -17,9 +17,9 @@ import contextlib
 import hashlib
 import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import huggingface_hub
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
@@ -31,13 +31,13 @@ from tinymlaas_ci.fs import sha256_file
 __all__ = [
     "HubFile",
     "HubSnapshot",
-    "hub_version",
-    "hub_token",
-    "hub_endpoint",
-    "resolve_revision",
-    "list_repo_files",
     "download_file",
     "download_snapshot",
+    "hub_endpoint",
+    "hub_token",
+    "hub_version",
+    "list_repo_files",
+    "resolve_revision",
 ]
 
 _REPO_TYPES = ("model", "dataset")
@@ -93,8 +93,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     # The client's transport changed across releases (requests, httpx, httpx2); catch whichever
     # is installed so that a dead network is reported as such, not as a crash.
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("httpx", "TransportError"),
+        ("requests", "ConnectionError"),
+        ("requests", "Timeout"),
+    ):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
@@ -129,32 +133,45 @@ def _hub_error(
     host = endpoint or "https://huggingface.co"
     page = f"{host}/{'datasets/' if repo_type == 'dataset' else ''}{repo}"
     if isinstance(exc, hf_errors.GatedRepoError):
-        hint = (f"request access on {page}, then set HF_TOKEN to a token of the account that was granted it"
-                if token is None else
-                f"the token in HF_TOKEN has no access yet: request it on {page} (or use a token of an account that has it)")
+        hint = (
+            f"request access on {page}, then set HF_TOKEN to a token of the account that was granted it"
+            if token is None
+            else f"the token in HF_TOKEN has no access yet: request it on {page} (or use a token of an account that has it)"
+        )
         return SourceError(f"{where} is gated: access was refused", source=source, hint=hint)
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
-        hint = (f"check the repository id and that it is a {repo_type} repo; if it is private, set HF_TOKEN "
-                "to a token that can read it")
+        hint = (
+            f"check the repository id and that it is a {repo_type} repo; if it is private, set HF_TOKEN "
+            "to a token that can read it"
+        )
         if token is not None:
-            hint = (f"check the repository id and that it is a {repo_type} repo; if it is private, the token "
-                    "in HF_TOKEN cannot read it")
-        return SourceError(f"{_where(repo, repo_type)} was not found (or is private)", source=source, hint=hint)
+            hint = (
+                f"check the repository id and that it is a {repo_type} repo; if it is private, the token "
+                "in HF_TOKEN cannot read it"
+            )
+        return SourceError(
+            f"{_where(repo, repo_type)} was not found (or is private)", source=source, hint=hint
+        )
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return SourceError(
             f"revision {revision!r} was not found in {_where(repo, repo_type)}",
             source=source,
             hint="check the branch, tag or full 40-character commit sha in 'revision' (default: main)",
         )
-    if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(exc, hf_errors.LocalEntryNotFoundError):
+    if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(
+        exc, hf_errors.LocalEntryNotFoundError
+    ):
         listing = ""
         if available:
             shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
             listing = f"; files in the repo: {shown}"
-        return SourceError(f"{where} does not exist", source=source,
-                           hint=f"check 'file' (a path inside the repo){listing}")
-    if isinstance(exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)) or isinstance(
-        exc, _network_errors()
+        return SourceError(
+            f"{where} does not exist",
+            source=source,
+            hint=f"check 'file' (a path inside the repo){listing}",
+        )
+    if isinstance(
+        exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, *_network_errors())
     ):
         return SourceError(
             f"could not reach the Hugging Face Hub at {host} for {where}",
@@ -168,15 +185,24 @@ def _hub_error(
         hint = "retry later; if it persists, check HF_ENDPOINT and the Hub's status page"
         if status in (401, 403):
             hint = "check that HF_TOKEN is set to a valid token with read access"
-        return SourceError(f"the Hub refused a request for {where}{detail}", source=source, hint=hint)
-    return SourceError(f"fetching {where} failed: {type(exc).__name__}", source=source,
-                       hint="see the stage log for details")
+        return SourceError(
+            f"the Hub refused a request for {where}{detail}", source=source, hint=hint
+        )
+    return SourceError(
+        f"fetching {where} failed: {type(exc).__name__}",
+        source=source,
+        hint="see the stage log for details",
+    )
 
 
 @contextlib.contextmanager
 def _mapped(**where) -> Iterator[None]:
-    vendor = (hf_errors.HfHubHTTPError, hf_errors.EntryNotFoundError, hf_errors.OfflineModeIsEnabled,
-              hf_errors.FileMetadataError) + _network_errors()
+    vendor = (
+        hf_errors.HfHubHTTPError,
+        hf_errors.EntryNotFoundError,
+        hf_errors.OfflineModeIsEnabled,
+        hf_errors.FileMetadataError,
+    ) + _network_errors()
     try:
         yield
     except SourceError:
@@ -214,7 +240,9 @@ def resolve_revision(
     endpoint = endpoint if endpoint is not None else hub_endpoint()
     api = _api(endpoint, token)
     with _mapped(repo=repo, repo_type=repo_type, revision=revision, endpoint=endpoint, token=token):
-        info = (api.model_info if repo_type == "model" else api.dataset_info)(repo, revision=revision)
+        info = (api.model_info if repo_type == "model" else api.dataset_info)(
+            repo, revision=revision
+        )
     sha = getattr(info, "sha", None)
     if not sha:
         raise SourceError(
@@ -238,7 +266,9 @@ def list_repo_files(
     token = token if token is not None else hub_token()
     endpoint = endpoint if endpoint is not None else hub_endpoint()
     with _mapped(repo=repo, repo_type=repo_type, revision=commit, endpoint=endpoint, token=token):
-        return sorted(_api(endpoint, token).list_repo_files(repo, revision=commit, repo_type=repo_type))
+        return sorted(
+            _api(endpoint, token).list_repo_files(repo, revision=commit, repo_type=repo_type)
+        )
 
 
 def download_file(
@@ -272,16 +302,33 @@ def download_file(
             endpoint=endpoint,
             token=token if token is not None else False,
         )
-    except (hf_errors.HfHubHTTPError, hf_errors.EntryNotFoundError, hf_errors.OfflineModeIsEnabled,
-            hf_errors.FileMetadataError, *_network_errors()) as exc:
+    except (
+        hf_errors.HfHubHTTPError,
+        hf_errors.EntryNotFoundError,
+        hf_errors.OfflineModeIsEnabled,
+        hf_errors.FileMetadataError,
+        *_network_errors(),
+    ) as exc:
         available = None
-        if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(exc, hf_errors.LocalEntryNotFoundError):
+        if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(
+            exc, hf_errors.LocalEntryNotFoundError
+        ):
             try:
-                available = list_repo_files(repo, commit, repo_type=repo_type, token=token, endpoint=endpoint)
+                available = list_repo_files(
+                    repo, commit, repo_type=repo_type, token=token, endpoint=endpoint
+                )
             except SourceError:
                 available = None
-        raise _hub_error(exc, repo=repo, repo_type=repo_type, revision=revision, file=file,
-                         endpoint=endpoint, token=token, available=available) from exc
+        raise _hub_error(
+            exc,
+            repo=repo,
+            repo_type=repo_type,
+            revision=revision,
+            file=file,
+            endpoint=endpoint,
+            token=token,
+            available=available,
+        ) from exc
     path = Path(path)
     return HubFile(
         repo=repo,
@@ -337,5 +384,13 @@ def download_snapshot(
         files.append(rel)
         digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
         total += path.stat().st_size
-    return HubSnapshot(repo=repo, repo_type=repo_type, revision=revision, commit=commit, path=dest,
-                       files=files, sha256=digest.hexdigest(), bytes=total)
+    return HubSnapshot(
+        repo=repo,
+        repo_type=repo_type,
+        revision=revision,
+        commit=commit,
+        path=dest,
+        files=files,
+        sha256=digest.hexdigest(),
+        bytes=total,
+    )

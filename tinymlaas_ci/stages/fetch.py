@@ -25,7 +25,7 @@ from tinymlaas_ci.errors import SourceError
 from tinymlaas_ci.fs import is_within
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["detect_model_format", "run_fetch", "main"]
+__all__ = ["detect_model_format", "main", "run_fetch"]
 
 _MODEL_EXTENSIONS = {
     ".onnx": "onnx",
@@ -49,7 +49,7 @@ def detect_model_format(path: str | os.PathLike, declared: str | None = "auto") 
             f"cannot tell the format of model file {path.name!r} from its extension",
             source=str(path.name),
             hint="set model.format to one of pytorch, torchscript, exported-program, onnx "
-                 "(or use .onnx, .pt2, .pt, .pth, .pkl)",
+            "(or use .onnx, .pt2, .pt, .pth, .pkl)",
         )
     if fmt == "pytorch" and zipfile.is_zipfile(path):
         try:
@@ -58,8 +58,13 @@ def detect_model_format(path: str | os.PathLike, declared: str | None = "auto") 
         except zipfile.BadZipFile:
             return fmt
         # torch.jit.save writes constants.pkl and the generated code/; torch.save does not.
-        if any(n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n or n.startswith("code/")
-               for n in names):
+        if any(
+            n.endswith("/constants.pkl")
+            or n == "constants.pkl"
+            or "/code/" in n
+            or n.startswith("code/")
+            for n in names
+        ):
             return "torchscript"
     return fmt
 
@@ -110,13 +115,17 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
         upload = resolve_upload(repo_root, rel)
         dest = model_dir / PurePosixPath(upload.rel).name
         _copy(upload.path, dest)
-        ctx.log(f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})")
+        ctx.log(
+            f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})"
+        )
         support = []
         folder = repo_root.joinpath(*PurePosixPath(upload.rel).parent.parts)
         for py in sorted(folder.glob("*.py")):
             # Only plain files inside the repository: a link must not smuggle in outside code.
             if py.is_symlink() or not py.is_file() or not is_within(py, repo_root):
-                ctx.log(f"model: skipped {py.name} next to the model (not a regular file in the repository)")
+                ctx.log(
+                    f"model: skipped {py.name} next to the model (not a regular file in the repository)"
+                )
                 continue
             _copy(py, model_dir / py.name)
             support.append(py.name)
@@ -135,10 +144,17 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
         _prepare_hub_env(ctx)
         from tinymlaas_ci.sources.hub import download_file
 
-        repo, file, revision = model["huggingface"], model.get("file"), model.get("revision") or "main"
+        repo, file, revision = (
+            model["huggingface"],
+            model.get("file"),
+            model.get("revision") or "main",
+        )
         if not file:
-            raise SourceError(f"model from Hugging Face repo {repo!r} names no file", source=repo,
-                              hint="set model.file to the model's path inside the repository")
+            raise SourceError(
+                f"model from Hugging Face repo {repo!r} names no file",
+                source=repo,
+                hint="set model.file to the model's path inside the repository",
+            )
         staging = ctx.path(".download")
         _reset(staging)
         try:
@@ -147,8 +163,10 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
             os.replace(got.path, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        ctx.log(f"model: downloaded {file} from {repo} at {revision} -> commit {got.commit} "
-                f"({got.bytes} bytes, sha256 {got.sha256[:12]})")
+        ctx.log(
+            f"model: downloaded {file} from {repo} at {revision} -> commit {got.commit} "
+            f"({got.bytes} bytes, sha256 {got.sha256[:12]})"
+        )
         record = {
             "kind": "huggingface",
             "repo": repo,
@@ -164,8 +182,9 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
     return record
 
 
-def _fetch_dataset(ctx: StageContext, repo_root: Path, dataset: dict[str, Any],
-                   sample_shape: list[int] | None) -> dict[str, Any]:
+def _fetch_dataset(
+    ctx: StageContext, repo_root: Path, dataset: dict[str, Any], sample_shape: list[int] | None
+) -> dict[str, Any]:
     from tinymlaas_ci.ml.datasets import canonical_split, convert_dataset
     from tinymlaas_ci.sources.archives import extract_archive, is_archive
     from tinymlaas_ci.sources.uploads import resolve_upload
@@ -178,14 +197,18 @@ def _fetch_dataset(ctx: StageContext, repo_root: Path, dataset: dict[str, Any],
         name = PurePosixPath(upload.rel).name
         if is_archive(name):
             extracted = extract_archive(upload.path, data_dir)
-            ctx.log(f"dataset: extracted {extracted.files} files ({extracted.bytes} bytes) from {upload.rel}")
+            ctx.log(
+                f"dataset: extracted {extracted.files} files ({extracted.bytes} bytes) from {upload.rel}"
+            )
         elif name.endswith(".parquet"):
             _copy(upload.path, data_dir / name)
             ctx.log(f"dataset: copied {upload.rel} ({upload.bytes} bytes)")
         else:
-            raise SourceError(f"dataset upload {upload.rel!r} is neither an archive nor a parquet file",
-                              source=upload.rel,
-                              hint="upload a .zip, .tar.gz, .tgz or .tar of the ImageFolder layout, or a .parquet")
+            raise SourceError(
+                f"dataset upload {upload.rel!r} is neither an archive nor a parquet file",
+                source=upload.rel,
+                hint="upload a .zip, .tar.gz, .tgz or .tar of the ImageFolder layout, or a .parquet",
+            )
         base: dict[str, Any] = {"kind": "upload", "path": upload.rel, "sha256": upload.sha256}
     else:
         _prepare_hub_env(ctx)
@@ -194,10 +217,17 @@ def _fetch_dataset(ctx: StageContext, repo_root: Path, dataset: dict[str, Any],
         repo, revision = dataset["huggingface"], dataset.get("revision") or "main"
         snap = download_snapshot(repo, data_dir, revision=revision, repo_type="dataset")
         shutil.rmtree(data_dir / ".cache", ignore_errors=True)  # the client's bookkeeping
-        ctx.log(f"dataset: downloaded {len(snap.files)} files ({snap.bytes} bytes) from {repo} at {revision} "
-                f"-> commit {snap.commit}")
-        base = {"kind": "huggingface", "repo": repo, "revision": revision, "commit": snap.commit,
-                "sha256": snap.sha256}
+        ctx.log(
+            f"dataset: downloaded {len(snap.files)} files ({snap.bytes} bytes) from {repo} at {revision} "
+            f"-> commit {snap.commit}"
+        )
+        base = {
+            "kind": "huggingface",
+            "repo": repo,
+            "revision": revision,
+            "commit": snap.commit,
+            "sha256": snap.sha256,
+        }
     npz = ctx.path("dataset.npz")
     summary = convert_dataset(
         data_dir,
@@ -217,8 +247,10 @@ def _fetch_dataset(ctx: StageContext, repo_root: Path, dataset: dict[str, Any],
             hint="set dataset.split to a split that exists (test or val), or add that split to the dataset",
         )
     ctx.add_artifact("dataset", npz)
-    ctx.log(f"dataset: {summary.format}, splits {summary.splits}, {len(summary.labels)} labels, "
-            f"sample shape {list(summary.sample_shape)}")
+    ctx.log(
+        f"dataset: {summary.format}, splits {summary.splits}, {len(summary.labels)} labels, "
+        f"sample shape {list(summary.sample_shape)}"
+    )
     return {
         **base,
         "format": summary.format,
@@ -233,14 +265,19 @@ def run_fetch(ctx: StageContext) -> None:
     """The stage body: fetch the model and the dataset named by ``ctx.spec``."""
     spec = ctx.spec
     if "model" not in spec or "dataset" not in spec:
-        raise SourceError("stage.json has no spec.model or spec.dataset", hint="the engine writes stage.json; re-plan the run")
+        raise SourceError(
+            "stage.json has no spec.model or spec.dataset",
+            hint="the engine writes stage.json; re-plan the run",
+        )
     repo_root = Path(ctx.config.get("repo") or ".").resolve()
     model_spec = spec["model"]
     model = _fetch_model(ctx, repo_root, model_spec)
     dataset = _fetch_dataset(ctx, repo_root, spec["dataset"], model_spec.get("input_shape"))
     shutil.rmtree(ctx.dir / ".hf-home", ignore_errors=True)
     ctx.records.update({"model": model, "dataset": dataset, "tools": _tool_versions()})
-    ctx.metrics.update({"model_bytes": model["bytes"], "dataset_samples": sum(dataset["splits"].values())})
+    ctx.metrics.update(
+        {"model_bytes": model["bytes"], "dataset_samples": sum(dataset["splits"].values())}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
