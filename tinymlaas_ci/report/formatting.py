@@ -1,0 +1,127 @@
+"""Number formatting for the pages (Jinja filters) and the repository's web address."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["FILTERS", "repo_web_url"]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    """0.975 -> ``97.50 %``."""
+    return "–" if _missing(value) else f"{value * 100:.{digits}f} %"
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds with four significant digits: ``0.01550 ms``, ``12.50 ms``."""
+    if _missing(value):
+        return "–"
+    return f"{value:.4g} ms" if value >= 1 else f"{value:.4f} ms"
+
+
+def size(value: int | None) -> str:
+    """Bytes in binary units: ``149.4 KiB``."""
+    if _missing(value):
+        return "–"
+    value = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def ratio(value: float | None) -> str:
+    """``3.2×``."""
+    return "–" if _missing(value) else f"{value:.2f}×"
+
+
+def pp(value: float | None) -> str:
+    """An accuracy difference in percentage points: ``−0.20 pp``."""
+    if _missing(value):
+        return "–"
+    sign = "+" if value > 0 else ("−" if value < 0 else "±")
+    return f"{sign}{abs(value) * 100:.2f} pp"
+
+
+def times(value: float | None) -> str:
+    """A ratio against a reference: ``0.31×`` (smaller) or ``8.5×`` (larger)."""
+    return "–" if _missing(value) else f"{value:.2f}×"
+
+
+def num(value: float | None, digits: int = 4) -> str:
+    return "–" if _missing(value) else f"{value:.{digits}g}"
+
+
+def sortkey(value: Any) -> str:
+    """A ``data-sort`` attribute value: numbers as numbers, missing values sort last."""
+    if _missing(value):
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(value) if isinstance(value, (int, float)) else str(value)
+
+
+def short(sha: str | None) -> str:
+    return (sha or "")[:10]
+
+
+def date(text: str | None) -> str:
+    """``2025-03-01T12:00:00Z`` -> ``2025-03-01 12:00 UTC``."""
+    if not text:
+        return "–"
+    m = re.match(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)", text)
+    if not m:
+        return text
+    tz = " UTC" if text.endswith("Z") or text.endswith("+00:00") else ""
+    return f"{m.group(1)} {m.group(2)}{tz}"
+
+
+def to_yaml(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False).rstrip()
+
+
+FILTERS = {
+    "pct": pct, "ms": ms, "size": size, "ratio": ratio, "pp": pp, "times": times, "num": num,
+    "sortkey": sortkey, "short": short, "date": date, "to_yaml": to_yaml,
+}
+
+_REMOTE = re.compile(r"^(?:https?://|ssh://)?(?:[^@/]+@)?(github\.com|gitlab\.com)[:/](.+?)(?:\.git)?/?$")
+
+
+def repo_web_url(root: Path, mkdocs_yml: Path | None = None) -> str | None:
+    """The repository's web address for commit links.
+
+    From ``repo_url`` in mkdocs.yml, else the GitHub Actions environment, else the ``origin``
+    remote when it is on GitHub or GitLab. ``None`` when none is known (commits are then shown
+    without links).
+    """
+    if mkdocs_yml is not None and mkdocs_yml.is_file():
+        try:
+            # mkdocs.yml may hold !!python tags; only the plain repo_url line matters here.
+            m = re.search(r"^repo_url:\s*['\"]?([^'\"\s#]+)", mkdocs_yml.read_text(encoding="utf-8"), re.M)
+        except OSError:
+            m = None
+        if m:
+            return m.group(1).rstrip("/")
+    server, repo = os.environ.get("GITHUB_SERVER_URL"), os.environ.get("GITHUB_REPOSITORY")
+    if server and repo:
+        return f"{server.rstrip('/')}/{repo}"
+    try:
+        proc = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = _REMOTE.match(proc.stdout.strip()) if proc.returncode == 0 else None
+    return f"https://{m.group(1)}/{m.group(2)}" if m else None

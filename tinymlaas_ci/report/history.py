@@ -1,0 +1,97 @@
+"""History of each result file over git commits.
+
+One ``git log`` over all result files and one ``git cat-file --batch`` process for the blobs,
+instead of two git processes per file: at 1,000 results the difference is minutes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinymlaas_ci.report.loader import RESULT_GLOB, parse_result
+from tinymlaas_ci.results.models import Result
+
+__all__ = ["HistoryEntry", "collect_history", "git_head", "DEFAULT_LIMIT"]
+
+DEFAULT_LIMIT = 50
+
+
+@dataclass
+class HistoryEntry:
+    """One committed version of a result file."""
+
+    commit: str
+    date: str
+    """Commit date, ISO 8601."""
+    result: Result
+    raw: bytes
+
+
+def _git(root: Path, *args: str, input: bytes | None = None) -> bytes | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=root, input=input, capture_output=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_head(root: Path) -> str | None:
+    """The commit checked out in ``root``, or ``None`` outside a git repository."""
+    out = _git(Path(root), "rev-parse", "HEAD")
+    return out.decode().strip() if out else None
+
+
+def collect_history(root: Path, paths: list[str], limit: int = DEFAULT_LIMIT) -> dict[str, list[HistoryEntry]]:
+    """Committed versions of each result file, newest first, at most ``limit`` per file.
+
+    Outside a git repository (or without git) every list is empty. Versions that no longer parse
+    are left out: history is shown for what can be read. Renames are not followed: a result's
+    path is its run's identity.
+    """
+    root = Path(root)
+    history: dict[str, list[HistoryEntry]] = {p: [] for p in paths}
+    if not paths:
+        return history
+    inside = _git(root, "rev-parse", "--show-prefix")
+    if inside is None:
+        return history
+    prefix = inside.decode().strip()  # the site may be built from a subfolder of a repository
+    log = _git(root, "log", "--no-renames", "--format=%x00%H%x09%cI", "--name-only", "--", RESULT_GLOB)
+    if not log:
+        return history
+    wanted: list[tuple[str, str, str]] = []  # (path, commit, date)
+    counts: dict[str, int] = {}
+    for block in log.decode("utf-8", "replace").split("\x00"):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        if not lines or "\t" not in lines[0]:
+            continue
+        commit, date = lines[0].split("\t", 1)
+        for name in lines[1:]:
+            rel = name[len(prefix):] if prefix and name.startswith(prefix) else name
+            if rel in history and counts.get(rel, 0) < limit:
+                counts[rel] = counts.get(rel, 0) + 1
+                wanted.append((rel, commit, date))
+    if not wanted:
+        return history
+    request = "".join(f"{commit}:{prefix}{rel}\n" for rel, commit, _ in wanted).encode()
+    out = _git(root, "cat-file", "--batch", input=request)
+    if out is None:
+        return history
+    pos = 0
+    for rel, commit, date in wanted:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        pos = end + 1
+        if len(header) < 3 or header[1] != b"blob":
+            continue  # "missing": the file was deleted in that commit
+        size = int(header[2])
+        blob = out[pos:pos + size]
+        pos += size + 1
+        try:
+            result = parse_result(blob)
+        except ValueError:
+            continue
+        history[rel].append(HistoryEntry(commit, date, result, blob))
+    return history
