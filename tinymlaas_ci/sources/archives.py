@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -89,6 +89,7 @@ class _Limits:
     max_bytes: int
     max_ratio: float
     ratio_floor: int
+    checked_dirs: set[Path] = field(default_factory=set)
 
     @property
     def archive_size(self) -> int:
@@ -167,9 +168,11 @@ def _write_member(
     target = root.joinpath(*rel.parts)
     # Parents are created by us only and never through a symlink: the folder is fresh and no
     # link members are accepted, so a resolved parent must still lie under root.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.parent.resolve().is_relative_to(root.resolve()):
-        raise limits.refuse(member, "would be written outside the destination")
+    if target.parent not in limits.checked_dirs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(root.resolve()):
+            raise limits.refuse(member, "would be written outside the destination")
+        limits.checked_dirs.add(target.parent)
     flags = (
         os.O_WRONLY
         | os.O_CREAT
