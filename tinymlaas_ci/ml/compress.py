@@ -476,6 +476,16 @@ def compile_model(
     if runtime == "pytorch" and quant == "static-int8":
         raise TinymlError("runtime pytorch does not support static-int8", hint="use runtime onnxruntime")
 
+    # Cheapest checks first: refuse what cannot work before loading and exporting anything.
+    calib = None
+    if runtime == "onnxruntime" and quant == "static-int8":
+        calib, calib_split = calibration_data(data, _get(compression, "calibration_samples", 256), seed=seed)
+    if pruning is not None and int(_get(pruning, "fine_tune_epochs", 0) or 0) > 0 and not len(data.get("x_train", ())):
+        raise TinymlError(
+            "fine-tuning after pruning needs a train split, and the dataset has none",
+            hint="add a train split, or set compression.pruning.fine_tune_epochs: 0",
+        )
+
     record: dict[str, Any] = {"quantization": quant, "per_channel": per_channel}
     details: dict[str, Any] = {}
     torch_model = None
@@ -510,18 +520,17 @@ def compile_model(
                 torch_model = _prune_and_tune(torch_model, pruning, data, record, details, seed, progress)
                 if runtime == "onnxruntime":
                     fp32 = tmp_dir / "pruned.onnx"
-                    formats.export_onnx(torch_model, fp32, shape)
+                    if not _with_weights(baseline, torch_model, fp32):
+                        formats.export_onnx(torch_model, fp32, shape)
 
         if runtime == "onnxruntime":
             deployed = out_dir / "model.onnx"
             if quant == "none":
                 shutil.copyfile(fp32, deployed)
             else:
-                calib = None
-                if quant == "static-int8":
-                    calib, split = calibration_data(data, _get(compression, "calibration_samples", 256), seed=seed)
+                if calib is not None:
                     record["calibration_samples"] = int(len(calib))
-                    progress(f"calibrating static int8 on {len(calib)} {split} samples")
+                    progress(f"calibrating static int8 on {len(calib)} {calib_split} samples")
                 progress(f"quantizing with ONNX Runtime: {quant}")
                 quantize_onnx(fp32, deployed, quant, calibration=calib, per_channel=per_channel)
             proto = formats.check_onnx(deployed)
@@ -539,6 +548,32 @@ def compile_model(
         deployed=deployed, baseline=baseline, record=record, parameters=int(parameters),
         input_shape=tuple(shape), source_format=fmt, details=details,
     )
+
+
+def _with_weights(baseline: Path, model: "torch.nn.Module", dst: Path) -> bool:
+    """Write ``baseline`` with the (pruned, fine-tuned) weights of ``model`` to ``dst``.
+
+    Pruning changes values, not the graph, so swapping the initializers is exact and skips a
+    second export. Returns False when initializer names do not map onto the model's parameters
+    (the caller then exports again).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(baseline))
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    prunable = {id(m) for m, _ in _prunable(model)}
+    wanted = {f"{n}.weight" if n else "weight" for n, m in model.named_modules() if id(m) in prunable}
+    replaced = set()
+    for init in proto.graph.initializer:
+        value = state.get(init.name)
+        if value is not None and tuple(init.dims) == value.shape and init.data_type == onnx.TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(value.astype("float32"), init.name))
+            replaced.add(init.name)
+    if not wanted <= replaced:
+        return False
+    onnx.save(proto, str(dst))
+    return True
 
 
 def _prune_and_tune(model, pruning, data, record, details, seed, progress):
@@ -561,12 +596,7 @@ def _prune_and_tune(model, pruning, data, record, details, seed, progress):
     if has_val:
         details["val_accuracy_after_pruning"] = torch_accuracy(model, x_val, y_val)
     if epochs:
-        x_tr, y_tr = data.get("x_train"), data.get("y_train")
-        if x_tr is None or not len(x_tr):
-            raise TinymlError(
-                "fine-tuning after pruning needs a train split, and the dataset has none",
-                hint="add a train split, or set compression.pruning.fine_tune_epochs: 0",
-            )
+        x_tr, y_tr = data["x_train"], data["y_train"]
         progress(f"fine-tuning {epochs} epoch(s) on {len(x_tr)} train samples")
         fine_tune(model, x_tr, y_tr, epochs=epochs, learning_rate=lr, seed=seed)
         if has_val:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
+    "read_dataset",
+    "eval_split",
     "evaluate",
     "measure_latency",
     "percentile",
@@ -35,6 +37,33 @@ __all__ = [
 _RELEVANT_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "vnni", "neon", "asimd",
                    "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16", "dotprod")
 _RELEVANT_PREFIXES = ("avx512", "amx")
+
+
+def read_dataset(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``dataset.npz`` (``x_<split>``, ``y_<split>``, ``labels``) without unpickling anything."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data: dict[str, Any] = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise TinymlError(f"cannot read dataset {Path(path).name}: {exc}", hint="re-run the fetch stage") from exc
+    data["labels"] = [str(v) for v in data.get("labels", [])]
+    return data
+
+
+def eval_split(data: Mapping[str, Any], split: str) -> tuple["np.ndarray", "np.ndarray"]:
+    """The inputs (float32) and labels (int64) of ``split``; an empty or missing split is an error."""
+    import numpy as np
+
+    x, y = data.get(f"x_{split}"), data.get(f"y_{split}")
+    if x is None or y is None or len(x) == 0:
+        present = sorted(k[2:] for k, v in data.items() if k.startswith("x_") and len(v))
+        raise TinymlError(
+            f"the dataset has no samples in split {split!r} (splits with samples: {', '.join(present) or 'none'})",
+            hint="set dataset.split in the run spec to a held-out split the dataset has (test or val)",
+        )
+    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
 
 def evaluate(

@@ -1,0 +1,86 @@
+"""The ``compile`` stage: load the fetched model, prune and quantize it for the run's runtime.
+
+Inputs: the ``fetch`` stage's ``model`` (and ``dataset``, for calibration and fine-tuning).
+Artifacts: ``model`` (``compile/model.onnx``, or ``compile/model.pt`` for runtime ``pytorch``) and
+``baseline`` (``compile/baseline.onnx``: fp32, unpruned). Records: ``compression`` (a
+``CompressionRecord``), ``tools``, ``model_parameters``, ``input_shape``, ``labels``, ``dataset``
+(where the dataset is, for the install stage), ``source_format``.
+
+    python -m tinymlaas_ci.stages.compile VOLUME --name compile
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.stages.contract import StageContext, stage_main
+
+__all__ = ["run", "main"]
+
+
+def _dataset_artifact(ctx: StageContext) -> dict[str, Any] | None:
+    artifacts = ctx.upstream("fetch").get("artifacts", {})
+    return artifacts.get("dataset")
+
+
+def run(ctx: StageContext) -> None:
+    """Compile the model of ``ctx``'s run; see the module docstring for inputs and outputs."""
+    from tinymlaas_ci.ml import compress, measure
+
+    spec = ctx.spec
+    model_spec = spec.get("model") or {}
+    compression = spec.get("compression") or {}
+    runtime = spec.get("runtime") or "onnxruntime"
+    fetch = ctx.upstream("fetch")
+    model_path = ctx.input_path("fetch", "model")
+    declared = model_spec.get("format") or "auto"
+    fmt = declared if declared != "auto" else (fetch.get("records", {}).get("model", {}).get("format") or "auto")
+
+    data: dict[str, Any] = {}
+    dataset = _dataset_artifact(ctx)
+    if dataset is not None:
+        data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
+    elif compression.get("quantization") == "static-int8" or compression.get("pruning"):
+        raise TinymlError(
+            "this compression needs the dataset, but the fetch stage produced none",
+            hint="give the run a dataset, or use quantization none / dynamic-int8 / fp16 without pruning",
+        )
+
+    ctx.log(f"compiling {model_path.name} for {runtime}: quantization {compression.get('quantization', 'none')}"
+            + (f", pruning {compression['pruning'].get('sparsity')}" if compression.get("pruning") else ""))
+    outcome = compress.compile_model(
+        model_path,
+        ctx.path("model.onnx").parent,
+        compression=compression,
+        runtime=runtime,
+        fmt=fmt,
+        input_shape=model_spec.get("input_shape"),
+        data=data,
+        progress=ctx.log,
+    )
+    ctx.add_artifact("model", outcome.deployed)
+    ctx.add_artifact("baseline", outcome.baseline)
+    rec = outcome.record
+    ctx.log(f"baseline {rec['baseline_bytes']} B -> deployed {rec['compressed_bytes']} B "
+            f"(gzip {rec['compressed_gzip_bytes']} B)")
+    ctx.records.update(
+        compression=rec,
+        tools=measure.tool_versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy"),
+        model_parameters=outcome.parameters,
+        input_shape=list(outcome.input_shape),
+        source_format=outcome.source_format,
+        export=outcome.details.get("export"),
+        labels=list(data.get("labels", [])) or None,
+        dataset=dataset,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage as a process."""
+    return stage_main("compile", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The ``infer`` stage: run the installed model on the device and measure it.
+
+Evaluates the deployed model and the fp32 baseline over the whole evaluation split
+(``dataset.split``, default ``test``), and measures the deployed model's latency after
+MLPerf Tiny's habits (``measure``: warm-up, then at least ``min_iterations`` and
+``min_seconds``). Peak memory is taken before the baseline is loaded, so it is the deployed
+model's.
+
+Metrics: a ``results.models.Metrics`` dict. Records: ``device`` (``DeviceRecord``), ``runtime``
+(``RuntimeRecord``), ``tools``, ``baseline_runtime``.
+
+    python -m tinymlaas_ci.stages.infer VOLUME --name infer
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.stages.contract import StageContext, stage_main
+
+__all__ = ["run", "main", "measure_bundle"]
+
+
+def _read_manifest(ctx: StageContext) -> tuple[Path, dict[str, Any]]:
+    path = ctx.input_path("install", "bundle")
+    try:
+        return path.parent, json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TinymlError(f"cannot read the install bundle's manifest: {exc}", hint="re-run the install stage") from exc
+
+
+def measure_bundle(
+    bundle: Path,
+    manifest: dict[str, Any],
+    measure_spec: dict[str, Any],
+    *,
+    data: dict[str, Any] | None = None,
+    split: str | None = None,
+    log=lambda _msg: None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Measure a bundle; returns ``(metrics, runtime_record)``.
+
+    ``data``/``split`` override the bundle's own evaluation data (e.g. the fetch stage's dataset).
+    """
+    import numpy as np
+
+    from tinymlaas_ci.ml import compress, measure
+    from tinymlaas_ci.ml.runtime import load_session
+
+    split = split or manifest.get("eval_split") or "test"
+    if data is None:
+        with np.load(bundle / manifest.get("data", "eval.npz"), allow_pickle=False) as npz:
+            data = {f"x_{split}": npz["x"], f"y_{split}": npz["y"], "labels": [str(v) for v in npz["labels"]]}
+    x, y = measure.eval_split(data, split)
+    labels = list(data.get("labels") or manifest.get("labels") or [])
+    num_classes = len(labels) or int(y.max()) + 1
+    threads = int(measure_spec.get("threads", 1))
+    batch_size = int(measure_spec.get("batch_size", 1))
+
+    model_path = bundle / manifest["model"]
+    session = load_session(model_path, manifest.get("runtime"), threads=threads)
+    log(f"loaded {model_path.name} into {session.runtime} {session.version} in {session.load_time_ms:.1f} ms")
+    if session.fixed_batch and session.fixed_batch != batch_size:
+        raise TinymlError(
+            f"the model's batch size is fixed to {session.fixed_batch}, but measure.batch_size is {batch_size}",
+            hint=f"set measure.batch_size: {session.fixed_batch}, or export the model with a dynamic batch axis",
+        )
+    acc = measure.evaluate(session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size),
+                           fixed_batch=session.fixed_batch)
+    log(f"accuracy {acc['accuracy']:.4f} on {acc['samples']} {split} samples")
+    reps = -(-batch_size // len(x))
+    batch = np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size])
+    latency = measure.measure_latency(
+        session.run, batch,
+        warmup=int(measure_spec.get("warmup", 20)),
+        min_iterations=int(measure_spec.get("min_iterations", 200)),
+        min_seconds=float(measure_spec.get("min_seconds", 1.0)),
+    )
+    log(f"latency p50 {latency['p50']:.4f} ms, p99 {latency['p99']:.4f} ms over {latency['iterations']} "
+        f"iterations ({latency['seconds']:.2f} s)")
+    peak = measure.peak_memory_mb()
+
+    baseline_path = bundle / manifest["baseline"]
+    base_session = load_session(baseline_path, "onnxruntime", threads=threads)
+    base = measure.evaluate(base_session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size),
+                            fixed_batch=base_session.fixed_batch)
+    log(f"baseline accuracy {base['accuracy']:.4f}")
+
+    size = model_path.stat().st_size
+    base_size = baseline_path.stat().st_size
+    metrics = {
+        "accuracy": acc["accuracy"],
+        "top5_accuracy": acc["top5_accuracy"],
+        "baseline_accuracy": base["accuracy"],
+        "accuracy_drop": base["accuracy"] - acc["accuracy"],
+        "samples": acc["samples"],
+        "latency_ms": latency,
+        "batch_size": batch_size,
+        "throughput_per_s": batch_size * latency["iterations"] / latency["seconds"],
+        "model_size_bytes": size,
+        "model_gzip_bytes": compress.gzip_size(model_path),
+        "baseline_model_bytes": base_size,
+        "compression_ratio": base_size / size if size else None,
+        "peak_memory_mb": peak,
+        "load_time_ms": session.load_time_ms,
+        "labels": labels,
+        "confusion_matrix": acc["confusion_matrix"],
+        "eval_split": split,
+    }
+    return metrics, session.record()
+
+
+def run(ctx: StageContext) -> None:
+    """Measure the installed bundle of ``ctx``'s run."""
+    from tinymlaas_ci.ml import measure
+
+    bundle, manifest = _read_manifest(ctx)
+    spec = ctx.spec
+    split = (spec.get("dataset") or {}).get("split") or manifest.get("eval_split") or "test"
+    data = None
+    # The fetch stage's dataset when the pipeline passes it to this stage; else the bundle's copy.
+    if any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items()):
+        if "dataset" in ctx.upstream("fetch").get("artifacts", {}):
+            data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
+    metrics, runtime = measure_bundle(bundle, manifest, spec.get("measure") or {}, data=data, split=split,
+                                      log=ctx.log)
+    ctx.metrics.update(metrics)
+    ctx.records.update(
+        device=measure.device_record(ctx.device),
+        runtime=runtime,
+        tools=measure.tool_versions("torch", "onnx", "onnxruntime", "numpy"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage as a process."""
+    return stage_main("infer", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The ``install`` stage: put the compiled model on the device as a self-contained bundle.
+
+A bundle is a folder with the deployed model, the fp32 baseline, the evaluation split of the
+dataset (``eval.npz``: inference runs on the device over it) and ``manifest.json``::
+
+    {"schema": 1, "runtime": "onnxruntime", "model": "model.onnx", "baseline": "baseline.onnx",
+     "data": "eval.npz", "eval_split": "test", "samples": 360, "input_shape": [1, 8, 8],
+     "labels": [...], "sha256": {"model.onnx": ..., ...}, "device": {"name": ..., "kind": ...}}
+
+Only the ``local`` device kind is installed here (the bundle stays in the run volume, and the
+infer stage runs next to it). Other kinds are added as installers in :data:`INSTALLERS`.
+
+Artifacts: ``bundle`` (the manifest), ``model``, ``baseline``, ``data``. Records: ``bundle``.
+
+    python -m tinymlaas_ci.stages.install VOLUME --name install
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tinymlaas_ci.errors import DeviceError, TinymlError
+from tinymlaas_ci.fs import atomic_write_bytes, atomic_write_json, is_within, sha256_file
+from tinymlaas_ci.stages.contract import StageContext, stage_main
+
+__all__ = ["run", "main", "build_bundle", "INSTALLERS", "MANIFEST", "BUNDLE_SCHEMA"]
+
+MANIFEST = "manifest.json"
+BUNDLE_SCHEMA = 1
+
+
+def _dataset_path(ctx: StageContext) -> Path:
+    # The dataset comes from fetch; when the pipeline gives install only compile's outputs,
+    # compile's record says where fetch put it.
+    if any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items()):
+        return ctx.input_path("fetch", "dataset")
+    rec = ctx.upstream("compile").get("records", {}).get("dataset") or {}
+    rel = rec.get("path")
+    if not rel:
+        raise TinymlError(
+            "no dataset to evaluate on: neither the fetch stage nor the compile stage names one",
+            hint="the run needs a dataset with a held-out split",
+        )
+    path = ctx.volume / rel
+    if not is_within(path, ctx.volume) or not path.is_file():
+        raise TinymlError(f"dataset {rel!r} is missing from the run volume", hint="re-run the fetch stage")
+    return path
+
+
+def build_bundle(ctx: StageContext, bundle: Path) -> dict[str, Any]:
+    """Write the bundle folder (model, baseline, eval data, manifest); returns the manifest."""
+    import numpy as np
+
+    from tinymlaas_ci.ml import measure
+
+    compile_out = ctx.upstream("compile")
+    records = compile_out.get("records", {})
+    model = ctx.input_path("compile", "model")
+    baseline = ctx.input_path("compile", "baseline")
+    split = (ctx.spec.get("dataset") or {}).get("split") or "test"
+    data = measure.read_dataset(_dataset_path(ctx))
+    x, y = measure.eval_split(data, split)
+    labels = list(data.get("labels") or records.get("labels") or [])
+
+    files: dict[str, str] = {}
+    for src in (model, baseline):
+        atomic_write_bytes(bundle / src.name, src.read_bytes())
+        files[src.name] = sha256_file(bundle / src.name)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y, labels=np.asarray(labels, dtype=str))
+    atomic_write_bytes(bundle / "eval.npz", buf.getvalue())
+    files["eval.npz"] = sha256_file(bundle / "eval.npz")
+    runtime = ctx.spec.get("runtime") or "onnxruntime"
+    manifest = {
+        "schema": BUNDLE_SCHEMA,
+        "runtime": runtime,
+        "model": model.name,
+        "baseline": baseline.name,
+        "data": "eval.npz",
+        "eval_split": split,
+        "samples": int(len(x)),
+        "input_shape": records.get("input_shape") or list(x.shape[1:]),
+        "labels": labels,
+        "measure": ctx.spec.get("measure") or {},
+        "sha256": files,
+        "device": {k: ctx.device.get(k) for k in ("name", "kind", "arch") if ctx.device.get(k) is not None},
+    }
+    atomic_write_json(bundle / MANIFEST, manifest)
+    return manifest
+
+
+def _install_local(ctx: StageContext) -> dict[str, Any]:
+    bundle = ctx.path("bundle", MANIFEST).parent
+    manifest = build_bundle(ctx, bundle)
+    ctx.log(f"installed {manifest['model']} ({manifest['runtime']}) and {manifest['samples']} "
+            f"{manifest['eval_split']} samples on the local device")
+    return {"location": ctx.dir.name + "/bundle", **manifest}
+
+
+INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {"local": _install_local}
+"""Installer per device kind. An installer writes the bundle and puts it on the device."""
+
+
+def run(ctx: StageContext) -> None:
+    """Install the compiled model on the run's device."""
+    kind = ctx.device.get("kind") or "local"
+    installer = INSTALLERS.get(kind)
+    if installer is None:
+        raise DeviceError(
+            f"installing on a {kind!r} device is not done by the built-in install stage",
+            device=ctx.device.get("name"),
+            hint=f"a {kind!r} device is installed by the Docker/SSH installer; use a pipeline with "
+            "that installer, or a 'local' device",
+        )
+    record = installer(ctx)
+    bundle = ctx.dir / "bundle"
+    ctx.add_artifact("bundle", bundle / MANIFEST)
+    ctx.add_artifact("model", bundle / record["model"])
+    ctx.add_artifact("baseline", bundle / record["baseline"])
+    ctx.add_artifact("data", bundle / record["data"])
+    ctx.records["bundle"] = record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage as a process."""
+    return stage_main("install", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
