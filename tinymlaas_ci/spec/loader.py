@@ -15,7 +15,7 @@ import yaml
 
 from tinymlaas_ci.errors import Problem
 
-__all__ = ["LoadedYaml", "load_yaml_text", "load_yaml_file", "MAX_NODES", "MAX_BYTES"]
+__all__ = ["LoadedYaml", "load_yaml_text", "load_yaml_file", "MAX_NODES", "MAX_BYTES", "MAX_DEPTH"]
 
 try:  # The C parser is ~10x faster; fall back to pure Python where libyaml is missing.
     _Loader = yaml.CSafeLoader
@@ -26,6 +26,12 @@ MAX_NODES = 20_000
 """Most nodes a spec may expand to, aliases counted each time they are used."""
 MAX_BYTES = 1_000_000
 """Largest spec file read, in bytes."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists in a spec (real specs nest about 4 levels)."""
+_SCAN_ABOVE = 4_000
+"""Texts longer than this are scanned for their nesting depth before they are composed: libyaml's
+composer recurses on the C stack and crashes the process beyond some 20,000 levels, which a
+1 MB file of '[' reaches. Shorter texts cannot nest that deep."""
 
 _STD = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
@@ -90,6 +96,9 @@ class _Builder:
 
     def build(self, node, path: tuple) -> Any:
         self.count += 1
+        if len(path) > MAX_DEPTH:
+            raise _Refused(node.start_mark, f"values nest deeper than {MAX_DEPTH} levels",
+                           "a spec file nests a few levels; is this the right file?")
         if self.count > MAX_NODES:
             # Aliases share one node, so the node's own mark would point at the anchor's first
             # use; the top-level key being built is where the expansion happens.
@@ -181,19 +190,24 @@ _PROBLEM_HINTS = {
     "mapping values are not allowed in this context":
         "check the indentation of this line, and quote values that contain ': '",
     "found character that cannot start any token": "quote the value",
-    "found undefined alias": "define the anchor ('&name') before using it ('*name')",
+    "found undefined alias": "define the anchor &name before using it as *name",
 }
 
 
 def _syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str, str | None]:
     """(line, column, message, hint) for a YAML syntax error, in words a spec author can act on."""
     mark = exc.problem_mark or exc.context_mark
-    line, col = _pos(mark)
     lines = text.splitlines()
-    if lines and line > len(lines):
+
+    def inside(mark) -> tuple[int, int]:
         # The parser reports a missing closer at the end of the stream, past the last line;
         # an annotation there would land on no line at all.
-        line, col = len(lines), len(lines[-1]) + 1
+        line, col = _pos(mark)
+        if lines and line > len(lines):
+            return len(lines), len(lines[-1]) + 1
+        return line, col
+
+    line, col = inside(mark)
     message = (exc.problem or str(exc)).strip()
     context = (exc.context or "").strip()
     if _tab_at(text, mark) or "'\\t'" in message:
@@ -203,12 +217,39 @@ def _syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str, 
             "a spec file holds one document; remove the extra '---'"
     hint = _PROBLEM_HINTS.get(message)
     if context in _CONTEXT_HINTS and exc.context_mark is not None:
-        cline, ccol = _pos(exc.context_mark)
+        cline, ccol = inside(exc.context_mark)
         hint = _CONTEXT_HINTS[context].format(line=cline, col=ccol)
     elif context and exc.context_mark is not None and hint is None:
-        cline, ccol = _pos(exc.context_mark)
+        cline, ccol = inside(exc.context_mark)
         hint = f"{context} at line {cline}, column {ccol}"
     return line, col, message, hint
+
+
+_OPEN = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken, yaml.FlowSequenceStartToken,
+         yaml.FlowMappingStartToken)
+_CLOSE = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+
+
+def _too_deep(text: str):
+    """The mark where ``text`` first nests deeper than :data:`MAX_DEPTH`, else None.
+
+    Uses the scanner only (iterative, no recursion); syntax errors are left to the parser.
+    """
+    scanner = _Loader(text)
+    depth = 0
+    try:
+        while (token := scanner.get_token()) is not None:
+            if isinstance(token, _OPEN):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return token.start_mark
+            elif isinstance(token, _CLOSE):
+                depth -= 1
+    except yaml.YAMLError:
+        return None
+    finally:
+        scanner.dispose()
+    return None
 
 
 def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) -> LoadedYaml:
@@ -238,6 +279,14 @@ def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) 
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         out.problems.append(Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file"))
         return out
+
+    if len(text) > _SCAN_ABOVE:
+        deep = _too_deep(text)
+        if deep is not None:
+            line, col = _pos(deep)
+            out.problems.append(Problem(path, line, col, f"values nest deeper than {MAX_DEPTH} levels",
+                                        "a spec file nests a few levels; is this the right file?"))
+            return out
 
     loader = _Loader(text)
     try:
