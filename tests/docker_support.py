@@ -19,12 +19,12 @@ import pytest
 __all__ = [
     "BASE_IMAGE",
     "DockerEngine",
-    "docker_engine",
-    "docker_client",
     "base_image",
+    "docker_client",
+    "docker_engine",
     "in_ci",
-    "unavailable",
     "leftover_containers",
+    "unavailable",
 ]
 
 BASE_IMAGE = os.environ.get("TINYMLAAS_BASE_IMAGE", "tinymlaas-base:bookworm")
@@ -69,7 +69,9 @@ def docker_engine():
         client = docker.from_env(timeout=60)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "no engine" here
-        unavailable(f"no Docker engine answers at {host or 'the default socket'}: {exc!s:.200}; {_START_HINT}")
+        unavailable(
+            f"no Docker engine answers at {host or 'the default socket'}: {exc!s:.200}; {_START_HINT}"
+        )
     yield DockerEngine(host, client)
     client.close()
 
@@ -88,7 +90,9 @@ def base_image(docker_engine) -> str:
     try:
         docker_engine.client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
-        unavailable(f"image {BASE_IMAGE} is not on {docker_engine.label}; build it with '.ci/docker.sh base'")
+        unavailable(
+            f"image {BASE_IMAGE} is not on {docker_engine.label}; build it with '.ci/docker.sh base'"
+        )
     return BASE_IMAGE
 
 

@@ -38,20 +38,25 @@ def register(subparsers) -> None:
         help="a folder of local wheels to install from first, e.g. the torch CPU wheel "
         "(repeatable; 'pip' means the find-links folders in 'pip config list')",
     )
-    build.add_argument("--only", choices=("stage", "inference"), default=None, help="build one image only")
+    build.add_argument(
+        "--only", choices=("stage", "inference"), default=None, help="build one image only"
+    )
     build.add_argument(
         "--tag-suffix", default="", metavar="SUFFIX", help="append SUFFIX to the tags (e.g. -dev)"
     )
     build.add_argument(
-        "--docker-host", metavar="URL", default=None, help="engine to build on (default: DOCKER_HOST)"
+        "--docker-host",
+        metavar="URL",
+        default=None,
+        help="engine to build on (default: DOCKER_HOST)",
     )
     build.set_defaults(func=_build)
     images.set_defaults(func=lambda args: images.print_help() or 2)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from tinymlaas_ci.cli.common import find_repo_root  # noqa: PLC0415
-    from tinymlaas_ci.engine.images import build_images, pip_find_links  # noqa: PLC0415
+    from tinymlaas_ci.cli.common import find_repo_root
+    from tinymlaas_ci.engine.images import build_images, pip_find_links
 
     wheels: list[Path] = []
     for folder in args.wheels:

@@ -20,31 +20,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from tinymlaas_ci import __version__
 from tinymlaas_ci.errors import ExecutorError
 from tinymlaas_ci.fs import sha256_file
 
 __all__ = [
+    "BUNDLE_DIR",
     "DEFAULT_BASE",
     "INFERENCE_REPOSITORY",
-    "BUNDLE_DIR",
-    "client_for",
-    "resolve_host",
-    "host_label",
-    "docker_errors",
-    "platform_for",
-    "source_root",
-    "dockerfile_path",
-    "prepare_context",
     "build_image",
-    "image_size",
     "build_inference_image",
+    "client_for",
+    "docker_errors",
+    "dockerfile_path",
+    "host_label",
+    "image_size",
     "inference_tag",
     "install_bundle",
+    "platform_for",
+    "prepare_context",
     "probe",
+    "resolve_host",
+    "source_root",
 ]
 
 DEFAULT_BASE = "python:3.11-slim"
@@ -63,14 +64,18 @@ _ARCH_PLATFORMS = {
     "riscv64": "linux/riscv64",
     "x86": "linux/386",
 }
-_CA_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+_CA_CANDIDATES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
 
 Sink = Callable[[str], None]
 
 
 def _docker():
     try:
-        import docker  # noqa: PLC0415 - heavy, only on the Docker path
+        import docker
     except ModuleNotFoundError as exc:
         raise ExecutorError(
             "the Docker SDK for Python is not installed",
@@ -107,7 +112,7 @@ def _no_engine(host: str | None, exc: BaseException) -> ExecutorError:
     label = host_label(host)
     return ExecutorError(
         f"no Docker engine answers at {label}: {_short(exc)}",
-        hint="start one (CI: eval \"$(.ci/docker.sh start)\") or set DOCKER_HOST "
+        hint='start one (CI: eval "$(.ci/docker.sh start)") or set DOCKER_HOST '
         "(or the device's docker.host) to an engine that runs",
     )
 
@@ -119,7 +124,7 @@ def client_for(device_or_host: Any = None, *, timeout: int = 120):
     :class:`ExecutorError` instead of later in the middle of a run.
     """
     docker = _docker()
-    import requests  # noqa: PLC0415 - docker depends on it
+    import requests
 
     host = resolve_host(device_or_host)
     try:
@@ -148,7 +153,7 @@ def docker_errors(host: str | None, doing: str, *, hint: str | None = None) -> I
     ``doing`` says what was being done ("starting stage compile in IMAGE"); the host is added.
     """
     docker = _docker()
-    import requests  # noqa: PLC0415
+    import requests
 
     try:
         yield
@@ -157,7 +162,9 @@ def docker_errors(host: str | None, doing: str, *, hint: str | None = None) -> I
     except (requests.exceptions.ConnectionError, ConnectionError) as exc:
         raise _no_engine(host, exc) from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise ExecutorError(f"{doing} on {host_label(host)} failed: {_short(exc)}", hint=hint) from exc
+        raise ExecutorError(
+            f"{doing} on {host_label(host)} failed: {_short(exc)}", hint=hint
+        ) from exc
 
 
 def platform_for(device: Any) -> str | None:
@@ -166,7 +173,11 @@ def platform_for(device: Any) -> str | None:
         return None
     get = device.get if isinstance(device, Mapping) else lambda k, d=None: getattr(device, k, d)
     endpoint = get("docker") or {}
-    platform = endpoint.get("platform") if isinstance(endpoint, Mapping) else getattr(endpoint, "platform", None)
+    platform = (
+        endpoint.get("platform")
+        if isinstance(endpoint, Mapping)
+        else getattr(endpoint, "platform", None)
+    )
     if platform:
         return platform
     arch = get("arch")
@@ -243,11 +254,22 @@ def build_package_wheel(dest: Path) -> Path:
             src / "tinymlaas_ci",
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
         )
-        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w", str(dest)]
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(src),
+            "-w",
+            str(dest),
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:  # no setuptools in this env: let pip fetch it in isolation
             argv.remove("--no-build-isolation")
-            proc = subprocess.run(argv, capture_output=True, text=True)
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise ExecutorError(
@@ -269,7 +291,7 @@ def prepare_context(
 ) -> dict[str, str]:
     """Fill a build context folder: ``Dockerfile``, ``wheels/`` (this package + local wheels),
     ``certs/ca-certificates.crt`` (the host CA bundle, for pip behind a TLS-inspecting proxy;
-    empty when the host has none) and, for inference images, ``bundle/``.
+    empty when the host has none) and ``bundle/`` (the model bundle; empty without one).
 
     Returns facts about the context worth printing (wheel names).
     """
@@ -282,7 +304,9 @@ def prepare_context(
     for folder in wheels:
         folder = Path(folder)
         if not folder.is_dir():
-            raise ExecutorError(f"--wheels {folder}: not a folder", hint="point it at a folder of .whl files")
+            raise ExecutorError(
+                f"--wheels {folder}: not a folder", hint="point it at a folder of .whl files"
+            )
         for wheel in sorted(folder.glob("*.whl")):
             if not (wheel_dir / wheel.name).exists():
                 _link_or_copy(wheel, wheel_dir / wheel.name)
@@ -296,6 +320,8 @@ def prepare_context(
         (certs / "ca-certificates.crt").write_bytes(b"")
     if bundle is not None:
         shutil.copytree(bundle, ctx / "bundle", symlinks=False)
+    else:
+        (ctx / "bundle").mkdir(exist_ok=True)  # the bare inference image: an empty /bundle
     return {"package_wheel": package_wheel.name, "local_wheels": ", ".join(local) or "none"}
 
 
@@ -319,7 +345,6 @@ def build_image(
     and prunes our dangling builder-stage images afterwards. Returns the image id. A failing
     step raises :class:`ExecutorError` with its last output lines.
     """
-    docker = _docker()
     base = (buildargs or {}).get("BASE")
     tail: collections.deque[str] = collections.deque(maxlen=25)
     error: str | None = None
@@ -361,7 +386,9 @@ def build_image(
                 "--base tinymlaas-base:bookworm"
             )
         last = "\n".join(tail)
-        raise ExecutorError(f"building {tag} on {host_label(host)} failed: {error}\n{last}", hint=hint)
+        raise ExecutorError(
+            f"building {tag} on {host_label(host)} failed: {error}\n{last}", hint=hint
+        )
     with docker_errors(host, f"inspecting the new image {tag}"):
         return client.images.get(tag).id
 
@@ -380,7 +407,9 @@ def _image_exists(client, ref: str, host: str | None) -> bool:
     except docker.errors.ImageNotFound:
         return False
     except docker.errors.APIError as exc:
-        raise ExecutorError(f"cannot inspect image {ref} on {host_label(host)}: {_short(exc)}") from exc
+        raise ExecutorError(
+            f"cannot inspect image {ref} on {host_label(host)}: {_short(exc)}"
+        ) from exc
     return True
 
 
@@ -440,7 +469,9 @@ def build_inference_image(
     return tag, image_id
 
 
-def install_bundle(bundle_dir: Path, device: Mapping[str, Any] | Any, base: str | None, sink: Sink = print) -> dict[str, str]:
+def install_bundle(
+    bundle_dir: Path, device: Mapping[str, Any] | Any, base: str | None, sink: Sink = print
+) -> dict[str, str]:
     """Make the bundle runnable on a ``docker`` device: build its inference image on the
     device's engine, or reuse the one with the same content tag. Returns
     ``{"image": tag, "image_digest": id}`` for the install stage's records."""
@@ -456,13 +487,17 @@ def install_bundle(bundle_dir: Path, device: Mapping[str, Any] | Any, base: str 
         except docker.errors.ImageNotFound:
             image = None
         except docker.errors.APIError as exc:
-            raise ExecutorError(f"cannot inspect {tag} on {host_label(host)}: {_short(exc)}") from exc
+            raise ExecutorError(
+                f"cannot inspect {tag} on {host_label(host)}: {_short(exc)}"
+            ) from exc
         if image is not None:
             sink(f"reusing {tag} ({image.id[:19]}) on {host_label(host)}")
             return {"image": tag, "image_digest": image.id}
         started = time.perf_counter()
         sink(f"building {tag} on {host_label(host)} from {base}")
-        tag, image_id = build_inference_image(Path(bundle_dir), tag, base, client, platform, sink=sink, host=host)
+        tag, image_id = build_inference_image(
+            Path(bundle_dir), tag, base, client, platform, sink=sink, host=host
+        )
         sink(f"built {tag} ({image_id[:19]}) in {time.perf_counter() - started:.1f}s")
         return {"image": tag, "image_digest": image_id}
     finally:
@@ -512,9 +547,13 @@ def probe(host: Any = None, *, images: tuple[str, ...] | None = None) -> dict[st
 
 
 def _normalise_arch(arch: str | None) -> str | None:
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7", "i686": "x86", "i386": "x86"}.get(
-        arch or "", arch
-    )
+    return {
+        "x86_64": "amd64",
+        "aarch64": "arm64",
+        "armv7l": "armv7",
+        "i686": "x86",
+        "i386": "x86",
+    }.get(arch or "", arch)
 
 
 def _cpu_model(client, image: str) -> str | None:
@@ -522,7 +561,11 @@ def _cpu_model(client, image: str) -> str | None:
     try:
         out = client.containers.run(
             image,
-            ["sh", "-c", "grep -m1 -E '^(model name|Model|Hardware|cpu model)' /proc/cpuinfo || true"],
+            [
+                "sh",
+                "-c",
+                "grep -m1 -E '^(model name|Model|Hardware|cpu model)' /proc/cpuinfo || true",
+            ],
             remove=True,
             network_mode="none",
             user="65534:65534",

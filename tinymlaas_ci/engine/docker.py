@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tinymlaas_ci.devices.docker import client_for, docker_errors, host_label
 from tinymlaas_ci.engine.executor import ExecOutcome, LineSink, StageCall, builtin_argv
@@ -30,7 +30,7 @@ from tinymlaas_ci.errors import ExecutorError
 from tinymlaas_ci.fs import atomic_write_json
 from tinymlaas_ci.stages.contract import ERROR_FILE
 
-__all__ = ["DockerExecutor", "SANDBOX_UID", "VOLUME_MOUNT", "REPO_MOUNT", "oom_error"]
+__all__ = ["REPO_MOUNT", "SANDBOX_UID", "VOLUME_MOUNT", "DockerExecutor", "oom_error"]
 
 SANDBOX_UID = 1000
 """uid and gid of stages when the runner runs as root."""
@@ -174,7 +174,7 @@ class DockerExecutor:
     def _image(self, client, ref: str, host: str | None, call: StageCall):
         # Check first: for a missing image dockerd tries a pull and reports an APIError 500
         # about the registry, which does not tell the user what to do.
-        import docker  # noqa: PLC0415 - client_for already proved it is installed
+        import docker
 
         try:
             return client.images.get(ref)
@@ -182,14 +182,17 @@ class DockerExecutor:
             if call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:")):
                 hint = "build it with 'tinymlaas images build' (offline: add --base tinymlaas-base:bookworm)"
             else:
-                hint = f"build or pull {ref} on that engine, or fix the stage's image in the pipeline"
+                hint = (
+                    f"build or pull {ref} on that engine, or fix the stage's image in the pipeline"
+                )
             raise ExecutorError(
                 f"image {ref} not found on {host_label(host)} (stage {call.stage!r} of {call.run_id})",
                 hint=hint,
             ) from exc
         except docker.errors.APIError as exc:
-            with docker_errors(host, f"inspecting image {ref}"):
-                raise exc
+            raise ExecutorError(
+                f"cannot inspect image {ref} on {host_label(host)}: {exc.explanation or exc}"
+            ) from exc
 
     @staticmethod
     def _prepare_volume(volume: Path, stage: str, uid: int, gid: int) -> None:
@@ -228,7 +231,7 @@ class DockerExecutor:
 
     @staticmethod
     def _remove(container) -> None:
-        import docker  # noqa: PLC0415
+        import docker
 
         # Always, also on Ctrl-C: a stage container is never reused, and a leftover one
         # would keep its mounts (and the volume) busy.

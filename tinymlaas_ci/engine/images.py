@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tinymlaas_ci import __version__
 from tinymlaas_ci.devices.docker import (
@@ -31,8 +31,8 @@ from tinymlaas_ci.devices.docker import (
     build_image,
     build_inference_image,
     client_for,
-    dockerfile_path,
     docker_errors,
+    dockerfile_path,
     host_label,
     inference_tag,
     prepare_context,
@@ -40,18 +40,18 @@ from tinymlaas_ci.devices.docker import (
 from tinymlaas_ci.errors import ExecutorError
 
 __all__ = [
+    "BUNDLE_DIR",
+    "DEFAULT_BASE",
+    "IMAGE_NAMES",
+    "INFERENCE_REPOSITORY",
     "STAGE_IMAGE",
     "STAGE_REPOSITORY",
-    "INFERENCE_REPOSITORY",
-    "DEFAULT_BASE",
-    "BUNDLE_DIR",
-    "IMAGE_NAMES",
     "BuiltImage",
-    "image_tag",
-    "pip_find_links",
     "build_images",
     "build_inference_image",
+    "image_tag",
     "inference_tag",
+    "pip_find_links",
 ]
 
 STAGE_REPOSITORY = "tinymlaas-stage"
@@ -98,7 +98,11 @@ def pip_find_links() -> list[Path]:
     """
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -149,7 +153,9 @@ def build_images(
                 buildargs = {"BASE": base_image}
                 if name == "stage" and any((ctx / "wheels").glob("torch-2.13.0*.whl")):
                     buildargs["TORCH_INDEX"] = ""  # the local CPU wheel; no extra index needed
-                image_id = build_image(client, ctx, tag, buildargs=buildargs, sink=sink, host=docker_host)
+                image_id = build_image(
+                    client, ctx, tag, buildargs=buildargs, sink=sink, host=docker_host
+                )
             if previous and previous != image_id:
                 _drop_untagged(client, previous, docker_host, sink)
             with docker_errors(docker_host, f"inspecting {tag}"):
@@ -161,7 +167,7 @@ def build_images(
 
 
 def _image_id(client, ref: str, host: str | None) -> str | None:
-    import docker  # noqa: PLC0415 - client_for already proved it is installed
+    import docker
 
     try:
         return client.images.get(ref).id
@@ -176,7 +182,7 @@ def _drop_untagged(client, image_id: str, host: str | None, sink: Sink) -> None:
 
     Every rebuild would otherwise leave a gigabyte-sized dangling image behind.
     """
-    import docker  # noqa: PLC0415
+    import docker
 
     try:
         if client.images.get(image_id).tags:
