@@ -56,6 +56,7 @@ cmd_start() {
   if [ -n "$old" ] && [ -S "$old/docker.sock" ] && answers "unix://$old/docker.sock"; then
     log "engine already running in $old"
     echo "export DOCKER_HOST=unix://$old/docker.sock"
+    echo "export TINYMLAAS_DOCKERD_DIR=$old"
     return 0
   fi
   local dir
