@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tinymlaas_ci.cli.common import repo_root
-from tinymlaas_ci.errors import Problem
+from tinymlaas_ci.errors import Problem, UsageError
 
 __all__ = ["register", "format_problems_github", "plan_markdown"]
 
@@ -81,6 +81,11 @@ def _load(args):
     from tinymlaas_ci.spec.repo import load_repo
 
     root = repo_root(args)
+    # A PATH that does not exist is a mistake on the command line, not in a spec file.
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}",
+                         hint="give spec files or folders of the repository, or no PATH for all of them")
     return load_repo(root, [Path(p) for p in args.paths] if args.paths else None)
 
 
