@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinymlaas_ci.fs import atomic_write_json  # noqa: E402
-from tinymlaas_ci.ml import compress, measure  # noqa: E402
-from tinymlaas_ci.ml.runtime import load_session  # noqa: E402
+from tinymlaas_ci.fs import atomic_write_json
+from tinymlaas_ci.ml import compress, measure
+from tinymlaas_ci.ml.runtime import load_session
 
 MODEL = ROOT / "uploads" / "digits-cnn" / "model.pkl"
 DATASET = ROOT / "uploads" / "digits" / "dataset.zip"
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = read_imagefolder_zip(DATASET)
     x, y = data["x_test"], data["y_test"]
-    timing = dict(warmup=args.warmup, min_iterations=args.min_iterations, min_seconds=args.min_seconds)
+    timing = {"warmup": args.warmup, "min_iterations": args.min_iterations, "min_seconds": args.min_seconds}
     rows = []
 
     eager = formats.load_torch_model(MODEL, "pytorch")

@@ -13,7 +13,6 @@ from tinymlaas_ci.ml.compress import compile_model
 from tinymlaas_ci.ml.runtime import load_session
 from tinymlaas_ci.results.models import CompressionRecord
 
-
 DIGITS_MODEL = Path(__file__).resolve().parents[2] / "uploads" / "digits-cnn" / "model.pkl"
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.ml import formats

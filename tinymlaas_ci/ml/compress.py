@@ -23,9 +23,10 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.ml import formats
@@ -38,17 +39,17 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "QUANTIZATIONS",
     "CompileOutcome",
-    "compile_model",
-    "prune_model",
-    "weight_sparsity",
-    "fine_tune",
-    "torch_accuracy",
-    "quantize_onnx",
-    "convert_onnx_fp16",
-    "to_torchscript",
-    "count_quantized_ops",
-    "gzip_size",
     "calibration_data",
+    "compile_model",
+    "convert_onnx_fp16",
+    "count_quantized_ops",
+    "fine_tune",
+    "gzip_size",
+    "prune_model",
+    "quantize_onnx",
+    "to_torchscript",
+    "torch_accuracy",
+    "weight_sparsity",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,14 @@ def gzip_size(path: str | os.PathLike) -> int:
 # --------------------------------------------------------------------------- pruning
 
 
-def _prunable(model: "torch.nn.Module") -> list[tuple["torch.nn.Module", str]]:
+def _prunable(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
     from torch import nn
 
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     return [(m, "weight") for m in model.modules() if isinstance(m, kinds) and getattr(m, "weight", None) is not None]
 
 
-def weight_sparsity(model: "torch.nn.Module") -> float:
+def weight_sparsity(model: torch.nn.Module) -> float:
     """Fraction of exactly-zero weights over all Conv/Linear weight tensors."""
     layers = _prunable(model)
     total = sum(getattr(m, n).numel() for m, n in layers)
@@ -84,14 +85,14 @@ def weight_sparsity(model: "torch.nn.Module") -> float:
     return zeros / total if total else 0.0
 
 
-def prune_model(model: "torch.nn.Module", sparsity: float, *, scope: str = "layer") -> None:
+def prune_model(model: torch.nn.Module, sparsity: float, *, scope: str = "layer") -> None:
     """Apply L1 magnitude pruning masks to every Conv/Linear weight of ``model``, in place.
 
     ``scope="layer"`` prunes ``sparsity`` of each layer (what the spec promises);
     ``scope="global"`` ranks all weights together. The masks stay attached (so fine-tuning keeps
     pruned weights at zero) until :func:`make_permanent`.
     """
-    import torch.nn.utils.prune as prune
+    from torch.nn.utils import prune
 
     layers = _prunable(model)
     if not layers:
@@ -108,9 +109,9 @@ def prune_model(model: "torch.nn.Module", sparsity: float, *, scope: str = "laye
         raise TinymlError(f"unknown pruning scope {scope!r}", hint="use 'layer' or 'global'")
 
 
-def make_permanent(model: "torch.nn.Module") -> None:
+def make_permanent(model: torch.nn.Module) -> None:
     """Fold pruning masks into the weights (drops the ``weight_orig``/``weight_mask`` pairs)."""
-    import torch.nn.utils.prune as prune
+    from torch.nn.utils import prune
 
     for module, name in _prunable(model):
         if prune.is_pruned(module) and hasattr(module, f"{name}_mask"):
@@ -118,9 +119,9 @@ def make_permanent(model: "torch.nn.Module") -> None:
 
 
 def fine_tune(
-    model: "torch.nn.Module",
-    x: "np.ndarray",
-    y: "np.ndarray",
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
     *,
     epochs: int,
     learning_rate: float = 1e-3,
@@ -146,7 +147,7 @@ def fine_tune(
     model.eval()
 
 
-def torch_accuracy(model: "torch.nn.Module", x: "np.ndarray", y: "np.ndarray", batch_size: int = 256) -> float:
+def torch_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of a torch model on arrays ``x``/``y``."""
     import torch
 
@@ -164,7 +165,7 @@ def torch_accuracy(model: "torch.nn.Module", x: "np.ndarray", y: "np.ndarray", b
 # --------------------------------------------------------------------------- ONNX quantization
 
 
-def calibration_data(data: Mapping[str, "np.ndarray"], samples: int, *, seed: int = 0) -> tuple["np.ndarray", str]:
+def calibration_data(data: Mapping[str, np.ndarray], samples: int, *, seed: int = 0) -> tuple[np.ndarray, str]:
     """Up to ``samples`` inputs from the train split (else val), a seeded random subset."""
     import numpy as np
 
@@ -198,7 +199,7 @@ def _preprocess(src: Path, dst: Path) -> Path:
             warnings.simplefilter("ignore")
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return dst
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - optional step; quantizing the raw model still works
         log.info("quantization pre-processing skipped: %s", exc)
         return src
 
@@ -208,7 +209,7 @@ def quantize_onnx(
     dst: str | os.PathLike,
     mode: str,
     *,
-    calibration: "np.ndarray | None" = None,
+    calibration: np.ndarray | None = None,
     per_channel: bool = False,
 ) -> None:
     """Write a quantized copy of the fp32 ONNX model ``src`` to ``dst``.
@@ -297,7 +298,7 @@ def convert_onnx_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     onnx.save(half, str(dst))
 
 
-def _topological_sort(graph: "onnx.GraphProto") -> None:
+def _topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so each comes after its inputs' producers.
 
     The fp16 converter appends its input Casts at the end of the node list; ONNX Runtime does
@@ -322,7 +323,7 @@ def _topological_sort(graph: "onnx.GraphProto") -> None:
     graph.node.extend(copies)
 
 
-def count_quantized_ops(model: "onnx.ModelProto") -> dict[str, int]:
+def count_quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
     """Quantized operators by type in an ONNX graph.
 
     Integer-only operators (``QLinear*``, ``ConvInteger``, ``MatMulInteger``, ``QuantizeLinear``,
@@ -349,7 +350,7 @@ def count_quantized_ops(model: "onnx.ModelProto") -> dict[str, int]:
 # --------------------------------------------------------------------------- torch runtime
 
 
-def _fp16_module(model: "torch.nn.Module") -> "torch.nn.Module":
+def _fp16_module(model: torch.nn.Module) -> torch.nn.Module:
     import torch
 
     class Float16(torch.nn.Module):
@@ -366,7 +367,7 @@ def _fp16_module(model: "torch.nn.Module") -> "torch.nn.Module":
 
 
 def to_torchscript(
-    model: "torch.nn.Module", dst: str | os.PathLike, input_shape: Sequence[int], mode: str
+    model: torch.nn.Module, dst: str | os.PathLike, input_shape: Sequence[int], mode: str
 ) -> dict[str, int]:
     """Save ``model`` as TorchScript at ``dst`` after quantization ``mode``; returns ops quantized.
 
@@ -449,7 +450,7 @@ def compile_model(
     runtime: str = "onnxruntime",
     fmt: str = "auto",
     input_shape: Sequence[int] | None = None,
-    data: Mapping[str, "np.ndarray"] | None = None,
+    data: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> CompileOutcome:
@@ -529,7 +530,7 @@ def compile_model(
                 shutil.copyfile(fp32, deployed)
             else:
                 if calib is not None:
-                    record["calibration_samples"] = int(len(calib))
+                    record["calibration_samples"] = len(calib)
                     progress(f"calibrating static int8 on {len(calib)} {calib_split} samples")
                 progress(f"quantizing with ONNX Runtime: {quant}")
                 quantize_onnx(fp32, deployed, quant, calibration=calib, per_channel=per_channel)
@@ -550,7 +551,7 @@ def compile_model(
     )
 
 
-def _with_weights(baseline: Path, model: "torch.nn.Module", dst: Path) -> bool:
+def _with_weights(baseline: Path, model: torch.nn.Module, dst: Path) -> bool:
     """Write ``baseline`` with the (pruned, fine-tuned) weights of ``model`` to ``dst``.
 
     Pruning changes values, not the graph, so swapping the initializers is exact and skips a

@@ -20,8 +20,9 @@ import os
 import sys
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
 
@@ -32,15 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FORMATS",
     "TORCH_FORMATS",
-    "detect_format",
-    "load_torch_model",
-    "torch_input_shape",
-    "resolve_input_shape",
-    "export_onnx",
     "check_onnx",
-    "onnx_input_shape",
-    "count_parameters",
     "count_onnx_parameters",
+    "count_parameters",
+    "detect_format",
+    "export_onnx",
+    "load_torch_model",
+    "onnx_input_shape",
+    "resolve_input_shape",
+    "torch_input_shape",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _looks_like_onnx(path: Path) -> bool:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # any parse failure just means "not ONNX"; the caller reports it
+    except Exception:  # noqa: BLE001 - any parse failure just means "not ONNX"; the caller reports it
         return False
     return len(model.graph.node) > 0
 
@@ -120,7 +121,7 @@ def _add_sibling_sources(path: Path) -> None:
         sys.path.insert(0, folder)
 
 
-def load_torch_model(path: str | os.PathLike, fmt: str) -> "torch.nn.Module":
+def load_torch_model(path: str | os.PathLike, fmt: str) -> torch.nn.Module:
     """Load a torch model (``pytorch``, ``torchscript`` or ``exported-program``) in eval mode."""
     import torch
 
@@ -168,7 +169,7 @@ def load_torch_model(path: str | os.PathLike, fmt: str) -> "torch.nn.Module":
     return _module_from(obj, path).eval()
 
 
-def _module_from(obj: Any, path: Path) -> "torch.nn.Module":
+def _module_from(obj: Any, path: Path) -> torch.nn.Module:
     import torch
 
     if isinstance(obj, torch.nn.Module):
@@ -202,7 +203,7 @@ def _module_from(obj: Any, path: Path) -> "torch.nn.Module":
     )
 
 
-def torch_input_shape(model: "torch.nn.Module") -> tuple[int, ...] | None:
+def torch_input_shape(model: torch.nn.Module) -> tuple[int, ...] | None:
     """The sample shape a torch model declares itself, when it does (else ``None``).
 
     Exported programs know it from their graph; other modules may carry ``input_shape``.
@@ -244,7 +245,7 @@ def resolve_input_shape(declared: Sequence[int] | None, found: Sequence[int] | N
 
 
 def export_onnx(
-    model: "torch.nn.Module",
+    model: torch.nn.Module,
     path: str | os.PathLike,
     input_shape: Sequence[int],
     *,
@@ -283,7 +284,7 @@ def export_onnx(
                 )
             check_onnx(path)
             return {"exporter": "dynamo", "opset": opset}
-        except Exception as exc:  # fall back to the legacy exporter, keep the reason
+        except Exception as exc:  # noqa: BLE001 - fall back to the legacy exporter, keep the reason
             failures.append(f"dynamo: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     try:
         with warnings.catch_warnings():
@@ -321,7 +322,7 @@ class _quiet_exporter:
         return self._redirect.__exit__(*exc)
 
 
-def check_onnx(path: str | os.PathLike) -> "onnx.ModelProto":
+def check_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Load and check an ONNX file; a broken file raises a :class:`TinymlError`."""
     import onnx
 
@@ -342,7 +343,7 @@ def check_onnx(path: str | os.PathLike) -> "onnx.ModelProto":
     return model
 
 
-def onnx_input_shape(model: "onnx.ModelProto") -> tuple[int, ...] | None:
+def onnx_input_shape(model: onnx.ModelProto) -> tuple[int, ...] | None:
     """Sample shape (without the batch axis) of an ONNX model's input, if every dimension is fixed."""
     inits = {i.name for i in model.graph.initializer}
     for inp in model.graph.input:
@@ -355,12 +356,12 @@ def onnx_input_shape(model: "onnx.ModelProto") -> tuple[int, ...] | None:
     return None
 
 
-def count_parameters(model: "torch.nn.Module") -> int:
+def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters of a torch model (TorchScript included)."""
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def count_onnx_parameters(model: "onnx.ModelProto") -> int:
+def count_onnx_parameters(model: onnx.ModelProto) -> int:
     """Number of values stored in an ONNX model's initializers."""
     total = 0
     for init in model.graph.initializer:

@@ -13,8 +13,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
 
@@ -22,14 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
-    "read_dataset",
+    "cpu_info",
+    "device_record",
     "eval_split",
     "evaluate",
     "measure_latency",
-    "percentile",
     "peak_memory_mb",
-    "cpu_info",
-    "device_record",
+    "percentile",
+    "read_dataset",
     "tool_versions",
 ]
 
@@ -52,7 +53,7 @@ def read_dataset(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def eval_split(data: Mapping[str, Any], split: str) -> tuple["np.ndarray", "np.ndarray"]:
+def eval_split(data: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
     """The inputs (float32) and labels (int64) of ``split``; an empty or missing split is an error."""
     import numpy as np
 
@@ -67,9 +68,9 @@ def eval_split(data: Mapping[str, Any], split: str) -> tuple["np.ndarray", "np.n
 
 
 def evaluate(
-    run: Callable[["np.ndarray"], "np.ndarray"],
-    x: "np.ndarray",
-    y: "np.ndarray",
+    run: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
     *,
     num_classes: int,
     batch_size: int = 64,
@@ -124,8 +125,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def measure_latency(
-    run: Callable[["np.ndarray"], Any],
-    batch: "np.ndarray",
+    run: Callable[[np.ndarray], Any],
+    batch: np.ndarray,
     *,
     warmup: int = 20,
     min_iterations: int = 200,

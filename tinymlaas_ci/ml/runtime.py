@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
 
@@ -29,7 +30,7 @@ class Session:
     runtime: str
     version: str
     threads: int
-    run: Callable[["np.ndarray"], "np.ndarray"]
+    run: Callable[[np.ndarray], np.ndarray]
     """float32 batch in, float32 logits out."""
     load_time_ms: float
     providers: list[str] = field(default_factory=list)
@@ -103,7 +104,7 @@ def _load_onnx(path: Path, threads: int) -> Session:
     batch_dim = inp.shape[0] if inp.shape else None
     fixed = batch_dim if isinstance(batch_dim, int) else None
 
-    def run(x: "np.ndarray") -> "np.ndarray":
+    def run(x: np.ndarray) -> np.ndarray:
         return sess.run([out_name], {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     return Session("onnxruntime", ort.__version__, int(threads), run, load_ms,
@@ -125,7 +126,7 @@ def _load_torchscript(path: Path, threads: int) -> Session:
         ) from exc
     load_ms = (time.perf_counter_ns() - started) / 1e6
 
-    def run(x: "np.ndarray") -> "np.ndarray":
+    def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
 

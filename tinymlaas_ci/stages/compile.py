@@ -17,7 +17,7 @@ from typing import Any
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["run", "main"]
+__all__ = ["main", "run"]
 
 
 def _dataset_artifact(ctx: StageContext) -> dict[str, Any] | None:

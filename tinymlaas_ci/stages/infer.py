@@ -22,7 +22,7 @@ from typing import Any
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["run", "main", "measure_bundle"]
+__all__ = ["main", "measure_bundle", "run"]
 
 
 def _read_manifest(ctx: StageContext) -> tuple[Path, dict[str, Any]]:
@@ -123,9 +123,9 @@ def run(ctx: StageContext) -> None:
     split = (spec.get("dataset") or {}).get("split") or manifest.get("eval_split") or "test"
     data = None
     # The fetch stage's dataset when the pipeline passes it to this stage; else the bundle's copy.
-    if any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items()):
-        if "dataset" in ctx.upstream("fetch").get("artifacts", {}):
-            data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
+    has_fetch = any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items())
+    if has_fetch and "dataset" in ctx.upstream("fetch").get("artifacts", {}):
+        data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
     metrics, runtime = measure_bundle(bundle, manifest, spec.get("measure") or {}, data=data, split=split,
                                       log=ctx.log)
     ctx.metrics.update(metrics)

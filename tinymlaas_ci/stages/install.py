@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tinymlaas_ci.errors import DeviceError, TinymlError
 from tinymlaas_ci.fs import atomic_write_bytes, atomic_write_json, is_within, sha256_file
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["run", "main", "build_bundle", "INSTALLERS", "MANIFEST", "BUNDLE_SCHEMA"]
+__all__ = ["BUNDLE_SCHEMA", "INSTALLERS", "MANIFEST", "build_bundle", "main", "run"]
 
 MANIFEST = "manifest.json"
 BUNDLE_SCHEMA = 1
@@ -81,7 +82,7 @@ def build_bundle(ctx: StageContext, bundle: Path) -> dict[str, Any]:
         "baseline": baseline.name,
         "data": "eval.npz",
         "eval_split": split,
-        "samples": int(len(x)),
+        "samples": len(x),
         "input_shape": records.get("input_shape") or list(x.shape[1:]),
         "labels": labels,
         "measure": ctx.spec.get("measure") or {},
