@@ -97,7 +97,9 @@ class DockerExecutor:
             "command": argv,
             "user": f"{uid}:{gid}",
             "environment": env,
-            "working_dir": VOLUME_MOUNT,
+            # The same working directory as the local executor (the repository), so a user
+            # stage's relative paths mean the same under both executors.
+            "working_dir": REPO_MOUNT,
             "volumes": {
                 str(volume): {"bind": VOLUME_MOUNT, "mode": "rw"},
                 str(repo): {"bind": REPO_MOUNT, "mode": "ro"},
@@ -150,6 +152,13 @@ class DockerExecutor:
             image_digest=image.id,
             oom_killed=oom,
         )
+
+    def identity(self, call: StageCall) -> str:
+        """What the stage's cache key records about the code that runs it: the image id."""
+        host = call.docker_host or self.docker_host
+        client = self._client(host)
+        image_ref = call.image or self.default_image
+        return "docker:" + self._image(client, image_ref, host, call).id
 
     @staticmethod
     def sandbox_user() -> tuple[int, int]:

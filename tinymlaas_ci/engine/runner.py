@@ -193,10 +193,10 @@ class Engine:
     def _stage(self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage,
                outputs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         opts = self.options
-        executor_name = opts.executor
-        call = self._call(run, device, stage)
-        executor = self.executor(executor_name)
         upstream = {n: outputs.get(n, {}) for n in stage.needs}
+        executor_name = self._executor_name(device, stage)
+        call = self._call(run, device, stage, outputs)
+        executor = self.executor(executor_name)
         upstream_digests = {n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()}
         try:
             identity = self._identity(executor, call)
@@ -224,7 +224,7 @@ class Engine:
     def _run_stage(self, run, device, volume: RunVolume, stage: PlannedStage, upstream, call: StageCall,
                    executor: Executor, key: str):
         stage_dir = volume.reset_stage(stage.name)
-        in_container = executor.name == "docker"
+        in_container = executor.name != "local"
         config = {
             "schema": CONTRACT_SCHEMA,
             "stage": stage.name,
@@ -304,23 +304,39 @@ class Engine:
         return self._record_from(status, cache_hit=False), out
 
     # -- helpers -------------------------------------------------------------------------------
-    def _call(self, run: PlannedRun, device, stage: PlannedStage) -> StageCall:
+    def _executor_name(self, device, stage: PlannedStage) -> str:
+        """Where a stage runs. On a ``docker`` device, install runs on the runner (it builds the
+        inference image on the device's engine) and infer runs in that image on that engine,
+        whatever executor the other stages use."""
+        if device.kind == "docker" and stage.builtin == "install":
+            return "local"
+        if device.kind == "docker" and stage.builtin == "infer":
+            return "docker"
+        return self.options.executor
+
+    def _call(self, run: PlannedRun, device, stage: PlannedStage, outputs: dict[str, dict[str, Any]]) -> StageCall:
         spec = run.spec
         env = {}
         if stage.network:
             env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
         memory = spec.resources.memory_mb or device.memory_mb
         cpus = spec.resources.cpus or device.cpus
+        image, docker_host = stage.image, None
+        if device.kind == "docker" and stage.builtin == "infer":
+            installed = next((outputs[n] for n in stage.needs if outputs.get(n, {}).get("builtin") == "install"), {})
+            image = (installed.get("records") or {}).get("image") or image
+            docker_host = device.docker.host
         return StageCall(
             run_id=run.id,
             stage=stage.name,
             builtin=stage.builtin,
             command=stage.command,
-            image=stage.image,
+            image=image,
             network=stage.network,
             memory_mb=memory,
             cpus=cpus,
             env=env,
+            docker_host=docker_host,
         )
 
     @staticmethod
