@@ -18,9 +18,32 @@ from tinymlaas_ci.errors import Problem
 __all__ = ["LoadedYaml", "load_yaml_text", "load_yaml_file", "MAX_NODES", "MAX_BYTES", "MAX_DEPTH"]
 
 try:  # The C parser is ~10x faster; fall back to pure Python where libyaml is missing.
-    _Loader = yaml.CSafeLoader
+    _BaseLoader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the PyYAML build
-    _Loader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
+
+
+class _Loader(_BaseLoader):
+    """The safe loader with a memo of implicit scalar tags.
+
+    Resolving a plain scalar's tag runs a handful of regular expressions in Python for every
+    scalar; spec files repeat the same keys and values, so the answer is remembered per
+    ``(value, implicit)``. The memo is bounded so an odd file cannot grow it without limit.
+    """
+
+    _memo: dict = {}
+
+    def resolve(self, kind, value, implicit):
+        if kind is not yaml.ScalarNode:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = self._memo.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(self._memo) > 8192:
+                self._memo.clear()
+            self._memo[key] = tag
+        return tag
 
 MAX_NODES = 20_000
 """Most nodes a spec may expand to, aliases counted each time they are used."""
@@ -35,6 +58,14 @@ composer recurses on the C stack and crashes the process beyond some 20,000 leve
 
 _STD = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+_STR = _STD + "str"
+_MERGE = _STD + "merge"
+_SCALAR_CONSTRUCTORS = {
+    _STD + "int": yaml.constructor.SafeConstructor.construct_yaml_int,
+    _STD + "float": yaml.constructor.SafeConstructor.construct_yaml_float,
+    _STD + "bool": yaml.constructor.SafeConstructor.construct_yaml_bool,
+    _STD + "null": yaml.constructor.SafeConstructor.construct_yaml_null,
+}
 
 Path_ = tuple  # a key path: ("model", "upload"), ("matrix", "device", 1)
 
@@ -110,7 +141,10 @@ class _Builder:
                 pos=top,
             )
         tag = node.tag
-        self.out.values[path] = _pos(node.start_mark)
+        mark = node.start_mark
+        self.out.values[path] = (mark.line + 1, mark.column + 1)
+        if tag == _STR and type(node) is yaml.ScalarNode:  # most values: no constructor needed
+            return node.value
         if tag not in _ALLOWED_TAGS:
             if tag.startswith("tag:yaml.org,2002:python/") or tag.startswith("!"):
                 shown = tag.replace("tag:yaml.org,2002:", "!!")
@@ -122,7 +156,9 @@ class _Builder:
             raise _Refused(node.start_mark, f"tag {shown} is not allowed", "spec files hold plain data: remove the tag")
         if isinstance(node, yaml.ScalarNode):
             try:
-                return self.loader.construct_object(node, deep=True)
+                if tag == _STR:
+                    return node.value
+                return _SCALAR_CONSTRUCTORS[tag](self.loader, node)
             except (yaml.YAMLError, ValueError, KeyError, TypeError, OverflowError):
                 # An explicit tag on a value that does not fit it, e.g. '!!int x' or '!!bool 2'.
                 shown = node.tag.replace(_STD, "!!")
@@ -131,13 +167,18 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
         result: dict = {}
+        keys = self.out.keys
         for key_node, value_node in node.value:
-            if key_node.tag == _STD + "merge":
-                raise _Refused(key_node.start_mark, "merge keys '<<' are not supported", "write the keys out")
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise _Refused(key_node.start_mark, "a key must be a plain value, not a list or mapping")
-            key = self.build(key_node, path + ("\0key",))
-            self.out.values.pop(path + ("\0key",), None)
+            if key_node.tag == _STR and type(key_node) is yaml.ScalarNode:
+                self.count += 1
+                key = key_node.value
+            else:
+                if key_node.tag == _MERGE:
+                    raise _Refused(key_node.start_mark, "merge keys '<<' are not supported", "write the keys out")
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _Refused(key_node.start_mark, "a key must be a plain value, not a list or mapping")
+                key = self.build(key_node, path + ("\0key",))
+                self.out.values.pop(path + ("\0key",), None)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise _Refused(key_node.start_mark, f"unsupported key {key!r}")
             if not isinstance(key, str):

@@ -6,9 +6,9 @@ problem in every file is collected before anything is reported.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,16 +99,27 @@ def _rel(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` as shown to the user. The file itself is not resolved, so a
     symlinked spec keeps its own name (its target is checked by :func:`_escapes`)."""
     absolute = path if path.is_absolute() else Path.cwd() / path
-    for candidate in (absolute, absolute.parent.resolve() / absolute.name):
-        try:
-            return candidate.relative_to(root).as_posix()
-        except ValueError:
-            continue
-    return path.as_posix()
+    try:
+        return absolute.relative_to(root).as_posix()
+    except ValueError:
+        pass
+    try:  # e.g. a PATH given through a symlinked folder
+        return (absolute.parent.resolve() / absolute.name).relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _escapes(path: Path, root: Path) -> bool:
     """True when ``path`` is (or passes through) a symlink that leads outside ``root``."""
+    # Cheap first: a path under root with no symlink on the way cannot leave it. Resolving
+    # every spec file costs more than parsing it.
+    cur = path if path.is_absolute() else Path.cwd() / path
+    while cur != root:
+        if os.path.islink(cur) or cur == cur.parent:
+            break
+        cur = cur.parent
+    else:
+        return False
     try:
         path.resolve().relative_to(root)
     except ValueError:
@@ -143,15 +154,16 @@ def _slug(value: Any) -> str:
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c`` in ``data``, copying each mapping on the way so that the mappings ``data``
+    shares with the loaded file (and with other combinations) are never changed."""
     parts = key.split(".")
     cur = data
     for part in parts[:-1]:
         nxt = cur.get(part)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            cur[part] = nxt
+        nxt = dict(nxt) if isinstance(nxt, dict) else {}
+        cur[part] = nxt
         cur = nxt
-    cur[parts[-1]] = copy.deepcopy(value)
+    cur[parts[-1]] = value
 
 
 def _check_matrix_key(key: str) -> tuple[str | None, str | None]:
@@ -206,7 +218,8 @@ def expand_matrix(loaded: LoadedYaml, base_name: str) -> tuple[list[tuple[str, d
     combos = []
     for values in itertools.product(*(matrix[k] for k in keys)):
         name = "-".join([base_name] + [_slug(v) or "x" for v in values])
-        expanded = {k: copy.deepcopy(v) for k, v in data.items() if k != "matrix"}
+        # Shallow: validation does not change its input, and _set_dotted copies what it changes.
+        expanded = {k: v for k, v in data.items() if k != "matrix"}
         for key, value in zip(keys, values):
             _set_dotted(expanded, key, value)
         expanded["name"] = name
