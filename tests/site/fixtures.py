@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["generate_results", "write_repo", "BASE_RUNS", "INVALID_FILE"]
+__all__ = ["BASE_RUNS", "INVALID_FILE", "generate_results", "write_repo"]
 
 INVALID_FILE = "runs/vww/results/broken.json"
 
@@ -155,7 +155,7 @@ def _result(project: str, spec_stem: str, name: str, mode: str, sparsity: float 
     cm = [[0] * n for _ in range(n)]
     per = samples // n
     for i in range(n):
-        wrong = int(round(per * (1 - acc) + rng.uniform(0, 1)))
+        wrong = round(per * (1 - acc) + rng.uniform(0, 1))
         cm[i][i] = per - wrong
         for _ in range(wrong):
             cm[i][rng.randrange(n)] += 1

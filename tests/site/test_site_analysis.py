@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from conftest import make_repo
+
 from tinymlaas_ci.report.analysis import build_site_data, pareto_front
 from tinymlaas_ci.report.history import collect_history
 from tinymlaas_ci.report.loader import load_results
-
-from conftest import make_repo  # noqa: E402
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -11,8 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO  # noqa: E402
+from conftest import REPO
 
 CHROMIUM = os.environ.get("TINYMLAAS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -12,12 +11,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from conftest import REPO, make_repo
 
 from tinymlaas_ci.cli.main import build_parser, main
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.report import build_site
-
-from conftest import REPO, make_repo  # noqa: E402  (tests/site is on sys.path under pytest)
 
 
 class _Links(HTMLParser):
@@ -42,7 +40,7 @@ def _parse(path: Path) -> _Links:
 
 
 def test_pages_for_every_project_and_run(built_site):
-    root, out, report, results = built_site
+    _, out, report, results = built_site
     assert report.projects == 3 and report.runs == len(results)
     for res in results:
         run = res["run"]
@@ -72,7 +70,7 @@ def test_every_internal_link_resolves(built_site):
         parsed = _parse(page)
         for link in parsed.links:
             parts = urlsplit(link)
-            if parts.scheme or link.startswith("//") or link.startswith("mailto:"):
+            if parts.scheme or link.startswith(("//", "mailto:")):
                 continue
             assert not link.startswith("/"), f"{page}: absolute link {link} breaks under a sub-path"
             target = page if not parts.path else (page.parent / unquote(parts.path)).resolve()
@@ -112,7 +110,7 @@ def test_failed_run_page_says_why(built_site):
 def test_compare_page_has_baseline_and_previous(built_site):
     _, out, _, _ = built_site
     html = (out / "projects/digits/compare.html").read_text()
-    row = re.search(r"<tr><td data-sort=\"cnn-static-int8\">.*?</tr>", html, re.S).group(0)
+    row = re.search(r"<tr><td data-sort=\"cnn-static-int8\">.*?</tr>", html, re.DOTALL).group(0)
     assert "cnn-none.html" in row  # its baseline
     assert re.search(r"<code>[0-9a-f]{10}</code>", row)  # the previous committed result
 
@@ -223,6 +221,6 @@ def test_cli_build_twice_into_the_same_folder(tmp_path, capsys):
 
 
 def test_cli_site_help_lists_commands():
-    proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "site", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "site", "--help"], check=False, capture_output=True, text=True,
                           env=dict(os.environ))
     assert proc.returncode == 0 and "build" in proc.stdout and "serve" in proc.stdout

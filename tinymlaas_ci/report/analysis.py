@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from tinymlaas_ci.report.history import HistoryEntry
 from tinymlaas_ci.report.loader import LoadedResult
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["RunView", "ProjectView", "SiteData", "pareto_front", "build_site_data", "mode_label"]
+__all__ = ["ProjectView", "RunView", "SiteData", "build_site_data", "mode_label", "pareto_front"]
 
 
 def mode_label(result: Result) -> str:

@@ -15,9 +15,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.report import charts
@@ -27,13 +28,13 @@ from tinymlaas_ci.report.history import DEFAULT_LIMIT, collect_history, git_head
 from tinymlaas_ci.report.loader import Skipped, load_results
 from tinymlaas_ci.report.posts import SkippedPost, render_quarto_posts
 
-__all__ = ["BuildReport", "build_site", "SITE_MARKER", "ASSET_DIR"]
+__all__ = ["ASSET_DIR", "SITE_MARKER", "BuildReport", "build_site"]
 
 SITE_MARKER = ".tinymlaas-site"
 ASSET_DIR = "assets/tinymlaas"
 _PACKAGE_TEMPLATES = Path(__file__).with_name("templates")
 _PACKAGE_ASSETS = Path(__file__).with_name("assets")
-_SHELL_FENCE = re.compile(r"^```(?:bash|sh|shell|console)\s*\n(.*?)^```", re.S | re.M)
+_SHELL_FENCE = re.compile(r"^```(?:bash|sh|shell|console)\s*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 @dataclass
@@ -259,7 +260,12 @@ def build_site(
 
 def _render_pages(root: Path, staging: Path, docs: Path, data: SiteData, report: BuildReport,
                   cli_parser: argparse.ArgumentParser | None) -> int:
-    from tinymlaas_ci.report.references import RESULT_MODELS, SPEC_MODELS, cli_sections, model_sections
+    from tinymlaas_ci.report.references import (
+        RESULT_MODELS,
+        SPEC_MODELS,
+        cli_sections,
+        model_sections,
+    )
 
     env = _environment(staging)
     web = repo_web_url(root, staging / "mkdocs.yml")

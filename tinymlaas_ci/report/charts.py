@@ -16,15 +16,15 @@ from typing import Any
 from tinymlaas_ci.report.analysis import ProjectView, RunView
 
 __all__ = [
-    "figure_html",
-    "pareto_scatter",
-    "mode_bars",
-    "project_history",
-    "confusion_heatmap",
-    "latency_percentiles",
-    "stage_timeline",
-    "run_history",
     "MODE_COLORS",
+    "confusion_heatmap",
+    "figure_html",
+    "latency_percentiles",
+    "mode_bars",
+    "pareto_scatter",
+    "project_history",
+    "run_history",
+    "stage_timeline",
 ]
 
 MODE_COLORS = {

@@ -84,7 +84,7 @@ def date(text: str | None) -> str:
     m = re.match(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)", text)
     if not m:
         return text
-    tz = " UTC" if text.endswith("Z") or text.endswith("+00:00") else ""
+    tz = " UTC" if text.endswith(("Z", "+00:00")) else ""
     return f"{m.group(1)} {m.group(2)}{tz}"
 
 
@@ -110,7 +110,7 @@ def repo_web_url(root: Path, mkdocs_yml: Path | None = None) -> str | None:
     if mkdocs_yml is not None and mkdocs_yml.is_file():
         try:
             # mkdocs.yml may hold !!python tags; only the plain repo_url line matters here.
-            m = re.search(r"^repo_url:\s*['\"]?([^'\"\s#]+)", mkdocs_yml.read_text(encoding="utf-8"), re.M)
+            m = re.search(r"^repo_url:\s*['\"]?([^'\"\s#]+)", mkdocs_yml.read_text(encoding="utf-8"), re.MULTILINE)
         except OSError:
             m = None
         if m:
@@ -119,7 +119,7 @@ def repo_web_url(root: Path, mkdocs_yml: Path | None = None) -> str | None:
     if server and repo:
         return f"{server.rstrip('/')}/{repo}"
     try:
-        proc = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root, capture_output=True,
+        proc = subprocess.run(["git", "remote", "get-url", "origin"], check=False, cwd=root, capture_output=True,
                               text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None

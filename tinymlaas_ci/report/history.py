@@ -13,7 +13,7 @@ from pathlib import Path
 from tinymlaas_ci.report.loader import RESULT_GLOB, parse_result
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["HistoryEntry", "collect_history", "git_head", "DEFAULT_LIMIT"]
+__all__ = ["DEFAULT_LIMIT", "HistoryEntry", "collect_history", "git_head"]
 
 DEFAULT_LIMIT = 50
 
@@ -31,7 +31,7 @@ class HistoryEntry:
 
 def _git(root: Path, *args: str, input: bytes | None = None) -> bytes | None:
     try:
-        proc = subprocess.run(["git", *args], cwd=root, input=input, capture_output=True, timeout=300)
+        proc = subprocess.run(["git", *args], check=False, cwd=root, input=input, capture_output=True, timeout=300)
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout if proc.returncode == 0 else None

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["LoadedResult", "Skipped", "load_results", "parse_result", "RESULT_GLOB"]
+__all__ = ["RESULT_GLOB", "LoadedResult", "Skipped", "load_results", "parse_result"]
 
 RESULT_GLOB = "runs/*/results/*.json"
 

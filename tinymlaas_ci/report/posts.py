@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["SkippedPost", "render_quarto_posts", "QUARTO_SUFFIXES"]
+__all__ = ["QUARTO_SUFFIXES", "SkippedPost", "render_quarto_posts"]
 
 QUARTO_SUFFIXES = (".qmd", ".ipynb")
-_FRONT = re.compile(r"\A---\s*\n(.*?\n)---\s*\n", re.S)
+_FRONT = re.compile(r"\A---\s*\n(.*?\n)---\s*\n", re.DOTALL)
 
 
 @dataclass
@@ -71,7 +71,7 @@ def render_quarto_posts(docs_dir: Path, quarto: str | None = None, timeout: floa
         front = _front_matter(src)
         try:
             proc = subprocess.run([exe, "render", src.name, "--to", "gfm", "--output", out_name],
-                                  cwd=src.parent, capture_output=True, text=True, timeout=timeout)
+                                  check=False, cwd=src.parent, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.SubprocessError) as exc:
             skipped.append(SkippedPost(rel, f"quarto could not run: {exc}"))
             src.unlink()
@@ -90,7 +90,7 @@ def render_quarto_posts(docs_dir: Path, quarto: str | None = None, timeout: floa
             for key in ("format", "jupyter", "execute", "engine", "knitr"):
                 meta.pop(key, None)
             title = meta.pop("title", None)
-            if title and not re.search(r"^#\s", body, re.M):
+            if title and not re.search(r"^#\s", body, re.MULTILINE):
                 body = f"# {title}\n\n{body}"
             body = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
         out.write_text(body, encoding="utf-8")

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-__all__ = ["model_sections", "cli_sections", "SPEC_MODELS", "RESULT_MODELS"]
+__all__ = ["RESULT_MODELS", "SPEC_MODELS", "cli_sections", "model_sections"]
 
 
 def _spec_models() -> list[tuple[str, list[type[BaseModel]]]]:
