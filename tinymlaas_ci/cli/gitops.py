@@ -117,7 +117,7 @@ def _write(text: str, out: str | None, *, append_to_summary: bool = False) -> No
         # Appended, not replaced: other steps of the job write to the same summary.
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write(text)
-        print(f"appended the summary to $GITHUB_STEP_SUMMARY", file=sys.stderr)
+        print("appended the summary to $GITHUB_STEP_SUMMARY", file=sys.stderr)
         return
     sys.stdout.write(text)
 

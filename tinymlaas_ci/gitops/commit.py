@@ -23,7 +23,7 @@ from tinymlaas_ci.errors import GitError, UsageError
 from tinymlaas_ci.gitops.git import current_branch, git, git_error, rev_parse, show, toplevel
 from tinymlaas_ci.results.io import read_result
 
-__all__ = ["CommitOutcome", "commit_results", "changed_result_files", "commit_message", "RESULT_PATH"]
+__all__ = ["RESULT_PATH", "CommitOutcome", "changed_result_files", "commit_message", "commit_results"]
 
 RESULT_PATH = re.compile(r"^runs/[^/]+/results/[^/]+\.json$")
 """Where result files live, relative to the repository root; nothing else is ever committed."""

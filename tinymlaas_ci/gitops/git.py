@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tinymlaas_ci.errors import GitError
 
-__all__ = ["git", "git_ok", "show", "toplevel", "current_branch", "rev_parse", "ref_exists"]
+__all__ = ["current_branch", "git", "git_ok", "ref_exists", "rev_parse", "show", "toplevel"]
 
 _STDERR_TAIL = 1500
 

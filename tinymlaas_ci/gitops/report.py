@@ -33,13 +33,13 @@ __all__ = [
     "MARKER",
     "MAX_COMMENT",
     "MetricChange",
-    "metric_values",
-    "metric_changes",
-    "spec_changes",
     "base_result",
-    "pr_comment",
     "job_summary",
     "load_outcomes",
+    "metric_changes",
+    "metric_values",
+    "pr_comment",
+    "spec_changes",
 ]
 
 MARKER = "<!-- tinymlaas-report -->"
@@ -281,8 +281,8 @@ def pr_comment(root: str | Path, base: str | None) -> str:
         return _finish(out)
     base_ok = bool(base) and rev_parse(root, base) is not None
     if base and not base_ok:
-        out += [f"> Base {_code(base)} was not found in this clone, so there is no comparison with it "
-                f"(fetch it: `git fetch origin BRANCH`).", ""]
+        out += [(f"> Base {_code(base)} was not found in this clone, so there is no comparison with it "
+                 f"(fetch it: `git fetch origin BRANCH`)."), ""]
     out += _plan_section(the_plan)
     if base_ok:
         out += _changes_section(root, repo, the_plan, base)
@@ -444,9 +444,7 @@ def job_summary(root: str | Path, outcomes: list[dict[str, Any]] | None = None, 
         before = None
         if current is not None:
             before = base_result(root, ref, rel, skip_same_as=None if base else data)
-        m = metric_values(current)
-        fmt = {k: f for k, _, _, f in _METRICS}
-        cell = lambda k: fmt[k].format(m[k]) if k in m else "—"  # noqa: E731
+        cell = _cells(metric_values(current))
         gates = "—"
         if current is not None and current.gates:
             gates = " ".join("✅" if g.passed else "❌" for g in current.gates)
@@ -457,6 +455,11 @@ def job_summary(root: str | Path, outcomes: list[dict[str, Any]] | None = None, 
     out += ["| run | status | accuracy | p50 (ms) | p95 (ms) | size (bytes) | peak memory (MiB) | gates |",
             "|---|---|---|---|---|---|---|---|"] + rows + [""]
     return "\n".join(out + details).rstrip() + "\n"
+
+
+def _cells(values: dict[str, float]):
+    fmt = {k: f for k, _, _, f in _METRICS}
+    return lambda key: fmt[key].format(values[key]) if key in values else "—"
 
 
 def _path_of(run_id: str) -> str | None:
