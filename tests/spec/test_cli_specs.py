@@ -15,7 +15,7 @@ import pytest
 from tinymlaas_ci.cli.specs import format_problems_github
 from tinymlaas_ci.errors import Problem
 
-from .conftest import RUN, make_repo
+from .conftest import RUN
 
 SWEEP = RUN + "matrix:\n  compression.quantization: [none, fp16]\n"
 

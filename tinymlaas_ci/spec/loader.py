@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -31,7 +31,7 @@ class _Loader(_BaseLoader):
     ``(value, implicit)``. The memo is bounded so an odd file cannot grow it without limit.
     """
 
-    _memo: dict = {}
+    _memo: ClassVar[dict] = {}
 
     def resolve(self, kind, value, implicit):
         if kind is not yaml.ScalarNode:
@@ -167,7 +167,6 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
         result: dict = {}
-        keys = self.out.keys
         for key_node, value_node in node.value:
             if key_node.tag == _STR and type(key_node) is yaml.ScalarNode:
                 self.count += 1

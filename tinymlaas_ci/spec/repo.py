@@ -28,7 +28,14 @@ from tinymlaas_ci.spec.models import (
     RunSpec,
     SshDevice,
 )
-from tinymlaas_ci.spec.validate import _type_at, dotted, field_keys, problems_from_error, suggest, validate_loaded
+from tinymlaas_ci.spec.validate import (
+    _type_at,
+    dotted,
+    field_keys,
+    problems_from_error,
+    suggest,
+    validate_loaded,
+)
 
 __all__ = ["Repo", "RunFile", "ExpandedRun", "ResultSummary", "load_repo", "expand_matrix", "SPEC_SUFFIXES"]
 
