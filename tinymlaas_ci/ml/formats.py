@@ -253,9 +253,9 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` with a dynamic batch axis; returns how it was exported.
 
-    The dynamo exporter is tried first with an example batch of 2 (a batch of 1 with a dynamic
-    axis fails its range check); the legacy TorchScript exporter is the fallback (it also takes
-    ScriptModules). Input ``input``, output ``logits``.
+    The TorchScript exporter is tried first (fast; also takes ScriptModules), then the dynamo
+    exporter with an example batch of 2 (a batch of 1 with a dynamic axis fails its range
+    check). Input ``input``, output ``logits``.
     """
     import torch
 
@@ -272,36 +272,43 @@ def export_onnx(
             hint="check model.input_shape in the run spec (one sample, without the batch axis)",
         ) from exc
     failures: list[str] = []
-    if not isinstance(model, torch.jit.ScriptModule):
-        try:
-            with warnings.catch_warnings(), _quiet_exporter():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model, (example,), str(path), dynamo=True, opset_version=opset,
-                    input_names=["input"], output_names=["logits"],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
-                    verbose=False,
-                )
-            check_onnx(path)
-            return {"exporter": "dynamo", "opset": opset}
-        except Exception as exc:  # noqa: BLE001 - fall back to the legacy exporter, keep the reason
-            failures.append(f"dynamo: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+
+    def legacy() -> None:
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+    def dynamo() -> None:
+        with _quiet_exporter():
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset,
+                model, (example,), str(path), dynamo=True, opset_version=opset,
                 input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
+                verbose=False,
             )
-        check_onnx(path)
-        return {"exporter": "torchscript", "opset": opset}
-    except Exception as exc:
-        failures.append(f"legacy: {type(exc).__name__}: {exc}")
-        raise TinymlError(
-            "cannot export the model to ONNX:\n  " + "\n  ".join(failures),
-            hint="export it yourself (torch.onnx.export) and commit the .onnx file, with format: onnx",
-        ) from exc
+
+    # The TorchScript exporter first: for the small, standard models of TinyML it gives the
+    # same graph ~40x faster (0.09 s vs 3.3 s for the digits CNN), which dominates a compile.
+    # The dynamo exporter is the fallback for what TorchScript tracing cannot capture.
+    exporters = [("torchscript", legacy)]
+    if not isinstance(model, torch.jit.ScriptModule):
+        exporters.append(("dynamo", dynamo))
+    for name, export in exporters:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export()
+            check_onnx(path)
+            return {"exporter": name, "opset": opset}
+        except Exception as exc:  # noqa: BLE001 - try the next exporter, keep the reason
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            failures.append(f"{name}: {type(exc).__name__}: {first}")
+    raise TinymlError(
+        "cannot export the model to ONNX:\n  " + "\n  ".join(failures),
+        hint="export it yourself (torch.onnx.export) and commit the .onnx file, with format: onnx",
+    )
 
 
 class _quiet_exporter:
