@@ -1,0 +1,378 @@
+"""Email notifications: one message per run to the run's ``notify`` list.
+
+Settings come from the environment (the workflow passes them from repository secrets):
+
+=============================  ==========================================================
+``TINYMLAAS_SMTP_HOST``        SMTP server (required to send)
+``TINYMLAAS_SMTP_PORT``        port (default 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``)
+``TINYMLAAS_SMTP_USER``        login user (no login when unset)
+``TINYMLAAS_SMTP_PASSWORD``    login password; never printed, logged or put in an error
+``TINYMLAAS_SMTP_SECURITY``    ``starttls`` (default), ``ssl`` or ``none``
+``TINYMLAAS_SMTP_FROM``        sender address (default: the user, else ``tinymlaas@<host>``)
+``TINYMLAAS_SMTP_CA_FILE``     PEM file of CAs to trust instead of the system's (private servers)
+``TINYMLAAS_SMTP_TIMEOUT``     seconds to wait for the server (default 30)
+``TINYMLAAS_SITE_URL``         the published site, for the link to the run's page
+=============================  ==========================================================
+
+A mail that cannot be sent raises :class:`~tinymlaas_ci.errors.NotifyError`; the caller reports
+it and goes on. Notifications never change a run's result. ``smtplib`` and ``ssl`` errors are
+wrapped here, once, with the password (and its base64 forms) removed from the text.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import smtplib
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from tinymlaas_ci.errors import NotifyError
+
+__all__ = [
+    "ENV_PREFIX",
+    "SECURITY_MODES",
+    "RunReport",
+    "SmtpSettings",
+    "build_message",
+    "send_message",
+    "subject_for",
+]
+
+ENV_PREFIX = "TINYMLAAS_SMTP_"
+SECURITY_MODES = ("starttls", "ssl", "none")
+_DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """How to reach the SMTP server. ``repr`` never shows the password."""
+
+    host: str
+    port: int
+    security: str = "starttls"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sender: str = ""
+    ca_file: str | None = None
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SmtpSettings":
+        """Read the settings from ``env`` (default: ``os.environ``); a bad or missing one is a
+        :class:`NotifyError` that names the variable and how to fix it."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value.strip() if value and value.strip() else None
+
+        host = get("HOST")
+        if host is None:
+            raise NotifyError(
+                f"{ENV_PREFIX}HOST is not set, so no email can be sent",
+                hint=f"set {ENV_PREFIX}HOST (and _PORT, _USER, _PASSWORD, _SECURITY, _FROM) from your "
+                "repository's secrets, or use --dry-run to see what would be sent",
+            )
+        security = (get("SECURITY") or "starttls").lower()
+        if security not in SECURITY_MODES:
+            raise NotifyError(
+                f"{ENV_PREFIX}SECURITY={security!r} is not one of: {', '.join(SECURITY_MODES)}",
+                hint="starttls (port 587) upgrades a plain connection; ssl (port 465) is TLS from the start; "
+                "none sends in clear text (local relays only)",
+            )
+        port_text = get("PORT")
+        if port_text is None:
+            port = _DEFAULT_PORTS[security]
+        else:
+            try:
+                port = int(port_text)
+            except ValueError:
+                port = -1
+            if not 1 <= port <= 65535:
+                raise NotifyError(f"{ENV_PREFIX}PORT={port_text!r} is not a port number",
+                                  hint="give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl")
+        user = get("USER")
+        password = env.get(ENV_PREFIX + "PASSWORD") or None
+        if password and not user:
+            raise NotifyError(f"{ENV_PREFIX}PASSWORD is set but {ENV_PREFIX}USER is not",
+                              hint=f"set {ENV_PREFIX}USER to the login name that goes with the password")
+        if user and not password:
+            raise NotifyError(f"{ENV_PREFIX}USER is set but {ENV_PREFIX}PASSWORD is not",
+                              hint=f"set {ENV_PREFIX}PASSWORD from a repository secret")
+        ca_file = get("CA_FILE")
+        if ca_file and not os.path.isfile(ca_file):
+            raise NotifyError(f"{ENV_PREFIX}CA_FILE={ca_file!r} is not a file",
+                              hint="point it at a PEM file of the CA that signed the server's certificate, or unset it")
+        timeout_text = get("TIMEOUT")
+        try:
+            timeout = float(timeout_text) if timeout_text else 30.0
+        except ValueError:
+            timeout = -1.0
+        if timeout <= 0:
+            raise NotifyError(f"{ENV_PREFIX}TIMEOUT={timeout_text!r} is not a positive number of seconds",
+                              hint="e.g. 30")
+        sender = get("FROM") or (user if user and "@" in user else f"tinymlaas@{host}")
+        if "@" not in sender:
+            raise NotifyError(f"{ENV_PREFIX}FROM={sender!r} is not an email address",
+                              hint="write it as name@example.com")
+        return cls(host=host, port=port, security=security, user=user, password=password, sender=sender,
+                   ca_file=ca_file, timeout=timeout)
+
+    def describe(self) -> str:
+        """Where mail goes, for messages: host, port, security and user; never the password."""
+        who = f"{self.user}@" if self.user else ""
+        return f"smtp://{who}{self.host}:{self.port} ({self.security})"
+
+    def secrets(self) -> list[str]:
+        """Texts that must never appear in output: the password and the forms AUTH sends it in."""
+        if not self.password:
+            return []
+        user = self.user or ""
+        forms = [
+            self.password,
+            base64.b64encode(self.password.encode()).decode(),
+            base64.b64encode(f"\0{user}\0{self.password}".encode()).decode(),
+        ]
+        return [f for f in forms if f]
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+
+# -- the message ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    """What one message is about: a run's outcome, its result (when there is one) and links."""
+
+    run_id: str
+    status: str
+    """``succeeded``, ``gates-failed`` or ``failed``."""
+    recipients: list[str]
+    result: dict[str, Any] | None = None
+    failed_stage: str | None = None
+    message: str | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    """Label -> URL: the run's page, the Actions run, the commit."""
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
+    return str(value)
+
+
+def _metrics(result: dict[str, Any] | None) -> dict[str, Any]:
+    return (result or {}).get("metrics") or {}
+
+
+def subject_for(report: RunReport) -> str:
+    """``[tinymlaas] digits/cnn-static-int8 succeeded: accuracy 0.983, p50 0.032 ms`` and the like."""
+    m = _metrics(report.result)
+    head = f"[tinymlaas] {report.run_id}"
+    if report.status == "failed":
+        where = f" at {report.failed_stage}" if report.failed_stage else ""
+        return f"{head} FAILED{where}"
+    numbers = ""
+    if m:
+        p50 = (m.get("latency_ms") or {}).get("p50")
+        numbers = f": accuracy {m.get('accuracy', 0):.3f}" + (f", p50 {p50:.3f} ms" if p50 is not None else "")
+    if report.status == "gates-failed":
+        failed = [g.get("gate") for g in (report.result or {}).get("gates", []) if not g.get("passed")]
+        return f"{head} gates FAILED ({', '.join(failed) or 'gates'}){numbers}"
+    return f"{head} {report.status}{numbers}"
+
+
+def metric_rows(result: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The metrics table as (label, formatted value) rows."""
+    m = _metrics(result)
+    if not m:
+        return []
+    lat = m.get("latency_ms") or {}
+    rows = [
+        ("accuracy", _fmt(m.get("accuracy"))),
+        ("baseline accuracy", _fmt(m.get("baseline_accuracy"))),
+        ("accuracy drop vs baseline", _fmt(m.get("accuracy_drop"))),
+        ("latency p50 (ms)", _fmt(lat.get("p50"))),
+        ("latency p99 (ms)", _fmt(lat.get("p99"))),
+        ("model size (bytes)", _fmt(m.get("model_size_bytes"))),
+        ("compression ratio", _fmt(m.get("compression_ratio"), 2) + ("x" if m.get("compression_ratio") else "")),
+        ("peak memory (MiB)", _fmt(m.get("peak_memory_mb"), 1)),
+        ("samples", _fmt(m.get("samples"))),
+    ]
+    return rows
+
+
+def _gate_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    return [
+        (g.get("gate", "?"), "pass" if g.get("passed") else "FAIL", g.get("message", ""))
+        for g in (result or {}).get("gates", [])
+    ]
+
+
+def _context(report: RunReport) -> list[tuple[str, str]]:
+    r = report.result or {}
+    device = (r.get("device") or {}).get("name") or (r.get("spec") or {}).get("device")
+    quant = (r.get("compression") or {}).get("quantization") or ((r.get("spec") or {}).get("compression") or {}).get("quantization")
+    runtime = r.get("runtime") or {}
+    rows = [("run", report.run_id), ("status", report.status)]
+    if device:
+        rows.append(("device", str(device)))
+    if quant:
+        rows.append(("quantization", str(quant)))
+    if runtime.get("name"):
+        rows.append(("runtime", f"{runtime['name']} {runtime.get('version', '')}".strip()))
+    return rows
+
+
+def _text_body(report: RunReport) -> str:
+    lines = [subject_for(report).removeprefix("[tinymlaas] "), ""]
+    width = 28
+    for label, value in _context(report):
+        lines.append(f"{label:<{width}}{value}")
+    if report.status == "failed":
+        lines += ["", f"Failed at stage: {report.failed_stage or 'unknown'}"]
+        if report.message:
+            lines.append(f"Error: {report.message}")
+    rows = metric_rows(report.result)
+    if rows:
+        lines += ["", "Metrics"]
+        lines += [f"  {label:<{width - 2}}{value}" for label, value in rows]
+    gates = _gate_rows(report.result)
+    if gates:
+        lines += ["", "Gates"]
+        lines += [f"  {verdict:<6}{message or gate}" for gate, verdict, message in gates]
+    if report.links:
+        lines += ["", "Links"]
+        lines += [f"  {label}: {url}" for label, url in report.links.items()]
+    lines += ["", "-- ", "Sent by tinymlaas notify. You are on this run's notify list in its spec file."]
+    return "\n".join(lines) + "\n"
+
+
+def _html_body(report: RunReport) -> str:
+    e = html.escape
+    colour = {"succeeded": "#1a7f37", "gates-failed": "#bf8700"}.get(report.status, "#cf222e")
+    cell = 'style="padding:4px 12px;border-bottom:1px solid #ddd;text-align:left"'
+    out = [
+        "<!DOCTYPE html><html><body style=\"font-family:sans-serif\">",
+        f'<h2 style="color:{colour}">{e(subject_for(report).removeprefix("[tinymlaas] "))}</h2>',
+        "<table>",
+    ]
+    out += [f"<tr><th {cell}>{e(k)}</th><td {cell}>{e(v)}</td></tr>" for k, v in _context(report)]
+    out.append("</table>")
+    if report.status == "failed":
+        out.append(f"<p><b>Failed at stage:</b> {e(report.failed_stage or 'unknown')}</p>")
+        if report.message:
+            out.append(f"<pre>{e(report.message)}</pre>")
+    rows = metric_rows(report.result)
+    if rows:
+        out.append(f"<h3>Metrics</h3><table><tr><th {cell}>metric</th><th {cell}>value</th></tr>")
+        out += [f"<tr><td {cell}>{e(k)}</td><td {cell}>{e(v)}</td></tr>" for k, v in rows]
+        out.append("</table>")
+    gates = _gate_rows(report.result)
+    if gates:
+        out.append(f"<h3>Gates</h3><table><tr><th {cell}>gate</th><th {cell}>verdict</th><th {cell}>detail</th></tr>")
+        out += [f"<tr><td {cell}>{e(g)}</td><td {cell}>{e(v)}</td><td {cell}>{e(msg)}</td></tr>" for g, v, msg in gates]
+        out.append("</table>")
+    if report.links:
+        out.append("<h3>Links</h3><ul>")
+        out += [f'<li><a href="{e(url, quote=True)}">{e(label)}</a></li>' for label, url in report.links.items()]
+        out.append("</ul>")
+    out.append("<p style=\"color:#666\">Sent by tinymlaas notify.</p></body></html>")
+    return "\n".join(out) + "\n"
+
+
+def build_message(report: RunReport, sender: str) -> EmailMessage:
+    """The email for one run: a plain-text part and an HTML part with the same facts."""
+    msg = EmailMessage()
+    msg["Subject"] = subject_for(report)
+    msg["From"] = sender
+    msg["To"] = ", ".join(report.recipients)
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[-1] or None)
+    msg["X-Tinymlaas-Run"] = report.run_id
+    msg["X-Tinymlaas-Status"] = report.status
+    msg.set_content(_text_body(report))
+    msg.add_alternative(_html_body(report), subtype="html")
+    return msg
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else ssl.create_default_context()
+
+
+def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence[str]) -> None:
+    """Send ``msg`` to ``recipients``. Any failure is one :class:`NotifyError` whose text never
+    holds the password."""
+    where = settings.describe()
+    # ``from None`` below: the chained smtplib exception adds nothing the message lacks, and a
+    # traceback printed by a caller must not carry the SMTP dialogue.
+    try:
+        if settings.security == "ssl":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
+                                                   context=_tls_context(settings))
+        else:
+            client = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+        with client:
+            client.ehlo()
+            if settings.security == "starttls":
+                client.starttls(context=_tls_context(settings))
+                client.ehlo()
+            if settings.user:
+                client.login(settings.user, settings.password or "")
+            refused = client.send_message(msg, from_addr=settings.sender, to_addrs=list(recipients))
+        if refused:
+            bad = ", ".join(f"{addr} ({code} {_decode(text)})" for addr, (code, text) in refused.items())
+            raise NotifyError(f"{where} refused some recipients: {bad}",
+                              hint="check the addresses in the run spec's notify list")
+    except NotifyError as exc:
+        raise NotifyError(settings.redact(exc.message), hint=exc.hint) from None
+    except smtplib.SMTPAuthenticationError as exc:
+        raise NotifyError(f"{where} rejected the login: {exc.smtp_code} {_decode(exc.smtp_error)}",
+                          hint=f"check {ENV_PREFIX}USER and {ENV_PREFIX}PASSWORD") from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise NotifyError(f"{where}: the server does not support {settings.security if 'TLS' in str(exc) else 'AUTH'}: "
+                          f"{settings.redact(str(exc))}",
+                          hint=f"check {ENV_PREFIX}SECURITY and {ENV_PREFIX}PORT: starttls usually uses 587, ssl 465") from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        bad = ", ".join(f"{addr} ({code} {_decode(text)})" for addr, (code, text) in exc.recipients.items())
+        raise NotifyError(f"{where} refused every recipient: {bad}",
+                          hint="check the addresses in the run spec's notify list") from None
+    except smtplib.SMTPException as exc:
+        raise NotifyError(f"{where}: {type(exc).__name__}: {settings.redact(str(exc))}",
+                          hint="check the SMTP settings and the server's log") from None
+    except ssl.SSLError as exc:
+        raise NotifyError(f"{where}: TLS failed: {settings.redact(str(exc))}",
+                          hint=f"if the server's certificate is from a private CA, set {ENV_PREFIX}CA_FILE to its PEM file; "
+                          f"check {ENV_PREFIX}SECURITY (ssl for port 465, starttls for 587)") from None
+    except (socket.timeout, TimeoutError) as exc:
+        raise NotifyError(f"{where}: no answer within {settings.timeout:g} s ({exc})",
+                          hint="check the host and port, and that the runner may reach it") from None
+    except OSError as exc:
+        raise NotifyError(f"cannot connect to {where}: {settings.redact(str(exc))}",
+                          hint=f"check {ENV_PREFIX}HOST and {ENV_PREFIX}PORT, and that the server runs") from None
+
+
+def _decode(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -1,0 +1,1 @@
+"""Templates for new things: ``tinymlaas init`` repositories and ``tinymlaas export`` bundles."""
