@@ -347,6 +347,9 @@ class DockerEndpoint(_Spec):
     """Docker host URL (``unix:///var/run/docker.sock``, ``ssh://user@board``, ``tcp://...``). Default: the environment's."""
     platform: str | None = None
     """Image platform for the device, e.g. ``linux/arm64``. Default: from ``arch``."""
+    base_image: str = "python:3.11-slim"
+    """Base image of the inference image built for the device. It must have Python 3.10+ and
+    pip; use a local image when the device's engine cannot pull from a registry."""
 
 
 class SshEndpoint(_Spec):

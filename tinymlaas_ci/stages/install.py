@@ -101,7 +101,26 @@ def _install_local(ctx: StageContext) -> dict[str, Any]:
     return {"location": ctx.dir.name + "/bundle", **manifest}
 
 
-INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {"local": _install_local}
+def _install_docker(ctx: StageContext) -> dict[str, Any]:
+    """Build the inference image (runtime + this package + the bundle) on the device's Docker
+    engine, or reuse the one with the same content; infer then runs in that image there."""
+    from tinymlaas_ci.devices.docker import install_bundle
+
+    bundle = ctx.path("bundle", MANIFEST).parent
+    manifest = build_bundle(ctx, bundle)
+    base = (ctx.device.get("docker") or {}).get("base_image")
+    image = install_bundle(bundle, ctx.device, base, sink=ctx.log)
+    ctx.records["image"] = image["image"]
+    ctx.records["image_digest"] = image["image_digest"]
+    ctx.log(f"installed {manifest['model']} ({manifest['runtime']}) as {image['image']} on device "
+            f"{ctx.device.get('name')!r}")
+    return {"location": ctx.dir.name + "/bundle", **manifest, **image}
+
+
+INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "local": _install_local,
+    "docker": _install_docker,
+}
 """Installer per device kind. An installer writes the bundle and puts it on the device."""
 
 
