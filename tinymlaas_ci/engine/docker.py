@@ -86,6 +86,7 @@ class DockerExecutor:
         repo = Path(repo).resolve()
         uid, gid = self.sandbox_user()
         self._prepare_volume(volume, call.stage, uid, gid)
+        self._check_repo_readable(repo, uid)
 
         # Built-in stages use the image's `python`; a user's command runs exactly as written
         # (its interpreter is the image's business, not the runner's).
@@ -202,6 +203,19 @@ class DockerExecutor:
             raise ExecutorError(
                 f"cannot inspect image {ref} on {host_label(host)}: {exc.explanation or exc}"
             ) from exc
+
+    @staticmethod
+    def _check_repo_readable(repo: Path, uid: int) -> None:
+        """The repository is mounted read-only as is; we never change its permissions, so say
+        plainly when the sandbox user cannot read it (e.g. a checkout in a 0700 folder)."""
+        if uid == os.getuid():
+            return
+        mode = repo.stat().st_mode
+        if not (mode & stat.S_IROTH and mode & stat.S_IXOTH):
+            raise ExecutorError(
+                f"the repository {repo} is not readable by the sandbox user (uid {uid})",
+                hint=f"let others read it: chmod o+rX {repo} (and its files), or check it out elsewhere",
+            )
 
     @staticmethod
     def _prepare_volume(volume: Path, stage: str, uid: int, gid: int) -> None:
