@@ -1,0 +1,104 @@
+"""``tinymlaas init DIR``: scaffold a new adopter repository that validates and plans at once.
+
+The files come from package data: ``template/`` (an example run with its model and dataset,
+the local device, the default pipeline, a README and ``.gitignore``) and ``workflows/``
+(this project's own GitHub workflows, kept identical by a test). The JSON Schemas are
+generated from the spec models, so they always match the installed version.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinymlaas_ci.errors import UsageError
+from tinymlaas_ci.fs import atomic_write_bytes
+
+__all__ = ["InitReport", "TEMPLATE_DIR", "WORKFLOWS_DIR", "init_repo", "template_files"]
+
+_HERE = Path(__file__).resolve().parent
+TEMPLATE_DIR = _HERE / "template"
+WORKFLOWS_DIR = _HERE / "workflows"
+_RENAMES = {"gitignore.txt": ".gitignore"}
+"""Package data cannot ship dotfiles reliably; these are renamed on the way out."""
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armv7",
+           "riscv64": "riscv64", "i686": "x86", "i386": "x86"}
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_repo` did."""
+
+    root: Path
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Files that existed already and were left alone."""
+    git: str = ""
+    """What happened about git: ``initialised``, ``already a repository`` or why not."""
+
+
+def template_files() -> dict[str, bytes]:
+    """Relative path in the new repository -> content, for every template file."""
+    files: dict[str, bytes] = {}
+    for path in sorted(TEMPLATE_DIR.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            rel = path.relative_to(TEMPLATE_DIR).as_posix()
+            rel = _RENAMES.get(rel, rel)
+            data = path.read_bytes()
+            if rel == "devices/host.yaml":
+                data = data.replace(b"__ARCH__", _ARCHES.get(platform.machine().lower(), "other").encode())
+            files[rel] = data
+    for path in sorted(WORKFLOWS_DIR.glob("*.yml")):
+        files[f".github/workflows/{path.name}"] = path.read_bytes()
+    return files
+
+
+def _schemas() -> dict[str, bytes]:
+    import tempfile
+
+    from tinymlaas_ci.results.schemas import write_schemas
+
+    with tempfile.TemporaryDirectory(prefix="tmi.") as tmp:
+        write_schemas(Path(tmp))
+        return {f"schemas/{p.name}": p.read_bytes() for p in sorted(Path(tmp).glob("*.json"))}
+
+
+def init_repo(dest: Path, *, force: bool = False) -> InitReport:
+    """Write a new repository into ``dest``. A non-empty ``dest`` needs ``force``; even then no
+    existing file is overwritten (they are listed in ``skipped``)."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} exists and is not a folder", hint="give a new or empty folder")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise UsageError(f"{dest} is not empty",
+                         hint="give a new or empty folder, or add --force to add the missing files (existing ones are kept)")
+    dest.mkdir(parents=True, exist_ok=True)
+    report = InitReport(root=dest.resolve())
+    files = {**template_files(), **_schemas()}
+    for rel, data in sorted(files.items()):
+        target = dest / rel
+        if target.exists() or target.is_symlink():
+            report.skipped.append(rel)
+            continue
+        atomic_write_bytes(target, data)
+        target.chmod(0o644)
+    report.written = sorted(set(files) - set(report.skipped))
+    report.git = _git_init(dest)
+    return report
+
+
+def _git_init(dest: Path) -> str:
+    git = shutil.which("git")
+    if git is None:
+        return "git not found: run 'git init' yourself"
+    inside = subprocess.run([git, "-C", str(dest), "rev-parse", "--is-inside-work-tree"], capture_output=True,
+                            text=True, check=False)
+    if inside.returncode == 0 and inside.stdout.strip() == "true":
+        return "already inside a git repository: left as it is"
+    proc = subprocess.run([git, "init", "-q", str(dest)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return f"git init failed: {proc.stderr.strip()[:300]}"
+    return "initialised an empty git repository"
