@@ -338,7 +338,7 @@ def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence
                 client.starttls(context=_tls_context(settings))
                 client.ehlo()
             if settings.user:
-                client.login(settings.user, settings.password or "")
+                _login(client, settings)
             refused = client.send_message(msg, from_addr=settings.sender, to_addrs=list(recipients))
         if refused:
             bad = ", ".join(f"{addr} ({code} {_decode(text)})" for addr, (code, text) in refused.items())
@@ -370,6 +370,27 @@ def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence
     except OSError as exc:
         raise NotifyError(f"cannot connect to {where}: {settings.redact(str(exc))}",
                           hint=f"check {ENV_PREFIX}HOST and {ENV_PREFIX}PORT, and that the server runs") from None
+
+
+def _login(client: smtplib.SMTP, settings: SmtpSettings) -> None:
+    """Log in with one mechanism, PLAIN or LOGIN (both safe inside TLS), else smtplib's choice.
+
+    ``smtplib.SMTP.login`` tries every mechanism in turn after a rejected password; servers
+    that lock an account after repeated failures count each try, so one is enough.
+    """
+    if not client.has_extn("auth"):
+        raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+    offered = client.esmtp_features.get("auth", "").upper().split()
+    client.user, client.password = settings.user or "", settings.password or ""
+    if "PLAIN" in offered:
+        code, resp = client.auth("PLAIN", client.auth_plain)
+    elif "LOGIN" in offered:
+        code, resp = client.auth("LOGIN", client.auth_login)
+    else:
+        client.login(settings.user or "", settings.password or "")
+        return
+    if code not in (235, 503):
+        raise smtplib.SMTPAuthenticationError(code, resp)
 
 
 def _decode(value: Any) -> str:
