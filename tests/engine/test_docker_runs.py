@@ -72,3 +72,48 @@ def test_docker_device_installs_an_image_and_infers_in_it(tmp_path, base_image, 
     assert result["device"]["name"] == "board" and result["device"]["kind"] == "docker"
     for key in ("accuracy", "model_size_bytes", "confusion_matrix"):
         assert result["metrics"][key] == local_result["metrics"][key], key
+
+
+def test_a_stage_image_of_your_own_is_built_by_content_and_used(tmp_path, docker_engine, base_image):
+    from tests.engine.fakerepo import make_repo
+    from tinymlaas_ci.engine.images import build_user_images, folder_image, user_image_tag
+
+    root = make_repo(tmp_path)
+    root.chmod(0o755)
+    folder = root / "pipelines/images/hello"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text("ARG BASE=python:3.11-slim\nFROM ${BASE}\nCOPY hello.py /app/hello.py\n")
+    (folder / "hello.py").write_text(
+        "import hashlib, json, sys\n"
+        "run, name = sys.argv[1], sys.argv[2]\n"
+        "data = b'hello from my image'\n"
+        "open(f'{run}/{name}/hello.txt', 'wb').write(data)\n"
+        "json.dump({'schema': 1, 'stage': name, 'artifacts': {'data': {'path': f'{name}/hello.txt',"
+        " 'sha256': hashlib.sha256(data).hexdigest(), 'bytes': len(data)}}, 'metrics': {}, 'records': {}},"
+        " open(f'{run}/{name}/outputs.json', 'w'))\n"
+    )
+    pipe = root / "pipelines/fake.yaml"
+    pipe.write_text(pipe.read_text().replace(
+        "  - name: prepare\n    command: [python, pipelines/stages/fake.py, '{run}', prepare]\n",
+        "  - name: prepare\n    image: pipelines/images/hello\n    command: [python3, /app/hello.py, '{run}', prepare]\n",
+    ))
+    assert folder_image(root, "pipelines/images/hello") == folder.resolve()
+    tag = user_image_tag(folder)
+    try:
+        [built] = build_user_images(root, [folder], base=base_image, docker_host=docker_engine.host, sink=lambda _: None)
+        assert built.tag == tag
+        # Only the first stage runs in Docker here: the fake stages after it need the repo's Python.
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--executor", "docker",
+             "--work-dir", str(root / ".work")],
+            capture_output=True, text=True, timeout=300,
+        )
+        status = json.loads((root / ".work/p/r1/prepare/status.json").read_text())
+        assert status["status"] == "generated", proc.stdout + proc.stderr
+        assert status["image"] == tag and status["image_digest"] == built.id
+        assert (root / ".work/p/r1/prepare/hello.txt").read_bytes() == b"hello from my image"
+        # Changing the folder changes the tag: the engine will not run a stale image.
+        (folder / "hello.py").write_text((folder / "hello.py").read_text() + "# changed\n")
+        assert user_image_tag(folder) != tag
+    finally:
+        docker_engine.client.images.remove(tag, force=True)

@@ -189,7 +189,7 @@ class DockerExecutor:
         try:
             return client.images.get(ref)
         except docker.errors.ImageNotFound as exc:
-            if call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:")):
+            if call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:", "tinymlaas-user-")):
                 hint = "build it with 'tinymlaas images build' (offline: add --base tinymlaas-base:bookworm)"
             else:
                 hint = (

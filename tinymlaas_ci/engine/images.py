@@ -15,6 +15,8 @@ build a virtualenv in a builder stage, then copy only the venv into the final im
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -191,3 +193,66 @@ def _drop_untagged(client, image_id: str, host: str | None, sink: Sink) -> None:
         sink(f"   removed the replaced image {image_id[:19]}")
     except docker.errors.DockerException:
         pass  # still used by a container, or already gone: leaving it is harmless
+
+
+# -- stage images of your own ----------------------------------------------------------------------
+
+USER_IMAGE_PREFIX = "tinymlaas-user-"
+"""Tags of images built from a pipeline stage's ``image: <folder with a Dockerfile>``."""
+
+
+def folder_image(repo_root: Path, ref: str | None) -> Path | None:
+    """The folder when a stage's ``image`` names a folder of the repository holding a
+    ``Dockerfile`` (e.g. ``pipelines/images/size-report``); None for an image name."""
+    if not ref:
+        return None
+    folder = (Path(repo_root) / ref).resolve()
+    try:
+        folder.relative_to(Path(repo_root).resolve())
+    except ValueError:
+        return None
+    return folder if (folder / "Dockerfile").is_file() else None
+
+
+def user_image_tag(folder: Path) -> str:
+    """A content tag: the same folder contents always give the same tag, so the engine knows
+    whether the image it would run is the one built from the files in the repository."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    name = re.sub(r"[^a-z0-9_.-]+", "-", folder.name.lower()).strip("-.") or "stage"
+    return f"{USER_IMAGE_PREFIX}{name}:{h.hexdigest()[:12]}"
+
+
+def build_user_images(
+    repo_root: Path,
+    folders: list[Path],
+    *,
+    base: str | None = None,
+    docker_host: str | None = None,
+    sink: Sink = print,
+) -> list[BuiltImage]:
+    """Build each folder's Dockerfile into its content tag (skipping tags that exist).
+    ``base`` is passed as the ``BASE`` build argument to Dockerfiles that declare it."""
+    client = client_for(docker_host)
+    built: list[BuiltImage] = []
+    try:
+        for folder in folders:
+            tag = user_image_tag(folder)
+            existing = _image_id(client, tag, docker_host)
+            started = time.perf_counter()
+            if existing:
+                sink(f"== {tag} is up to date ({folder.relative_to(repo_root)})")
+                image_id = existing
+            else:
+                sink(f"== building {tag} from {folder.relative_to(repo_root)} on {host_label(docker_host)}")
+                declares_base = re.search(r"^\s*ARG\s+BASE\b", (folder / "Dockerfile").read_text(), re.M)
+                buildargs = {"BASE": base} if (base and declares_base) else None
+                image_id = build_image(client, folder, tag, buildargs=buildargs, sink=sink, host=docker_host)
+            with docker_errors(docker_host, f"inspecting {tag}"):
+                size = int(client.images.get(image_id).attrs.get("Size") or 0)
+            built.append(BuiltImage(folder.name, tag, image_id, size, time.perf_counter() - started))
+    finally:
+        client.close()
+    return built

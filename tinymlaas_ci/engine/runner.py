@@ -322,6 +322,12 @@ class Engine:
         memory = spec.resources.memory_mb or device.memory_mb
         cpus = spec.resources.cpus or device.cpus
         image, docker_host = stage.image, None
+        if image:
+            from tinymlaas_ci.engine.images import folder_image, user_image_tag
+
+            folder = folder_image(self.repo.root, image)
+            if folder is not None:
+                image = user_image_tag(folder)  # built by 'tinymlaas images build'
         if device.kind == "docker" and stage.builtin == "infer":
             installed = next((outputs[n] for n in stage.needs if outputs.get(n, {}).get("builtin") == "install"), {})
             image = (installed.get("records") or {}).get("image") or image
