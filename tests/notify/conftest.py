@@ -21,11 +21,12 @@ PASSWORD = "s3cret-Pa55word!"
 @pytest.fixture(scope="session")
 def cert(tmp_path_factory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1/localhost: (cert.pem, key.pem)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     folder = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -98,7 +99,7 @@ def _server(cert, security: str):
         server.logins.append((mechanism, ok))
         return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535
 
-    kwargs = dict(hostname="127.0.0.1", port=server.port, authenticator=authenticator, auth_required=True)
+    kwargs = {"hostname": "127.0.0.1", "port": server.port, "authenticator": authenticator, "auth_required": True}
     if security == "ssl":
         # aiosmtpd counts only STARTTLS as TLS when deciding to offer AUTH; this connection is
         # TLS from its first byte, so AUTH may be offered on it.

@@ -23,7 +23,8 @@ def notify(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
     clean.update(env)
     clean.update(GITHUB_SERVER_URL="https://github.com", GITHUB_REPOSITORY="acme/tinyml", GITHUB_RUN_ID="4242")
     return subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), "notify", "--outcomes",
-                           str(repo / "outcomes"), *args], capture_output=True, text=True, env=clean, timeout=120)
+                           str(repo / "outcomes"), *args], capture_output=True, text=True, env=clean, timeout=120,
+                          check=False)
 
 
 def parse(envelope) -> email.message.EmailMessage:
@@ -123,7 +124,7 @@ def test_no_host_is_a_clear_error_but_exit_0_and_dry_run_needs_no_settings(notif
 
 def test_missing_outcomes_is_a_usage_error(notify_repo):
     proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(notify_repo), "notify", "--outcomes",
-                           str(notify_repo / "nope")], capture_output=True, text=True)
+                           str(notify_repo / "nope")], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "no such file or folder" in proc.stderr
 

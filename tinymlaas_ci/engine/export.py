@@ -22,7 +22,13 @@ from typing import Any
 from tinymlaas_ci import __version__
 from tinymlaas_ci.engine.volume import RunVolume, default_work_dir
 from tinymlaas_ci.errors import TinymlError, UsageError
-from tinymlaas_ci.fs import atomic_write_bytes, atomic_write_json, atomic_write_text, is_within, sha256_file
+from tinymlaas_ci.fs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    is_within,
+    sha256_file,
+)
 
 __all__ = ["EXPORT_SCHEMA", "ExportInfo", "build_export_image", "export_run", "find_bundle", "save_image"]
 
@@ -263,8 +269,7 @@ def save_image(tag: str, path: Path, *, docker_host: str | None = None) -> int:
         with docker_errors(docker_host, f"saving {tag} to {path}"):
             image = client.images.get(tag)
             with open(tmp, "wb") as fh:
-                for chunk in image.save(named=True):
-                    fh.write(chunk)
+                fh.writelines(image.save(named=True))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -25,7 +25,6 @@ import base64
 import html
 import os
 import smtplib
-import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ class SmtpSettings:
     timeout: float = 30.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "SmtpSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings:
         """Read the settings from ``env`` (default: ``os.environ``); a bad or missing one is a
         :class:`NotifyError` that names the variable and how to fix it."""
         env = os.environ if env is None else env
@@ -364,7 +363,7 @@ def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence
         raise NotifyError(f"{where}: TLS failed: {settings.redact(str(exc))}",
                           hint=f"if the server's certificate is from a private CA, set {ENV_PREFIX}CA_FILE to its PEM file; "
                           f"check {ENV_PREFIX}SECURITY (ssl for port 465, starttls for 587)") from None
-    except (socket.timeout, TimeoutError) as exc:
+    except TimeoutError as exc:
         raise NotifyError(f"{where}: no answer within {settings.timeout:g} s ({exc})",
                           hint="check the host and port, and that the runner may reach it") from None
     except OSError as exc:

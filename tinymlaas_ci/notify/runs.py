@@ -18,7 +18,13 @@ from typing import Any
 
 from tinymlaas_ci.engine.volume import default_work_dir
 from tinymlaas_ci.errors import NotifyError, UsageError
-from tinymlaas_ci.notify.email import RunReport, SmtpSettings, build_message, send_message, subject_for
+from tinymlaas_ci.notify.email import (
+    RunReport,
+    SmtpSettings,
+    build_message,
+    send_message,
+    subject_for,
+)
 
 __all__ = ["NOTIFY_STATUSES", "SendReport", "collect_reports", "read_outcomes", "send_reports"]
 

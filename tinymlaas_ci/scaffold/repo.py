@@ -17,7 +17,7 @@ from pathlib import Path
 from tinymlaas_ci.errors import UsageError
 from tinymlaas_ci.fs import atomic_write_bytes
 
-__all__ = ["InitReport", "TEMPLATE_DIR", "WORKFLOWS_DIR", "init_repo", "template_files"]
+__all__ = ["TEMPLATE_DIR", "WORKFLOWS_DIR", "InitReport", "init_repo", "template_files"]
 
 _HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = _HERE / "template"

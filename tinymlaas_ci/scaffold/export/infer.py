@@ -138,7 +138,7 @@ def main(argv: list | None = None) -> int:
         y = np.asarray(npz["y"], dtype=np.int64)
     logits = predict(session, in_name, out_name, x, fixed)
     correct = int((logits.argmax(axis=1) == y).sum())
-    report.update(samples=int(len(x)), correct=correct, accuracy=correct / len(x),
+    report.update(samples=len(x), correct=correct, accuracy=correct / len(x),
                   eval_split=manifest.get("eval_split"))
     if not args.no_latency:
         batch = int(measure.get("batch_size", 1))

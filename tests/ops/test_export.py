@@ -1,0 +1,123 @@
+"""``tinymlaas export``: the exported bundle runs without tinymlaas-ci and reproduces the
+recorded accuracy, with plain Python and as a Docker image."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.docker_support import base_image, docker_client, docker_engine  # noqa: F401 (fixtures)
+from tests.ops.conftest import cli
+
+EXPECTED = ["Dockerfile", "README.md", "baseline.onnx", "certs/README.txt", "eval.npz", "export.json", "infer.py",
+            "manifest.json", "model.onnx", "requirements.txt"]
+
+
+GUARDED_RUN = """
+import builtins, runpy, sys
+real = builtins.__import__
+def guard(name, *args, **kwargs):
+    assert not name.startswith("tinymlaas_ci"), f"the runner imported {name}"
+    return real(name, *args, **kwargs)
+builtins.__import__ = guard
+sys.argv = ["infer.py", "--seconds", "0.05"]
+runpy.run_path("infer.py", run_name="__main__")
+"""
+"""Run infer.py so that any import of tinymlaas_ci fails."""
+
+
+def recorded(repo: Path) -> dict:
+    return json.loads((repo / "runs" / "digits" / "results" / "int8.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def exported(digits_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "int8-export"
+    proc = cli("export", "digits/int8", "--out", str(out), cwd=digits_run)
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded accuracy" in proc.stdout
+    return out
+
+
+def test_export_writes_a_self_contained_bundle(digits_run, exported):
+    assert sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file()) == EXPECTED
+    result = recorded(digits_run)
+    pins = (exported / "requirements.txt").read_text().splitlines()
+    assert f"onnxruntime=={result['runtime']['version']}" in pins
+    assert f"numpy=={result['tools']['numpy']}" in pins
+    assert "ARG BASE=python:3.11-slim" in (exported / "Dockerfile").read_text()
+    readme = (exported / "README.md").read_text()
+    assert "docker build" in readme and "pip install -r requirements.txt" in readme
+    assert f"{result['metrics']['accuracy']:.4f}" in readme
+    assert "tinymlaas_ci" not in (exported / "infer.py").read_text()
+
+
+def test_standalone_runner_reproduces_the_recorded_accuracy(digits_run, exported):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -I: isolated mode, no user site, no cwd on sys.path; from a folder without tinymlaas_ci.
+    proc = subprocess.run([sys.executable, "-I", "-c", GUARDED_RUN], cwd=exported, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    metrics = recorded(digits_run)["metrics"]
+    assert out["accuracy"] == metrics["accuracy"]
+    assert out["samples"] == metrics["samples"] == 360
+    assert out["latency_ms"]["p50"] > 0
+
+
+def test_runner_predicts_user_inputs(exported, tmp_path):
+    import numpy as np
+
+    with np.load(exported / "eval.npz") as npz:
+        x, y = npz["x"][:5], npz["y"][:5]
+    np.save(tmp_path / "one.npy", x[0])
+    np.save(tmp_path / "batch.npy", x[1:])
+    proc = subprocess.run([sys.executable, "-I", "infer.py", "--inputs", str(tmp_path / "one.npy"),
+                           str(tmp_path / "batch.npy")], cwd=exported, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["samples"] == 5
+    assert sum(p == t for p, t in zip(out["predictions"], y.tolist())) >= 4
+
+
+def test_export_refuses_a_non_empty_folder_and_a_run_without_volume(digits_run, exported):
+    proc = cli("export", "digits/int8", "--out", str(exported), cwd=digits_run)
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    proc = cli("export", "digits/nothing", "--out", str(exported.parent / "x"), cwd=digits_run)
+    assert proc.returncode == 1
+    assert "tinymlaas run --select digits/nothing" in proc.stderr
+    proc = cli("export", "digits/int8", "--out", str(exported.parent / "y"), "--save", "a.tar", cwd=digits_run)
+    assert proc.returncode == 2 and "--save needs --image" in proc.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_exported_image_reproduces_the_recorded_accuracy(digits_run, exported, docker_client, base_image,  # noqa: F811
+                                                         tmp_path):
+    tag = "tinymlaas-export-test:int8"
+    tar = tmp_path / "int8.tar"
+    proc = cli("export", "digits/int8", "--out", str(tmp_path / "img"), "--image", tag, "--base", base_image,
+               "--save", str(tar), cwd=digits_run, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    try:
+        logs = docker_client.containers.run(tag, ["--seconds", "0.05"], network_mode="none", read_only=True,
+                                            cap_drop=["ALL"], remove=True, stderr=False)
+        out = json.loads(logs)
+        assert out["accuracy"] == recorded(digits_run)["metrics"]["accuracy"]
+        assert out["samples"] == 360
+        assert tar.stat().st_size > 10_000_000
+        docker_client.images.remove(tag)
+        loaded = docker_client.images.load(tar.read_bytes())
+        assert tag in loaded[0].tags
+    finally:
+        import docker
+
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag, force=True)
