@@ -155,7 +155,7 @@ def test_stage_reads_stage_json_and_writes_outputs(sandbox_facts):
     facts = sandbox_facts["facts"]
     assert facts["argv1"] == "/run/probe"  # {run} became the mount point
     assert facts["stage_json"]["params"] == {"x": 1}
-    assert facts["cwd"] == "/run"
+    assert facts["cwd"] == "/repo"  # as under the local executor: relative paths mean the same
     assert sandbox_facts["lines"] == ["probe done"]
 
 

@@ -217,7 +217,7 @@ def dockerfile_path(name: str, repo: Path | None = None) -> Path:
     )
 
 
-def _ca_bundle() -> Path | None:
+def ca_bundle() -> Path | None:
     for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         value = os.environ.get(var)
         if value and Path(value).is_file():
@@ -235,14 +235,35 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _released_wheel(dest: Path) -> Path:
+    """An installed (not checked-out) package: the images get the released wheel of the same
+    version from the package index, so they run the code the runner runs."""
+    from tinymlaas_ci import __version__
+
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
+            "-d", str(dest), f"tinymlaas-ci=={__version__}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    wheels = sorted(dest.glob("tinymlaas_ci-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+        raise ExecutorError(
+            f"no source checkout of tinymlaas-ci, and its wheel {__version__} could not be downloaded:\n{tail}",
+            hint="build images from a checkout of TinyMLaaS-CI (pip install -e .), or make the package index reachable",
+        )
+    return wheels[-1]
+
+
 def build_package_wheel(dest: Path) -> Path:
     """Build a wheel of this package into ``dest`` and return its path.
 
     The sources are copied to a temp folder first, so the build writes no ``build/`` or
     ``*.egg-info`` into the checkout that others are working in.
     """
-    root = source_root()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        root = source_root()
+    except ExecutorError:
+        return _released_wheel(dest)
     with tempfile.TemporaryDirectory(prefix="tmw.") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
@@ -316,7 +337,7 @@ def prepare_context(
                 local.append(wheel.name)
     certs = ctx / "certs"
     certs.mkdir(exist_ok=True)
-    ca = _ca_bundle()
+    ca = ca_bundle()
     if ca is not None:
         shutil.copyfile(ca, certs / "ca-certificates.crt")
     else:

@@ -236,7 +236,7 @@ def build_export_image(
     """Build the exported folder ``out`` into ``tag`` on the engine at ``docker_host``; returns
     the image id. The build context is a copy of ``out`` plus the host's CA bundle (pip behind
     a TLS-inspecting proxy), built with the host network like our other images."""
-    from tinymlaas_ci.devices.docker import DEFAULT_BASE, _ca_bundle, build_image, client_for
+    from tinymlaas_ci.devices.docker import DEFAULT_BASE, ca_bundle, build_image, client_for
 
     out = Path(out)
     if not (out / "Dockerfile").is_file() or not (out / "manifest.json").is_file():
@@ -247,7 +247,7 @@ def build_export_image(
         with tempfile.TemporaryDirectory(prefix="tmx.") as tmp:
             ctx = Path(tmp) / "ctx"
             shutil.copytree(out, ctx)
-            ca = _ca_bundle()
+            ca = ca_bundle()
             if ca is not None and not (ctx / "certs" / "ca-certificates.crt").is_file():
                 shutil.copyfile(ca, ctx / "certs" / "ca-certificates.crt")
             return build_image(client, ctx, tag, buildargs={"BASE": base or DEFAULT_BASE},
