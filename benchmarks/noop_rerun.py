@@ -27,19 +27,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DVC_YAML = """stages:
   fetch:
-    cmd: python3 -c "import shutil; shutil.copy('uploads/digits-cnn/model.pkl', 'out/model.pkl'); shutil.copy('uploads/digits/dataset.zip', 'out/dataset.zip')"
+    cmd: >-
+      python3 -c "import shutil; shutil.copy('uploads/digits-cnn/model.pkl', 'out/model.pkl'); shutil.copy('uploads/digits/dataset.zip', 'out/dataset.zip')"
     deps: [uploads/digits-cnn/model.pkl, uploads/digits/dataset.zip]
     outs: [out/model.pkl, out/dataset.zip]
   compile:
-    cmd: python3 -c "import shutil; shutil.copy('out/model.pkl', 'out/model.onnx')"
+    cmd: >-
+      python3 -c "import shutil; shutil.copy('out/model.pkl', 'out/model.onnx')"
     deps: [out/model.pkl]
     outs: [out/model.onnx]
   install:
-    cmd: python3 -c "import shutil; shutil.copy('out/model.onnx', 'out/bundle.onnx')"
+    cmd: >-
+      python3 -c "import shutil; shutil.copy('out/model.onnx', 'out/bundle.onnx')"
     deps: [out/model.onnx]
     outs: [out/bundle.onnx]
   infer:
-    cmd: python3 -c "import json; json.dump({'accuracy': 1.0}, open('out/metrics.json', 'w'))"
+    cmd: >-
+      python3 -c "import json; json.dump({'accuracy': 1.0}, open('out/metrics.json', 'w'))"
     deps: [out/bundle.onnx, out/dataset.zip]
     metrics: [out/metrics.json]
 """
