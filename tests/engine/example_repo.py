@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def copy_example(dest: Path) -> Path:
     # pytest's temp folders are private (0700); the Docker sandbox user must read the checkout.
+    dest.mkdir(parents=True, exist_ok=True)
     dest.chmod(0o755)
     for name in ("devices", "pipelines", "uploads"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("results"))

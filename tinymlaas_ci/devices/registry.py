@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -313,13 +312,24 @@ def _compare_arch(declared: str, found: str | None, name: str) -> list[Finding]:
 
 
 def _check_ssh(spec) -> list[Finding]:
+    """Log in over SSH (as the runner will), then probe the board's Python and runtime."""
+    from tinymlaas_ci.devices.ssh import SshTarget
+    from tinymlaas_ci.errors import DeviceError
+
     endpoint = spec.ssh
     try:
-        with socket.create_connection((endpoint.host, endpoint.port), timeout=10):
-            pass
-    except OSError as exc:
-        return [Finding("error", f"cannot reach {endpoint.host}:{endpoint.port} over TCP: {exc}",
-                        "check that the board is on, the address is right and sshd runs")]
-    return [Finding("ok", f"{endpoint.host}:{endpoint.port} accepts connections"),
-            Finding("warning", "the runtime on an ssh device is not probed",
-                    f"check it on the board: {endpoint.python} -c 'import onnxruntime, numpy'")]
+        target = SshTarget(endpoint.model_dump(mode="json"), device=spec.name)
+        facts = target.probe()
+    except DeviceError as exc:
+        return [Finding("error", exc.message, exc.hint)]
+    findings = [Finding("ok", f"logged in to {target.label}: python {facts.get('python')}, "
+                              f"{facts.get('cpu_model') or 'CPU model unknown'}, {facts.get('memory_mb')} MiB, {facts.get('os')}")]
+    findings += _compare_arch(spec.arch, facts.get("machine"), spec.name)
+    missing = target.missing_runtime(facts)
+    if missing:
+        findings.append(Finding("error", f"{target.python} on the board lacks {', '.join(missing)}",
+                                f"on the board: {target.python} -m pip install tinymlaas-ci onnxruntime numpy"))
+    else:
+        findings.append(Finding("ok", f"tinymlaas_ci {facts['tinymlaas_ci']}, onnxruntime {facts['onnxruntime']} "
+                                      f"and numpy {facts['numpy']} are installed"))
+    return findings

@@ -39,6 +39,10 @@ class StageCall:
     """Extra environment (e.g. HF_TOKEN for fetch). Never logged."""
     docker_host: str | None = None
     """Run on this Docker engine instead of the default one (a ``docker`` device)."""
+    ssh: dict | None = None
+    """The ``ssh:`` mapping of an ``ssh`` device, for the SSH executor."""
+    device: str | None = None
+    """The device's name, for messages."""
 
 
 @dataclass(frozen=True)

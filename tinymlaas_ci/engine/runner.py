@@ -128,6 +128,10 @@ class Engine:
                 from tinymlaas_ci.engine.docker import DockerExecutor
 
                 self._executors[name] = DockerExecutor()
+            elif name == "ssh":
+                from tinymlaas_ci.engine.ssh import SshExecutor
+
+                self._executors[name] = SshExecutor()
             else:
                 raise TinymlError(f"unknown executor {name!r}", hint="use 'local' or 'docker'")
         return self._executors[name]
@@ -306,12 +310,15 @@ class Engine:
     # -- helpers -------------------------------------------------------------------------------
     def _executor_name(self, device, stage: PlannedStage) -> str:
         """Where a stage runs. On a ``docker`` device, install runs on the runner (it builds the
-        inference image on the device's engine) and infer runs in that image on that engine,
-        whatever executor the other stages use."""
-        if device.kind == "docker" and stage.builtin == "install":
+        inference image on the device's engine) and infer runs in that image on that engine; on
+        an ``ssh`` device, install runs on the runner (it copies the bundle to the board) and
+        infer runs on the board; whatever executor the other stages use."""
+        if device.kind in ("docker", "ssh") and stage.builtin == "install":
             return "local"
         if device.kind == "docker" and stage.builtin == "infer":
             return "docker"
+        if device.kind == "ssh" and stage.builtin == "infer":
+            return "ssh"
         return self.options.executor
 
     def _call(self, run: PlannedRun, device, stage: PlannedStage, outputs: dict[str, dict[str, Any]]) -> StageCall:
@@ -343,6 +350,8 @@ class Engine:
             cpus=cpus,
             env=env,
             docker_host=docker_host,
+            ssh=device.ssh.model_dump(mode="json") if device.kind == "ssh" else None,
+            device=device.name,
         )
 
     @staticmethod

@@ -362,7 +362,15 @@ class SshEndpoint(_Spec):
     port: int = Field(default=22, ge=1, le=65535)
     """SSH port."""
     python: str = "python3"
-    """Python interpreter on the board."""
+    """Python interpreter on the board; it needs ``tinymlaas-ci``, ``onnxruntime`` and ``numpy``
+    (``pip install tinymlaas-ci onnxruntime numpy``)."""
+    identity_file: str | None = None
+    """Private key on the runner used to log in. Default: ssh's own configuration."""
+    known_hosts: str | None = None
+    """A known_hosts file on the runner holding the board's host key; the key is then checked
+    strictly. Default: ssh's own configuration."""
+    work_dir: str = ".tinymlaas"
+    """Folder on the board, relative to the login's home, where run folders are kept."""
 
 
 class _DeviceBase(_Spec):

@@ -117,9 +117,34 @@ def _install_docker(ctx: StageContext) -> dict[str, Any]:
     return {"location": ctx.dir.name + "/bundle", **manifest, **image}
 
 
+def _install_ssh(ctx: StageContext) -> dict[str, Any]:
+    """Check that the board has what inference needs, then copy the bundle to it."""
+    from tinymlaas_ci.devices.ssh import SshTarget
+
+    bundle = ctx.path("bundle", MANIFEST).parent
+    manifest = build_bundle(ctx, bundle)
+    target = SshTarget(ctx.device.get("ssh") or {}, device=ctx.device.get("name"))
+    facts = target.probe()
+    missing = target.missing_runtime(facts)
+    if missing:
+        raise DeviceError(
+            f"the board {target.label} lacks {', '.join(missing)} for {target.python}",
+            device=ctx.device.get("name"),
+            hint=f"on the board: {target.python} -m pip install tinymlaas-ci onnxruntime numpy",
+        )
+    remote = f"{target.work_dir}/work/{ctx.config['run']['project']}/{ctx.config['run']['name']}/{ctx.name}"
+    files = [p.relative_to(ctx.dir).as_posix() for p in sorted(bundle.rglob("*")) if p.is_file()]
+    target.put(ctx.dir, files, remote, doing="copying the bundle")
+    ctx.log(f"installed {manifest['model']} ({manifest['runtime']}) on {target.label}:{remote} "
+            f"(python {facts.get('python')}, onnxruntime {facts.get('onnxruntime')}, {facts.get('machine')})")
+    return {"location": ctx.dir.name + "/bundle", **manifest, "remote": f"{target.label}:{remote}",
+            "board": facts}
+
+
 INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "local": _install_local,
     "docker": _install_docker,
+    "ssh": _install_ssh,
 }
 """Installer per device kind. An installer writes the bundle and puts it on the device."""
 
