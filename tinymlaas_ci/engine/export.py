@@ -236,7 +236,7 @@ def build_export_image(
     """Build the exported folder ``out`` into ``tag`` on the engine at ``docker_host``; returns
     the image id. The build context is a copy of ``out`` plus the host's CA bundle (pip behind
     a TLS-inspecting proxy), built with the host network like our other images."""
-    from tinymlaas_ci.devices.docker import DEFAULT_BASE, ca_bundle, build_image, client_for
+    from tinymlaas_ci.devices.docker import DEFAULT_BASE, build_image, ca_bundle, client_for
 
     out = Path(out)
     if not (out / "Dockerfile").is_file() or not (out / "manifest.json").is_file():

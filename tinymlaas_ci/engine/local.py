@@ -7,9 +7,9 @@ unpickled with this user's rights, so the engine warns once per run when a run l
 from __future__ import annotations
 
 import os
-import sys
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from tinymlaas_ci.engine.executor import ExecOutcome, LineSink, StageCall, builtin_argv

@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tinymlaas_ci import __version__
 from tinymlaas_ci.engine.executor import ExecOutcome, Executor, StageCall
