@@ -401,6 +401,8 @@ class Loader:
         repo = self.repo
         names: dict[tuple[str, str], str] = {}
         for rf in repo.run_files:
+            if rf.spec is None:
+                self._check_raw_refs(rf)
             for run in rf.runs:
                 key = (run.project, run.name)
                 if key in names:
@@ -438,6 +440,30 @@ class Loader:
             if source.upload is None:
                 continue
             self._check_upload(loaded, where((part, "upload")) if (f"{part}.upload" in run.matrix) else (part, "upload"), source.upload)
+
+    def _check_raw_refs(self, rf: RunFile) -> None:
+        """A spec that failed validation still gets its references checked, so that every
+        problem of the file is reported at once, not a second batch after the first is fixed."""
+        data, loaded, repo = rf.loaded.data, rf.loaded, self.repo
+        if not isinstance(data, dict):
+            return
+        swept = set((data.get("matrix") or {}) if isinstance(data.get("matrix"), dict) else ())
+        device = data.get("device", "host")
+        if isinstance(device, str) and _NAME_RE.match(device) and "device" not in swept and device not in repo.devices:
+            known = sorted(repo.devices)
+            repo.problems.append(loaded.problem(("device",), f"device {device!r} is not defined in devices/",
+                                                hint=suggest(device, known) or (f"known devices: {', '.join(known)}" if known else None)))
+        pipeline = data.get("pipeline", "default")
+        if isinstance(pipeline, str) and _NAME_RE.match(pipeline) and "pipeline" not in swept and pipeline not in repo.pipelines:
+            known = sorted(repo.pipelines)
+            repo.problems.append(loaded.problem(("pipeline",), f"pipeline {pipeline!r} is not defined in pipelines/",
+                                                hint=suggest(pipeline, known) or f"known pipelines: {', '.join(known)}"))
+        for part in ("model", "dataset"):
+            source = data.get(part)
+            rel = source.get("upload") if isinstance(source, dict) else None
+            if (isinstance(rel, str) and rel and f"{part}.upload" not in swept and not rel.startswith("/")
+                    and ".." not in re.split(r"[\\/]", rel)):
+                self._check_upload(loaded, (part, "upload"), rel)
 
     def _check_upload(self, loaded: LoadedYaml, loc: tuple, rel: str) -> None:
         repo = self.repo
