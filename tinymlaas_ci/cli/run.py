@@ -103,7 +103,7 @@ def _summary(outcomes, args) -> None:
         counts.setdefault(o.status, []).append(o.run_id)
     order = ["succeeded", "up-to-date", "gates-failed", "failed", "not-run"]
     parts = [f"{len(counts[s])} {s}" for s in order if s in counts]
-    print(f"\n{len(outcomes)} runs: " + ", ".join(parts), file=sys.stderr)
+    print(f"\n{len(outcomes)} run{'s' * (len(outcomes) != 1)}: " + ", ".join(parts), file=sys.stderr)
     for o in outcomes:
         if o.status == "failed":
             print(f"  failed: {o.run_id} at stage {o.failed_stage}: {o.message}", file=sys.stderr)

@@ -117,8 +117,12 @@ def _summary(repo, problems) -> str:
     if problems:
         files = len({p.path for p in problems})
         return f"{len(problems)} problem{'s' * (len(problems) != 1)} in {files} file{'s' * (files != 1)}"
-    return (f"ok: {len(repo.runs)} runs from {len(repo.run_files)} spec files, "
-            f"{len(repo.devices)} device{'s' * (len(repo.devices) != 1)}, {len(repo.pipelines)} pipeline{'s' * (len(repo.pipelines) != 1)}")
+    return (f"ok: {_n(len(repo.runs), 'run')} from {_n(len(repo.run_files), 'spec file')}, "
+            f"{_n(len(repo.devices), 'device')}, {_n(len(repo.pipelines), 'pipeline')}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 # -- plan -------------------------------------------------------------------------------------
@@ -155,7 +159,7 @@ def plan_text(result) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
     s = result.to_json()["summary"]
-    lines.append(f"\n{s['total']} runs: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date")
+    lines.append(f"\n{_n(s['total'], 'run')}: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date")
     return "\n".join(lines)
 
 
