@@ -205,15 +205,17 @@ def _fake_compile(volume: Path, fetch: dict) -> dict:
             "records": {"input_shape": [3, 16, 16], "dataset": fetch["artifacts"]["dataset"]}}
 
 
-def test_install_on_other_device_kinds_is_left_to_their_installer(tmp_path, trained_tiny):
+def test_install_on_an_unreachable_ssh_board_names_it_and_says_what_to_check(tmp_path, trained_tiny):
     folder, data = trained_tiny
     volume = tmp_path / "run"
     fetch = write_fetch(volume, folder / "model.pkl", data, fmt="pytorch")
-    device = {"schema": 1, "name": "rpi4", "kind": "ssh", "arch": "arm64", "ssh": {"host": "rpi4.lab"}}
+    device = {"schema": 1, "name": "rpi4", "kind": "ssh", "arch": "arm64",
+              "ssh": {"host": "rpi4.invalid", "user": "pi"}}
     proc, error = run_stage(volume, "install", spec_json(), {"compile": _fake_compile(volume, fetch)}, device)
     assert proc.returncode == 1
-    assert error["type"] == "DeviceError" and "'ssh'" in error["message"] and "rpi4" in error["message"]
-    assert "Docker/SSH installer" in error["hint"]
+    assert error["type"] == "DeviceError"
+    assert error["message"].startswith("device 'rpi4': probing the board on pi@rpi4.invalid:22 failed")
+    assert "sshd runs" in error["hint"]
 
 
 def test_empty_eval_split_is_refused_at_install(tmp_path, trained_tiny):

@@ -155,10 +155,9 @@ def run(ctx: StageContext) -> None:
     installer = INSTALLERS.get(kind)
     if installer is None:
         raise DeviceError(
-            f"installing on a {kind!r} device is not done by the built-in install stage",
+            f"there is no installer for a {kind!r} device",
             device=ctx.device.get("name"),
-            hint=f"a {kind!r} device is installed by the Docker/SSH installer; use a pipeline with "
-            "that installer, or a 'local' device",
+            hint=f"use a device of kind {', '.join(sorted(INSTALLERS))}",
         )
     record = installer(ctx)
     bundle = ctx.dir / "bundle"
