@@ -7,8 +7,10 @@ dataset (``eval.npz``: inference runs on the device over it) and ``manifest.json
      "data": "eval.npz", "eval_split": "test", "samples": 360, "input_shape": [1, 8, 8],
      "labels": [...], "sha256": {"model.onnx": ..., ...}, "device": {"name": ..., "kind": ...}}
 
-Only the ``local`` device kind is installed here (the bundle stays in the run volume, and the
-infer stage runs next to it). Other kinds are added as installers in :data:`INSTALLERS`.
+One installer per device kind (:data:`INSTALLERS`): ``local`` leaves the bundle in the run
+volume, where infer runs next to it; ``docker`` builds the inference image with the bundle on
+the device's engine; ``ssh`` checks the board's runtime and copies the bundle to the board.
+Install runs on the runner for every kind, because it talks to the device.
 
 Artifacts: ``bundle`` (the manifest), ``model``, ``baseline``, ``data``. Records: ``bundle``.
 
