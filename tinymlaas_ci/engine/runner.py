@@ -11,6 +11,7 @@ says ``generated`` with the same key and its artifacts are unchanged on disk, so
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -204,7 +205,7 @@ class Engine:
         upstream_digests = {n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()}
         try:
             identity = self._identity(executor, call)
-        except ExecutorError as exc:
+        except TinymlError as exc:  # no engine, missing image, unreachable board: this stage fails
             self.progress.stage_finished(run.id, stage.name, "failed", None, str(exc).splitlines()[0])
             self._write_error(volume, stage.name, exc)
             return self._record(volume, stage, "failed"), None
@@ -437,8 +438,6 @@ class Engine:
             rel = path.relative_to(root).as_posix()
             if path.exists():
                 try:
-                    import json
-
                     old = json.loads(path.read_text()).get("run", {}).get("spec_hash")
                 except (OSError, ValueError):
                     old = None
