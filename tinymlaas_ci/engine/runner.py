@@ -266,7 +266,7 @@ class Engine:
 
         try:
             outcome = executor.run(call, volume.root, self.repo.root, sink)
-        except ExecutorError as exc:
+        except TinymlError as exc:  # the executor could not run it (engine, board, copy failed)
             outcome = ExecOutcome(returncode=-1, executor=executor.name)
             sink(f"error: {exc}")
             self._write_error(volume, stage.name, exc)
