@@ -25,7 +25,7 @@ from tinymlaas_ci.engine.executor import ExecOutcome, Executor, StageCall
 from tinymlaas_ci.engine.locks import file_lock
 from tinymlaas_ci.engine.progress import Progress
 from tinymlaas_ci.engine.volume import LOG_FILE, RunVolume, StageStatus, default_work_dir, now_iso
-from tinymlaas_ci.errors import ExecutorError, TinymlError
+from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import atomic_write_json, canonical_json
 from tinymlaas_ci.plan import Plan, PlannedRun, PlannedStage
 from tinymlaas_ci.results.build import build_result
