@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     executor = DockerExecutor()
     repo = Path(tempfile.mkdtemp(prefix="tmbench."))
+    repo.chmod(0o755)  # mounted read-only for the sandbox user, who must be able to read it
     try:
         # One warm-up each: the first container start also loads the image's layers.
         _time(lambda i, v: run_local(_call(i, args.image), v), 1)
