@@ -31,11 +31,6 @@ NAMES = [f.name for f in FILES]
 # Commands the workflows call that other parts of the project add. While a command is missing
 # from this tree its test is a strict expected failure, shown as XFAIL with this reason; once the
 # command is registered the test runs normally and must pass with the options used here.
-COMMANDS_FROM_OTHERS = {
-    "notify": "tinymlaas notify --outcomes DIR_OR_FILE is added by the notifications work",
-}
-
-
 def _load(path: Path) -> dict:
     data = yaml.safe_load(path.read_text())
     # YAML 1.1 reads the key 'on' as True.
@@ -143,21 +138,11 @@ def _commands() -> list[tuple[str, list[str]]]:
     return found
 
 
-def _registered() -> set[str]:
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return set(action.choices)
-
-
 COMMANDS = _commands()
 
 
 def _param(where: str, argv: list[str]):
-    group = argv[1]
-    marks = []
-    if group in COMMANDS_FROM_OTHERS and group not in _registered():
-        marks = [pytest.mark.xfail(reason=f"not yet in this tree: {COMMANDS_FROM_OTHERS[group]}", strict=True)]
-    return pytest.param(argv, id=f"{where}: {' '.join(argv)}", marks=marks)
+    return pytest.param(argv, id=f"{where}: {' '.join(argv)}")
 
 
 def test_the_workflows_call_every_command_the_brief_needs():
