@@ -27,6 +27,7 @@ from typing import Any
 from tinymlaas_ci import __version__
 from tinymlaas_ci.errors import ExecutorError
 from tinymlaas_ci.fs import sha256_file
+from tinymlaas_ci.hostinfo import normalise_arch
 
 __all__ = [
     "BUNDLE_DIR",
@@ -551,7 +552,7 @@ def probe(host: Any = None, *, images: tuple[str, ...] | None = None) -> dict[st
             present[ref] = _image_exists(client, ref, host)
         facts: dict[str, Any] = {
             "host": host_label(host),
-            "arch": _normalise_arch(info.get("Architecture") or version.get("Arch")),
+            "arch": normalise_arch(info.get("Architecture") or version.get("Arch")),
             "os": info.get("OperatingSystem"),
             "kernel": info.get("KernelVersion"),
             "cpus": info.get("NCPU"),
@@ -568,16 +569,6 @@ def probe(host: Any = None, *, images: tuple[str, ...] | None = None) -> dict[st
         return facts
     finally:
         client.close()
-
-
-def _normalise_arch(arch: str | None) -> str | None:
-    return {
-        "x86_64": "amd64",
-        "aarch64": "arm64",
-        "armv7l": "armv7",
-        "i686": "x86",
-        "i386": "x86",
-    }.get(arch or "", arch)
 
 
 def _cpu_model(client, image: str) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 from tinymlaas_ci import __version__
 from tinymlaas_ci.errors import DeviceError, ExecutorError, SpecError, UsageError
 from tinymlaas_ci.fs import atomic_write_text
+from tinymlaas_ci.hostinfo import cpu_info, memory_mb, normalise_arch
 from tinymlaas_ci.spec.loader import load_yaml_file, load_yaml_text
 from tinymlaas_ci.spec.models import NAME_PATTERN, DockerDevice, LocalDevice, SshDevice
 from tinymlaas_ci.spec.validate import validate_loaded
@@ -43,12 +44,6 @@ KINDS = ("local", "docker")
 """Kinds ``register`` probes. ``ssh`` devices are written by hand (see the device reference)."""
 _CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
 _NAME_RE = re.compile(NAME_PATTERN)
-_ARCHES = {
-    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armv7",
-    "armv7": "armv7", "armhf": "armv7", "riscv64": "riscv64", "i386": "x86", "i686": "x86", "x86": "x86",
-}
-_RELEVANT_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "neon", "asimd", "asimddp",
-                   "asimdhp", "sve", "sve2", "i8mm", "bf16", "dotprod")
 _RUNTIME_PROBE = (
     "import json, importlib\n"
     "out = {}\n"
@@ -62,59 +57,23 @@ _RUNTIME_PROBE = (
 )
 
 
-def normalise_arch(machine: str | None) -> str:
-    """``platform.machine()`` / engine architecture -> the device spec's ``arch`` value."""
-    return _ARCHES.get((machine or "").lower(), "other")
-
-
 def inference_image() -> str:
     """The bare inference image ``tinymlaas images build --only inference`` makes."""
     return f"tinymlaas-inference:base-{__version__}"
 
 
-def _cpu() -> tuple[str | None, list[str]]:
-    model, flags = None, set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model", "model") and model is None and value.strip() \
-                and not value.strip().isdigit():
-            model = value.strip()
-        elif key in ("flags", "features"):
-            flags.update(value.split())
-    relevant = sorted(f for f in flags if f in _RELEVANT_FLAGS or f.startswith(("avx512", "amx")) or "vnni" in f)
-    return model or platform.processor() or None, relevant
-
-
-def _memory_mb() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def probe_local(python: str | None = None) -> dict[str, Any]:
     """Facts about this machine. Whether the runtime imports is checked in a child process
     (``python``, default this interpreter), so this process imports nothing heavy."""
-    cpu_model, flags = _cpu()
+    cpu = cpu_info()
     facts: dict[str, Any] = {
         "kind": "local",
         "arch": normalise_arch(platform.machine()),
         "machine": platform.machine(),
-        "cpu_model": cpu_model,
-        "isa_flags": flags,
+        "cpu_model": cpu["cpu_model"],
+        "isa_flags": cpu["isa_flags"],
         "cpus": os.cpu_count(),
-        "memory_mb": _memory_mb(),
+        "memory_mb": memory_mb(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
@@ -304,7 +263,7 @@ def check(root: Path, name: str) -> list[Finding]:
 
 
 def _compare_arch(declared: str, found: str | None, name: str) -> list[Finding]:
-    found = normalise_arch(found) if found and found not in ("amd64", "arm64", "armv7", "riscv64", "x86") else found
+    found = normalise_arch(found) if found else found
     if found and found != declared:
         return [Finding("error", f"devices/{name}.yaml says arch {declared}, but the device reports {found}",
                         f"set 'arch: {found}' in devices/{name}.yaml (or re-register it with --force)")]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.hostinfo import arch, cpu_info, memory_mb
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -34,10 +35,6 @@ __all__ = [
     "tool_versions",
 ]
 
-# CPU flags that change inference speed; everything else in /proc/cpuinfo is noise here.
-_RELEVANT_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "vnni", "neon", "asimd",
-                   "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16", "dotprod")
-_RELEVANT_PREFIXES = ("avx512", "amx")
 
 
 def read_dataset(path: str | os.PathLike) -> dict[str, Any]:
@@ -166,57 +163,19 @@ def peak_memory_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
-    """CPU model, relevant ISA flags, and CPU count of this machine."""
-    model = None
-    flags: set[str] = set()
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and model is None and value.strip():
-            model = value.strip()
-        elif key in ("flags", "features"):
-            flags.update(value.split())
-    relevant = sorted(f for f in flags if f in _RELEVANT_FLAGS or f.startswith(_RELEVANT_PREFIXES) or "vnni" in f)
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        count = os.cpu_count()
-    return {"cpu_model": model or platform.processor() or None, "isa_flags": relevant, "cpu_count": count}
-
-
 def device_record(device: Mapping[str, Any]) -> dict[str, Any]:
     """A dict fitting ``results.models.DeviceRecord``: the device spec plus what this machine reports."""
     info = cpu_info()
     return {
         "name": device.get("name") or "host",
         "kind": device.get("kind") or "local",
-        "arch": device.get("arch") or _arch(),
+        "arch": device.get("arch") or arch(),
         "cpu_model": info["cpu_model"],
         "isa_flags": info["isa_flags"],
         "cpu_count": info["cpu_count"],
-        "memory_mb": device.get("memory_mb") or _memory_mb(),
+        "memory_mb": device.get("memory_mb") or memory_mb(),
         "os": f"{platform.system()} {platform.release()}",
     }
-
-
-def _arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(machine, machine or "other")
-
-
-def _memory_mb() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def tool_versions(*names: str) -> dict[str, str]:

@@ -1,0 +1,72 @@
+"""Facts about the machine this process runs on: CPU model and ISA flags, core count, memory,
+architecture. Used where results record the device (infer) and where devices are probed
+(``tinymlaas device register``). Standard library only."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cpu_info", "memory_mb", "arch", "normalise_arch", "RELEVANT_FLAGS"]
+
+RELEVANT_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "vnni", "neon", "asimd",
+                  "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16", "dotprod")
+"""CPU flags that change inference speed (plus every ``avx512*`` and ``amx*``); the rest of
+``/proc/cpuinfo`` is noise for a latency number."""
+_RELEVANT_PREFIXES = ("avx512", "amx")
+
+_ARCHES = {
+    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armv7",
+    "armv7": "armv7", "armhf": "armv7", "riscv64": "riscv64", "i386": "x86", "i686": "x86", "x86": "x86",
+}
+
+
+def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
+    """``{"cpu_model", "isa_flags", "cpu_count"}`` of this machine (or of a saved cpuinfo file)."""
+    model = None
+    flags: set[str] = set()
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        value = value.strip()
+        # ARM boards name the CPU under "Hardware" or "CPU model"; skip bare numbers ("model: 85").
+        if key in ("model name", "hardware", "cpu model") and model is None and value and not value.isdigit():
+            model = value
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    relevant = sorted(f for f in flags if f in RELEVANT_FLAGS or f.startswith(_RELEVANT_PREFIXES) or "vnni" in f)
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count()
+    return {"cpu_model": model or platform.processor() or None, "isa_flags": relevant, "cpu_count": count}
+
+
+def memory_mb() -> int | None:
+    """Total memory in MiB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def normalise_arch(machine: str | None) -> str:
+    """``platform.machine()`` or an engine's architecture -> a device spec's ``arch`` value."""
+    return _ARCHES.get((machine or "").lower(), "other")
+
+
+def arch() -> str:
+    """This machine's architecture as a device spec names it."""
+    return normalise_arch(platform.machine())
