@@ -97,7 +97,10 @@ def test_terminal_progress_redraws_one_live_line():
     p = Progress(term, mode="tty")
     p.stage_started("p/r", "compile")
     p.stage_line("p/r", "compile", "[compile] calibrating")
-    time.sleep(0.35)  # the spinner redraws every 0.1 s
+    deadline = time.monotonic() + 10  # the spinner redraws every 0.1 s; allow for a busy machine
+    while "[compile] calibrating" not in term.getvalue():
+        assert time.monotonic() < deadline, "the live line was never drawn"
+        time.sleep(0.05)
     p.stage_finished("p/r", "compile", "cached", None, "key 1234abcd")
     p.close()
     text = term.getvalue()
