@@ -217,9 +217,12 @@ def _api(endpoint: str | None, token: str | None) -> HfApi:
     return HfApi(endpoint=endpoint, token=token if token is not None else False)
 
 
-def _check_type(repo_type: str) -> None:
+def _settings(repo_type: str, token: str | None, endpoint: str | None) -> tuple[str | None, str]:
+    """Check ``repo_type``; fill the token and endpoint from the environment when not given."""
     if repo_type not in _REPO_TYPES:
         raise ValueError(f"repo_type must be one of {_REPO_TYPES}, not {repo_type!r}")
+    return (token if token is not None else hub_token(),
+            endpoint if endpoint is not None else hub_endpoint())
 
 
 def resolve_revision(
@@ -235,9 +238,7 @@ def resolve_revision(
     ``token`` and ``endpoint`` default to ``HF_TOKEN`` and ``HF_ENDPOINT``.
     Raises :class:`SourceError` when the repo or revision does not exist or cannot be read.
     """
-    _check_type(repo_type)
-    token = token if token is not None else hub_token()
-    endpoint = endpoint if endpoint is not None else hub_endpoint()
+    token, endpoint = _settings(repo_type, token, endpoint)
     api = _api(endpoint, token)
     with _mapped(repo=repo, repo_type=repo_type, revision=revision, endpoint=endpoint, token=token):
         info = (api.model_info if repo_type == "model" else api.dataset_info)(
@@ -262,9 +263,7 @@ def list_repo_files(
     endpoint: str | None = None,
 ) -> list[str]:
     """Files of ``repo`` at ``commit`` (sorted)."""
-    _check_type(repo_type)
-    token = token if token is not None else hub_token()
-    endpoint = endpoint if endpoint is not None else hub_endpoint()
+    token, endpoint = _settings(repo_type, token, endpoint)
     with _mapped(repo=repo, repo_type=repo_type, revision=commit, endpoint=endpoint, token=token):
         return sorted(
             _api(endpoint, token).list_repo_files(repo, revision=commit, repo_type=repo_type)
@@ -286,9 +285,7 @@ def download_file(
     The revision is resolved to a commit sha first and the download asks for that sha.
     Raises :class:`SourceError` naming the repo, revision and file, with what to do.
     """
-    _check_type(repo_type)
-    token = token if token is not None else hub_token()
-    endpoint = endpoint if endpoint is not None else hub_endpoint()
+    token, endpoint = _settings(repo_type, token, endpoint)
     commit = resolve_revision(repo, revision, repo_type=repo_type, token=token, endpoint=endpoint)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
@@ -358,9 +355,7 @@ def download_snapshot(
     The returned ``sha256`` digests the downloaded files (path and content), so the same
     snapshot always gives the same digest.
     """
-    _check_type(repo_type)
-    token = token if token is not None else hub_token()
-    endpoint = endpoint if endpoint is not None else hub_endpoint()
+    token, endpoint = _settings(repo_type, token, endpoint)
     commit = resolve_revision(repo, revision, repo_type=repo_type, token=token, endpoint=endpoint)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)

@@ -267,18 +267,25 @@ class Loader:
             repo.problems += problems
             if spec is None:
                 continue
-            name = spec.name or path.stem
-            if spec.name and spec.name != path.stem:
-                repo.problems.append(
-                    loaded.problem(("name",), f"device name {spec.name!r} differs from its file name {path.stem!r}",
-                                   hint=f"rename the file to devices/{spec.name}.yaml or remove 'name'")
-                )
+            name = self._name_of(loaded, spec, path, "device", "devices")
+            if name is None:
                 continue
             if name in repo.devices:
                 repo.problems.append(loaded.problem((), f"device {name!r} is defined twice, also in {repo.device_files[name]}"))
                 continue
             repo.devices[name] = spec.model_copy(update={"name": name})
             repo.device_files[name] = rel
+
+    def _name_of(self, loaded: LoadedYaml, spec, path: Path, what: str, folder: str) -> str | None:
+        """The name a device or pipeline is referred to by: its file name. A ``name`` that
+        differs from it is a problem (None), since runs could not find it."""
+        if spec.name and spec.name != path.stem:
+            self.repo.problems.append(
+                loaded.problem(("name",), f"{what} name {spec.name!r} differs from its file name {path.stem!r}",
+                               hint=f"rename the file to {folder}/{spec.name}.yaml or remove 'name'")
+            )
+            return None
+        return path.stem
 
     def load_pipelines(self) -> None:
         repo = self.repo
@@ -293,12 +300,8 @@ class Loader:
             repo.problems += problems
             if spec is None:
                 continue
-            name = spec.name or path.stem
-            if spec.name and spec.name != path.stem:
-                repo.problems.append(
-                    loaded.problem(("name",), f"pipeline name {spec.name!r} differs from its file name {path.stem!r}",
-                                   hint=f"rename the file to pipelines/{spec.name}.yaml or remove 'name'")
-                )
+            name = self._name_of(loaded, spec, path, "pipeline", "pipelines")
+            if name is None:
                 continue
             for i, stage in enumerate(spec.stages):
                 if stage.image and "/" in stage.image and not (repo.root / stage.image).is_dir() and stage.image.startswith("pipelines/"):
