@@ -51,8 +51,9 @@ def read_imagefolder_zip(path: Path) -> dict[str, np.ndarray]:
             img = np.asarray(Image.open(io.BytesIO(zf.read(name))), dtype=np.float32) / 255.0
             out.setdefault(f"x_{split}", []).append(img[None])
             out.setdefault(f"y_{split}", []).append(labels.index(label))
-    return {k: np.stack(v).astype(np.float32) if k.startswith("x_") else np.asarray(v, np.int64)
-            for k, v in out.items()}
+    return {
+        k: np.stack(v).astype(np.float32) if k.startswith("x_") else np.asarray(v, np.int64) for k, v in out.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +83,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ev = measure.evaluate(eager_run, x, y, num_classes=10)
     lat = measure.measure_latency(eager_run, x[:1], **timing)
-    rows.append({"mode": "torch eager fp32", "runtime": "pytorch", "bytes": MODEL.stat().st_size,
-                 "gzip_bytes": compress.gzip_size(MODEL), "accuracy": ev["accuracy"], "latency_ms": lat})
+    rows.append(
+        {
+            "mode": "torch eager fp32",
+            "runtime": "pytorch",
+            "bytes": MODEL.stat().st_size,
+            "gzip_bytes": compress.gzip_size(MODEL),
+            "accuracy": ev["accuracy"],
+            "latency_ms": lat,
+        }
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         for mode, compression in MODES.items():
@@ -91,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             session = load_session(out.deployed, threads=args.threads)
             ev = measure.evaluate(session.run, x, y, num_classes=10)
             lat = measure.measure_latency(session.run, x[:1], **timing)
-            rows.append({"mode": f"ORT {mode}" + (" (fp32)" if mode == "none" else ""), "runtime": "onnxruntime", "bytes": out.record["compressed_bytes"],
-                         "gzip_bytes": out.record["compressed_gzip_bytes"], "accuracy": ev["accuracy"],
-                         "latency_ms": lat, "compression": out.record})
+            rows.append(
+                {
+                    "mode": f"ORT {mode}" + (" (fp32)" if mode == "none" else ""),
+                    "runtime": "onnxruntime",
+                    "bytes": out.record["compressed_bytes"],
+                    "gzip_bytes": out.record["compressed_gzip_bytes"],
+                    "accuracy": ev["accuracy"],
+                    "latency_ms": lat,
+                    "compression": out.record,
+                }
+            )
 
     torch_ref = rows[0]
     ort_ref = next(r for r in rows if r["mode"] == "ORT none (fp32)")
@@ -104,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_vs_ort_fp32"] = ort_ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
 
     cpu = measure.cpu_info()
-    header = (f"Digits CNN (38,282 parameters), {len(y)} test samples, batch 1, {args.threads} thread(s), "
-              f"{cpu['cpu_model']}; latency p50 over >= {args.min_iterations} calls and >= {args.min_seconds} s.")
+    header = (
+        f"Digits CNN (38,282 parameters), {len(y)} test samples, batch 1, {args.threads} thread(s), "
+        f"{cpu['cpu_model']}; latency p50 over >= {args.min_iterations} calls and >= {args.min_seconds} s."
+    )
     lines = [
-        header, "",
-        "| mode | bytes | gzip bytes | size vs ORT fp32 | accuracy | p50 ms | p99 ms | speed-up vs torch eager | speed-up vs ORT fp32 |",
+        header,
+        "",
+        "| mode | bytes | gzip bytes | size vs ORT fp32 | accuracy | p50 ms | p99 ms "
+        "| speed-up vs torch eager | speed-up vs ORT fp32 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -120,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     table = "\n".join(lines)
     print(table)
-    report = {"schema": 1, "device": measure.device_record({}), "tools": measure.tool_versions("torch", "onnx", "onnxruntime"),
-              "settings": {"threads": args.threads, "batch_size": 1, **timing}, "rows": rows, "table": table}
+    report = {
+        "schema": 1,
+        "device": measure.device_record({}),
+        "tools": measure.tool_versions("torch", "onnx", "onnxruntime"),
+        "settings": {"threads": args.threads, "batch_size": 1, **timing},
+        "rows": rows,
+        "table": table,
+    }
     atomic_write_json(args.out, report)
     print(f"\nwrote {args.out}")
     return 0

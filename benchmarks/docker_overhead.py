@@ -105,16 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(f"{args.n} runs each of a trivial stage (image {args.image})")
-        print(
-            f"  local subprocess : mean {result['local_mean_s']:.3f}s  median {result['local_median_s']:.3f}s"
-        )
+        print(f"  local subprocess : mean {result['local_mean_s']:.3f}s  median {result['local_median_s']:.3f}s")
         print(
             f"  docker executor  : mean {result['docker_mean_s']:.3f}s  median {result['docker_median_s']:.3f}s"
             f"  p90 {result['docker_p90_s']:.3f}s"
         )
-        print(
-            f"  overhead per stage: {result['overhead_per_stage_s']:.3f}s  (ratio {result['ratio']:.1f}x)"
-        )
+        print(f"  overhead per stage: {result['overhead_per_stage_s']:.3f}s  (ratio {result['ratio']:.1f}x)")
     return 0
 
 

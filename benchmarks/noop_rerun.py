@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = """stages:
   fetch:
     cmd: >-
-      python3 -c "import shutil; shutil.copy('uploads/digits-cnn/model.pkl', 'out/model.pkl'); shutil.copy('uploads/digits/dataset.zip', 'out/dataset.zip')"
+      python3 -c "import shutil; shutil.copy('uploads/digits-cnn/model.pkl', 'out/model.pkl');
+      shutil.copy('uploads/digits/dataset.zip', 'out/dataset.zip')"
     deps: [uploads/digits-cnn/model.pkl, uploads/digits/dataset.zip]
     outs: [out/model.pkl, out/dataset.zip]
   compile:

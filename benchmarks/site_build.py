@@ -49,14 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             total = time.perf_counter() - started
         phases = ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items())
         rows.append((n, report.pages, total, total / n * 1000, phases))
-        print(f"{n:>5} results  {report.pages:>5} pages  {total:6.1f} s  ({total / n * 1000:.0f} ms/result; {phases})",
-              flush=True)
+        print(
+            f"{n:>5} results  {report.pages:>5} pages  {total:6.1f} s  ({total / n * 1000:.0f} ms/result; {phases})",
+            flush=True,
+        )
     if args.write:
         lines = [
             "# Site build benchmark",
             "",
-            (f"`python benchmarks/site_build.py --commits {args.commits}` on {platform.machine()}, "
-             f"Python {platform.python_version()}, {platform.system()} ({sys.platform})."),
+            (
+                f"`python benchmarks/site_build.py --commits {args.commits}` on {platform.machine()}, "
+                f"Python {platform.python_version()}, {platform.system()} ({sys.platform})."
+            ),
             f"Each result has {args.commits} committed versions (history is read from git).",
             "",
             "| results | pages | total (s) | per result (ms) | phases (s) |",

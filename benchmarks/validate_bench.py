@@ -134,8 +134,9 @@ def bench_check_jsonschema(files: list[Path]) -> float | None:
 
 def bench_cli_validate(root: Path) -> float:
     def run():
-        out = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "--repo", str(root), "validate"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "tinymlaas_ci", "--repo", str(root), "validate"], capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr + out.stdout
 
     return best(run, 3)
@@ -164,7 +165,7 @@ def heavy_imports(root: Path) -> list[str]:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     marker = [line for line in out.stdout.splitlines() if line.startswith("HEAVY:")][-1]
-    return [m for m in marker[len("HEAVY:"):].split(",") if m]
+    return [m for m in marker[len("HEAVY:") :].split(",") if m]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,17 +186,37 @@ def main(argv: list[str] | None = None) -> int:
 
     n = args.files
     rows = [
-        ("`load_repo` in-process (ours, best of 5)", ours, "1.0x",
-         f"{n} files -> {n_runs} runs; positions, models, matrix, cross-file checks, upload hashes"),
+        (
+            "`load_repo` in-process (ours, best of 5)",
+            ours,
+            "1.0x",
+            f"{n} files -> {n_runs} runs; positions, models, matrix, cross-file checks, upload hashes",
+        ),
         ("`load_repo` in-process, first call", cold, f"{cold / ours:.1f}x", "the first call in a fresh process"),
-        ("`jsonschema` in-process (best of 5)", inproc, f"{inproc / ours:.1f}x",
-         "C YAML parser + Draft 2020-12 validator, schema checks only"),
+        (
+            "`jsonschema` in-process (best of 5)",
+            inproc,
+            f"{inproc / ours:.1f}x",
+            "C YAML parser + Draft 2020-12 validator, schema checks only",
+        ),
     ]
     if cli_check is not None:
-        rows.append(("`check-jsonschema` subprocess (best of 3)", cli_check, f"{cli_check / ours:.1f}x",
-                     "wall time, including its start-up"))
-    rows.append(("`tinymlaas validate` subprocess (best of 3)", cli_ours, f"{cli_ours / ours:.1f}x",
-                 "wall time, including start-up"))
+        rows.append(
+            (
+                "`check-jsonschema` subprocess (best of 3)",
+                cli_check,
+                f"{cli_check / ours:.1f}x",
+                "wall time, including its start-up",
+            )
+        )
+    rows.append(
+        (
+            "`tinymlaas validate` subprocess (best of 3)",
+            cli_ours,
+            f"{cli_ours / ours:.1f}x",
+            "wall time, including start-up",
+        )
+    )
     lines = [
         f"# Validating {n} run spec files",
         "",
@@ -212,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- Imported by `validate --help` and `validate`: {', '.join(heavy) or 'none'} of {', '.join(HEAVY)}.",
     ]
     if cli_check is not None:
-        lines.append(f"- `check-jsonschema` / in-process `load_repo`: **{cli_check / ours:.1f}x**; "
-                     f"`check-jsonschema` / `tinymlaas validate` (both subprocesses): **{cli_check / cli_ours:.1f}x**.")
+        lines.append(
+            f"- `check-jsonschema` / in-process `load_repo`: **{cli_check / ours:.1f}x**; "
+            f"`check-jsonschema` / `tinymlaas validate` (both subprocesses): **{cli_check / cli_ours:.1f}x**."
+        )
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:

@@ -68,10 +68,8 @@ def docker_engine():
     try:
         client = docker.from_env(timeout=60)
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine" here
-        unavailable(
-            f"no Docker engine answers at {host or 'the default socket'}: {exc!s:.200}; {_START_HINT}"
-        )
+    except Exception as exc:
+        unavailable(f"no Docker engine answers at {host or 'the default socket'}: {exc!s:.200}; {_START_HINT}")
     yield DockerEngine(host, client)
     client.close()
 
@@ -90,9 +88,7 @@ def base_image(docker_engine) -> str:
     try:
         docker_engine.client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
-        unavailable(
-            f"image {BASE_IMAGE} is not on {docker_engine.label}; build it with '.ci/docker.sh base'"
-        )
+        unavailable(f"image {BASE_IMAGE} is not on {docker_engine.label}; build it with '.ci/docker.sh base'")
     return BASE_IMAGE
 
 

@@ -154,9 +154,7 @@ class FakeHub:
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), CdnHandler)
         for server in (self._hub, self._cdn):
             server.daemon_threads = True
-            t = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
+            t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
             t.start()
             self._threads.append(t)
         return self
@@ -255,9 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and body:
             self.wfile.write(body)
 
-    def _error(
-        self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None
-    ):
+    def _error(self, status: int, code: str | None, message: str, extra: dict[str, str] | None = None):
         headers = dict(extra or {})
         if code:
             headers["X-Error-Code"] = code
@@ -267,9 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, obj) -> None:
         self._send(200, json.dumps(obj).encode())
 
-    def _repo_or_error(
-        self, repo_type: str, repo_id: str, *, needs_access: bool
-    ) -> FakeRepo | None:
+    def _repo_or_error(self, repo_type: str, repo_id: str, *, needs_access: bool) -> FakeRepo | None:
         """The repo if this request may see it; otherwise sends the Hub's error and returns None."""
         repo = self.fake.repos.get((repo_type, repo_id))
         token = self._token()
@@ -284,7 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(
                 status,
                 "GatedRepo",
-                f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+                f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
+                "to access it. Please log in.",
             )
             return None
         return repo
@@ -375,10 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "pointerSize": 134,
                     }
                 entries.append(entry)
-        dirs = [
-            {"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()}
-            for d in sorted(folders)
-        ]
+        dirs = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()} for d in sorted(folders)]
         self._json(dirs + entries)
 
     def _resolve(self, path: str) -> None:

@@ -50,8 +50,9 @@ def ssh_board(tmp_path_factory):
         "UsePAM no\nStrictModes no\nPrintMotd no\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(home / "sshd_config")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(home / "sshd_config")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -11,18 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ArchiveError",
+    "DeviceError",
+    "ExecutorError",
+    "GitError",
+    "LockTimeout",
+    "NotifyError",
+    "Problem",
+    "SourceError",
+    "SpecError",
+    "StageError",
     "TinymlError",
     "UsageError",
-    "Problem",
-    "SpecError",
-    "SourceError",
-    "ArchiveError",
-    "StageError",
-    "ExecutorError",
-    "DeviceError",
-    "LockTimeout",
-    "GitError",
-    "NotifyError",
 ]
 
 _MAX_MESSAGE = 2000

@@ -11,12 +11,12 @@ from typing import Any
 
 __all__ = [
     "atomic_write_bytes",
-    "atomic_write_text",
     "atomic_write_json",
+    "atomic_write_text",
     "canonical_json",
+    "is_within",
     "sha256_bytes",
     "sha256_file",
-    "is_within",
 ]
 
 

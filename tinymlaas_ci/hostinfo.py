@@ -9,17 +9,44 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_info", "memory_mb", "arch", "normalise_arch", "RELEVANT_FLAGS"]
+__all__ = ["RELEVANT_FLAGS", "arch", "cpu_info", "memory_mb", "normalise_arch"]
 
-RELEVANT_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "vnni", "neon", "asimd",
-                  "asimddp", "asimdhp", "fphp", "sve", "sve2", "i8mm", "bf16", "dotprod")
+RELEVANT_FLAGS = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "vnni",
+    "neon",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "fphp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
+    "dotprod",
+)
 """CPU flags that change inference speed (plus every ``avx512*`` and ``amx*``); the rest of
 ``/proc/cpuinfo`` is noise for a latency number."""
 _RELEVANT_PREFIXES = ("avx512", "amx")
 
 _ARCHES = {
-    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armv7",
-    "armv7": "armv7", "armhf": "armv7", "riscv64": "riscv64", "i386": "x86", "i686": "x86", "x86": "x86",
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armv7",
+    "armv7": "armv7",
+    "armhf": "armv7",
+    "riscv64": "riscv64",
+    "i386": "x86",
+    "i686": "x86",
+    "x86": "x86",
 }
 
 

@@ -51,13 +51,16 @@ def main(run_dir: Path, name: str) -> None:
     card = folder / "MODEL_CARD.md"
     card.write_text("\n".join(lines) + "\n")
     digest = hashlib.sha256(card.read_bytes()).hexdigest()
-    write_json(folder / "outputs.json", {
-        "schema": 1,
-        "stage": name,
-        "artifacts": {"card": {"path": f"{name}/MODEL_CARD.md", "sha256": digest, "bytes": card.stat().st_size}},
-        "metrics": {},
-        "records": {},
-    })
+    write_json(
+        folder / "outputs.json",
+        {
+            "schema": 1,
+            "stage": name,
+            "artifacts": {"card": {"path": f"{name}/MODEL_CARD.md", "sha256": digest, "bytes": card.stat().st_size}},
+            "metrics": {},
+            "records": {},
+        },
+    )
     print(f"wrote {card.name} for {model['path']}")
 
 

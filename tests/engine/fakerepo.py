@@ -23,7 +23,8 @@ FAKE_STAGE = textwrap.dedent(
     time.sleep(float(params.get("sleep", 0)))
     fail_flag = params.get("fail_if_exists")
     if fail_flag and (Path(config["repo"]) / fail_flag).exists():
-        (folder / "error.json").write_text(json.dumps({"message": f"{name} was told to fail", "hint": "remove the flag"}))
+        error = {"message": f"{name} was told to fail", "hint": "remove the flag"}
+        (folder / "error.json").write_text(json.dumps(error))
         print("failing on purpose", flush=True)
         sys.exit(3)
     upstream = "".join(o["artifacts"]["data"]["sha256"] for o in config["inputs"].values())

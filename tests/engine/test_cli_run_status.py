@@ -15,8 +15,13 @@ from tinymlaas_ci.engine.progress import Progress
 
 
 def _cli(root, *args, **kw):
-    return subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(root), *args],
-                          capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
 
 
 def test_status_shows_each_stage_and_an_interrupted_one(tmp_path):
@@ -28,7 +33,9 @@ def test_status_shows_each_stage_and_an_interrupted_one(tmp_path):
     assert "resume with: tinymlaas run --select=p/a --select=p/b" in run.stderr
     outcomes = json.loads((root / "outcomes.json").read_text())["outcomes"]
     assert [(o["run"], o["status"], o["failed_stage"]) for o in outcomes] == [
-        ("p/a", "failed", "infer"), ("p/b", "failed", "infer")]
+        ("p/a", "failed", "infer"),
+        ("p/b", "failed", "infer"),
+    ]
 
     status = _cli(root, "status", "--work-dir", work, "p/a")
     assert status.returncode == 0
@@ -39,11 +46,16 @@ def test_status_shows_each_stage_and_an_interrupted_one(tmp_path):
     # A runner killed in the middle of a stage leaves it 'running'; status says it was interrupted.
     (root / "fail-infer").unlink()
     pipe = root / "pipelines/fake.yaml"
-    pipe.write_text(pipe.read_text().replace("{sleep: 0.0, fail_if_exists: fail-infer}", "{sleep: 30, fail_if_exists: fail-infer}"))
+    pipe.write_text(
+        pipe.read_text().replace("{sleep: 0.0, fail_if_exists: fail-infer}", "{sleep: 30, fail_if_exists: fail-infer}")
+    )
     (root / ".work/p/b/infer/started").unlink()  # left by the failed attempt above
-    proc = subprocess.Popen([sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", work,
-                             "--select", "p/b"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", work, "--select", "p/b"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while not (root / ".work/p/b/infer/started").exists():
         assert time.monotonic() < deadline
@@ -52,7 +64,10 @@ def test_status_shows_each_stage_and_an_interrupted_one(tmp_path):
     proc.wait(timeout=30)
     data = json.loads(_cli(root, "status", "--work-dir", work, "--format", "json", "p/b").stdout)
     assert [(s["stage"], s["status"]) for s in data[0]["stages"]] == [
-        ("prepare", "generated"), ("install", "generated"), ("infer", "interrupted")]
+        ("prepare", "generated"),
+        ("install", "generated"),
+        ("infer", "interrupted"),
+    ]
 
 
 def test_github_actions_progress_groups_each_stage_and_annotates_warnings():
@@ -81,7 +96,11 @@ def test_plain_progress_shows_stage_output_only_when_verbose():
         p.stage_finished("p/r", "infer", "failed", 0.5, "boom")
         p.close()
     assert quiet.getvalue().splitlines() == ["[p/r] infer: running", "✗ p/r infer: FAILED 0.5s (boom)"]
-    assert loud.getvalue().splitlines() == ["[p/r] infer: running", "  accuracy 0.98", "✗ p/r infer: FAILED 0.5s (boom)"]
+    assert loud.getvalue().splitlines() == [
+        "[p/r] infer: running",
+        "  accuracy 0.98",
+        "✗ p/r infer: FAILED 0.5s (boom)",
+    ]
 
 
 class _Terminal(io.StringIO):

@@ -14,9 +14,21 @@ def test_model_card_stage_runs_between_builtin_stages(tmp_path):
     spec = root / "runs/digits/cnn-pruned.yaml"
     spec.write_text(spec.read_text() + "pipeline: with-model-card\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--select", "digits/cnn-pruned",
-         "--work-dir", str(root / ".work")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(root),
+            "run",
+            "--select",
+            "digits/cnn-pruned",
+            "--work-dir",
+            str(root / ".work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((root / "runs/digits/results/cnn-pruned.json").read_text())

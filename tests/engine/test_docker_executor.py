@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.docker_support)
 """The Docker executor against a real engine: the sandbox, the stage contract, the errors.
 
 Most tests run a tiny user stage (``python3 -c ...``) on the small base image, so they do not
@@ -29,9 +28,7 @@ docker_sdk = pytest.importorskip("docker")
 from tinymlaas_ci.engine.docker import DockerExecutor
 
 
-def _call(
-    stage: str, script: str, *, image: str | None, run_id: str | None = None, **kw
-) -> StageCall:
+def _call(stage: str, script: str, *, image: str | None, run_id: str | None = None, **kw) -> StageCall:
     """A user stage running ``script`` with python3; ``sys.argv[1]`` is the stage folder."""
     return StageCall(
         run_id=run_id or f"test/{uuid.uuid4().hex[:12]}",
@@ -121,18 +118,14 @@ def sandbox_facts(docker_engine, base_image, tmp_path_factory):
     root = tmp_path_factory.mktemp("sandbox")
     volume, repo = root / "volume", root / "repo"
     (volume / "probe").mkdir(parents=True)
-    (volume / "probe" / "stage.json").write_text(
-        json.dumps({"schema": 1, "stage": "probe", "params": {"x": 1}})
-    )
+    (volume / "probe" / "stage.json").write_text(json.dumps({"schema": 1, "stage": "probe", "params": {"x": 1}}))
     (volume / "other").mkdir()
     private = volume / "other" / "private.txt"
     private.write_text("from an earlier stage\n")
     private.chmod(0o600)  # as a stage running as another user might leave it
     repo.mkdir()
     (repo / "README.txt").write_text("the repository\n")
-    call = _call(
-        "probe", PROBE, image=base_image, memory_mb=256, cpus=1.5, env={"MY_SETTING": "on"}
-    )
+    call = _call("probe", PROBE, image=base_image, memory_mb=256, cpus=1.5, env={"MY_SETTING": "on"})
     lines: list[str] = []
     executor = DockerExecutor()
     outcome = executor.run(call, volume, repo, lines.append)
@@ -223,9 +216,7 @@ def test_container_removed_after_success(sandbox_facts, docker_client):
     assert leftover_containers(docker_client, sandbox_facts["call"].run_id) == []
 
 
-def test_failing_stage_returns_its_exit_code_and_is_removed(
-    executor, volume, repo, base_image, docker_client
-):
+def test_failing_stage_returns_its_exit_code_and_is_removed(executor, volume, repo, base_image, docker_client):
     call = _call("boom", "import sys; print('about to fail'); sys.exit(3)", image=base_image)
     lines: list[str] = []
     outcome = executor.run(call, volume, repo, lines.append)
@@ -280,16 +271,12 @@ def test_out_of_memory_is_reported(executor, volume, repo, base_image, docker_cl
     assert "out of memory (limit 64 MiB)" in lines[-1]
     error = json.loads((volume / "hungry" / "error.json").read_text())
     assert error["type"] == "OutOfMemory"
-    assert (
-        "resources.memory_mb" in error["hint"] and "memory_mb in the device file" in error["hint"]
-    )
+    assert "resources.memory_mb" in error["hint"] and "memory_mb in the device file" in error["hint"]
     assert leftover_containers(docker_client, call.run_id) == []
 
 
 def test_interrupt_removes_the_container(executor, volume, repo, base_image, docker_client):
-    call = _call(
-        "interrupted", "import time; print('started', flush=True); time.sleep(60)", image=base_image
-    )
+    call = _call("interrupted", "import time; print('started', flush=True); time.sleep(60)", image=base_image)
 
     def sink(line: str) -> None:
         raise KeyboardInterrupt  # Ctrl-C while the stage runs
@@ -309,12 +296,8 @@ def test_network_when_the_stage_asks_for_it(executor, volume, repo, base_image):
 
 def test_missing_image_has_a_hint(docker_engine, volume, repo):
     executor = DockerExecutor(default_image="tinymlaas-stage:does-not-exist")
-    call = StageCall(
-        run_id="test/missing", stage="compile", builtin="compile", command=None, image=None
-    )
-    with pytest.raises(
-        ExecutorError, match=r"image tinymlaas-stage:does-not-exist not found on "
-    ) as info:
+    call = StageCall(run_id="test/missing", stage="compile", builtin="compile", command=None, image=None)
+    with pytest.raises(ExecutorError, match=r"image tinymlaas-stage:does-not-exist not found on ") as info:
         executor.run(call, volume, repo, print)
     assert "tinymlaas images build" in info.value.hint
     executor.close()
@@ -322,9 +305,7 @@ def test_missing_image_has_a_hint(docker_engine, volume, repo):
 
 def test_missing_user_image_names_the_stage(executor, docker_engine, volume, repo):
     call = _call("mine", "print(1)", image="example.invalid/my-stage:1")
-    with pytest.raises(
-        ExecutorError, match=r"image example.invalid/my-stage:1 not found .*stage 'mine'"
-    ):
+    with pytest.raises(ExecutorError, match=r"image example.invalid/my-stage:1 not found .*stage 'mine'"):
         executor.run(call, volume, repo, print)
 
 
@@ -339,9 +320,7 @@ def test_unreachable_engine(host, volume, repo):
 
 def test_unreachable_default_engine_names_docker_host(monkeypatch, volume, repo):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/other.sock")
-    with pytest.raises(
-        ExecutorError, match="no Docker engine answers at unix:///nonexistent/other.sock"
-    ):
+    with pytest.raises(ExecutorError, match="no Docker engine answers at unix:///nonexistent/other.sock"):
         DockerExecutor().run(_call("any", "print(1)", image="x"), volume, repo, print)
 
 
@@ -392,12 +371,7 @@ def test_build_stage_image_and_import_the_ml_stack(docker_engine, base_image, vo
     assert [b.tag for b in built] == [STAGE_IMAGE]
     assert built[0].size_bytes > 100_000_000
     # The dangling builder stage was pruned.
-    assert (
-        docker_engine.client.images.list(
-            filters={"dangling": True, "label": "org.tinymlaas.builder"}
-        )
-        == []
-    )
+    assert docker_engine.client.images.list(filters={"dangling": True, "label": "org.tinymlaas.builder"}) == []
 
     executor = DockerExecutor()  # the default image is the one just built
     call = StageCall(
@@ -426,9 +400,7 @@ def test_build_inference_image_from_a_bundle_and_reuse_it(docker_engine, base_im
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text(
-        json.dumps({"schema": 1, "model": "model.onnx", "baseline": "baseline.json"})
-    )
+    (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "model": "model.onnx", "baseline": "baseline.json"}))
     (bundle / "model.onnx").write_bytes(os.urandom(256))  # unique content: a fresh tag
     (bundle / "baseline.json").write_text("{}")
     device = {

@@ -32,9 +32,22 @@ def stage_image(docker_engine):
 
 def _run(root, *args):
     proc = subprocess.run(
-        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--select", RUN,
-         "--work-dir", str(root / ".work"), *args],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(root),
+            "run",
+            "--select",
+            RUN,
+            "--work-dir",
+            str(root / ".work"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads((root / f"runs/{RUN.replace('/', '/results/')}.json").read_text())
@@ -93,20 +106,37 @@ def test_a_stage_image_of_your_own_is_built_by_content_and_used(tmp_path, docker
         " open(f'{run}/{name}/outputs.json', 'w'))\n"
     )
     pipe = root / "pipelines/fake.yaml"
-    pipe.write_text(pipe.read_text().replace(
-        "  - name: prepare\n    command: [python, pipelines/stages/fake.py, '{run}', prepare]\n",
-        "  - name: prepare\n    image: pipelines/images/hello\n    command: [python3, /app/hello.py, '{run}', prepare]\n",
-    ))
+    pipe.write_text(
+        pipe.read_text().replace(
+            "  - name: prepare\n    command: [python, pipelines/stages/fake.py, '{run}', prepare]\n",
+            "  - name: prepare\n    image: pipelines/images/hello\n"
+            "    command: [python3, /app/hello.py, '{run}', prepare]\n",
+        )
+    )
     assert folder_image(root, "pipelines/images/hello") == folder.resolve()
     tag = user_image_tag(folder)
     try:
-        [built] = build_user_images(root, [folder], base=base_image, docker_host=docker_engine.host, sink=lambda _: None)
+        [built] = build_user_images(
+            root, [folder], base=base_image, docker_host=docker_engine.host, sink=lambda _: None
+        )
         assert built.tag == tag
         # Only the first stage runs in Docker here: the fake stages after it need the repo's Python.
         proc = subprocess.run(
-            [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--executor", "docker",
-             "--work-dir", str(root / ".work")],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "tinymlaas_ci",
+                "-C",
+                str(root),
+                "run",
+                "--executor",
+                "docker",
+                "--work-dir",
+                str(root / ".work"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         status = json.loads((root / ".work/p/r1/prepare/status.json").read_text())
         assert status["status"] == "generated", proc.stdout + proc.stderr

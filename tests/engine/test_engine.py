@@ -47,7 +47,7 @@ def test_up_to_date_run_is_skipped_and_force_reuses_nothing(tmp_path):
     root = make_repo(tmp_path)
     repo, engine, _ = _engine(root)
     engine.execute(plan(repo))
-    repo, engine, out = _engine(root)
+    repo, engine, _out = _engine(root)
     [outcome] = engine.execute(plan(repo))
     assert outcome.status == "up-to-date"
     assert _count(root, "prepare") == 1
@@ -102,7 +102,7 @@ def test_a_tampered_output_is_not_trusted(tmp_path):
 def test_failure_writes_error_and_resumes_from_the_last_good_stage(tmp_path):
     root = make_repo(tmp_path)
     (root / "fail-install").write_text("")
-    repo, engine, out = _engine(root)
+    repo, engine, _out = _engine(root)
     [outcome] = engine.execute(plan(repo))
     assert outcome.status == "failed"
     assert outcome.failed_stage == "install"
@@ -146,7 +146,11 @@ def test_gate_failure_still_writes_the_result_with_verdicts(tmp_path):
 def test_a_stage_that_cannot_start_fails_cleanly(tmp_path, bad):
     root = make_repo(tmp_path)
     pipe = root / "pipelines/fake.yaml"
-    pipe.write_text(pipe.read_text().replace("[python, pipelines/stages/fake.py", "[no-such-program-xyz, pipelines/stages/fake.py", 1))
+    pipe.write_text(
+        pipe.read_text().replace(
+            "[python, pipelines/stages/fake.py", "[no-such-program-xyz, pipelines/stages/fake.py", 1
+        )
+    )
     repo, engine, _ = _engine(root)
     [outcome] = engine.execute(plan(repo))
     assert outcome.status == "failed" and outcome.failed_stage == "prepare"

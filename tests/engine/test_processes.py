@@ -16,7 +16,10 @@ from tests.engine.fakerepo import make_repo
 def _start(root: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", str(root / ".work"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -41,8 +44,12 @@ def test_two_runs_on_one_device_take_turns(tmp_path):
 
 
 def test_runs_on_different_devices_overlap(tmp_path):
-    root = make_repo(tmp_path, devices=("d1", "d2"), sleep=1.5,
-                     runs={"a": {"device": "d1"}, "b": {"device": "d2", "quantization": "fp16"}})
+    root = make_repo(
+        tmp_path,
+        devices=("d1", "d2"),
+        sleep=1.5,
+        runs={"a": {"device": "d1"}, "b": {"device": "d2", "quantization": "fp16"}},
+    )
     procs = [_start(root, "--select", "p/a"), _start(root, "--select", "p/b")]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -67,9 +74,12 @@ def test_a_busy_run_times_out_cleanly(tmp_path):
 
 def _result_facts(root: Path) -> dict:
     result = json.loads((root / "runs/p/results/r1.json").read_text())
-    return {"spec_hash": result["run"]["spec_hash"], "status": result["status"],
-            "keys": [s["cache_key"] for s in result["stages"]],
-            "data": {s: (root / f".work/p/r1/{s}/data.txt").read_text() for s in ("prepare", "install", "infer")}}
+    return {
+        "spec_hash": result["run"]["spec_hash"],
+        "status": result["status"],
+        "keys": [s["cache_key"] for s in result["stages"]],
+        "data": {s: (root / f".work/p/r1/{s}/data.txt").read_text() for s in ("prepare", "install", "infer")},
+    }
 
 
 def test_kill_9_mid_stage_then_rerun_matches_an_uninterrupted_run(tmp_path):
@@ -81,8 +91,11 @@ def test_kill_9_mid_stage_then_rerun_matches_an_uninterrupted_run(tmp_path):
 
     root = make_repo(tmp_path / "crash", sleep=0.5)
     pipe = root / "pipelines/fake.yaml"
-    pipe.write_text(pipe.read_text().replace("{sleep: 0.5, fail_if_exists: fail-install}",
-                                             "{sleep: 30, fail_if_exists: fail-install}"))
+    pipe.write_text(
+        pipe.read_text().replace(
+            "{sleep: 0.5, fail_if_exists: fail-install}", "{sleep: 30, fail_if_exists: fail-install}"
+        )
+    )
     proc = _start(root)
     deadline = time.monotonic() + 60
     while not (root / ".work/p/r1/install/started").exists():
@@ -95,8 +108,11 @@ def test_kill_9_mid_stage_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert not (root / ".work/p/r1/install/outputs.json").exists()
 
     # Same pipeline as the clean repo again; the re-run must redo install, reuse prepare.
-    pipe.write_text(pipe.read_text().replace("{sleep: 30, fail_if_exists: fail-install}",
-                                             "{sleep: 0.5, fail_if_exists: fail-install}"))
+    pipe.write_text(
+        pipe.read_text().replace(
+            "{sleep: 30, fail_if_exists: fail-install}", "{sleep: 0.5, fail_if_exists: fail-install}"
+        )
+    )
     proc = _start(root)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out

@@ -25,9 +25,21 @@ def _run(root, device: str):
     spec = root / "runs/digits/cnn.yaml"
     spec.write_text(spec.read_text().replace("device: host", f"device: {device}"))
     return subprocess.run(
-        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--select", RUN,
-         "--work-dir", str(root / ".work")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(root),
+            "run",
+            "--select",
+            RUN,
+            "--work-dir",
+            str(root / ".work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

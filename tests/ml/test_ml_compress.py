@@ -71,7 +71,9 @@ def test_pruning_reaches_target_sparsity_and_gzip_shrinks(compiled, digits_data)
     import onnx
     from onnx import numpy_helper
 
-    weights = [numpy_helper.to_array(i) for i in onnx.load(str(out.deployed)).graph.initializer if i.dims and len(i.dims) >= 2]
+    weights = [
+        numpy_helper.to_array(i) for i in onnx.load(str(out.deployed)).graph.initializer if i.dims and len(i.dims) >= 2
+    ]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
     assert abs(zeros - 0.8) <= 0.01
 
@@ -87,9 +89,14 @@ def test_fine_tuning_restores_accuracy(compiled, digits_data):
     assert tuned_out.record["fine_tune_epochs"] == 2
 
 
-@pytest.mark.parametrize("variant, op", [
-    ("torch-none", None), ("torch-dynamic-int8", "Linear.dynamic-int8"), ("torch-fp16", "Conv2d.fp16"),
-])
+@pytest.mark.parametrize(
+    "variant, op",
+    [
+        ("torch-none", None),
+        ("torch-dynamic-int8", "Linear.dynamic-int8"),
+        ("torch-fp16", "Conv2d.fp16"),
+    ],
+)
 def test_pytorch_runtime_torchscript(compiled, digits_data, variant, op):
     out = compiled(variant)
     assert out.deployed.suffix == ".pt"

@@ -45,8 +45,10 @@ def test_bare_state_dict_and_checkpoint(tmp_path):
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     with pytest.raises(TinymlError, match="bare state_dict"):
         formats.load_torch_model(tmp_path / "sd.pt", "pytorch")
-    torch.save({"arch": "tinymlaas_ci.ml.zoo:TinyCNN", "kwargs": {"num_classes": 4},
-                "state_dict": model.state_dict()}, tmp_path / "ckpt.pt")
+    torch.save(
+        {"arch": "tinymlaas_ci.ml.zoo:TinyCNN", "kwargs": {"num_classes": 4}, "state_dict": model.state_dict()},
+        tmp_path / "ckpt.pt",
+    )
     loaded = formats.load_torch_model(tmp_path / "ckpt.pt", "pytorch")
     assert torch.equal(loaded.head.weight, model.head.weight)
 
@@ -67,8 +69,11 @@ def test_user_class_next_to_the_pickle_is_importable(tmp_path):
     import sys
 
     # Pickle it in another process so this one has never imported the user's module.
-    subprocess.run([sys.executable, "-c", "import torch, usernet_mod; torch.save(usernet_mod.UserNet(), 'model.pkl')"],
-                   cwd=folder, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import torch, usernet_mod; torch.save(usernet_mod.UserNet(), 'model.pkl')"],
+        cwd=folder,
+        check=True,
+    )
     model = formats.load_torch_model(folder / "model.pkl", "pytorch")
     assert type(model).__name__ == "UserNet"
     (folder / "usernet_mod.py").unlink()

@@ -69,7 +69,9 @@ def test_percentile_interpolates():
 
 def test_cpu_info_keeps_relevant_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512_vnni amx_int8 pni\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512_vnni amx_int8 pni\n"
+    )
     info = measure.cpu_info(cpuinfo)
     assert info["cpu_model"] == "Test CPU"
     assert info["isa_flags"] == ["amx_int8", "avx2", "avx512_vnni", "avx512f", "fma", "sse4_2"]

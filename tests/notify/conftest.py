@@ -33,18 +33,25 @@ def cert(tmp_path_factory) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -94,8 +101,11 @@ def _server(cert, security: str):
             return "250 OK"
 
     def authenticator(smtp, session, envelope, mechanism, auth_data):
-        ok = isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode() \
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == USER.encode()
             and auth_data.password == PASSWORD.encode()
+        )
         server.logins.append((mechanism, ok))
         return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535
 
@@ -137,16 +147,26 @@ def notify_repo(tmp_path) -> Path:
     source["run"]["spec_commit"] = "0123456789abcdef0123456789abcdef01234567"
     # Pin the numbers the tests read, so re-measuring the example's results changes nothing here.
     metrics = source["metrics"]
-    metrics.update(accuracy=0.98333, model_size_bytes=51414, baseline_model_bytes=163080,
-                   compression_ratio=163080 / 51414)
+    metrics.update(
+        accuracy=0.98333, model_size_bytes=51414, baseline_model_bytes=163080, compression_ratio=163080 / 51414
+    )
     metrics["latency_ms"]["p50"] = 0.0321
-    source["gates"] = [{"gate": "min_accuracy", "limit": 0.9, "value": 0.98333, "passed": True,
-                        "message": "min_accuracy: measured 0.9833 meets the limit 0.9"}]
+    source["gates"] = [
+        {
+            "gate": "min_accuracy",
+            "limit": 0.9,
+            "value": 0.98333,
+            "passed": True,
+            "message": "min_accuracy: measured 0.9833 meets the limit 0.9",
+        }
+    ]
     (results / "cnn-static-int8.json").write_text(json.dumps(source, indent=2, sort_keys=True))
     shutil.copy(ROOT / "runs" / "digits" / "results" / "cnn-none.json", results / "cnn-none.json")
 
     failed = json.loads(json.dumps(source))
-    failed.update(status="failed", metrics=None, gates=[], error={"stage": "compile", "message": "torch export failed: boom"})
+    failed.update(
+        status="failed", metrics=None, gates=[], error={"stage": "compile", "message": "torch export failed: boom"}
+    )
     failed["run"]["name"] = "cnn-broken"
     failed["spec"]["notify"] = ["oncall@example.com"]
     volume = repo / ".tinymlaas" / "work" / "digits" / "cnn-broken"
@@ -155,14 +175,46 @@ def notify_repo(tmp_path) -> Path:
 
     outcomes = repo / "outcomes"
     outcomes.mkdir()
-    (outcomes / "host.json").write_text(json.dumps({"schema": 1, "outcomes": [
-        {"run": "digits/cnn-static-int8", "status": "succeeded", "result": "runs/digits/results/cnn-static-int8.json",
-         "failed_stage": None, "message": None, "log": None},
-        {"run": "digits/cnn-none", "status": "up-to-date", "result": "runs/digits/results/cnn-none.json",
-         "failed_stage": None, "message": None, "log": None},
-    ]}))
-    (outcomes / "rpi4.json").write_text(json.dumps({"schema": 1, "outcomes": [
-        {"run": "digits/cnn-broken", "status": "failed", "result": None, "failed_stage": "compile",
-         "message": "torch export failed: boom", "log": str(volume / "compile" / "log.txt")},
-    ]}))
+    (outcomes / "host.json").write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "outcomes": [
+                    {
+                        "run": "digits/cnn-static-int8",
+                        "status": "succeeded",
+                        "result": "runs/digits/results/cnn-static-int8.json",
+                        "failed_stage": None,
+                        "message": None,
+                        "log": None,
+                    },
+                    {
+                        "run": "digits/cnn-none",
+                        "status": "up-to-date",
+                        "result": "runs/digits/results/cnn-none.json",
+                        "failed_stage": None,
+                        "message": None,
+                        "log": None,
+                    },
+                ],
+            }
+        )
+    )
+    (outcomes / "rpi4.json").write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "outcomes": [
+                    {
+                        "run": "digits/cnn-broken",
+                        "status": "failed",
+                        "result": None,
+                        "failed_stage": "compile",
+                        "message": "torch export failed: boom",
+                        "log": str(volume / "compile" / "log.txt"),
+                    },
+                ],
+            }
+        )
+    )
     return repo

@@ -18,13 +18,21 @@ from tinymlaas_ci.notify.email import RunReport, SmtpSettings, build_message, su
 
 
 def notify(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("TINYMLAAS_SMTP_", "GITHUB_", "TINYMLAAS_SITE_URL", "TINYMLAAS_WORK_DIR"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TINYMLAAS_SMTP_", "GITHUB_", "TINYMLAAS_SITE_URL", "TINYMLAAS_WORK_DIR"))
+    }
     clean.update(env)
     clean.update(GITHUB_SERVER_URL="https://github.com", GITHUB_REPOSITORY="acme/tinyml", GITHUB_RUN_ID="4242")
-    return subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), "notify", "--outcomes",
-                           str(repo / "outcomes"), *args], capture_output=True, text=True, env=clean, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), "notify", "--outcomes", str(repo / "outcomes"), *args],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=120,
+        check=False,
+    )
 
 
 def parse(envelope) -> email.message.EmailMessage:
@@ -61,7 +69,7 @@ def test_starttls_with_auth_sends_one_mail_per_run(notify_repo, smtp_starttls):
     for body in (text, html):
         assert "0.9833" in body  # accuracy from the result
         assert "51,414" in body  # model size in bytes
-        assert "3.17x" in body   # compression ratio 163080 / 51414
+        assert "3.17x" in body  # compression ratio 163080 / 51414
         assert "min_accuracy: measured 0.9833 meets the limit 0.9" in body
         assert "https://ml.example.com/site/projects/digits/runs/cnn-static-int8.html" in body
         assert "https://github.com/acme/tinyml/actions/runs/4242" in body
@@ -123,35 +131,61 @@ def test_no_host_is_a_clear_error_but_exit_0_and_dry_run_needs_no_settings(notif
 
 
 def test_missing_outcomes_is_a_usage_error(notify_repo):
-    proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "-C", str(notify_repo), "notify", "--outcomes",
-                           str(notify_repo / "nope")], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(notify_repo),
+            "notify",
+            "--outcomes",
+            str(notify_repo / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "no such file or folder" in proc.stderr
 
 
-@pytest.mark.parametrize("env, match", [
-    ({"TINYMLAAS_SMTP_SECURITY": "tls"}, "SECURITY='tls' is not one of"),
-    ({"TINYMLAAS_SMTP_PORT": "99999"}, "PORT='99999' is not a port"),
-    ({"TINYMLAAS_SMTP_USER": "u"}, "USER is set but TINYMLAAS_SMTP_PASSWORD is not"),
-    ({"TINYMLAAS_SMTP_CA_FILE": "/nonexistent/ca.pem"}, "CA_FILE='/nonexistent/ca.pem' is not a file"),
-])
+@pytest.mark.parametrize(
+    "env, match",
+    [
+        ({"TINYMLAAS_SMTP_SECURITY": "tls"}, "SECURITY='tls' is not one of"),
+        ({"TINYMLAAS_SMTP_PORT": "99999"}, "PORT='99999' is not a port"),
+        ({"TINYMLAAS_SMTP_USER": "u"}, "USER is set but TINYMLAAS_SMTP_PASSWORD is not"),
+        ({"TINYMLAAS_SMTP_CA_FILE": "/nonexistent/ca.pem"}, "CA_FILE='/nonexistent/ca.pem' is not a file"),
+    ],
+)
 def test_bad_settings_say_which_and_how(env, match):
     with pytest.raises(NotifyError, match=match):
         SmtpSettings.from_env({"TINYMLAAS_SMTP_HOST": "smtp.example.com", **env})
 
 
 def test_settings_defaults_and_repr_hides_password():
-    s = SmtpSettings.from_env({"TINYMLAAS_SMTP_HOST": "smtp.example.com", "TINYMLAAS_SMTP_USER": USER,
-                               "TINYMLAAS_SMTP_PASSWORD": PASSWORD, "TINYMLAAS_SMTP_SECURITY": "SSL"})
+    s = SmtpSettings.from_env(
+        {
+            "TINYMLAAS_SMTP_HOST": "smtp.example.com",
+            "TINYMLAAS_SMTP_USER": USER,
+            "TINYMLAAS_SMTP_PASSWORD": PASSWORD,
+            "TINYMLAAS_SMTP_SECURITY": "SSL",
+        }
+    )
     assert (s.port, s.security, s.sender) == (465, "ssl", USER)
     assert PASSWORD not in repr(s) and PASSWORD not in s.describe()
     assert s.redact(f"AUTH PLAIN {s.secrets()[2]} and {PASSWORD}") == "AUTH PLAIN *** and ***"
 
 
 def test_gates_failed_subject_names_the_gates():
-    result = {"metrics": {"accuracy": 0.91, "latency_ms": {"p50": 0.5}},
-              "gates": [{"gate": "max_latency_p95_ms", "passed": False, "message": "too slow"},
-                        {"gate": "min_accuracy", "passed": True, "message": "ok"}]}
+    result = {
+        "metrics": {"accuracy": 0.91, "latency_ms": {"p50": 0.5}},
+        "gates": [
+            {"gate": "max_latency_p95_ms", "passed": False, "message": "too slow"},
+            {"gate": "min_accuracy", "passed": True, "message": "ok"},
+        ],
+    }
     report = RunReport("digits/x", "gates-failed", ["a@example.com"], result=result)
     assert subject_for(report) == "[tinymlaas] digits/x gates FAILED (max_latency_p95_ms): accuracy 0.910, p50 0.500 ms"
     msg = build_message(report, "t@example.com")

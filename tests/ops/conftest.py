@@ -29,8 +29,15 @@ def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) ->
     """Run ``tinymlaas ARGS`` as a real process in ``cwd``."""
     full = {k: v for k, v in os.environ.items() if k != "TINYMLAAS_WORK_DIR"}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "tinymlaas_ci", *args], cwd=cwd, capture_output=True, text=True,
-                          env=full, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")

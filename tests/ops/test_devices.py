@@ -21,8 +21,9 @@ def repo(tmp_path) -> Path:
 
 
 def test_register_and_check_the_runner_itself(repo):
-    proc = cli("device", "register", "bench", "--kind", "local", "--runner", "self-hosted", "--runner", "lab-1",
-               cwd=repo)
+    proc = cli(
+        "device", "register", "bench", "--kind", "local", "--runner", "self-hosted", "--runner", "lab-1", cwd=repo
+    )
     assert proc.returncode == 0, proc.stderr
     path = repo / "devices" / "bench.yaml"
     text = path.read_text()
@@ -82,7 +83,7 @@ def test_finding_format():
 
 
 @pytest.mark.docker
-def test_register_and_check_the_docker_engine(repo, docker_engine):  # noqa: F811
+def test_register_and_check_the_docker_engine(repo, docker_engine):
     args = ["device", "register", "engine", "--kind", "docker"]
     if docker_engine.host:
         args += ["--docker-host", docker_engine.host]

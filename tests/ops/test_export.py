@@ -15,8 +15,18 @@ import pytest
 from tests.docker_support import base_image, docker_client, docker_engine  # noqa: F401 (fixtures)
 from tests.ops.conftest import cli
 
-EXPECTED = ["Dockerfile", "README.md", "baseline.onnx", "certs/README.txt", "eval.npz", "export.json", "infer.py",
-            "manifest.json", "model.onnx", "requirements.txt"]
+EXPECTED = [
+    "Dockerfile",
+    "README.md",
+    "baseline.onnx",
+    "certs/README.txt",
+    "eval.npz",
+    "export.json",
+    "infer.py",
+    "manifest.json",
+    "model.onnx",
+    "requirements.txt",
+]
 
 
 GUARDED_RUN = """
@@ -61,8 +71,15 @@ def test_export_writes_a_self_contained_bundle(digits_run, exported):
 def test_standalone_runner_reproduces_the_recorded_accuracy(digits_run, exported):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # -I: isolated mode, no user site, no cwd on sys.path; from a folder without tinymlaas_ci.
-    proc = subprocess.run([sys.executable, "-I", "-c", GUARDED_RUN], cwd=exported, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", GUARDED_RUN],
+        cwd=exported,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     metrics = recorded(digits_run)["metrics"]
@@ -78,9 +95,14 @@ def test_runner_predicts_user_inputs(exported, tmp_path):
         x, y = npz["x"][:5], npz["y"][:5]
     np.save(tmp_path / "one.npy", x[0])
     np.save(tmp_path / "batch.npy", x[1:])
-    proc = subprocess.run([sys.executable, "-I", "infer.py", "--inputs", str(tmp_path / "one.npy"),
-                           str(tmp_path / "batch.npy")], cwd=exported, capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-I", "infer.py", "--inputs", str(tmp_path / "one.npy"), str(tmp_path / "batch.npy")],
+        cwd=exported,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["samples"] == 5
@@ -99,16 +121,34 @@ def test_export_refuses_a_non_empty_folder_and_a_run_without_volume(digits_run, 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_exported_image_reproduces_the_recorded_accuracy(digits_run, exported, docker_client, base_image,  # noqa: F811
-                                                         tmp_path):
+def test_exported_image_reproduces_the_recorded_accuracy(
+    digits_run,
+    exported,
+    docker_client,
+    base_image,
+    tmp_path,
+):
     tag = "tinymlaas-export-test:int8"
     tar = tmp_path / "int8.tar"
-    proc = cli("export", "digits/int8", "--out", str(tmp_path / "img"), "--image", tag, "--base", base_image,
-               "--save", str(tar), cwd=digits_run, timeout=600)
+    proc = cli(
+        "export",
+        "digits/int8",
+        "--out",
+        str(tmp_path / "img"),
+        "--image",
+        tag,
+        "--base",
+        base_image,
+        "--save",
+        str(tar),
+        cwd=digits_run,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     try:
-        logs = docker_client.containers.run(tag, ["--seconds", "0.05"], network_mode="none", read_only=True,
-                                            cap_drop=["ALL"], remove=True, stderr=False)
+        logs = docker_client.containers.run(
+            tag, ["--seconds", "0.05"], network_mode="none", read_only=True, cap_drop=["ALL"], remove=True, stderr=False
+        )
         out = json.loads(logs)
         assert out["accuracy"] == recorded(digits_run)["metrics"]["accuracy"]
         assert out["samples"] == 360

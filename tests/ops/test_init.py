@@ -15,9 +15,17 @@ def test_init_validates_and_plans_immediately(tmp_path):
     dest = tmp_path / "adopter"
     proc = cli("init", str(dest), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for rel in ("runs/example/digits-int8.yaml", "devices/host.yaml", "pipelines/default.yaml", ".gitignore",
-                "README.md", "schemas/run.schema.json", ".github/workflows/run.yml",
-                "uploads/digits-cnn/model.pkl", "uploads/digits/dataset.zip"):
+    for rel in (
+        "runs/example/digits-int8.yaml",
+        "devices/host.yaml",
+        "pipelines/default.yaml",
+        ".gitignore",
+        "README.md",
+        "schemas/run.schema.json",
+        ".github/workflows/run.yml",
+        "uploads/digits-cnn/model.pkl",
+        "uploads/digits/dataset.zip",
+    ):
         assert (dest / rel).is_file(), rel
     assert ".tinymlaas/" in (dest / ".gitignore").read_text()
     if shutil.which("git"):

@@ -12,8 +12,14 @@ from tinymlaas_ci.report.loader import load_results
 
 
 def test_pareto_front_keeps_only_undominated_points():
-    pts = [("fast", 0.90, 1.0), ("accurate", 0.99, 5.0), ("middle", 0.95, 2.0),
-           ("dominated", 0.94, 3.0), ("slow-and-bad", 0.80, 9.0), ("twin", 0.95, 2.0)]
+    pts = [
+        ("fast", 0.90, 1.0),
+        ("accurate", 0.99, 5.0),
+        ("middle", 0.95, 2.0),
+        ("dominated", 0.94, 3.0),
+        ("slow-and-bad", 0.80, 9.0),
+        ("twin", 0.95, 2.0),
+    ]
     assert pareto_front(pts) == {"fast", "accurate", "middle", "twin"}
     assert pareto_front([]) == set()
     # Equal latency: only the more accurate one.
@@ -42,8 +48,10 @@ def test_history_has_one_entry_per_commit_newest_first(tmp_path):
     assert len(entries) == 3
     assert entries[0].date > entries[1].date > entries[2].date
     assert entries[0].raw == (tmp_path / "runs/digits/results/cnn-static-int8.json").read_bytes()
-    assert collect_history(tmp_path, [x.path for x in loaded], limit=2)["runs/digits/results/cnn-none.json"][1].commit \
+    assert (
+        collect_history(tmp_path, [x.path for x in loaded], limit=2)["runs/digits/results/cnn-none.json"][1].commit
         == entries[1].commit
+    )
 
 
 def test_history_outside_git_is_empty(tmp_path):

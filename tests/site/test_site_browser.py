@@ -14,8 +14,14 @@ import pytest
 from conftest import REPO
 
 CHROMIUM = os.environ.get("TINYMLAAS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--headless"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--headless",
+]
 ARTIFACTS = REPO / "test-output" / "site"
 
 
@@ -73,8 +79,8 @@ class _Page:
         self.page.wait_for_load_state("load")
         if charts:
             self.page.wait_for_function(
-                f"document.querySelectorAll('.tm-chart[data-rendered] svg.main-svg').length >= {charts}",
-                timeout=15000)
+                f"document.querySelectorAll('.tm-chart[data-rendered] svg.main-svg').length >= {charts}", timeout=15000
+            )
         # A browser asks for /favicon.ico on its own; the site declares its own icon.
         errors = [e for e in self.errors if "favicon.ico" not in e]
         failed = [f for f in self.failed if "favicon.ico" not in f]
@@ -123,8 +129,12 @@ def test_dashboard_charts_sorting_and_screenshot(browser, served, built_site):
         header.click()
         header.click()  # descending
         column = table.locator("thead th").all_inner_texts().index("Accuracy")
-        shown = [float(v) for v in table.locator(f"tbody tr td:nth-child({column + 1})").evaluate_all(
-            "cells => cells.map(c => c.getAttribute('data-sort')).filter(v => v !== '')")]
+        shown = [
+            float(v)
+            for v in table.locator(f"tbody tr td:nth-child({column + 1})").evaluate_all(
+                "cells => cells.map(c => c.getAttribute('data-sort')).filter(v => v !== '')"
+            )
+        ]
         digits = [r["metrics"]["accuracy"] for r in results if r["run"]["project"] == "digits" and r["metrics"]]
         assert shown == sorted(digits, reverse=True)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -140,7 +150,7 @@ def test_run_page_shows_that_runs_numbers(browser, served, built_site):
     page = _Page(browser)
     try:
         p = page.open(served + "projects/kws/runs/ds-cnn-fp16.html", charts=4)
-        assert p.locator('[data-metric="accuracy"]').inner_text() == f'{res["metrics"]["accuracy"] * 100:.2f} %'
+        assert p.locator('[data-metric="accuracy"]').inner_text() == f"{res['metrics']['accuracy'] * 100:.2f} %"
         p50 = res["metrics"]["latency_ms"]["p50"]
         assert p.locator('[data-metric="p50"]').inner_text() == (f"{p50:.4g} ms" if p50 >= 1 else f"{p50:.4f} ms")
         assert p.locator(".tm-chart[aria-label='Confusion matrix heatmap'] svg.main-svg").count() >= 1

@@ -45,10 +45,19 @@ def test_pages_for_every_project_and_run(built_site):
     for res in results:
         run = res["run"]
         assert (out / "projects" / run["project"] / "runs" / f"{run['name']}.html").is_file()
-    for page in ("index.html", "projects/index.html", "projects/digits/index.html", "projects/digits/compare.html",
-                 "reference/spec.html", "reference/cli.html", "guide/getting-started.html",
-                 "research/index.html", "research/posts/static-vs-dynamic-int8.html",
-                 "assets/tinymlaas/plotly.min.js", ".nojekyll"):
+    for page in (
+        "index.html",
+        "projects/index.html",
+        "projects/digits/index.html",
+        "projects/digits/compare.html",
+        "reference/spec.html",
+        "reference/cli.html",
+        "guide/getting-started.html",
+        "research/index.html",
+        "research/posts/static-vs-dynamic-int8.html",
+        "assets/tinymlaas/plotly.min.js",
+        ".nojekyll",
+    ):
         assert (out / page).exists(), page
 
 
@@ -93,11 +102,11 @@ def test_run_page_numbers_and_provenance(built_site):
     res = next(r for r in results if r["run"]["name"] == "cnn-static-int8")
     html = (out / "projects/digits/runs/cnn-static-int8.html").read_text()
     m = res["metrics"]
-    assert f'{m["accuracy"] * 100:.2f} %' in html
-    assert f'{m["model_size_bytes"]:,} bytes' in html
+    assert f"{m['accuracy'] * 100:.2f} %" in html
+    assert f"{m['model_size_bytes']:,} bytes" in html
     assert res["run"]["actions_run_url"] in html
     assert "calibration_samples: 256" in html  # the spec as YAML
-    assert "Confusion matrix" in html and "Stage timeline" not in html or "tm-figure" in html
+    assert ("Confusion matrix" in html and "Stage timeline" not in html) or "tm-figure" in html
 
 
 def test_failed_run_page_says_why(built_site):
@@ -174,7 +183,8 @@ def test_quarto_posts_are_rendered_when_quarto_is_there(tmp_path):
     )
     fake.chmod(0o755)
     (tmp_path / "site/docs/research/posts/notes.qmd").write_text(
-        "---\ntitle: Notes on pruning\ndate: 2025-03-01\nformat: gfm\n---\n\nSome analysis.\n\n<!-- more -->\n\nMore.\n")
+        "---\ntitle: Notes on pruning\ndate: 2025-03-01\nformat: gfm\n---\n\nSome analysis.\n\n<!-- more -->\n\nMore.\n"
+    )
     report = build_site(tmp_path, tmp_path / "out", cli_parser=build_parser(), quarto=str(fake))
     assert report.rendered_posts == ["research/posts/notes.qmd"] and not report.skipped_posts
     html = (tmp_path / "out/research/posts/notes-on-pruning.html").read_text()  # the blog slugs the title
@@ -221,6 +231,11 @@ def test_cli_build_twice_into_the_same_folder(tmp_path, capsys):
 
 
 def test_cli_site_help_lists_commands():
-    proc = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "site", "--help"], check=False, capture_output=True, text=True,
-                          env=dict(os.environ))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", "site", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0 and "build" in proc.stdout and "serve" in proc.stdout

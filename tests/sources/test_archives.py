@@ -28,9 +28,7 @@ def _zip(tmp: Path, name: str, build) -> Path:
     return path
 
 
-def _tar(
-    tmp: Path, name: str, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz"
-) -> Path:
+def _tar(tmp: Path, name: str, members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz") -> Path:
     path = tmp / name
     with tarfile.open(path, mode) as tf:
         for info, data in members:
@@ -136,9 +134,7 @@ HOSTILE = {
         r"member '/etc/cron\.d/evil': has an absolute path",
     ),
     "tar-symlink": (
-        lambda t: _tar(
-            t, "a.tar", [(_ti("train/l", tarfile.SYMTYPE, linkname="/etc/passwd"), None)], "w"
-        ),
+        lambda t: _tar(t, "a.tar", [(_ti("train/l", tarfile.SYMTYPE, linkname="/etc/passwd"), None)], "w"),
         {},
         r"member 'train/l': is a symbolic link \(to '/etc/passwd'\)",
     ),
@@ -152,9 +148,7 @@ HOSTILE = {
         r"member 'b\.txt': is a hard link",
     ),
     "tar-device": (
-        lambda t: _tar(
-            t, "a.tar.gz", [(_ti("dev/sda", tarfile.CHRTYPE, devmajor=8, devminor=0), None)]
-        ),
+        lambda t: _tar(t, "a.tar.gz", [(_ti("dev/sda", tarfile.CHRTYPE, devmajor=8, devminor=0), None)]),
         {},
         r"member 'dev/sda': is a device file",
     ),

@@ -70,9 +70,7 @@ def test_odd_shape_names_the_file(tmp_path):
     files = imagefolder_files({"train": {"0": 2}})
     files["train/0/zz_big.png"] = png_bytes(np.zeros((9, 9), np.uint8))
     write_tree(tmp_path / "ds", files)
-    with pytest.raises(
-        SourceError, match=r"train/0/zz_big\.png has shape \(1, 9, 9\) but .* \(1, 8, 8\)"
-    ):
+    with pytest.raises(SourceError, match=r"train/0/zz_big\.png has shape \(1, 9, 9\) but .* \(1, 8, 8\)"):
         convert_dataset(tmp_path / "ds", tmp_path / "d.npz")
     assert not (tmp_path / "d.npz").exists()
 
@@ -101,12 +99,8 @@ def test_parquet_hf_layout_with_label_names(tmp_path):
     write_tree(
         tmp_path / "pq",
         {
-            "data/train-00000-of-00001.parquet": parquet_bytes(
-                imgs[:3], [0, 1, 2], names=["zero", "one", "two"]
-            ),
-            "data/test-00000-of-00001.parquet": parquet_bytes(
-                imgs[3:], [2, 0], names=["zero", "one", "two"]
-            ),
+            "data/train-00000-of-00001.parquet": parquet_bytes(imgs[:3], [0, 1, 2], names=["zero", "one", "two"]),
+            "data/test-00000-of-00001.parquet": parquet_bytes(imgs[3:], [2, 0], names=["zero", "one", "two"]),
             "README.md": b"# card",
         },
     )
@@ -146,16 +140,10 @@ def test_parquet_split_folders_raw_bytes_and_numeric_rows(tmp_path):
     )
     data = load_npz(tmp_path / "b.npz")
     assert summary.sample_shape == (1, 8, 8)
-    np.testing.assert_allclose(
-        data["x_test"][0].ravel(), np.arange(64) / 64.0
-    )  # numbers used as-is
+    np.testing.assert_allclose(data["x_test"][0].ravel(), np.arange(64) / 64.0)  # numbers used as-is
 
-    with pytest.raises(
-        SourceError, match=r"has no column 'img' \(columns: pixels, target\)"
-    ) as info:
-        convert_dataset(
-            tmp_path / "b", tmp_path / "c.npz", image_column="img", label_column="target"
-        )
+    with pytest.raises(SourceError, match=r"has no column 'img' \(columns: pixels, target\)") as info:
+        convert_dataset(tmp_path / "b", tmp_path / "c.npz", image_column="img", label_column="target")
     assert "image_column" in info.value.hint
 
 
@@ -191,14 +179,10 @@ def test_upload_checks(tmp_path):
     os.symlink(outside, repo / "uploads" / "m" / "escape.onnx")
     with pytest.raises(SourceError, match="resolves outside the repository"):
         resolve_upload(repo, "uploads/m/escape.onnx")
-    os.symlink(
-        "model.onnx", repo / "uploads" / "m" / "alias.onnx"
-    )  # a link inside the repo is fine
+    os.symlink("model.onnx", repo / "uploads" / "m" / "alias.onnx")  # a link inside the repo is fine
     assert resolve_upload(repo, "uploads/m/alias.onnx").sha256 == up.sha256
 
-    (repo / "uploads" / "m" / "lfs.onnx").write_bytes(
-        b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"
-    )
+    (repo / "uploads" / "m" / "lfs.onnx").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n")
     with pytest.raises(SourceError, match="Git LFS pointer") as info:
         resolve_upload(repo, "uploads/m/lfs.onnx")
     assert "lfs" in info.value.hint

@@ -24,9 +24,7 @@ def model_repo(fake_hub):
 
 
 def test_branch_resolves_to_head_commit_and_downloads(fake_hub, model_repo, tmp_path):
-    got = hub.download_file(
-        "acme/digits-cnn", "model.onnx", tmp_path, revision="main", endpoint=fake_hub.endpoint
-    )
+    got = hub.download_file("acme/digits-cnn", "model.onnx", tmp_path, revision="main", endpoint=fake_hub.endpoint)
     assert got.commit == model_repo.head
     assert got.revision == "main"
     assert got.path.read_bytes().startswith(b"onnx-v2-")
@@ -49,9 +47,7 @@ def test_tag_and_commit_resolve_to_the_tagged_commit(fake_hub, model_repo, tmp_p
 
 
 def test_large_file_follows_redirect_to_second_server(fake_hub, model_repo, tmp_path):
-    got = hub.download_file(
-        "acme/digits-cnn", "weights/big.bin", tmp_path, endpoint=fake_hub.endpoint
-    )
+    got = hub.download_file("acme/digits-cnn", "weights/big.bin", tmp_path, endpoint=fake_hub.endpoint)
     assert got.bytes == 300_000 and got.path.read_bytes() == b"\x01" * 300_000
     assert got.path == tmp_path / "weights" / "big.bin"
     assert [r for r in fake_hub.requests if r.server == "cdn" and r.method == "GET"]
@@ -65,9 +61,7 @@ def test_missing_repo_names_repo_and_says_check_id(fake_hub, tmp_path):
 
 
 def test_missing_revision_names_revision(fake_hub, model_repo, tmp_path):
-    with pytest.raises(
-        SourceError, match=r"revision 'nightly' was not found in .*'acme/digits-cnn'"
-    ) as info:
+    with pytest.raises(SourceError, match=r"revision 'nightly' was not found in .*'acme/digits-cnn'") as info:
         hub.download_file(
             "acme/digits-cnn",
             "model.onnx",
@@ -92,18 +86,14 @@ def test_gated_without_token_says_request_access_and_set_token(fake_hub, tmp_pat
     with pytest.raises(SourceError, match=r"'acme/gated'.* is gated") as info:
         hub.download_file("acme/gated", "model.onnx", tmp_path, endpoint=fake_hub.endpoint)
     assert "request access" in info.value.hint and "HF_TOKEN" in info.value.hint
-    got = hub.download_file(
-        "acme/gated", "model.onnx", tmp_path, endpoint=fake_hub.endpoint, token=fake_hub.token
-    )
+    got = hub.download_file("acme/gated", "model.onnx", tmp_path, endpoint=fake_hub.endpoint, token=fake_hub.token)
     assert got.path.read_bytes() == b"secret-model"
 
 
 def test_gated_with_a_token_without_access(fake_hub, tmp_path):
     fake_hub.add_repo("acme/gated", gated=True, files={"model.onnx": b"m"})
     with pytest.raises(SourceError, match="is gated") as info:
-        hub.download_file(
-            "acme/gated", "model.onnx", tmp_path, endpoint=fake_hub.endpoint, token="hf_wrong"
-        )
+        hub.download_file("acme/gated", "model.onnx", tmp_path, endpoint=fake_hub.endpoint, token="hf_wrong")
     assert "has no access" in info.value.hint
     assert "hf_wrong" not in str(info.value)
 
@@ -131,28 +121,20 @@ def test_unreachable_hub_says_check_the_network(tmp_path):
 
 def test_dataset_snapshot_imagefolder(fake_hub, tmp_path):
     files = imagefolder_files({"train": {"0": 2, "1": 2}, "test": {"0": 1, "1": 1}})
-    repo = fake_hub.add_repo(
-        "acme/digits", repo_type="dataset", files={**files, "README.md": b"# digits"}
-    )
+    repo = fake_hub.add_repo("acme/digits", repo_type="dataset", files={**files, "README.md": b"# digits"})
     repo.branch("v2", repo.commit({"test/1/extra.png": png_bytes(digit_pixels(99))}, branch="dev"))
     snap = hub.download_snapshot("acme/digits", tmp_path, endpoint=fake_hub.endpoint)
     assert snap.commit == repo.head
     assert sorted(snap.files) == sorted([*files, "README.md"])
     assert (tmp_path / "train/0/000.png").read_bytes() == files["train/0/000.png"]
-    again = hub.download_snapshot(
-        "acme/digits", tmp_path / "again", revision=repo.head, endpoint=fake_hub.endpoint
-    )
+    again = hub.download_snapshot("acme/digits", tmp_path / "again", revision=repo.head, endpoint=fake_hub.endpoint)
     assert again.sha256 == snap.sha256
-    dev = hub.download_snapshot(
-        "acme/digits", tmp_path / "dev", revision="v2", endpoint=fake_hub.endpoint
-    )
+    dev = hub.download_snapshot("acme/digits", tmp_path / "dev", revision="v2", endpoint=fake_hub.endpoint)
     assert dev.commit == repo.branches["v2"] != repo.head and "test/1/extra.png" in dev.files
 
 
 def test_dataset_snapshot_parquet_and_wrong_repo_type(fake_hub, tmp_path):
-    table = parquet_bytes(
-        [{"bytes": png_bytes(digit_pixels(1)), "path": None}], [0], names=["zero"]
-    )
+    table = parquet_bytes([{"bytes": png_bytes(digit_pixels(1)), "path": None}], [0], names=["zero"])
     repo = fake_hub.add_repo(
         "acme/pq",
         repo_type="dataset",

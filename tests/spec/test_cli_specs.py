@@ -21,8 +21,9 @@ SWEEP = RUN + "matrix:\n  compression.quantization: [none, fp16]\n"
 
 
 def tinymlaas(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinymlaas_ci", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def demo(repo: Path) -> Path:
 
 
 # -- validate ---------------------------------------------------------------------------------
+
 
 def test_validate_valid_repository_exits_0(demo: Path):
     out = tinymlaas("validate", cwd=demo)
@@ -131,6 +133,7 @@ def test_github_annotation_escapes_newlines():
 
 # -- plan -------------------------------------------------------------------------------------
 
+
 def _plan_json(root: Path, *args: str) -> dict:
     out = tinymlaas("plan", "--format", "json", *args, cwd=root)
     assert out.returncode == 0, out.stderr
@@ -156,8 +159,15 @@ def test_plan_json_structure(demo: Path):
     assert [s["name"] for s in run["stages"]] == ["fetch", "compile", "install", "infer"]
     assert all(len(s["key"]) == 64 for s in run["stages"]) and len(run["spec_hash"]) == 64
     assert plan["summary"] == {"total": 3, "new": 3, "changed": 0, "up-to-date": 0}
-    assert plan["matrix"] == {"include": [{"device": "host", "runner": ["self-hosted", "host"],
-                                           "runs": ["demo/cnn-none", "demo/cnn-fp16", "demo/small"]}]}
+    assert plan["matrix"] == {
+        "include": [
+            {
+                "device": "host",
+                "runner": ["self-hosted", "host"],
+                "runs": ["demo/cnn-none", "demo/cnn-fp16", "demo/small"],
+            }
+        ]
+    }
 
 
 def test_plan_statuses_against_committed_results(demo: Path):
@@ -181,9 +191,18 @@ def test_plan_statuses_against_committed_results(demo: Path):
     lines = text.stdout.splitlines()
     assert lines[0].split() == ["RUN", "DEVICE", "STATUS", "STAGES"]
     keys = {r["id"]: [s["key"][:8] for s in r["stages"]] for r in plan["runs"]}
-    assert lines[1].split() == ["demo/cnn-none", "host", "up-to-date",
-                                f"fetch[{keys['demo/cnn-none'][0]}]", "->", f"compile[{keys['demo/cnn-none'][1]}]",
-                                "->", f"install[{keys['demo/cnn-none'][2]}]", "->", f"infer[{keys['demo/cnn-none'][3]}]"]
+    assert lines[1].split() == [
+        "demo/cnn-none",
+        "host",
+        "up-to-date",
+        f"fetch[{keys['demo/cnn-none'][0]}]",
+        "->",
+        f"compile[{keys['demo/cnn-none'][1]}]",
+        "->",
+        f"install[{keys['demo/cnn-none'][2]}]",
+        "->",
+        f"infer[{keys['demo/cnn-none'][3]}]",
+    ]
     assert lines[-1] == "3 runs: 1 new, 1 changed, 1 up to date"
 
     md = tinymlaas("plan", "--format", "markdown", cwd=demo)

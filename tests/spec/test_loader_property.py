@@ -72,18 +72,79 @@ def check(raw: str | bytes) -> None:
 # -- YAML-ish text: block and flow collections, anchors, aliases, tags, odd scalars ------------
 
 _SCALARS = st.one_of(
-    st.sampled_from(["1", "-1", "0x1f", "1e400", ".nan", "~", "null", "true", "no", "''", '""',
-                     "2024-01-01", "static-int8", "uploads/m/model.onnx", "schema", "'a: b'",
-                     "|\n  text", ">-\n  folded", "\"\\u00e9\"", "\"\\q\"", "'unclosed", "@at",
-                     "`tick", "%pct", "!!int x", "!!bool 2", "!!float x", "!!binary aGk=",
-                     "!!python/object/apply:os.system [x]", "!custom v", "!!timestamp 2024-13-45",
-                     "<<", "? k", "*undefined", "&anchor v", "*anchor", "---", "..."]),
+    st.sampled_from(
+        [
+            "1",
+            "-1",
+            "0x1f",
+            "1e400",
+            ".nan",
+            "~",
+            "null",
+            "true",
+            "no",
+            "''",
+            '""',
+            "2024-01-01",
+            "static-int8",
+            "uploads/m/model.onnx",
+            "schema",
+            "'a: b'",
+            "|\n  text",
+            ">-\n  folded",
+            '"\\u00e9"',
+            '"\\q"',
+            "'unclosed",
+            "@at",
+            "`tick",
+            "%pct",
+            "!!int x",
+            "!!bool 2",
+            "!!float x",
+            "!!binary aGk=",
+            "!!python/object/apply:os.system [x]",
+            "!custom v",
+            "!!timestamp 2024-13-45",
+            "<<",
+            "? k",
+            "*undefined",
+            "&anchor v",
+            "*anchor",
+            "---",
+            "...",
+        ]
+    ),
     st.text(alphabet=string.ascii_letters + string.digits + " -_.:#&*!|>'\"%@`,[]{}\t", max_size=12),
 )
-_KEYS = st.sampled_from(["schema", "name", "model", "dataset", "upload", "huggingface", "file",
-                         "compression", "quantization", "matrix", "device", "stages", "needs",
-                         "builtin", "command", "<<", "1", "true", "null", "? [a]", "&k key",
-                         "*k", "a b", "'q'", ""])
+_KEYS = st.sampled_from(
+    [
+        "schema",
+        "name",
+        "model",
+        "dataset",
+        "upload",
+        "huggingface",
+        "file",
+        "compression",
+        "quantization",
+        "matrix",
+        "device",
+        "stages",
+        "needs",
+        "builtin",
+        "command",
+        "<<",
+        "1",
+        "true",
+        "null",
+        "? [a]",
+        "&k key",
+        "*k",
+        "a b",
+        "'q'",
+        "",
+    ]
+)
 
 
 def _block(children):
@@ -127,7 +188,7 @@ def _mangle(text: str, data) -> str:
         return text[: data.draw(st.integers(0, len(text)))]
     if edit == "dup" and lines:
         i = data.draw(st.integers(0, len(lines) - 1))
-        return "\n".join(lines[: i + 1] + [lines[i]] + lines[i + 1:])
+        return "\n".join(lines[: i + 1] + [lines[i]] + lines[i + 1 :])
     if edit == "indent" and lines:
         i = data.draw(st.integers(0, len(lines) - 1))
         lines[i] = " " * data.draw(st.integers(1, 5)) + lines[i]
@@ -155,8 +216,7 @@ def test_yaml_like_text_only_yields_problems(text, data):
     check(_mangle(text, data))
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(YAMLISH)
 def test_raising_api_raises_only_spec_error(tmp_path_factory, text):
     """Through a whole repository and ``raise_for_problems``: a SpecError or nothing."""
@@ -196,10 +256,9 @@ def test_deep_nesting_is_refused_without_crashing(text):
 
 def test_time_bound_interrupts_a_hang():
     """The guard the property tests rely on actually fires."""
-    with pytest.raises(Hang, match="no answer within"):
-        with time_bound(0.05):
-            while True:
-                pass
+    with pytest.raises(Hang, match="no answer within"), time_bound(0.05):
+        while True:
+            pass
 
 
 def test_example_specs_load_as_mappings():

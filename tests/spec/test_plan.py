@@ -84,8 +84,14 @@ def test_matrix_expansion_names_and_counts(repo: Path):
     _write(repo, "runs/p/grid.yaml", RUN + "matrix:\n  device: [host, rpi4]\n  measure.batch_size: [1, 8]\n")
     result = _plan(repo)
     assert [r.name for r in result.runs] == [
-        "cnn-none", "cnn-dynamic-int8", "cnn-static-int8", "cnn-fp16",
-        "grid-host-1", "grid-host-8", "grid-rpi4-1", "grid-rpi4-8",
+        "cnn-none",
+        "cnn-dynamic-int8",
+        "cnn-static-int8",
+        "cnn-fp16",
+        "grid-host-1",
+        "grid-host-8",
+        "grid-rpi4-1",
+        "grid-rpi4-8",
     ]
     grid = {r.name: r for r in result.runs if r.name.startswith("grid")}
     assert grid["grid-rpi4-8"].device == "rpi4" and grid["grid-rpi4-8"].spec.measure.batch_size == 8
@@ -122,7 +128,7 @@ def test_plan_json_matrix_groups_pending_runs_by_device(repo: Path):
     _write(repo, "runs/p/solo.yaml", RUN + "device: rpi4\n")
     first = _plan(repo)
     done = next(r for r in first.runs if r.id == "p/grid-host")
-    _write(repo, "runs/p/results/grid-host.json", '{"run": {"spec_hash": "%s"}}' % done.spec_hash)
+    _write(repo, "runs/p/results/grid-host.json", f'{{"run": {{"spec_hash": "{done.spec_hash}"}}}}')
     assert _plan(repo).to_json()["matrix"] == {
         "include": [
             # grid-host is up to date, so host has nothing pending and no job.

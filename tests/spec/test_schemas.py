@@ -36,16 +36,24 @@ def test_committed_schemas_equal_generated():
 
 
 def test_schema_check_command_passes_and_catches_a_stale_file(tmp_path: Path):
-    ok = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "--repo", str(ROOT), "schema", "--check"],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", "--repo", str(ROOT), "schema", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
 
     copy = tmp_path / "repo"
     shutil.copytree(ROOT / "schemas", copy / "schemas")
     stale = copy / "schemas" / "run.schema.json"
     stale.write_text(stale.read_text().replace("Run name, unique in its project.", "An old description."))
-    out = subprocess.run([sys.executable, "-m", "tinymlaas_ci", "--repo", str(copy), "schema", "--check"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tinymlaas_ci", "--repo", str(copy), "schema", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert out.stderr.splitlines() == [
         "schemas/run.schema.json is out of date",

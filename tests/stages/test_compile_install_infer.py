@@ -33,7 +33,7 @@ def make_data(seed: int = 0) -> dict[str, np.ndarray]:
         y = np.arange(n) % 4
         x = rng.normal(0.3, 0.1, size=(n, 3, 16, 16)).astype(np.float32)
         for i, c in enumerate(y):
-            x[i, c % 3, (c // 2) * 8:(c // 2) * 8 + 8, :] += 0.6
+            x[i, c % 3, (c // 2) * 8 : (c // 2) * 8 + 8, :] += 0.6
         out[f"x_{split}"], out[f"y_{split}"] = x, y.astype(np.int64)
     return out
 
@@ -57,7 +57,8 @@ def trained_tiny(tmp_path_factory):
 
 def spec_json(**overrides) -> dict:
     raw = {
-        "schema": 1, "name": "tiny",
+        "schema": 1,
+        "name": "tiny",
         "model": {"upload": "uploads/tiny/model.pkl"},
         "dataset": {"upload": "uploads/tiny/data.zip"},
         "measure": SMALL_MEASURE,
@@ -74,7 +75,9 @@ def write_fetch(volume: Path, model_file: Path, data: dict, *, fmt: str) -> dict
     model.write_bytes(model_file.read_bytes())
     np.savez(fetch / "dataset.npz", labels=np.asarray(LABELS), **data)
     outputs = {
-        "schema": 1, "stage": "fetch", "builtin": "fetch",
+        "schema": 1,
+        "stage": "fetch",
+        "builtin": "fetch",
         "artifacts": {
             name: {"path": p.relative_to(volume).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
             for name, p in (("model", model), ("dataset", fetch / "dataset.npz"))
@@ -89,15 +92,27 @@ def write_fetch(volume: Path, model_file: Path, data: dict, *, fmt: str) -> dict
 def run_stage(volume: Path, builtin: str, spec: dict, inputs: dict, device: dict | None = None):
     """Write stage.json and run ``python -m tinymlaas_ci.stages.<builtin>``; returns (proc, outputs|error)."""
     config = {
-        "schema": 1, "stage": builtin, "builtin": builtin, "run": {"project": "tests", "name": "tiny"},
-        "repo": str(ROOT), "params": {}, "spec": spec,
+        "schema": 1,
+        "stage": builtin,
+        "builtin": builtin,
+        "run": {"project": "tests", "name": "tiny"},
+        "repo": str(ROOT),
+        "params": {},
+        "spec": spec,
         "device": device or {"schema": 1, "name": "host", "kind": "local", "arch": "amd64"},
         "inputs": inputs,
     }
     atomic_write_json(volume / builtin / "stage.json", config)
     env = dict(os.environ, PYTHONPATH=str(ROOT), TINYMLAAS_SANDBOXED="1")
-    proc = subprocess.run([sys.executable, "-m", f"tinymlaas_ci.stages.{builtin}", str(volume), "--name", builtin],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"tinymlaas_ci.stages.{builtin}", str(volume), "--name", builtin],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = volume / builtin / ("outputs.json" if proc.returncode == 0 else "error.json")
     assert out.is_file(), proc.stdout + proc.stderr
     return proc, json.loads(out.read_text())
@@ -122,7 +137,9 @@ def test_tiny_model_through_compile_install_infer(tmp_path, trained_tiny):
     # A model this small (~7 KB) can grow under QDQ quantization (scales and zero points per
     # tensor outweigh the saved weight bytes); what must hold is that the graph is quantized.
     assert any(op.endswith(".int8") for op in comp.ops_quantized), comp.ops_quantized
-    assert rec["model_parameters"] == sum(p.numel() for p in torch.load(folder / "model.pkl", weights_only=False).parameters())
+    assert rec["model_parameters"] == sum(
+        p.numel() for p in torch.load(folder / "model.pkl", weights_only=False).parameters()
+    )
     assert rec["input_shape"] == [3, 16, 16]
     assert {"torch", "onnx", "onnxruntime"} <= set(rec["tools"])
 
@@ -152,8 +169,11 @@ def test_tiny_model_through_compile_install_infer(tmp_path, trained_tiny):
 def test_torchscript_on_pytorch_runtime(tmp_path, trained_tiny):
     folder, data = trained_tiny
     volume = tmp_path / "run"
-    spec = spec_json(model={"upload": "uploads/tiny/model.pt", "input_shape": [3, 16, 16]},
-                     runtime="pytorch", compression={"quantization": "fp16"})
+    spec = spec_json(
+        model={"upload": "uploads/tiny/model.pt", "input_shape": [3, 16, 16]},
+        runtime="pytorch",
+        compression={"quantization": "fp16"},
+    )
     fetch = write_fetch(volume, folder / "model.pt", data, fmt="torchscript")
     proc, compiled = run_stage(volume, "compile", spec, {"fetch": fetch})
     assert proc.returncode == 0, proc.stderr
@@ -199,18 +219,31 @@ def _fake_compile(volume: Path, fetch: dict) -> dict:
     comp.mkdir(parents=True)
     (comp / "model.onnx").write_bytes(b"model")
     (comp / "baseline.onnx").write_bytes(b"baseline")
-    arts = {k: {"path": f"compile/{f}", "sha256": sha256_file(comp / f), "bytes": (comp / f).stat().st_size}
-            for k, f in (("model", "model.onnx"), ("baseline", "baseline.onnx"))}
-    return {"schema": 1, "stage": "compile", "builtin": "compile", "artifacts": arts, "metrics": {},
-            "records": {"input_shape": [3, 16, 16], "dataset": fetch["artifacts"]["dataset"]}}
+    arts = {
+        k: {"path": f"compile/{f}", "sha256": sha256_file(comp / f), "bytes": (comp / f).stat().st_size}
+        for k, f in (("model", "model.onnx"), ("baseline", "baseline.onnx"))
+    }
+    return {
+        "schema": 1,
+        "stage": "compile",
+        "builtin": "compile",
+        "artifacts": arts,
+        "metrics": {},
+        "records": {"input_shape": [3, 16, 16], "dataset": fetch["artifacts"]["dataset"]},
+    }
 
 
 def test_install_on_an_unreachable_ssh_board_names_it_and_says_what_to_check(tmp_path, trained_tiny):
     folder, data = trained_tiny
     volume = tmp_path / "run"
     fetch = write_fetch(volume, folder / "model.pkl", data, fmt="pytorch")
-    device = {"schema": 1, "name": "rpi4", "kind": "ssh", "arch": "arm64",
-              "ssh": {"host": "rpi4.invalid", "user": "pi"}}
+    device = {
+        "schema": 1,
+        "name": "rpi4",
+        "kind": "ssh",
+        "arch": "arm64",
+        "ssh": {"host": "rpi4.invalid", "user": "pi"},
+    }
     proc, error = run_stage(volume, "install", spec_json(), {"compile": _fake_compile(volume, fetch)}, device)
     assert proc.returncode == 1
     assert error["type"] == "DeviceError"

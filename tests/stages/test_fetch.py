@@ -56,9 +56,7 @@ def _spec(model: dict, dataset: dict) -> dict:
     }
 
 
-def _run(
-    volume: Path, repo: Path, spec: dict, env_extra: dict | None = None
-) -> subprocess.CompletedProcess:
+def _run(volume: Path, repo: Path, spec: dict, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     stage = volume / "fetch"
     stage.mkdir(parents=True, exist_ok=True)
     (stage / "stage.json").write_text(
@@ -129,11 +127,7 @@ def test_uploads_end_to_end(tmp_path):
     assert model.sha256 == out["artifacts"]["model"]["sha256"]
     dataset = DatasetInput.model_validate(out["records"]["dataset"])
     assert dataset.splits == {"train": 6, "val": 2, "test": 4}
-    assert (
-        dataset.labels == ["0", "1"]
-        and dataset.eval_split == "test"
-        and dataset.format == "imagefolder"
-    )
+    assert dataset.labels == ["0", "1"] and dataset.eval_split == "test" and dataset.format == "imagefolder"
     assert "huggingface_hub" in out["records"]["tools"]
     with np.load(volume / "fetch/dataset.npz") as data:
         assert data["x_test"].shape == (4, 1, 8, 8) and data["x_test"].dtype == np.float32
@@ -152,12 +146,8 @@ def test_hub_end_to_end_private_model_and_parquet_dataset(tmp_path, hub):
         "acme/digits",
         repo_type="dataset",
         files={
-            "data/train-00000-of-00001.parquet": parquet_bytes(
-                images[:2], [0, 1], names=["zero", "one"]
-            ),
-            "data/validation-00000-of-00001.parquet": parquet_bytes(
-                images[2:], [1, 0], names=["zero", "one"]
-            ),
+            "data/train-00000-of-00001.parquet": parquet_bytes(images[:2], [0, 1], names=["zero", "one"]),
+            "data/validation-00000-of-00001.parquet": parquet_bytes(images[2:], [1, 0], names=["zero", "one"]),
             "README.md": b"---\nlicense: mit\n---\n",
         },
     )
@@ -208,11 +198,7 @@ def test_gated_model_without_token_fails_with_error_json(tmp_path, hub):
     )
     assert proc.returncode == 1
     err = _error(volume)
-    assert (
-        err["type"] == "SourceError"
-        and "'acme/gated'" in err["message"]
-        and "gated" in err["message"]
-    )
+    assert err["type"] == "SourceError" and "'acme/gated'" in err["message"] and "gated" in err["message"]
     assert "HF_TOKEN" in err["hint"]
     assert "traceback" not in err and "Traceback" not in proc.stderr
     assert not (volume / "fetch/outputs.json").exists()
@@ -238,15 +224,10 @@ def test_missing_eval_split_lists_the_splits_found(tmp_path):
             tf.addfile(info, io.BytesIO(data))
     (repo / "uploads/d/data.tar.gz").write_bytes(buf.getvalue())
     volume = tmp_path / "run"
-    proc = _run(
-        volume, repo, _spec({"upload": "uploads/m/model.onnx"}, {"upload": "uploads/d/data.tar.gz"})
-    )
+    proc = _run(volume, repo, _spec({"upload": "uploads/m/model.onnx"}, {"upload": "uploads/d/data.tar.gz"}))
     assert proc.returncode == 1
     err = _error(volume)
-    assert (
-        "no samples in the evaluation split 'test'; splits found: train (2), val (1)"
-        in err["message"]
-    )
+    assert "no samples in the evaluation split 'test'; splits found: train (2), val (1)" in err["message"]
     assert "dataset.split" in err["hint"]
 
 

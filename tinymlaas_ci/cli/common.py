@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinymlaas_ci.errors import UsageError
 
-__all__ = ["find_repo_root", "repo_root", "in_github_actions"]
+__all__ = ["find_repo_root", "in_github_actions", "repo_root"]
 
 _MARKERS = ("runs", "devices", "pipelines", ".git")
 

@@ -29,17 +29,39 @@ def register(sub) -> None:
         "two jobs wrote the same run, the result with the newer created_at is kept. Nothing to "
         "commit is not an error (exit 0).",
     )
-    p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="result files to commit (default: every new or changed runs/*/results/*.json)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="result files to commit (default: every new or changed runs/*/results/*.json)",
+    )
     p.add_argument("--remote", default="origin", metavar="NAME", help="remote to push to (default: %(default)s)")
-    p.add_argument("--branch", default=None, metavar="BRANCH",
-                   help="branch to push to (default: the checked-out branch; needed on a detached HEAD)")
-    p.add_argument("--retries", type=int, default=5, metavar="N",
-                   help="how many times to rebase and push again after a rejected push (default: %(default)s)")
-    p.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
-                   help="first pause before a retry; doubled each time, with random jitter (default: %(default)s)")
-    p.add_argument("--message-prefix", default="results:", metavar="TEXT",
-                   help="start of the commit subject, before the run names (default: %(default)r)")
+    p.add_argument(
+        "--branch",
+        default=None,
+        metavar="BRANCH",
+        help="branch to push to (default: the checked-out branch; needed on a detached HEAD)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="how many times to rebase and push again after a rejected push (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="first pause before a retry; doubled each time, with random jitter (default: %(default)s)",
+    )
+    p.add_argument(
+        "--message-prefix",
+        default="results:",
+        metavar="TEXT",
+        help="start of the commit subject, before the run names (default: %(default)r)",
+    )
     p.add_argument("--no-push", action="store_true", help="commit, but do not push")
     p.add_argument("--dry-run", action="store_true", help="show the files and the commit message; change nothing")
     p.set_defaults(func=cmd_results_commit)
@@ -58,8 +80,12 @@ def register(sub) -> None:
         "device and runner, and for runs with results on the base branch, their committed metrics and "
         "the spec fields that changed. Exit 0 even when specs are invalid: the comment shows the errors.",
     )
-    p.add_argument("--base", default=None, metavar="REF",
-                   help="git ref of the base branch to compare with (default: origin/$GITHUB_BASE_REF, else origin/main)")
+    p.add_argument(
+        "--base",
+        default=None,
+        metavar="REF",
+        help="git ref of the base branch to compare with (default: origin/$GITHUB_BASE_REF, else origin/main)",
+    )
     p.add_argument("--out", default=None, metavar="FILE", help="write the Markdown to FILE (default: standard output)")
     p.set_defaults(func=cmd_report_pr)
 
@@ -70,13 +96,25 @@ def register(sub) -> None:
         "the previous committed result (direction and percent), and its gate verdicts. Appends to "
         "$GITHUB_STEP_SUMMARY when that is set and --out is not given.",
     )
-    p.add_argument("--outcomes", default=None, metavar="FILE_OR_DIR",
-                   help="outcomes written by 'tinymlaas run --json FILE', or a folder of them "
-                   "(default: every result file that differs from --base)")
-    p.add_argument("--base", default=None, metavar="REF",
-                   help="compare with the results at REF (default: the previous committed version of each result)")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="write the Markdown to FILE (default: append to $GITHUB_STEP_SUMMARY, else standard output)")
+    p.add_argument(
+        "--outcomes",
+        default=None,
+        metavar="FILE_OR_DIR",
+        help="outcomes written by 'tinymlaas run --json FILE', or a folder of them "
+        "(default: every result file that differs from --base)",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        metavar="REF",
+        help="compare with the results at REF (default: the previous committed version of each result)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the Markdown to FILE (default: append to $GITHUB_STEP_SUMMARY, else standard output)",
+    )
     p.set_defaults(func=cmd_report_summary)
     report.set_defaults(func=lambda args: report.print_help() or 2)
 

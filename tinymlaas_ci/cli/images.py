@@ -47,9 +47,7 @@ def register(subparsers) -> None:
         help="build one kind only: stage, inference, or user (the images of your own stages, "
         "from pipeline stages whose image is a folder with a Dockerfile)",
     )
-    build.add_argument(
-        "--tag-suffix", default="", metavar="SUFFIX", help="append SUFFIX to the tags (e.g. -dev)"
-    )
+    build.add_argument("--tag-suffix", default="", metavar="SUFFIX", help="append SUFFIX to the tags (e.g. -dev)")
     build.add_argument(
         "--docker-host",
         metavar="URL",

@@ -16,7 +16,7 @@ import sys
 from tinymlaas_ci import __version__
 from tinymlaas_ci.errors import TinymlError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 COMMAND_MODULES = (
     "tinymlaas_ci.cli.specs",  # validate, plan, schema

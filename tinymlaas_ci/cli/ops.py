@@ -33,13 +33,26 @@ def _register_notify(subparsers) -> None:
         "TINYMLAAS_SITE_URL adds a link to the run's page. A mail that cannot be sent is reported and the "
         "command still exits 0: notifications never change a run's result.",
     )
-    p.add_argument("--outcomes", metavar="FILE_OR_DIR", required=True, type=Path,
-                   help="outcomes written by 'tinymlaas run --json FILE', or a folder of such *.json files "
-                   "(as downloaded from the run workflow's artifacts)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print who would get which email (subject and text) and send nothing; needs no SMTP settings")
-    p.add_argument("--work-dir", metavar="DIR", type=Path, default=None,
-                   help="run volumes to read failed runs' results from (default: .tinymlaas/work or TINYMLAAS_WORK_DIR)")
+    p.add_argument(
+        "--outcomes",
+        metavar="FILE_OR_DIR",
+        required=True,
+        type=Path,
+        help="outcomes written by 'tinymlaas run --json FILE', or a folder of such *.json files "
+        "(as downloaded from the run workflow's artifacts)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print who would get which email (subject and text) and send nothing; needs no SMTP settings",
+    )
+    p.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="run volumes to read failed runs' results from (default: .tinymlaas/work or TINYMLAAS_WORK_DIR)",
+    )
     p.set_defaults(func=cmd_notify)
 
 
@@ -86,8 +99,11 @@ def cmd_notify(args) -> int:
         if entry.ok:
             print(f"✓ sent {entry.run_id} to {', '.join(entry.recipients)}: {entry.subject}", flush=True)
         else:
-            print(f"✗ FAILED to send {entry.run_id} to {', '.join(entry.recipients)}: {entry.error}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"✗ FAILED to send {entry.run_id} to {', '.join(entry.recipients)}: {entry.error}",
+                file=sys.stderr,
+                flush=True,
+            )
             _annotate("warning", f"email about {entry.run_id} not sent: {entry.error.splitlines()[0]}")
 
     print(f"sending {len(reports)} emails via {settings.describe()}")
@@ -115,13 +131,27 @@ def _register_export(subparsers) -> None:
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing earlier export files")
     p.add_argument("--image", metavar="TAG", default=None, help="also build the image TAG from DIR with Docker")
-    p.add_argument("--base", metavar="IMAGE", default=None,
-                   help="base image with python3 and venv for --image (default: python:3.11-slim)")
-    p.add_argument("--save", metavar="FILE.tar", type=Path, default=None,
-                   help="save the built image to FILE.tar ('docker load -i FILE.tar' on the device); needs --image")
+    p.add_argument(
+        "--base",
+        metavar="IMAGE",
+        default=None,
+        help="base image with python3 and venv for --image (default: python:3.11-slim)",
+    )
+    p.add_argument(
+        "--save",
+        metavar="FILE.tar",
+        type=Path,
+        default=None,
+        help="save the built image to FILE.tar ('docker load -i FILE.tar' on the device); needs --image",
+    )
     p.add_argument("--docker-host", metavar="URL", default=None, help="engine to build on (default: DOCKER_HOST)")
-    p.add_argument("--work-dir", metavar="DIR", type=Path, default=None,
-                   help="run volumes (default: .tinymlaas/work or TINYMLAAS_WORK_DIR)")
+    p.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="run volumes (default: .tinymlaas/work or TINYMLAAS_WORK_DIR)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -142,8 +172,13 @@ def cmd_export(args) -> int:
     print(f"runtime {pins}; recorded accuracy {acc:.4f}" if isinstance(acc, float) else f"runtime {pins}")
     if args.image:
         print(f"building {args.image} ...", flush=True)
-        image_id = build_export_image(info.out, args.image, base=args.base, docker_host=args.docker_host,
-                                      sink=lambda line: print(f"  {line}", flush=True))
+        image_id = build_export_image(
+            info.out,
+            args.image,
+            base=args.base,
+            docker_host=args.docker_host,
+            sink=lambda line: print(f"  {line}", flush=True),
+        )
         print(f"built {args.image} ({image_id[:19]})")
         if args.save:
             size = save_image(args.image, args.save, docker_host=args.docker_host)
@@ -172,11 +207,19 @@ def _register_device(subparsers) -> None:
     )
     reg.add_argument("name", metavar="NAME", help="device name: lower-case letters, digits, '.', '_', '-'")
     reg.add_argument("--kind", choices=("local", "docker"), required=True, help="how the device is reached")
-    reg.add_argument("--docker-host", metavar="URL", default=None,
-                     help="Docker engine of a docker device (unix://, tcp://, ssh://); default: DOCKER_HOST")
-    reg.add_argument("--runner", metavar="LABEL", action="append", default=None,
-                     help="label of the Actions runner next to the device (repeatable; "
-                     "default: self-hosted, tinymlaas, NAME)")
+    reg.add_argument(
+        "--docker-host",
+        metavar="URL",
+        default=None,
+        help="Docker engine of a docker device (unix://, tcp://, ssh://); default: DOCKER_HOST",
+    )
+    reg.add_argument(
+        "--runner",
+        metavar="LABEL",
+        action="append",
+        default=None,
+        help="label of the Actions runner next to the device (repeatable; default: self-hosted, tinymlaas, NAME)",
+    )
     reg.add_argument("--force", action="store_true", help="replace an existing devices/NAME.yaml")
     reg.set_defaults(func=cmd_device_register)
     chk = sub.add_parser(
@@ -197,8 +240,9 @@ def cmd_device_register(args) -> int:
     from tinymlaas_ci.devices.registry import register as register_device
 
     root = repo_root(args)
-    path = register_device(root, args.name, args.kind, docker_host=args.docker_host,
-                           runner_labels=args.runner, force=args.force)
+    path = register_device(
+        root, args.name, args.kind, docker_host=args.docker_host, runner_labels=args.runner, force=args.force
+    )
     print(path.read_text(), end="")
     print(f"wrote {path.relative_to(root)}; check it with: tinymlaas device check {args.name}")
     return 0
@@ -249,8 +293,9 @@ def _register_init(subparsers) -> None:
         "a README; 'git init' when DIR is not in a git repository yet.",
     )
     p.add_argument("dir", metavar="DIR", type=Path, help="folder to create (new or empty)")
-    p.add_argument("--force", action="store_true",
-                   help="add the files to a non-empty DIR; existing files are never overwritten")
+    p.add_argument(
+        "--force", action="store_true", help="add the files to a non-empty DIR; existing files are never overwritten"
+    )
     p.set_defaults(func=cmd_init)
 
 

@@ -21,16 +21,36 @@ def register(sub) -> None:
         "from its last good stage. Results are written to runs/<project>/results/<run>.json.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="spec files or folders (default: the whole repository)")
-    p.add_argument("--select", action="append", metavar="PATTERN", default=None,
-                   help="only runs matching PROJECT, RUN or PROJECT/RUN (glob; repeatable)")
-    p.add_argument("--executor", choices=["local", "docker"], default="local",
-                   help="where stages run: local subprocesses (default, no Docker needed) or sandboxed Docker containers")
-    p.add_argument("--force", action="store_true", help="run every selected run and stage again, ignoring results and cache")
+    p.add_argument(
+        "--select",
+        action="append",
+        metavar="PATTERN",
+        default=None,
+        help="only runs matching PROJECT, RUN or PROJECT/RUN (glob; repeatable)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "docker"],
+        default="local",
+        help="where stages run: local subprocesses (default, no Docker needed) or sandboxed Docker containers",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="run every selected run and stage again, ignoring results and cache"
+    )
     p.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the others")
-    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
-                   help="give up waiting for a busy device or run after SECONDS (default: wait)")
-    p.add_argument("--work-dir", default=None, metavar="DIR",
-                   help="where run volumes live (default: .tinymlaas/work, or $TINYMLAAS_WORK_DIR)")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up waiting for a busy device or run after SECONDS (default: wait)",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        metavar="DIR",
+        help="where run volumes live (default: .tinymlaas/work, or $TINYMLAAS_WORK_DIR)",
+    )
     p.add_argument("--no-results", action="store_true", help="do not write result files into runs/ (volumes only)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every line the stages print")
     p.add_argument("--json", metavar="FILE", default=None, help="also write a JSON summary of the outcomes to FILE")
@@ -39,9 +59,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "status",
         help="show the status of each stage of each run (pending, running, generated, failed)",
-        description="Show the status records of the run volumes: each stage's state, duration and whether it came from the cache.",
+        description="Show the status records of the run volumes: each stage's state, duration and whether it "
+        "came from the cache.",
     )
-    p.add_argument("runs", nargs="*", metavar="RUN", help="runs to show: PROJECT, RUN or PROJECT/RUN globs (default: all)")
+    p.add_argument(
+        "runs", nargs="*", metavar="RUN", help="runs to show: PROJECT, RUN or PROJECT/RUN globs (default: all)"
+    )
     p.add_argument("--work-dir", default=None, metavar="DIR", help="where run volumes live")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_status)
@@ -56,7 +79,10 @@ def _load_plan(args):
     if repo.problems:
         for p in repo.problems:
             print(p.format(), file=sys.stderr)
-        print(f"cannot run: {len(repo.problems)} problem(s) in the specs; fix them first (tinymlaas validate)", file=sys.stderr)
+        print(
+            f"cannot run: {len(repo.problems)} problem(s) in the specs; fix them first (tinymlaas validate)",
+            file=sys.stderr,
+        )
         return repo, None
     return repo, plan(repo, getattr(args, "select", None))
 
@@ -86,14 +112,23 @@ def cmd_run(args) -> int:
     if args.json:
         from tinymlaas_ci.fs import atomic_write_json
 
-        atomic_write_json(Path(args.json), {
-            "schema": 1,
-            "outcomes": [
-                {"run": o.run_id, "status": o.status, "result": o.result_path, "failed_stage": o.failed_stage,
-                 "message": o.message, "log": o.log}
-                for o in outcomes
-            ],
-        })
+        atomic_write_json(
+            Path(args.json),
+            {
+                "schema": 1,
+                "outcomes": [
+                    {
+                        "run": o.run_id,
+                        "status": o.status,
+                        "result": o.result_path,
+                        "failed_stage": o.failed_stage,
+                        "message": o.message,
+                        "log": o.log,
+                    }
+                    for o in outcomes
+                ],
+            },
+        )
     return 1 if any(o.status in ("failed", "gates-failed", "not-run") for o in outcomes) else 0
 
 
@@ -145,19 +180,30 @@ def cmd_status(args) -> int:
         for project in sorted(p for p in work.iterdir() if p.is_dir()):
             for run in sorted(p for p in project.iterdir() if p.is_dir()):
                 run_id = f"{project.name}/{run.name}"
-                if args.runs and not any(fnmatch.fnmatchcase(run_id, pat) or fnmatch.fnmatchcase(run.name, pat)
-                                         or project.name == pat for pat in args.runs):
+                if args.runs and not any(
+                    fnmatch.fnmatchcase(run_id, pat) or fnmatch.fnmatchcase(run.name, pat) or project.name == pat
+                    for pat in args.runs
+                ):
                     continue
                 volume = RunVolume(work, project.name, run.name)
                 stages = []
-                for stage_dir in sorted((d for d in run.iterdir() if (d / "status.json").exists()),
-                                        key=lambda d: volume.status(d.name).started_at or ""):
+                for stage_dir in sorted(
+                    (d for d in run.iterdir() if (d / "status.json").exists()),
+                    key=lambda d: volume.status(d.name).started_at or "",
+                ):
                     st = volume.status(stage_dir.name)
                     state = st.status
                     if state == "running" and st.pid and not _alive(st.pid):
                         state = "interrupted"  # its runner died (crash or kill -9); the next run redoes it
-                    stages.append({"stage": st.stage, "status": state, "duration_s": st.duration_s,
-                                   "started_at": st.started_at, "cache_key": st.cache_key})
+                    stages.append(
+                        {
+                            "stage": st.stage,
+                            "status": state,
+                            "duration_s": st.duration_s,
+                            "started_at": st.started_at,
+                            "cache_key": st.cache_key,
+                        }
+                    )
                 result = volume.read_json(".", "result.json") if (run / "result.json").exists() else None
                 rows.append({"run": run_id, "stages": stages, "result": result.get("status") if result else None})
     if args.format == "json":

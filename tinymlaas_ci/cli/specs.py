@@ -13,7 +13,7 @@ from pathlib import Path
 from tinymlaas_ci.cli.common import repo_root
 from tinymlaas_ci.errors import Problem, UsageError
 
-__all__ = ["register", "format_problems_github", "plan_markdown"]
+__all__ = ["format_problems_github", "plan_markdown", "register"]
 
 
 def register(sub) -> None:
@@ -24,8 +24,12 @@ def register(sub) -> None:
         "problem at once. Exit 0 when valid, 1 when not, 2 on a usage error.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="spec files or folders (default: the whole repository)")
-    p.add_argument("--format", choices=["text", "json", "github"], default="text",
-                   help="text (default); json; github: workflow annotations shown on the pull request's diff")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "github"],
+        default="text",
+        help="text (default); json; github: workflow annotations shown on the pull request's diff",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -36,10 +40,20 @@ def register(sub) -> None:
         "committed results: new, changed or up-to-date.",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="spec files or folders (default: the whole repository)")
-    p.add_argument("--format", choices=["text", "json", "markdown"], default="text",
-                   help="text (default); json: what workflows read to build their job matrix; markdown: for a pull-request comment")
-    p.add_argument("--select", action="append", metavar="PATTERN", default=None,
-                   help="only runs matching PROJECT, RUN or PROJECT/RUN (glob; repeatable)")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "markdown"],
+        default="text",
+        help="text (default); json: what workflows read to build their job matrix; "
+        "markdown: for a pull-request comment",
+    )
+    p.add_argument(
+        "--select",
+        action="append",
+        metavar="PATTERN",
+        default=None,
+        help="only runs matching PROJECT, RUN or PROJECT/RUN (glob; repeatable)",
+    )
     p.add_argument("--pending", action="store_true", help="only runs that are new or changed")
     p.set_defaults(func=cmd_plan)
 
@@ -49,12 +63,15 @@ def register(sub) -> None:
         description="Write run, device, pipeline and result JSON Schemas (used by editors through "
         "the yaml-language-server comment at the top of each spec file).",
     )
-    p.add_argument("--out", default="schemas", metavar="DIR", help="output folder, relative to the repository (default: schemas)")
+    p.add_argument(
+        "--out", default="schemas", metavar="DIR", help="output folder, relative to the repository (default: schemas)"
+    )
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a committed schema is out of date")
     p.set_defaults(func=cmd_schema)
 
 
 # -- validate ---------------------------------------------------------------------------------
+
 
 def _escape_data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -84,8 +101,10 @@ def _load(args):
     # A PATH that does not exist is a mistake on the command line, not in a spec file.
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
-        raise UsageError(f"no such file or folder: {', '.join(missing)}",
-                         hint="give spec files or folders of the repository, or no PATH for all of them")
+        raise UsageError(
+            f"no such file or folder: {', '.join(missing)}",
+            hint="give spec files or folders of the repository, or no PATH for all of them",
+        )
     return load_repo(root, [Path(p) for p in args.paths] if args.paths else None)
 
 
@@ -94,14 +113,20 @@ def cmd_validate(args) -> int:
     problems = repo.problems
     n_files = len(repo.run_files)
     if args.format == "json":
-        print(json.dumps({
-            "valid": not problems,
-            "problems": [p.as_dict() for p in problems],
-            "run_files": n_files,
-            "runs": len(repo.runs),
-            "devices": sorted(repo.devices),
-            "pipelines": sorted(repo.pipelines),
-        }, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "valid": not problems,
+                    "problems": [p.as_dict() for p in problems],
+                    "run_files": n_files,
+                    "runs": len(repo.runs),
+                    "devices": sorted(repo.devices),
+                    "pipelines": sorted(repo.pipelines),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
     elif args.format == "github":
         if problems:
             print(format_problems_github(problems))
@@ -117,8 +142,10 @@ def _summary(repo, problems) -> str:
     if problems:
         files = len({p.path for p in problems})
         return f"{len(problems)} problem{'s' * (len(problems) != 1)} in {files} file{'s' * (files != 1)}"
-    return (f"ok: {_n(len(repo.runs), 'run')} from {_n(len(repo.run_files), 'spec file')}, "
-            f"{_n(len(repo.devices), 'device')}, {_n(len(repo.pipelines), 'pipeline')}")
+    return (
+        f"ok: {_n(len(repo.runs), 'run')} from {_n(len(repo.run_files), 'spec file')}, "
+        f"{_n(len(repo.devices), 'device')}, {_n(len(repo.pipelines), 'pipeline')}"
+    )
 
 
 def _n(count: int, noun: str) -> str:
@@ -126,6 +153,7 @@ def _n(count: int, noun: str) -> str:
 
 
 # -- plan -------------------------------------------------------------------------------------
+
 
 def cmd_plan(args) -> int:
     from tinymlaas_ci.plan import plan
@@ -170,11 +198,13 @@ def plan_markdown(result) -> str:
         out += ["| run | device | runner | status | stages |", "|---|---|---|---|---|"]
         for r in result.runs:
             status = {"new": "🆕 new", "changed": "✏️ changed", "up-to-date": "✅ up to date"}[r.status]
-            out.append(f"| `{r.id}` | `{r.device}` | {', '.join(r.runner)} | {status} | {' → '.join(s.name for s in r.stages)} |")
+            stages = " → ".join(s.name for s in r.stages)
+            out.append(f"| `{r.id}` | `{r.device}` | {', '.join(r.runner)} | {status} | {stages} |")
     return "\n".join(out)
 
 
 # -- schema -----------------------------------------------------------------------------------
+
 
 def cmd_schema(args) -> int:
     from tinymlaas_ci.results.schemas import generate_schemas, write_schemas
@@ -182,8 +212,11 @@ def cmd_schema(args) -> int:
     root = repo_root(args)
     out = root / args.out
     if args.check:
-        stale = [name for name, text in generate_schemas().items()
-                 if not (out / name).is_file() or (out / name).read_text() != text]
+        stale = [
+            name
+            for name, text in generate_schemas().items()
+            if not (out / name).is_file() or (out / name).read_text() != text
+        ]
         for name in stale:
             print(f"{args.out}/{name} is out of date", file=sys.stderr)
         if stale:

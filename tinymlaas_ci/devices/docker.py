@@ -130,9 +130,7 @@ def client_for(device_or_host: Any = None, *, timeout: int = 120):
     host = resolve_host(device_or_host)
     try:
         if host:
-            client = docker.DockerClient(
-                base_url=host, timeout=timeout, use_ssh_client=host.startswith("ssh://")
-            )
+            client = docker.DockerClient(base_url=host, timeout=timeout, use_ssh_client=host.startswith("ssh://"))
         else:
             client = docker.from_env(timeout=timeout)
         client.ping()
@@ -163,9 +161,7 @@ def docker_errors(host: str | None, doing: str, *, hint: str | None = None) -> I
     except (requests.exceptions.ConnectionError, ConnectionError) as exc:
         raise _no_engine(host, exc) from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise ExecutorError(
-            f"{doing} on {host_label(host)} failed: {_short(exc)}", hint=hint
-        ) from exc
+        raise ExecutorError(f"{doing} on {host_label(host)} failed: {_short(exc)}", hint=hint) from exc
 
 
 def platform_for(device: Any) -> str | None:
@@ -174,11 +170,7 @@ def platform_for(device: Any) -> str | None:
         return None
     get = device.get if isinstance(device, Mapping) else lambda k, d=None: getattr(device, k, d)
     endpoint = get("docker") or {}
-    platform = (
-        endpoint.get("platform")
-        if isinstance(endpoint, Mapping)
-        else getattr(endpoint, "platform", None)
-    )
+    platform = endpoint.get("platform") if isinstance(endpoint, Mapping) else getattr(endpoint, "platform", None)
     if platform:
         return platform
     arch = get("arch")
@@ -241,8 +233,19 @@ def _released_wheel(dest: Path) -> Path:
     version from the package index, so they run the code the runner runs."""
     from tinymlaas_ci import __version__
 
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
-            "-d", str(dest), f"tinymlaas-ci=={__version__}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "-q",
+        "-d",
+        str(dest),
+        f"tinymlaas-ci=={__version__}",
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("tinymlaas_ci-*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -329,9 +332,7 @@ def prepare_context(
     for folder in wheels:
         folder = Path(folder)
         if not folder.is_dir():
-            raise ExecutorError(
-                f"--wheels {folder}: not a folder", hint="point it at a folder of .whl files"
-            )
+            raise ExecutorError(f"--wheels {folder}: not a folder", hint="point it at a folder of .whl files")
         for wheel in sorted(folder.glob("*.whl")):
             if not (wheel_dir / wheel.name).exists():
                 _link_or_copy(wheel, wheel_dir / wheel.name)
@@ -411,9 +412,7 @@ def build_image(
                 "--base tinymlaas-base:bookworm"
             )
         last = "\n".join(tail)
-        raise ExecutorError(
-            f"building {tag} on {host_label(host)} failed: {error}\n{last}", hint=hint
-        )
+        raise ExecutorError(f"building {tag} on {host_label(host)} failed: {error}\n{last}", hint=hint)
     with docker_errors(host, f"inspecting the new image {tag}"):
         return client.images.get(tag).id
 
@@ -432,9 +431,7 @@ def _image_exists(client, ref: str, host: str | None) -> bool:
     except docker.errors.ImageNotFound:
         return False
     except docker.errors.APIError as exc:
-        raise ExecutorError(
-            f"cannot inspect image {ref} on {host_label(host)}: {_short(exc)}"
-        ) from exc
+        raise ExecutorError(f"cannot inspect image {ref} on {host_label(host)}: {_short(exc)}") from exc
     return True
 
 
@@ -512,17 +509,13 @@ def install_bundle(
         except docker.errors.ImageNotFound:
             image = None
         except docker.errors.APIError as exc:
-            raise ExecutorError(
-                f"cannot inspect {tag} on {host_label(host)}: {_short(exc)}"
-            ) from exc
+            raise ExecutorError(f"cannot inspect {tag} on {host_label(host)}: {_short(exc)}") from exc
         if image is not None:
             sink(f"reusing {tag} ({image.id[:19]}) on {host_label(host)}")
             return {"image": tag, "image_digest": image.id}
         started = time.perf_counter()
         sink(f"building {tag} on {host_label(host)} from {base}")
-        tag, image_id = build_inference_image(
-            Path(bundle_dir), tag, base, client, platform, sink=sink, host=host
-        )
+        tag, image_id = build_inference_image(Path(bundle_dir), tag, base, client, platform, sink=sink, host=host)
         sink(f"built {tag} ({image_id[:19]}) in {time.perf_counter() - started:.1f}s")
         return {"image": tag, "image_digest": image_id}
     finally:

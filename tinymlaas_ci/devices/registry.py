@@ -78,12 +78,16 @@ def probe_local(python: str | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
     }
     try:
-        proc = subprocess.run([python or sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True,
-                              timeout=120, check=False)
+        proc = subprocess.run(
+            [python or sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True, timeout=120, check=False
+        )
         runtime = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
         if proc.returncode != 0:
-            runtime = {"onnxruntime": None, "numpy": None,
-                       "onnxruntime_error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+            runtime = {
+                "onnxruntime": None,
+                "numpy": None,
+                "onnxruntime_error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300],
+            }
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
         runtime = {"onnxruntime": None, "numpy": None, "onnxruntime_error": f"{type(exc).__name__}: {exc}"[:300]}
     facts["runtime"] = runtime
@@ -109,16 +113,24 @@ def probe_docker(host: str | None = None) -> dict[str, Any]:
 
 def _check_name(name: str) -> None:
     if not _NAME_RE.match(name or ""):
-        raise UsageError(f"device name {name!r} is not valid",
-                         hint="use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise UsageError(
+            f"device name {name!r} is not valid",
+            hint="use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
 
 
 def _q(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid YAML scalar
 
 
-def device_yaml(name: str, kind: str, facts: dict[str, Any], *, docker_host: str | None = None,
-                runner_labels: list[str] | None = None) -> str:
+def device_yaml(
+    name: str,
+    kind: str,
+    facts: dict[str, Any],
+    *,
+    docker_host: str | None = None,
+    runner_labels: list[str] | None = None,
+) -> str:
     """The text of ``devices/NAME.yaml`` for what a probe found."""
     labels = runner_labels or ["self-hosted", "tinymlaas", name]
     cpu = facts.get("cpu_model") or "unknown CPU"
@@ -126,7 +138,8 @@ def device_yaml(name: str, kind: str, facts: dict[str, Any], *, docker_host: str
     description = f"{cpu}, {facts.get('cpus') or '?'} CPUs ({where})"
     lines = [
         "# yaml-language-server: $schema=../schemas/device.schema.json",
-        f"# Registered by 'tinymlaas device register {name} --kind {kind}'. Check it with 'tinymlaas device check {name}'.",
+        f"# Registered by 'tinymlaas device register {name} --kind {kind}'. "
+        f"Check it with 'tinymlaas device check {name}'.",
         "schema: 1",
         f"kind: {kind}",
         f"description: {_q(description)}",
@@ -148,20 +161,30 @@ def _validate(text: str, rel: str, kind: str):
     return spec
 
 
-def register(root: Path, name: str, kind: str, docker_host: str | None = None,
-             runner_labels: list[str] | None = None, force: bool = False,
-             facts: dict[str, Any] | None = None) -> Path:
+def register(
+    root: Path,
+    name: str,
+    kind: str,
+    docker_host: str | None = None,
+    runner_labels: list[str] | None = None,
+    force: bool = False,
+    facts: dict[str, Any] | None = None,
+) -> Path:
     """Probe the device and write ``devices/NAME.yaml`` (validated, atomically). An existing
     file is kept unless ``force``. ``facts`` skips the probe (tests, or a probe done already)."""
     _check_name(name)
     if kind not in KINDS:
-        raise UsageError(f"--kind {kind!r}: register probes 'local' or 'docker' devices",
-                         hint="write an ssh device's file by hand: see devices/ in the documentation")
+        raise UsageError(
+            f"--kind {kind!r}: register probes 'local' or 'docker' devices",
+            hint="write an ssh device's file by hand: see devices/ in the documentation",
+        )
     if docker_host and kind != "docker":
         raise UsageError("--docker-host applies to --kind docker only")
     path = Path(root) / "devices" / f"{name}.yaml"
     if path.exists() and not force:
-        raise UsageError(f"{path.relative_to(root)} exists already", hint="add --force to replace it, or pick another name")
+        raise UsageError(
+            f"{path.relative_to(root)} exists already", hint="add --force to replace it, or pick another name"
+        )
     if facts is None:
         facts = probe_local() if kind == "local" else _probe_docker_or_explain(name, docker_host)
     text = device_yaml(name, kind, facts, docker_host=docker_host, runner_labels=runner_labels)
@@ -175,8 +198,11 @@ def _probe_docker_or_explain(name: str, host: str | None) -> dict[str, Any]:
     try:
         return probe_docker(host)
     except ExecutorError as exc:
-        raise DeviceError(f"cannot probe: {exc.message}", device=name,
-                          hint=(exc.hint or "") + "; give the engine with --docker-host URL") from exc
+        raise DeviceError(
+            f"cannot probe: {exc.message}",
+            device=name,
+            hint=(exc.hint or "") + "; give the engine with --docker-host URL",
+        ) from exc
 
 
 def load_device(root: Path, name: str):
@@ -185,8 +211,11 @@ def load_device(root: Path, name: str):
     path = Path(root) / "devices" / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(list_devices(root)) or "none"
-        raise DeviceError("no such device file", device=name,
-                          hint=f"register it: tinymlaas device register {name} --kind local|docker (known: {known})")
+        raise DeviceError(
+            "no such device file",
+            device=name,
+            hint=f"register it: tinymlaas device register {name} --kind local|docker (known: {known})",
+        )
     loaded = load_yaml_file(path, f"devices/{name}.yaml")
     kind = loaded.data.get("kind") if isinstance(loaded.data, dict) else None
     if loaded.problems or kind not in _CLASSES:
@@ -226,37 +255,62 @@ def check(root: Path, name: str) -> list[Finding]:
     findings: list[Finding] = [Finding("ok", f"devices/{name}.yaml is valid ({spec.kind}, {spec.arch})")]
     if spec.kind == "local":
         facts = probe_local()
-        findings.append(Finding("ok", f"runner machine: {facts['cpu_model'] or 'unknown CPU'}, {facts['cpus']} CPUs, "
-                                      f"{facts['memory_mb']} MiB, {facts['os']}, Python {facts['python']}"))
+        findings.append(
+            Finding(
+                "ok",
+                f"runner machine: {facts['cpu_model'] or 'unknown CPU'}, {facts['cpus']} CPUs, "
+                f"{facts['memory_mb']} MiB, {facts['os']}, Python {facts['python']}",
+            )
+        )
         findings += _compare_arch(spec.arch, facts["arch"], name)
         runtime = facts["runtime"]
         if facts["runtime_ok"]:
-            findings.append(Finding("ok", f"runtime present: onnxruntime {runtime['onnxruntime']}, numpy {runtime['numpy']}"))
+            findings.append(
+                Finding("ok", f"runtime present: onnxruntime {runtime['onnxruntime']}, numpy {runtime['numpy']}")
+            )
         else:
             why = runtime.get("onnxruntime_error") or runtime.get("numpy_error") or "not importable"
-            findings.append(Finding("error", f"the inference runtime is missing on the runner: {why}",
-                                    "pip install 'tinymlaas-ci[ml]'"))
+            findings.append(
+                Finding(
+                    "error", f"the inference runtime is missing on the runner: {why}", "pip install 'tinymlaas-ci[ml]'"
+                )
+            )
     elif spec.kind == "docker":
         host = spec.docker.host
         try:
             facts = probe_docker(host)
         except ExecutorError as exc:
             where = host or os.environ.get("DOCKER_HOST") or "the default socket"
-            return findings + [Finding(
-                "error", f"the Docker engine at {where} is unreachable: {exc.message}",
-                "start the engine (or the board) and check docker.host in "
-                f"devices/{name}.yaml{'' if host else ' or DOCKER_HOST'}; e.g. 'docker -H {where} info' must answer",
-            )]
-        findings.append(Finding("ok", f"engine {facts.get('engine_version')} at {facts['host']}: {facts.get('cpu_model') or 'CPU model unknown'}, "
-                                      f"{facts.get('cpus')} CPUs, {facts.get('memory_mb')} MiB, {facts.get('os')}"))
+            return findings + [
+                Finding(
+                    "error",
+                    f"the Docker engine at {where} is unreachable: {exc.message}",
+                    "start the engine (or the board) and check docker.host in "
+                    f"devices/{name}.yaml{'' if host else ' or DOCKER_HOST'}; "
+                    f"e.g. 'docker -H {where} info' must answer",
+                )
+            ]
+        findings.append(
+            Finding(
+                "ok",
+                f"engine {facts.get('engine_version')} at {facts['host']}: "
+                f"{facts.get('cpu_model') or 'CPU model unknown'}, "
+                f"{facts.get('cpus')} CPUs, {facts.get('memory_mb')} MiB, {facts.get('os')}",
+            )
+        )
         findings += _compare_arch(spec.arch, facts.get("arch"), name)
         image = facts["inference_image"]
         if facts["runtime_ok"]:
             findings.append(Finding("ok", f"inference image {image} is on the engine"))
         else:
             h = f" --docker-host {host}" if host else ""
-            findings.append(Finding("error", f"the inference image {image} is not on the engine",
-                                    f"tinymlaas images build --only inference{h} (offline: add --base tinymlaas-base:bookworm)"))
+            findings.append(
+                Finding(
+                    "error",
+                    f"the inference image {image} is not on the engine",
+                    f"tinymlaas images build --only inference{h} (offline: add --base tinymlaas-base:bookworm)",
+                )
+            )
     else:
         findings += _check_ssh(spec)
     return findings
@@ -265,8 +319,13 @@ def check(root: Path, name: str) -> list[Finding]:
 def _compare_arch(declared: str, found: str | None, name: str) -> list[Finding]:
     found = normalise_arch(found) if found else found
     if found and found != declared:
-        return [Finding("error", f"devices/{name}.yaml says arch {declared}, but the device reports {found}",
-                        f"set 'arch: {found}' in devices/{name}.yaml (or re-register it with --force)")]
+        return [
+            Finding(
+                "error",
+                f"devices/{name}.yaml says arch {declared}, but the device reports {found}",
+                f"set 'arch: {found}' in devices/{name}.yaml (or re-register it with --force)",
+            )
+        ]
     return [Finding("ok", f"architecture {declared} matches")]
 
 
@@ -281,14 +340,29 @@ def _check_ssh(spec) -> list[Finding]:
         facts = target.probe()
     except DeviceError as exc:
         return [Finding("error", exc.message, exc.hint)]
-    findings = [Finding("ok", f"logged in to {target.label}: python {facts.get('python')}, "
-                              f"{facts.get('cpu_model') or 'CPU model unknown'}, {facts.get('memory_mb')} MiB, {facts.get('os')}")]
+    findings = [
+        Finding(
+            "ok",
+            f"logged in to {target.label}: python {facts.get('python')}, "
+            f"{facts.get('cpu_model') or 'CPU model unknown'}, {facts.get('memory_mb')} MiB, {facts.get('os')}",
+        )
+    ]
     findings += _compare_arch(spec.arch, facts.get("machine"), spec.name)
     missing = target.missing_runtime(facts)
     if missing:
-        findings.append(Finding("error", f"{target.python} on the board lacks {', '.join(missing)}",
-                                f"on the board: {target.python} -m pip install tinymlaas-ci onnxruntime numpy"))
+        findings.append(
+            Finding(
+                "error",
+                f"{target.python} on the board lacks {', '.join(missing)}",
+                f"on the board: {target.python} -m pip install tinymlaas-ci onnxruntime numpy",
+            )
+        )
     else:
-        findings.append(Finding("ok", f"tinymlaas_ci {facts['tinymlaas_ci']}, onnxruntime {facts['onnxruntime']} "
-                                      f"and numpy {facts['numpy']} are installed"))
+        findings.append(
+            Finding(
+                "ok",
+                f"tinymlaas_ci {facts['tinymlaas_ci']}, onnxruntime {facts['onnxruntime']} "
+                f"and numpy {facts['numpy']} are installed",
+            )
+        )
     return findings

@@ -14,12 +14,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from tinymlaas_ci.errors import DeviceError
 
-__all__ = ["SshTarget", "SSH_FAILURE"]
+__all__ = ["SSH_FAILURE", "SshTarget"]
 
 SSH_FAILURE = 255
 """ssh's own exit code when it could not connect or log in (a remote command never gets it)."""
@@ -65,21 +66,39 @@ class SshTarget:
         self.device = device
         self.timeout = timeout
         if shutil.which("ssh") is None:
-            raise DeviceError("the OpenSSH client 'ssh' is not installed on the runner", device=device,
-                              hint="install it (Debian: apt-get install openssh-client)")
+            raise DeviceError(
+                "the OpenSSH client 'ssh' is not installed on the runner",
+                device=device,
+                hint="install it (Debian: apt-get install openssh-client)",
+            )
 
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
     def ssh_argv(self, command: str) -> list[str]:
-        argv = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.timeout}",
-                "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR"]
+        argv = [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={self.timeout}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         if self.identity_file:
             argv += ["-i", str(Path(self.identity_file).expanduser()), "-o", "IdentitiesOnly=yes"]
         if self.known_hosts:
-            argv += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).expanduser()}",
-                     "-o", "StrictHostKeyChecking=yes"]
+            argv += [
+                "-o",
+                f"UserKnownHostsFile={Path(self.known_hosts).expanduser()}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ]
         return argv + [f"{self.user}@{self.host}", "--", command]
 
     def _failed(self, doing: str, stderr: str) -> DeviceError:
@@ -94,8 +113,15 @@ class SshTarget:
     def run(self, command: str, sink: Callable[[str], None] | None = None, *, doing: str = "a command") -> int:
         """Run ``command`` (a shell line) on the board, streaming its output to ``sink``.
         Returns its exit code; raises :class:`DeviceError` when ssh itself could not connect."""
-        proc = subprocess.Popen(self.ssh_argv(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+        proc = subprocess.Popen(
+            self.ssh_argv(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
         lines: list[str] = []
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -114,13 +140,16 @@ class SshTarget:
         return any(s in text for s in ("ssh:", "permission denied", "host key", "connection", "could not resolve"))
 
     def check_output(self, command: str, *, doing: str) -> str:
-        proc = subprocess.run(self.ssh_argv(command), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=self.timeout + 120)
+        proc = subprocess.run(
+            self.ssh_argv(command), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=self.timeout + 120
+        )
         if proc.returncode != 0:
             if proc.returncode == SSH_FAILURE:
                 raise self._failed(doing, proc.stderr)
-            raise DeviceError(f"{doing} on {self.label} exited with {proc.returncode}: "
-                              f"{(proc.stderr or proc.stdout).strip()[-500:]}", device=self.device)
+            raise DeviceError(
+                f"{doing} on {self.label} exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-500:]}",
+                device=self.device,
+            )
         return proc.stdout
 
     def put(self, local_root: Path, files: Iterable[str], remote_dir: str, *, doing: str = "copying files") -> None:
@@ -132,23 +161,39 @@ class SshTarget:
                     tar.add(local_root / rel, arcname=rel)
             buf.seek(0)
             q = shlex.quote(remote_dir)
-            proc = subprocess.run(self.ssh_argv(f"mkdir -p {q} && tar -x -f - -C {q}"), stdin=buf,
-                                  capture_output=True, text=True, timeout=self.timeout + 600)
+            proc = subprocess.run(
+                self.ssh_argv(f"mkdir -p {q} && tar -x -f - -C {q}"),
+                stdin=buf,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout + 600,
+            )
         if proc.returncode != 0:
-            raise self._failed(doing, proc.stderr) if proc.returncode == SSH_FAILURE else DeviceError(
-                f"{doing} to {self.label}:{remote_dir} failed: {proc.stderr.strip()[-500:]}", device=self.device)
+            raise (
+                self._failed(doing, proc.stderr)
+                if proc.returncode == SSH_FAILURE
+                else DeviceError(
+                    f"{doing} to {self.label}:{remote_dir} failed: {proc.stderr.strip()[-500:]}", device=self.device
+                )
+            )
 
     def get(self, remote_dir: str, local_dir: Path, *, doing: str = "copying files back") -> None:
         """Copy the contents of ``remote_dir`` into ``local_dir`` (refusing links and paths that
         would land outside it: the board is not trusted to write anywhere else)."""
         q = shlex.quote(remote_dir)
         with tempfile.TemporaryFile() as buf:
-            proc = subprocess.run(self.ssh_argv(f"tar -c -f - -C {q} ."), stdout=buf, stderr=subprocess.PIPE,
-                                  timeout=self.timeout + 600)
+            proc = subprocess.run(
+                self.ssh_argv(f"tar -c -f - -C {q} ."), stdout=buf, stderr=subprocess.PIPE, timeout=self.timeout + 600
+            )
             if proc.returncode != 0:
                 err = proc.stderr.decode(errors="replace")
-                raise self._failed(doing, err) if proc.returncode == SSH_FAILURE else DeviceError(
-                    f"{doing} from {self.label}:{remote_dir} failed: {err.strip()[-500:]}", device=self.device)
+                raise (
+                    self._failed(doing, err)
+                    if proc.returncode == SSH_FAILURE
+                    else DeviceError(
+                        f"{doing} from {self.label}:{remote_dir} failed: {err.strip()[-500:]}", device=self.device
+                    )
+                )
             buf.seek(0)
             local_dir.mkdir(parents=True, exist_ok=True)
             root = local_dir.resolve()
@@ -156,8 +201,11 @@ class SshTarget:
                 for member in tar.getmembers():
                     target = (root / member.name).resolve()
                     if not (member.isfile() or member.isdir()) or (target != root and root not in target.parents):
-                        raise DeviceError(f"{doing}: refused {member.name!r} from {self.label}", device=self.device,
-                                          hint="the board sent a link or a path outside the stage folder")
+                        raise DeviceError(
+                            f"{doing}: refused {member.name!r} from {self.label}",
+                            device=self.device,
+                            hint="the board sent a link or a path outside the stage folder",
+                        )
                 try:
                     tar.extractall(root, filter="data")
                 except TypeError:  # Python without extraction filters; members were checked above
@@ -169,8 +217,11 @@ class SshTarget:
         try:
             return json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError) as exc:
-            raise DeviceError(f"the board {self.label} answered the probe with {out.strip()[-200:]!r}",
-                              device=self.device, hint=f"check that '{self.python}' is Python 3.10+") from exc
+            raise DeviceError(
+                f"the board {self.label} answered the probe with {out.strip()[-200:]!r}",
+                device=self.device,
+                hint=f"check that '{self.python}' is Python 3.10+",
+            ) from exc
 
     def missing_runtime(self, facts: Mapping[str, Any]) -> list[str]:
         return [name for name in ("tinymlaas_ci", "onnxruntime", "numpy") if not facts.get(name)]

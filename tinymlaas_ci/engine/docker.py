@@ -192,17 +192,13 @@ class DockerExecutor:
             if call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:", "tinymlaas-user-")):
                 hint = "build it with 'tinymlaas images build' (offline: add --base tinymlaas-base:bookworm)"
             else:
-                hint = (
-                    f"build or pull {ref} on that engine, or fix the stage's image in the pipeline"
-                )
+                hint = f"build or pull {ref} on that engine, or fix the stage's image in the pipeline"
             raise ExecutorError(
                 f"image {ref} not found on {host_label(host)} (stage {call.stage!r} of {call.run_id})",
                 hint=hint,
             ) from exc
         except docker.errors.APIError as exc:
-            raise ExecutorError(
-                f"cannot inspect image {ref} on {host_label(host)}: {exc.explanation or exc}"
-            ) from exc
+            raise ExecutorError(f"cannot inspect image {ref} on {host_label(host)}: {exc.explanation or exc}") from exc
 
     @staticmethod
     def _check_repo_readable(repo: Path, uid: int) -> None:
@@ -268,7 +264,7 @@ class DockerExecutor:
                 if "removal of container" in str(exc) and "in progress" in str(exc):
                     return
                 time.sleep(0.2 * (attempt + 1))
-            except Exception:  # noqa: BLE001 - never let cleanup mask the real error
+            except Exception:
                 return
 
     @staticmethod

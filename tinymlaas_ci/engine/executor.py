@@ -7,11 +7,12 @@ Docker engine); the stage contract (see :mod:`tinymlaas_ci.stages.contract`) is 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-__all__ = ["StageCall", "ExecOutcome", "Executor", "LineSink", "builtin_argv"]
+__all__ = ["ExecOutcome", "Executor", "LineSink", "StageCall", "builtin_argv"]
 
 LineSink = Callable[[str], None]
 """Receives each line the stage prints (stdout and stderr merged), without the newline."""

@@ -65,8 +65,9 @@ def find_bundle(root: Path, run: str, work_dir: Path | None = None) -> tuple[str
     if project is None:
         matches = sorted(p.parent.name for p in work.glob(f"*/{name}") if p.is_dir()) if work.is_dir() else []
         if len(matches) > 1:
-            raise UsageError(f"run {name!r} exists in several projects: {', '.join(matches)}",
-                             hint=f"name it as PROJECT/{name}")
+            raise UsageError(
+                f"run {name!r} exists in several projects: {', '.join(matches)}", hint=f"name it as PROJECT/{name}"
+            )
         project = matches[0] if matches else None
     run_id = f"{project}/{name}" if project else name
     if project is None or not (work / project / name).is_dir():
@@ -111,13 +112,18 @@ def pinned_requirements(result: dict[str, Any] | None) -> dict[str, str]:
     """``{distribution: version}`` of the runtime: as recorded in the result, else as installed."""
     tools = (result or {}).get("tools") or {}
     runtime = (result or {}).get("runtime") or {}
-    ort = (runtime.get("version") if runtime.get("name") == "onnxruntime" else None) or tools.get("onnxruntime") \
+    ort = (
+        (runtime.get("version") if runtime.get("name") == "onnxruntime" else None)
+        or tools.get("onnxruntime")
         or _installed("onnxruntime")
+    )
     numpy = tools.get("numpy") or _installed("numpy")
     missing = [n for n, v in (("onnxruntime", ort), ("numpy", numpy)) if not v]
     if missing:
-        raise TinymlError(f"cannot pin {', '.join(missing)}: the result does not record it and it is not installed",
-                          hint="pip install 'tinymlaas-ci[ml]' and export again")
+        raise TinymlError(
+            f"cannot pin {', '.join(missing)}: the result does not record it and it is not installed",
+            hint="pip install 'tinymlaas-ci[ml]' and export again",
+        )
     return {"onnxruntime": str(ort), "numpy": str(numpy)}
 
 
@@ -159,44 +165,59 @@ def export_run(
     for name in model_files:
         src = bundle / name
         if Path(name).name != name or not src.is_file():
-            raise TinymlError(f"the bundle of {run_id} lacks {name!r}", hint=f"re-run: tinymlaas run --select {run_id} --force")
+            raise TinymlError(
+                f"the bundle of {run_id} lacks {name!r}", hint=f"re-run: tinymlaas run --select {run_id} --force"
+            )
         if sums.get(name) and sha256_file(src) != sums[name]:
-            raise TinymlError(f"{src} does not match the sha256 in its manifest: the bundle was changed",
-                              hint=f"re-run: tinymlaas run --select {run_id} --force")
+            raise TinymlError(
+                f"{src} does not match the sha256 in its manifest: the bundle was changed",
+                hint=f"re-run: tinymlaas run --select {run_id} --force",
+            )
         shutil.copyfile(src, out / name)
     atomic_write_bytes(out / "manifest.json", (bundle / "manifest.json").read_bytes())
 
     result = _recorded_result(root, run_id, bundle)
     reqs = pinned_requirements(result)
     metrics = (result or {}).get("metrics") or {}
-    recorded = {
-        "accuracy": metrics.get("accuracy"),
-        "samples": metrics.get("samples"),
-        "latency_p50_ms": (metrics.get("latency_ms") or {}).get("p50"),
-        "model_size_bytes": metrics.get("model_size_bytes"),
-    } if metrics else {}
-    atomic_write_json(out / "export.json", {
-        "schema": EXPORT_SCHEMA,
-        "run": run_id,
-        "spec_hash": ((result or {}).get("run") or {}).get("spec_hash"),
-        "status": (result or {}).get("status"),
-        "recorded": recorded,
-        "device": (result or {}).get("device"),
-        "requirements": reqs,
-        "tinymlaas_ci": __version__,
-    })
-    atomic_write_text(out / "requirements.txt",
-                      "# The runtime the run was measured with.\n"
-                      + "".join(f"{name}=={version}\n" for name, version in reqs.items()))
+    recorded = (
+        {
+            "accuracy": metrics.get("accuracy"),
+            "samples": metrics.get("samples"),
+            "latency_p50_ms": (metrics.get("latency_ms") or {}).get("p50"),
+            "model_size_bytes": metrics.get("model_size_bytes"),
+        }
+        if metrics
+        else {}
+    )
+    atomic_write_json(
+        out / "export.json",
+        {
+            "schema": EXPORT_SCHEMA,
+            "run": run_id,
+            "spec_hash": ((result or {}).get("run") or {}).get("spec_hash"),
+            "status": (result or {}).get("status"),
+            "recorded": recorded,
+            "device": (result or {}).get("device"),
+            "requirements": reqs,
+            "tinymlaas_ci": __version__,
+        },
+    )
+    atomic_write_text(
+        out / "requirements.txt",
+        "# The runtime the run was measured with.\n"
+        + "".join(f"{name}=={version}\n" for name, version in reqs.items()),
+    )
     atomic_write_text(out / "infer.py", (TEMPLATES / "infer.py").read_text(encoding="utf-8"))
     dockerfile = (TEMPLATES / "Dockerfile").read_text(encoding="utf-8")
     atomic_write_text(out / "Dockerfile", dockerfile.replace("__MODEL_FILES__", " ".join(model_files)))
     (out / "certs").mkdir(exist_ok=True)
-    atomic_write_text(out / "certs" / "README.txt",
-                      "Put a CA bundle here as ca-certificates.crt when pip must trust a TLS-inspecting proxy.\n")
+    atomic_write_text(
+        out / "certs" / "README.txt",
+        "Put a CA bundle here as ca-certificates.crt when pip must trust a TLS-inspecting proxy.\n",
+    )
     spec = (result or {}).get("spec") or {}
     device = (result or {}).get("device") or {}
-    lat = (metrics.get("latency_ms") or {})
+    lat = metrics.get("latency_ms") or {}
     values = {
         "__RUN__": run_id,
         "__DESCRIPTION__": spec.get("description") or "",
@@ -240,8 +261,10 @@ def build_export_image(
 
     out = Path(out)
     if not (out / "Dockerfile").is_file() or not (out / "manifest.json").is_file():
-        raise UsageError(f"{out} is not an export folder (no Dockerfile or manifest.json)",
-                         hint="write one with: tinymlaas export RUN --out DIR")
+        raise UsageError(
+            f"{out} is not an export folder (no Dockerfile or manifest.json)",
+            hint="write one with: tinymlaas export RUN --out DIR",
+        )
     client = client_for(docker_host)
     try:
         with tempfile.TemporaryDirectory(prefix="tmx.") as tmp:
@@ -250,8 +273,15 @@ def build_export_image(
             ca = ca_bundle()
             if ca is not None and not (ctx / "certs" / "ca-certificates.crt").is_file():
                 shutil.copyfile(ca, ctx / "certs" / "ca-certificates.crt")
-            return build_image(client, ctx, tag, buildargs={"BASE": base or DEFAULT_BASE},
-                               labels={"org.tinymlaas.export": tag}, sink=sink, host=docker_host)
+            return build_image(
+                client,
+                ctx,
+                tag,
+                buildargs={"BASE": base or DEFAULT_BASE},
+                labels={"org.tinymlaas.export": tag},
+                sink=sink,
+                host=docker_host,
+            )
     finally:
         client.close()
 

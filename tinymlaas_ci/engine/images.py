@@ -155,9 +155,7 @@ def build_images(
                 buildargs = {"BASE": base_image}
                 if name == "stage" and any((ctx / "wheels").glob("torch-2.13.0*.whl")):
                     buildargs["TORCH_INDEX"] = ""  # the local CPU wheel; no extra index needed
-                image_id = build_image(
-                    client, ctx, tag, buildargs=buildargs, sink=sink, host=docker_host
-                )
+                image_id = build_image(client, ctx, tag, buildargs=buildargs, sink=sink, host=docker_host)
             if previous and previous != image_id:
                 _drop_untagged(client, previous, docker_host, sink)
             with docker_errors(docker_host, f"inspecting {tag}"):

@@ -43,8 +43,10 @@ class LocalExecutor:
                 start_new_session=True,  # so an interrupt can stop the stage's whole process group
             )
         except OSError as exc:
-            raise ExecutorError(f"cannot start stage {call.stage!r}: {argv[0]}: {exc.strerror}",
-                                hint="check the stage's command in the pipeline file") from exc
+            raise ExecutorError(
+                f"cannot start stage {call.stage!r}: {argv[0]}: {exc.strerror}",
+                hint="check the stage's command in the pipeline file",
+            ) from exc
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -45,7 +45,7 @@ class Progress:
         with self._lock:
             self._clear()
             if self.mode == "github" and text.startswith("warning:"):
-                self.stream.write(f"::warning::{text[len('warning:'):].strip()}\n")
+                self.stream.write(f"::warning::{text[len('warning:') :].strip()}\n")
             else:
                 self.stream.write(text + "\n")
             self.stream.flush()

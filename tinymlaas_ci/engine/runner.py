@@ -34,7 +34,7 @@ from tinymlaas_ci.results.models import Result
 from tinymlaas_ci.spec.repo import Repo
 from tinymlaas_ci.stages.contract import CONTRACT_SCHEMA, ERROR_FILE, OUTPUTS_FILE, STAGE_FILE
 
-__all__ = ["RunOptions", "RunOutcome", "Engine", "code_digest", "DEVICE_STAGES", "PASSED_ENV"]
+__all__ = ["DEVICE_STAGES", "PASSED_ENV", "Engine", "RunOptions", "RunOutcome", "code_digest"]
 
 DEVICE_STAGES = ("install", "infer")
 """Stages that use the device (the built-in ones, or a user's stage with one of these names):
@@ -149,7 +149,9 @@ class Engine:
         stop = False
         for run in plan.runs:
             if stop:
-                outcomes.append(RunOutcome(run.id, "not-run", message="not run: an earlier run failed (use --keep-going)"))
+                outcomes.append(
+                    RunOutcome(run.id, "not-run", message="not run: an earlier run failed (use --keep-going)")
+                )
                 continue
             if run.status == "up-to-date" and not self.options.force:
                 outcomes.append(RunOutcome(run.id, "up-to-date", result_path=run.result_path))
@@ -164,8 +166,12 @@ class Engine:
     # -- one run -------------------------------------------------------------------------------
     def execute_run(self, run: PlannedRun) -> RunOutcome:
         volume = RunVolume(self.work_dir, run.project, run.name).create()
-        with file_lock(volume.root / ".lock", what=f"run {run.id}", timeout=self.options.lock_timeout,
-                       on_wait=self.progress.message):
+        with file_lock(
+            volume.root / ".lock",
+            what=f"run {run.id}",
+            timeout=self.options.lock_timeout,
+            on_wait=self.progress.message,
+        ):
             return self._execute_run(run, volume)
 
     def _execute_run(self, run: PlannedRun, volume: RunVolume) -> RunOutcome:
@@ -195,14 +201,17 @@ class Engine:
         builtin = {s.builtin: outputs[s.name] for s in run.stages if s.builtin and s.name in outputs}
         return self._finish(run, volume, builtin, records, error, log_path)
 
-    def _stage(self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage,
-               outputs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def _stage(
+        self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage, outputs: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         opts = self.options
         upstream = {n: outputs.get(n, {}) for n in stage.needs}
         executor_name = self._executor_name(device, stage)
         call = self._call(run, device, stage, outputs)
         executor = self.executor(executor_name)
-        upstream_digests = {n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()}
+        upstream_digests = {
+            n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()
+        }
         try:
             identity = self._identity(executor, call)
         except TinymlError as exc:  # no engine, missing image, unreachable board: this stage fails
@@ -221,13 +230,26 @@ class Engine:
 
         lock = nullcontext()
         if (stage.builtin or stage.name) in DEVICE_STAGES:
-            lock = file_lock(self.lock_dir / f"device-{run.device}.lock", what=f"device {run.device!r}",
-                             timeout=opts.lock_timeout, on_wait=self.progress.message)
+            lock = file_lock(
+                self.lock_dir / f"device-{run.device}.lock",
+                what=f"device {run.device!r}",
+                timeout=opts.lock_timeout,
+                on_wait=self.progress.message,
+            )
         with lock:
             return self._run_stage(run, device, volume, stage, upstream, call, executor, key)
 
-    def _run_stage(self, run, device, volume: RunVolume, stage: PlannedStage, upstream, call: StageCall,
-                   executor: Executor, key: str):
+    def _run_stage(
+        self,
+        run,
+        device,
+        volume: RunVolume,
+        stage: PlannedStage,
+        upstream,
+        call: StageCall,
+        executor: Executor,
+        key: str,
+    ):
         stage_dir = volume.reset_stage(stage.name)
         in_container = executor.name != "local"
         config = {
@@ -242,11 +264,21 @@ class Engine:
             "inputs": upstream,
         }
         atomic_write_json(stage_dir / STAGE_FILE, config)
-        status = StageStatus(stage=stage.name, status="running", started_at=now_iso(), cache_key=key,
-                             executor=executor.name, pid=os.getpid())
+        status = StageStatus(
+            stage=stage.name,
+            status="running",
+            started_at=now_iso(),
+            cache_key=key,
+            executor=executor.name,
+            pid=os.getpid(),
+        )
         volume.write_status(status)
-        if (stage.builtin == "compile" and run.spec.model.format.value in ("auto", "pytorch")
-                and not in_container and not self._warned_sandbox):
+        if (
+            stage.builtin == "compile"
+            and run.spec.model.format.value in ("auto", "pytorch")
+            and not in_container
+            and not self._warned_sandbox
+        ):
             self._warned_sandbox = True
             self.progress.message(
                 "warning: the local executor cannot sandbox stages; a pickled PyTorch model runs "
@@ -254,7 +286,7 @@ class Engine:
             )
         self.progress.stage_started(run.id, stage.name)
         started = time.monotonic()
-        log_file = open(stage_dir / LOG_FILE, "w", encoding="utf-8", errors="replace")
+        log_file = open(stage_dir / LOG_FILE, "w", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
         secrets = [v for k, v in call.env.items() if v and ("TOKEN" in k or "PASSWORD" in k)]
 
         def sink(line: str) -> None:
@@ -293,13 +325,25 @@ class Engine:
                 self._write_error(volume, stage.name, TinymlError("the stage exited 0 but wrote no outputs.json"))
             elif outcome.oom_killed:
                 limit = call.memory_mb
-                self._write_error(volume, stage.name, TinymlError(
-                    f"killed for using more than its memory limit ({limit} MiB)" if limit else "killed: out of memory",
-                    hint="raise resources.memory_mb in the run spec or memory_mb in the device file"))
+                self._write_error(
+                    volume,
+                    stage.name,
+                    TinymlError(
+                        f"killed for using more than its memory limit ({limit} MiB)"
+                        if limit
+                        else "killed: out of memory",
+                        hint="raise resources.memory_mb in the run spec or memory_mb in the device file",
+                    ),
+                )
             elif volume.read_json(stage.name, ERROR_FILE) is None:
-                self._write_error(volume, stage.name, TinymlError(
-                    f"exited with code {outcome.returncode} without writing error.json",
-                    hint=f"see the log: {stage_dir / LOG_FILE}"))
+                self._write_error(
+                    volume,
+                    stage.name,
+                    TinymlError(
+                        f"exited with code {outcome.returncode} without writing error.json",
+                        hint=f"see the log: {stage_dir / LOG_FILE}",
+                    ),
+                )
         volume.write_status(status)
         note = ""
         if out is None:
@@ -381,10 +425,16 @@ class Engine:
     @staticmethod
     def _write_error(volume: RunVolume, stage: str, exc: TinymlError) -> None:
         volume.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(volume.stage_dir(stage) / ERROR_FILE, {
-            "schema": CONTRACT_SCHEMA, "stage": stage, "type": type(exc).__name__,
-            "message": exc.message, "hint": exc.hint,
-        })
+        atomic_write_json(
+            volume.stage_dir(stage) / ERROR_FILE,
+            {
+                "schema": CONTRACT_SCHEMA,
+                "stage": stage,
+                "type": type(exc).__name__,
+                "message": exc.message,
+                "hint": exc.hint,
+            },
+        )
 
     def _record(self, volume: RunVolume, stage: PlannedStage, status: str) -> dict[str, Any]:
         st = volume.status(stage.name)
@@ -420,7 +470,9 @@ class Engine:
         }
         if os.environ.get("GITHUB_RUN_ID") and os.environ.get("GITHUB_REPOSITORY"):
             server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
-            identity["actions_run_url"] = f"{server}/{os.environ['GITHUB_REPOSITORY']}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
+            identity["actions_run_url"] = (
+                f"{server}/{os.environ['GITHUB_REPOSITORY']}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
+            )
         result = build_result(
             run=identity,
             spec=run.spec.model_dump(mode="json", by_alias=True, exclude={"matrix"}),
@@ -442,8 +494,10 @@ class Engine:
                 except (OSError, ValueError):
                     old = None
                 if old and old != run.spec_hash:
-                    self.progress.message(f"  replacing {rel}: its spec changed ({old[:8]} -> {run.spec_hash[:8]}); "
-                                          "the old result stays in git history")
+                    self.progress.message(
+                        f"  replacing {rel}: its spec changed ({old[:8]} -> {run.spec_hash[:8]}); "
+                        "the old result stays in git history"
+                    )
             write_result(path, result)
         failed_gates = [g for g in result.gates if not g.passed]
         if result.status == "succeeded" and result.metrics is not None:
@@ -458,7 +512,9 @@ class Engine:
             for g in failed_gates:
                 self.progress.message(f"✗ {run.id}: gate {g.message}")
         else:
-            self.progress.message(f"✗ {run.id}: {error['stage'] if error else '?'} failed: {error['message'] if error else ''}")
+            self.progress.message(
+                f"✗ {run.id}: {error['stage'] if error else '?'} failed: {error['message'] if error else ''}"
+            )
         return RunOutcome(
             run_id=run.id,
             status=result.status,

@@ -49,8 +49,10 @@ class SshExecutor:
         target.run(f"rm -rf {q_stage} && mkdir -p {q_remote}", doing="preparing the run folder")
         target.put(volume, files, remote, doing=f"copying the inputs of {call.stage!r}")
         sink(f"copied {len(files)} files to {target.label}:{remote}")
-        command = (f"cd {q_remote} && TINYMLAAS_SANDBOXED=0 PYTHONUNBUFFERED=1 "
-                   f"{shlex.quote(target.python)} -m tinymlaas_ci.stages.{call.builtin} . --name {shlex.quote(call.stage)}")
+        command = (
+            f"cd {q_remote} && TINYMLAAS_SANDBOXED=0 PYTHONUNBUFFERED=1 "
+            f"{shlex.quote(target.python)} -m tinymlaas_ci.stages.{call.builtin} . --name {shlex.quote(call.stage)}"
+        )
         returncode = target.run(command, sink, doing=f"running {call.stage!r}")
         target.get(f"{remote}/{call.stage}", stage_dir, doing=f"copying the outputs of {call.stage!r} back")
         return ExecOutcome(returncode=returncode, executor=self.name, image=None, image_digest=None)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import atomic_write_json, is_within
 
-__all__ = ["StageStatus", "RunVolume", "default_work_dir", "now_iso", "STATUS_FILE", "LOG_FILE"]
+__all__ = ["LOG_FILE", "STATUS_FILE", "RunVolume", "StageStatus", "default_work_dir", "now_iso"]
 
 STATUS_FILE = "status.json"
 LOG_FILE = "log.txt"
@@ -54,7 +54,7 @@ class StageStatus:
     check tells whether they are still what the stage produced."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StageStatus":
+    def from_dict(cls, data: dict[str, Any]) -> StageStatus:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -67,7 +67,7 @@ class RunVolume:
         self.project = project
         self.name = name
 
-    def create(self) -> "RunVolume":
+    def create(self) -> RunVolume:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
 

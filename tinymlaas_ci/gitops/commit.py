@@ -75,12 +75,17 @@ class CommitOutcome:
             lines += ["", self.message]
             return "\n".join(lines)
         if not self.committed:
-            lines.append("nothing to commit: no new or changed result files"
-                         if not self.superseded else "nothing to commit: the remote already holds newer results")
+            lines.append(
+                "nothing to commit: no new or changed result files"
+                if not self.superseded
+                else "nothing to commit: the remote already holds newer results"
+            )
             return "\n".join(lines)
         tries = "" if self.attempts <= 1 else f" after {self.attempts} attempts"
-        lines.append(f"committed {len(self.files)} result file(s) as {self.commit[:12]}"
-                     + (f" and pushed{tries}" if self.pushed else " (not pushed)"))
+        lines.append(
+            f"committed {len(self.files)} result file(s) as {self.commit[:12]}"
+            + (f" and pushed{tries}" if self.pushed else " (not pushed)")
+        )
         lines += [f"  {f}" for f in self.files]
         return "\n".join(lines)
 
@@ -125,9 +130,11 @@ def _summaries(root: Path, files: list[str]) -> list[tuple[str, str, float | Non
         expected = _run_id(rel)
         actual = f"{result.run.project}/{result.run.name}"
         if actual != expected:
-            raise UsageError(f"{rel}: holds the result of {actual}, not of {expected}",
-                             hint=f"result files are written by 'tinymlaas run'; move it to "
-                                  f"runs/{result.run.project}/results/{result.run.name}.json or restore it from git")
+            raise UsageError(
+                f"{rel}: holds the result of {actual}, not of {expected}",
+                hint=f"result files are written by 'tinymlaas run'; move it to "
+                f"runs/{result.run.project}/results/{result.run.name}.json or restore it from git",
+            )
         out.append((actual, result.status, result.metrics.accuracy if result.metrics else None))
     return out
 
@@ -144,8 +151,10 @@ def _select(root: Path, paths: list[str | Path] | None) -> list[str]:
         except ValueError:
             raise UsageError(f"{p}: not inside the repository {root}") from None
         if not RESULT_PATH.match(rel):
-            raise UsageError(f"{p}: not a result file",
-                             hint="only runs/<project>/results/<run>.json files are committed by this command")
+            raise UsageError(
+                f"{p}: not a result file",
+                hint="only runs/<project>/results/<run>.json files are committed by this command",
+            )
         if not full.is_file():
             raise UsageError(f"{p}: no such file")
         wanted.append(rel)
@@ -204,8 +213,10 @@ def commit_results(
         raise UsageError(f"--retries {retries}: must be 0 or more")
     branch = branch or current_branch(root)
     if push and not branch:
-        raise UsageError("HEAD is detached, so there is no branch to push to",
-                         hint="pass --branch BRANCH (in Actions: --branch \"$GITHUB_REF_NAME\")")
+        raise UsageError(
+            "HEAD is detached, so there is no branch to push to",
+            hint='pass --branch BRANCH (in Actions: --branch "$GITHUB_REF_NAME")',
+        )
     # Keep our bytes: a conflict resolution must be able to put them back exactly.
     ours = {rel: (root / rel).read_bytes() for rel in files}
     git(root, "add", "--", *files)
@@ -228,9 +239,11 @@ def commit_results(
         if not _is_race(err):
             raise err
         if attempt > retries:
-            raise GitError(f"pushing the results to {remote}/{branch} was rejected {attempt} times: "
-                           f"the branch kept moving", hint="run 'tinymlaas results commit' again, or raise --retries; "
-                           f"the commit {outcome.commit[:12]} is safe in this clone")
+            raise GitError(
+                f"pushing the results to {remote}/{branch} was rejected {attempt} times: the branch kept moving",
+                hint="run 'tinymlaas results commit' again, or raise --retries; "
+                f"the commit {outcome.commit[:12]} is safe in this clone",
+            )
         _pause(attempt, backoff)
         git(root, "fetch", "--quiet", remote, f"+{target}:{upstream}")
         if not _rebase(root, upstream, ours, outcome, message_prefix):
@@ -252,14 +265,20 @@ def _rebase(root: Path, upstream: str, ours: dict[str, bytes], outcome: CommitOu
         conflicted = [c for c in conflicted if c]
         if not conflicted:
             git(root, "rebase", "--abort", check=False)
-            raise git_error(proc, root, what=f"rebasing the results onto {upstream}",
-                            hint="resolve it by hand: git fetch && git rebase, then push")
+            raise git_error(
+                proc,
+                root,
+                what=f"rebasing the results onto {upstream}",
+                hint="resolve it by hand: git fetch && git rebase, then push",
+            )
         for rel in conflicted:
             if rel not in ours or not RESULT_PATH.match(rel):
                 git(root, "rebase", "--abort", check=False)
-                raise GitError(f"rebasing the results onto {upstream} conflicted in {rel}, which is not one of "
-                               f"the result files being committed",
-                               hint="commit only result files with this command; resolve this one by hand")
+                raise GitError(
+                    f"rebasing the results onto {upstream} conflicted in {rel}, which is not one of "
+                    f"the result files being committed",
+                    hint="commit only result files with this command; resolve this one by hand",
+                )
             theirs = show(root, upstream, rel)
             ours_at, theirs_at = _created_at(ours[rel]), _created_at(theirs)
             run = _run_id(rel)
@@ -267,12 +286,14 @@ def _rebase(root: Path, upstream: str, ours: dict[str, bytes], outcome: CommitOu
                 (root / rel).write_bytes(theirs)
                 outcome.superseded.append(
                     f"{run}: kept the result already on {upstream.split('/', 3)[-1]} "
-                    f"(created {theirs_at or '?'}); it is newer than this one (created {ours_at or '?'})")
+                    f"(created {theirs_at or '?'}); it is newer than this one (created {ours_at or '?'})"
+                )
             else:
                 (root / rel).write_bytes(ours[rel])
                 outcome.superseded.append(
                     f"{run}: replaced the result on {upstream.split('/', 3)[-1]} (created {theirs_at or '?'}) "
-                    f"with this newer one (created {ours_at or '?'}); the older one stays in git history")
+                    f"with this newer one (created {ours_at or '?'}); the older one stays in git history"
+                )
             git(root, "add", "--", rel)
         resolved = True
         if not git(root, "diff", "--cached", "--quiet", check=False).returncode:

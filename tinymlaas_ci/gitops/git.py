@@ -23,12 +23,18 @@ _HINTS: tuple[tuple[str, str], ...] = (
     ("not a git repository", "run the command inside a git clone of the repository, or pass --repo DIR"),
     ("please tell me who you are", "set an identity: git config user.name NAME && git config user.email EMAIL"),
     ("unable to auto-detect email", "set an identity: git config user.name NAME && git config user.email EMAIL"),
-    ("authentication failed", "the push credentials were refused: in Actions give the job 'permissions: contents: write'"),
+    (
+        "authentication failed",
+        "the push credentials were refused: in Actions give the job 'permissions: contents: write'",
+    ),
     ("permission to", "the token may not push here: in Actions give the job 'permissions: contents: write'"),
     ("could not read from remote", "check the remote's URL and that it is reachable (git remote -v)"),
     ("does not appear to be a git repository", "check the remote's name and URL (git remote -v)"),
     ("couldn't find remote ref", "the branch does not exist on the remote yet; check --branch"),
-    ("invalid object name", "the ref does not exist here: fetch it first (git fetch origin BRANCH) or check its spelling"),
+    (
+        "invalid object name",
+        "the ref does not exist here: fetch it first (git fetch origin BRANCH) or check its spelling",
+    ),
     ("unknown revision", "the ref does not exist here: fetch it first (git fetch origin BRANCH) or check its spelling"),
     ("index.lock", "another git process is running in this repository; wait for it, or remove a stale .git/index.lock"),
     ("unstaged changes", "commit or stash the other changes first"),
@@ -74,16 +80,23 @@ def git(
     return proc
 
 
-def git_error(proc: subprocess.CompletedProcess[bytes], repo: str | os.PathLike, *, hint: str | None = None,
-              what: str | None = None) -> GitError:
+def git_error(
+    proc: subprocess.CompletedProcess[bytes],
+    repo: str | os.PathLike,
+    *,
+    hint: str | None = None,
+    what: str | None = None,
+) -> GitError:
     """The :class:`GitError` for a finished git process that failed."""
     args = proc.args[3:] if isinstance(proc.args, list) else proc.args
     stderr = (proc.stderr or b"").decode("utf-8", "replace").strip()
     tail = stderr[-_STDERR_TAIL:]
     command = "git " + shlex.join(args)
     head = what or f"'{command}' failed"
-    err = GitError(f"{head} in {repo} (exit {proc.returncode}):\n{tail}" if tail else
-                   f"{head} in {repo} (exit {proc.returncode})", hint=hint or _hint(stderr))
+    err = GitError(
+        f"{head} in {repo} (exit {proc.returncode}):\n{tail}" if tail else f"{head} in {repo} (exit {proc.returncode})",
+        hint=hint or _hint(stderr),
+    )
     # Kept as data for callers that decide what to do next (e.g. retry a rejected push).
     err.command = command
     err.stderr = stderr
@@ -114,8 +127,12 @@ def ref_exists(repo: str | os.PathLike, ref: str) -> bool:
 
 def toplevel(path: str | os.PathLike) -> Path:
     """The root of the git work tree that holds ``path``."""
-    proc = git(path, "rev-parse", "--show-toplevel",
-               hint="results are committed from a git clone: run inside one, or pass --repo DIR")
+    proc = git(
+        path,
+        "rev-parse",
+        "--show-toplevel",
+        hint="results are committed from a git clone: run inside one, or pass --repo DIR",
+    )
     return Path(proc.stdout.decode().strip())
 
 

@@ -64,12 +64,18 @@ _METRICS: tuple[tuple[str, str, str | None, str], ...] = (
     ("peak_memory_mb", "peak memory (MiB)", "lower", "{:.4g}"),
     ("load_time_ms", "load time (ms)", "lower", "{:.4g}"),
 )
-_STATUS = {"succeeded": "✅ succeeded", "gates-failed": "❌ gates failed", "failed": "❌ failed",
-           "up-to-date": "✅ up to date", "not-run": "⏭️ not run"}
+_STATUS = {
+    "succeeded": "✅ succeeded",
+    "gates-failed": "❌ gates failed",
+    "failed": "❌ failed",
+    "up-to-date": "✅ up to date",
+    "not-run": "⏭️ not run",
+}
 _PLAN_STATUS = {"new": "🆕 new", "changed": "✏️ changed", "up-to-date": "✅ up to date"}
 
 
 # -- escaping ------------------------------------------------------------------------------------
+
 
 def _md(value: Any, limit: int = 300) -> str:
     """Repository text made inert for a Markdown table cell: no HTML, no pipes, one line."""
@@ -100,6 +106,7 @@ def _value(value: Any) -> str:
 
 
 # -- metrics ---------------------------------------------------------------------------------------
+
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -194,6 +201,7 @@ def spec_changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[st
 
 # -- reading results from git ----------------------------------------------------------------------
 
+
 def _parse(data: bytes | None) -> Result | None:
     if data is None:
         return None
@@ -232,12 +240,17 @@ def _read_current(root: Path, rel: str) -> tuple[Result | None, bytes | None]:
 
 # -- the pull-request comment ----------------------------------------------------------------------
 
+
 def _problems_section(problems) -> list[str]:
     if not problems:
         return ["### ✅ Specs are valid", ""]
     files = len({p.path for p in problems})
-    out = [f"### ❌ {len(problems)} problem{'s' * (len(problems) != 1)} in {files} file{'s' * (files != 1)}", "",
-           "| where | problem | how to fix |", "|---|---|---|"]
+    out = [
+        f"### ❌ {len(problems)} problem{'s' * (len(problems) != 1)} in {files} file{'s' * (files != 1)}",
+        "",
+        "| where | problem | how to fix |",
+        "|---|---|---|",
+    ]
     for p in problems[:100]:
         where = p.path + (f":{p.line}:{p.column or 1}" if p.line else "")
         out.append(f"| {_code(where)} | {_md(p.message)} | {_md(p.hint) if p.hint else ''} |")
@@ -281,8 +294,13 @@ def pr_comment(root: str | Path, base: str | None) -> str:
         return _finish(out)
     base_ok = bool(base) and rev_parse(root, base) is not None
     if base and not base_ok:
-        out += [(f"> Base {_code(base)} was not found in this clone, so there is no comparison with it "
-                 f"(fetch it: `git fetch origin BRANCH`)."), ""]
+        out += [
+            (
+                f"> Base {_code(base)} was not found in this clone, so there is no comparison with it "
+                f"(fetch it: `git fetch origin BRANCH`)."
+            ),
+            "",
+        ]
     out += _plan_section(the_plan)
     if base_ok:
         out += _changes_section(root, repo, the_plan, base)
@@ -296,18 +314,29 @@ def _plan_section(the_plan) -> list[str]:
         return out + ["No runs.", ""]
     pending = [r for r in the_plan.runs if r.status != "up-to-date"]
     if pending:
-        out += ["After merge these run, one job per device on the runner with these labels:", "",
-                "| run | device | runner | status |", "|---|---|---|---|"]
+        out += [
+            "After merge these run, one job per device on the runner with these labels:",
+            "",
+            "| run | device | runner | status |",
+            "|---|---|---|---|",
+        ]
         for r in pending:
             out.append(f"| {_code(r.id)} | {_code(r.device)} | {_md(', '.join(r.runner))} | {_PLAN_STATUS[r.status]} |")
         out.append("")
     else:
         out += ["Nothing would run after merge: every run is up to date.", ""]
     if len(pending) < len(the_plan.runs):
-        out += [f"<details><summary>{len(the_plan.runs) - len(pending)} up-to-date run(s)</summary>", "",
-                "| run | device | runner |", "|---|---|---|"]
-        out += [f"| {_code(r.id)} | {_code(r.device)} | {_md(', '.join(r.runner))} |"
-                for r in the_plan.runs if r.status == "up-to-date"]
+        out += [
+            f"<details><summary>{len(the_plan.runs) - len(pending)} up-to-date run(s)</summary>",
+            "",
+            "| run | device | runner |",
+            "|---|---|---|",
+        ]
+        out += [
+            f"| {_code(r.id)} | {_code(r.device)} | {_md(', '.join(r.runner))} |"
+            for r in the_plan.runs
+            if r.status == "up-to-date"
+        ]
         out += ["", "</details>", ""]
     return out
 
@@ -328,7 +357,12 @@ def _changes_section(root: Path, repo, the_plan, base: str) -> list[str]:
             diff = spec_changes(committed.spec, new_spec)
             lines += _base_metrics(committed)
             if diff:
-                lines += ["Spec changes against the spec of that result:", "", "| field | before | after |", "|---|---|---|"]
+                lines += [
+                    "Spec changes against the spec of that result:",
+                    "",
+                    "| field | before | after |",
+                    "|---|---|---|",
+                ]
                 lines += [f"| {_code(k)} | {_value(a)} | {_value(b)} |" for k, a, b in diff]
                 lines.append("")
             else:
@@ -345,11 +379,20 @@ def _base_metrics(result: Result) -> list[str]:
     head = f"Committed result ({_STATUS.get(result.status, _md(result.status))}, {_md(result.created_at)})"
     if not values:
         return [head + ": no metrics.", ""]
-    cells = [(label, fmt.format(values[key])) for key, label, _, fmt in _METRICS
-             if key in values and key in ("accuracy", "latency_ms.p50", "latency_ms.p95", "model_size_bytes",
-                                          "peak_memory_mb")]
-    out = [head + ":", "", "| " + " | ".join(c[0] for c in cells) + " |", "|" + "---|" * len(cells),
-           "| " + " | ".join(c[1] for c in cells) + " |", ""]
+    cells = [
+        (label, fmt.format(values[key]))
+        for key, label, _, fmt in _METRICS
+        if key in values
+        and key in ("accuracy", "latency_ms.p50", "latency_ms.p95", "model_size_bytes", "peak_memory_mb")
+    ]
+    out = [
+        head + ":",
+        "",
+        "| " + " | ".join(c[0] for c in cells) + " |",
+        "|" + "---|" * len(cells),
+        "| " + " | ".join(c[1] for c in cells) + " |",
+        "",
+    ]
     if result.gates:
         out += [_gates_line(result, None), ""]
     return out
@@ -378,11 +421,14 @@ def _finish(lines: list[str]) -> str:
     text = "\n".join(lines).rstrip() + "\n"
     if len(text) > MAX_COMMENT:
         cut = text.rfind("\n", 0, MAX_COMMENT)
-        text = text[:cut] + "\n\n… (cut here: the report is longer than a GitHub comment may be; see the workflow log)\n"
+        text = (
+            text[:cut] + "\n\n… (cut here: the report is longer than a GitHub comment may be; see the workflow log)\n"
+        )
     return text
 
 
 # -- the job summary -------------------------------------------------------------------------------
+
 
 def load_outcomes(path: str | Path) -> list[dict[str, Any]]:
     """Outcomes written by ``tinymlaas run --json FILE``: from one file, or every such file in a
@@ -393,19 +439,24 @@ def load_outcomes(path: str | Path) -> list[dict[str, Any]]:
     elif path.is_file():
         files = [path]
     else:
-        raise UsageError(f"--outcomes {path}: no such file or folder",
-                         hint="pass the file written by 'tinymlaas run --json FILE', or a folder of them")
+        raise UsageError(
+            f"--outcomes {path}: no such file or folder",
+            hint="pass the file written by 'tinymlaas run --json FILE', or a folder of them",
+        )
     outcomes: list[dict[str, Any]] = []
     for f in files:
         try:
             data = json.loads(f.read_text())
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{f}: not a JSON file: {exc}",
-                             hint="pass the file written by 'tinymlaas run --json FILE'") from exc
+            raise UsageError(
+                f"{f}: not a JSON file: {exc}", hint="pass the file written by 'tinymlaas run --json FILE'"
+            ) from exc
         if not isinstance(data, dict) or not isinstance(data.get("outcomes"), list):
             if path.is_dir():
                 continue  # another JSON file in the folder, not an outcomes file
-            raise UsageError(f"{f}: has no 'outcomes' list", hint="pass the file written by 'tinymlaas run --json FILE'")
+            raise UsageError(
+                f"{f}: has no 'outcomes' list", hint="pass the file written by 'tinymlaas run --json FILE'"
+            )
         outcomes += [o for o in data["outcomes"] if isinstance(o, dict) and o.get("run")]
     return outcomes
 
@@ -429,8 +480,10 @@ def job_summary(root: str | Path, outcomes: list[dict[str, Any]] | None = None, 
     root = Path(root).resolve()
     ref = base or "HEAD"
     if base and rev_parse(root, base) is None:
-        raise UsageError(f"--base {base}: no such commit, branch or tag here",
-                         hint="fetch it first (git fetch origin BRANCH) or check its spelling")
+        raise UsageError(
+            f"--base {base}: no such commit, branch or tag here",
+            hint="fetch it first (git fetch origin BRANCH) or check its spelling",
+        )
     if outcomes is None:
         outcomes = [{"run": _id_of(rel), "status": None, "result": rel} for rel in _changed_results(root, ref)]
     out = ["## TinyMLaaS-CI results", ""]
@@ -448,12 +501,20 @@ def job_summary(root: str | Path, outcomes: list[dict[str, Any]] | None = None, 
         gates = "—"
         if current is not None and current.gates:
             gates = " ".join("✅" if g.passed else "❌" for g in current.gates)
-        rows.append(f"| {_code(o['run'])} | {_STATUS.get(status, _md(status))} | {cell('accuracy')} | "
-                    f"{cell('latency_ms.p50')} | {cell('latency_ms.p95')} | {cell('model_size_bytes')} | "
-                    f"{cell('peak_memory_mb')} | {gates} |")
+        rows.append(
+            f"| {_code(o['run'])} | {_STATUS.get(status, _md(status))} | {cell('accuracy')} | "
+            f"{cell('latency_ms.p50')} | {cell('latency_ms.p95')} | {cell('model_size_bytes')} | "
+            f"{cell('peak_memory_mb')} | {gates} |"
+        )
         details += _run_details(o, current, before)
-    out += ["| run | status | accuracy | p50 (ms) | p95 (ms) | size (bytes) | peak memory (MiB) | gates |",
-            "|---|---|---|---|---|---|---|---|"] + rows + [""]
+    out += (
+        [
+            "| run | status | accuracy | p50 (ms) | p95 (ms) | size (bytes) | peak memory (MiB) | gates |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        + rows
+        + [""]
+    )
     return "\n".join(out + details).rstrip() + "\n"
 
 

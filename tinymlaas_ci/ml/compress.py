@@ -57,8 +57,14 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("none", "dynamic-int8", "static-int8", "fp16")
 # Operators that only exist in quantized graphs (QOperator format and dynamic quantization).
 _INTEGER_OPS = {
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-    "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
 }
 
 
@@ -140,7 +146,7 @@ def fine_tune(
     for _ in range(int(epochs)):
         order = torch.randperm(len(xt), generator=gen)
         for start in range(0, len(xt), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             opt.zero_grad()
             loss_fn(model(xt[idx]), yt[idx]).backward()
             opt.step()
@@ -157,8 +163,8 @@ def torch_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_s
     correct = 0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            logits = model(torch.from_numpy(x[start:start + batch_size]).float())
-            correct += int((logits.argmax(1).numpy() == y[start:start + batch_size]).sum())
+            logits = model(torch.from_numpy(x[start : start + batch_size]).float())
+            correct += int((logits.argmax(1).numpy() == y[start : start + batch_size]).sum())
     return correct / len(x)
 
 
@@ -199,7 +205,7 @@ def _preprocess(src: Path, dst: Path) -> Path:
             warnings.simplefilter("ignore")
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         return dst
-    except Exception as exc:  # noqa: BLE001 - optional step; quantizing the raw model still works
+    except Exception as exc:
         log.info("quantization pre-processing skipped: %s", exc)
         return src
 
@@ -255,12 +261,16 @@ def _quantize_int8(src: Path, dst: Path, mode: str, calibration, per_channel: bo
 
                     def get_next(self):
                         i = next(self._it, None)
-                        return None if i is None else {name: calibration[i:i + 1]}
+                        return None if i is None else {name: calibration[i : i + 1]}
 
                 quantize_static(
-                    str(prepared), str(dst), _Reader(),
-                    quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    str(prepared),
+                    str(dst),
+                    _Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                 )
             else:
@@ -317,7 +327,7 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
             known.update(node.output)
         pending = [n for n in pending if all(n is not r for r in ready)]
     copies = [type(n)() for n in ordered]
-    for copy_, node in zip(copies, ordered):
+    for copy_, node in zip(copies, ordered, strict=True):
         copy_.CopyFrom(node)
     del graph.node[:]
     graph.node.extend(copies)
@@ -401,8 +411,16 @@ def to_torchscript(
             raise TinymlError(f"unknown quantization {mode!r}", hint=f"use one of {', '.join(QUANTIZATIONS)}")
         example = torch.zeros((1, *input_shape), dtype=torch.float32)
         try:
-            scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(model, example, check_trace=False)
-            scripted = torch.jit.freeze(scripted.eval()) if mode == "none" and not isinstance(model, torch.jit.ScriptModule) else scripted
+            scripted = (
+                model
+                if isinstance(model, torch.jit.ScriptModule)
+                else torch.jit.trace(model, example, check_trace=False)
+            )
+            scripted = (
+                torch.jit.freeze(scripted.eval())
+                if mode == "none" and not isinstance(model, torch.jit.ScriptModule)
+                else scripted
+            )
             scripted(example)
             torch.jit.save(scripted, str(dst))
         except TinymlError:
@@ -546,8 +564,13 @@ def compile_model(
     record["baseline_gzip_bytes"] = gzip_size(baseline)
     record["compressed_gzip_bytes"] = gzip_size(deployed)
     return CompileOutcome(
-        deployed=deployed, baseline=baseline, record=record, parameters=int(parameters),
-        input_shape=tuple(shape), source_format=fmt, details=details,
+        deployed=deployed,
+        baseline=baseline,
+        record=record,
+        parameters=int(parameters),
+        input_shape=tuple(shape),
+        source_format=fmt,
+        details=details,
     )
 
 

@@ -129,11 +129,7 @@ def _parquet_files(root: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        out.extend(
-            Path(dirpath) / f
-            for f in sorted(filenames)
-            if f.endswith(".parquet") and not f.startswith(".")
-        )
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".parquet") and not f.startswith("."))
     return out
 
 
@@ -148,10 +144,7 @@ def detect_format(folder: str | os.PathLike) -> str:
     dirs = [p for p in _visible(root.iterdir()) if p.is_dir()]
     if any(canonical_split(p.name) in SPLITS for p in dirs):
         return "imagefolder"
-    found = (
-        ", ".join(p.name + ("/" if p.is_dir() else "") for p in _visible(root.iterdir())[:20])
-        or "nothing"
-    )
+    found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in _visible(root.iterdir())[:20]) or "nothing"
     raise _error(
         f"dataset at {Path(folder).name!r} has no known layout (found: {found})",
         folder,
@@ -226,11 +219,7 @@ class _Stack:
         out: dict[str, np.ndarray] = {}
         for s in SPLITS:
             xs = self.x[s]
-            out[f"x_{s}"] = (
-                np.stack(xs).astype(np.float32, copy=False)
-                if xs
-                else np.zeros((0, *shape), np.float32)
-            )
+            out[f"x_{s}"] = np.stack(xs).astype(np.float32, copy=False) if xs else np.zeros((0, *shape), np.float32)
             out[f"y_{s}"] = np.asarray(self.y[s], dtype=np.int64)
         return out
 
@@ -382,9 +371,7 @@ def load_parquet(
     root = find_dataset_root(folder)
     files = _parquet_files(root)
     if not files:
-        raise _error(
-            f"no parquet files in {Path(folder).name!r}", folder, "add <split>.parquet files"
-        )
+        raise _error(f"no parquet files in {Path(folder).name!r}", folder, "add <split>.parquet files")
     shape = tuple(int(d) for d in sample_shape) if sample_shape else None
     names_meta: list[str] | None = None
     raw_labels: dict[str, list[Any]] = {s: [] for s in SPLITS}
@@ -396,9 +383,7 @@ def load_parquet(
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowException, OSError) as exc:
-            raise _error(
-                f"{rel} is not a readable parquet file ({exc})", path, "re-create the file"
-            ) from exc
+            raise _error(f"{rel} is not a readable parquet file ({exc})", path, "re-create the file") from exc
         missing = [c for c in (image_column, label_column) if c not in schema.names]
         if missing:
             raise _error(
@@ -421,12 +406,10 @@ def load_parquet(
         for batch in pf.iter_batches(columns=[image_column, label_column], batch_size=1024):
             images = batch.column(0).to_pylist()
             labels = batch.column(1).to_pylist()
-            for image, label in zip(images, labels):
+            for image, label in zip(images, labels, strict=True):
                 where = f"{rel} row {row}"
                 if label is None:
-                    raise _error(
-                        f"{where}: the label is missing (null)", path, "drop rows without a label"
-                    )
+                    raise _error(f"{where}: the label is missing (null)", path, "drop rows without a label")
                 stack.add(split, _cell_array(image, where, shape), 0, where)
                 raw_labels[split].append(label)
                 row += 1
@@ -442,9 +425,7 @@ def load_parquet(
             stack.y[s] = [int(v) for v in raw_labels[s]]
         top = max((max(v) for v in stack.y.values() if v), default=-1)
         if min((min(v) for v in stack.y.values() if v), default=0) < 0:
-            raise _error(
-                "the label column holds negative values", root, "labels are class indices 0..N-1"
-            )
+            raise _error("the label column holds negative values", root, "labels are class indices 0..N-1")
         if names_meta is not None and top < len(names_meta):
             labels = list(names_meta)
         else:
@@ -509,9 +490,7 @@ def convert_dataset(
             "add samples to the split folders",
         )
     write_npz(out_npz, arrays, labels)
-    sample_shape_out = tuple(
-        int(d) for d in next(arrays[f"x_{s}"] for s in SPLITS if splits[s]).shape[1:]
-    )
+    sample_shape_out = tuple(int(d) for d in next(arrays[f"x_{s}"] for s in SPLITS if splits[s]).shape[1:])
     rel_root = root.relative_to(folder).as_posix() if root != folder else ""
     return DatasetSummary(
         format=fmt,

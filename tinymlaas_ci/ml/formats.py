@@ -99,7 +99,7 @@ def _looks_like_onnx(path: Path) -> bool:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - any parse failure just means "not ONNX"; the caller reports it
+    except Exception:
         return False
     return len(model.graph.node) > 0
 
@@ -164,8 +164,10 @@ def load_torch_model(path: str | os.PathLike, fmt: str) -> torch.nn.Module:
             "the model file, or export the model to TorchScript or ONNX",
         ) from exc
     except Exception as exc:
-        raise TinymlError(f"cannot load PyTorch model {path.name}: {exc}",
-                          hint="save the whole module with torch.save(model, 'model.pkl')") from exc
+        raise TinymlError(
+            f"cannot load PyTorch model {path.name}: {exc}",
+            hint="save the whole module with torch.save(model, 'model.pkl')",
+        ) from exc
     return _module_from(obj, path).eval()
 
 
@@ -239,8 +241,7 @@ def resolve_input_shape(declared: Sequence[int] | None, found: Sequence[int] | N
         return tuple(int(d) for d in found)
     raise TinymlError(
         f"the input shape of this {fmt} model is unknown",
-        hint="set model.input_shape in the run spec: the shape of one sample without the batch "
-        "axis, e.g. [1, 8, 8]",
+        hint="set model.input_shape in the run spec: the shape of one sample without the batch axis, e.g. [1, 8, 8]",
     )
 
 
@@ -275,17 +276,28 @@ def export_onnx(
 
     def legacy() -> None:
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["logits"],
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
 
     def dynamo() -> None:
         with _quiet_exporter():
             torch.onnx.export(
-                model, (example,), str(path), dynamo=True, opset_version=opset,
-                input_names=["input"], output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
+                model,
+                (example,),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
                 verbose=False,
             )
 
@@ -302,7 +314,7 @@ def export_onnx(
                 export()
             check_onnx(path)
             return {"exporter": name, "opset": opset}
-        except Exception as exc:  # noqa: BLE001 - try the next exporter, keep the reason
+        except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             failures.append(f"{name}: {type(exc).__name__}: {first}")
     raise TinymlError(
@@ -342,7 +354,10 @@ def check_onnx(path: str | os.PathLike) -> onnx.ModelProto:
             f"{path.name} is not a valid ONNX model: {type(exc).__name__}: {exc}",
             hint="re-export the model (torch.onnx.export) and check it with onnx.checker.check_model",
         ) from exc
-    if len(model.graph.input) - len({i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}) != 1:
+    if (
+        len(model.graph.input) - len({i.name for i in model.graph.initializer} & {i.name for i in model.graph.input})
+        != 1
+    ):
         raise TinymlError(
             f"{path.name} has {len(model.graph.input)} inputs; only single-input models are supported",
             hint="export a model that takes one batched tensor",

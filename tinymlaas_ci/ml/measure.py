@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 
-
 def read_dataset(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``dataset.npz`` (``x_<split>``, ``y_<split>``, ``labels``) without unpickling anything."""
     import numpy as np
@@ -87,8 +86,8 @@ def evaluate(
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     top5_hits = 0
     for start in range(0, n, step):
-        xb = x[start:start + step]
-        yb = y[start:start + step]
+        xb = x[start : start + step]
+        yb = y[start : start + step]
         real = len(xb)
         if fixed_batch and real < fixed_batch:
             xb = np.concatenate([xb, np.repeat(xb[-1:], fixed_batch - real, axis=0)])
@@ -149,9 +148,17 @@ def measure_latency(
     mean = sum(ms) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in ms) / n)
     return {
-        "p50": percentile(ms, 50), "p90": percentile(ms, 90), "p95": percentile(ms, 95),
-        "p99": percentile(ms, 99), "mean": mean, "std": std, "min": ms[0], "max": ms[-1],
-        "iterations": n, "seconds": seconds, "warmup": int(warmup),
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "mean": mean,
+        "std": std,
+        "min": ms[0],
+        "max": ms[-1],
+        "iterations": n,
+        "seconds": seconds,
+        "warmup": int(warmup),
     }
 
 

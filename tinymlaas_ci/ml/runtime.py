@@ -39,7 +39,12 @@ class Session:
 
     def record(self) -> dict[str, Any]:
         """A dict fitting :class:`tinymlaas_ci.results.models.RuntimeRecord`."""
-        return {"name": self.runtime, "version": self.version, "threads": self.threads, "providers": list(self.providers)}
+        return {
+            "name": self.runtime,
+            "version": self.version,
+            "threads": self.threads,
+            "providers": list(self.providers),
+        }
 
 
 def runtime_for(path: str | os.PathLike) -> str:
@@ -107,8 +112,15 @@ def _load_onnx(path: Path, threads: int) -> Session:
     def run(x: np.ndarray) -> np.ndarray:
         return sess.run([out_name], {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
-    return Session("onnxruntime", ort.__version__, int(threads), run, load_ms,
-                   providers=list(sess.get_providers()), fixed_batch=fixed)
+    return Session(
+        "onnxruntime",
+        ort.__version__,
+        int(threads),
+        run,
+        load_ms,
+        providers=list(sess.get_providers()),
+        fixed_batch=fixed,
+    )
 
 
 def _load_torchscript(path: Path, threads: int) -> Session:

@@ -95,34 +95,52 @@ class SmtpSettings:
             except ValueError:
                 port = -1
             if not 1 <= port <= 65535:
-                raise NotifyError(f"{ENV_PREFIX}PORT={port_text!r} is not a port number",
-                                  hint="give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl")
+                raise NotifyError(
+                    f"{ENV_PREFIX}PORT={port_text!r} is not a port number",
+                    hint="give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl",
+                )
         user = get("USER")
         password = env.get(ENV_PREFIX + "PASSWORD") or None
         if password and not user:
-            raise NotifyError(f"{ENV_PREFIX}PASSWORD is set but {ENV_PREFIX}USER is not",
-                              hint=f"set {ENV_PREFIX}USER to the login name that goes with the password")
+            raise NotifyError(
+                f"{ENV_PREFIX}PASSWORD is set but {ENV_PREFIX}USER is not",
+                hint=f"set {ENV_PREFIX}USER to the login name that goes with the password",
+            )
         if user and not password:
-            raise NotifyError(f"{ENV_PREFIX}USER is set but {ENV_PREFIX}PASSWORD is not",
-                              hint=f"set {ENV_PREFIX}PASSWORD from a repository secret")
+            raise NotifyError(
+                f"{ENV_PREFIX}USER is set but {ENV_PREFIX}PASSWORD is not",
+                hint=f"set {ENV_PREFIX}PASSWORD from a repository secret",
+            )
         ca_file = get("CA_FILE")
         if ca_file and not os.path.isfile(ca_file):
-            raise NotifyError(f"{ENV_PREFIX}CA_FILE={ca_file!r} is not a file",
-                              hint="point it at a PEM file of the CA that signed the server's certificate, or unset it")
+            raise NotifyError(
+                f"{ENV_PREFIX}CA_FILE={ca_file!r} is not a file",
+                hint="point it at a PEM file of the CA that signed the server's certificate, or unset it",
+            )
         timeout_text = get("TIMEOUT")
         try:
             timeout = float(timeout_text) if timeout_text else 30.0
         except ValueError:
             timeout = -1.0
         if timeout <= 0:
-            raise NotifyError(f"{ENV_PREFIX}TIMEOUT={timeout_text!r} is not a positive number of seconds",
-                              hint="e.g. 30")
+            raise NotifyError(
+                f"{ENV_PREFIX}TIMEOUT={timeout_text!r} is not a positive number of seconds", hint="e.g. 30"
+            )
         sender = get("FROM") or (user if user and "@" in user else f"tinymlaas@{host}")
         if "@" not in sender:
-            raise NotifyError(f"{ENV_PREFIX}FROM={sender!r} is not an email address",
-                              hint="write it as name@example.com")
-        return cls(host=host, port=port, security=security, user=user, password=password, sender=sender,
-                   ca_file=ca_file, timeout=timeout)
+            raise NotifyError(
+                f"{ENV_PREFIX}FROM={sender!r} is not an email address", hint="write it as name@example.com"
+            )
+        return cls(
+            host=host,
+            port=port,
+            security=security,
+            user=user,
+            password=password,
+            sender=sender,
+            ca_file=ca_file,
+            timeout=timeout,
+        )
 
     def describe(self) -> str:
         """Where mail goes, for messages: host, port, security and user; never the password."""
@@ -173,7 +191,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
+        return (
+            f"{value:.{digits}g}"
+            if abs(value) < 1e-3 and value
+            else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
+        )
     return str(value)
 
 
@@ -228,7 +250,9 @@ def _gate_rows(result: dict[str, Any] | None) -> list[tuple[str, str, str]]:
 def _context(report: RunReport) -> list[tuple[str, str]]:
     r = report.result or {}
     device = (r.get("device") or {}).get("name") or (r.get("spec") or {}).get("device")
-    quant = (r.get("compression") or {}).get("quantization") or ((r.get("spec") or {}).get("compression") or {}).get("quantization")
+    quant = (r.get("compression") or {}).get("quantization") or ((r.get("spec") or {}).get("compression") or {}).get(
+        "quantization"
+    )
     runtime = r.get("runtime") or {}
     rows = [("run", report.run_id), ("status", report.status)]
     if device:
@@ -269,7 +293,7 @@ def _html_body(report: RunReport) -> str:
     colour = {"succeeded": "#1a7f37", "gates-failed": "#bf8700"}.get(report.status, "#cf222e")
     cell = 'style="padding:4px 12px;border-bottom:1px solid #ddd;text-align:left"'
     out = [
-        "<!DOCTYPE html><html><body style=\"font-family:sans-serif\">",
+        '<!DOCTYPE html><html><body style="font-family:sans-serif">',
         f'<h2 style="color:{colour}">{e(subject_for(report).removeprefix("[tinymlaas] "))}</h2>',
         "<table>",
     ]
@@ -293,7 +317,7 @@ def _html_body(report: RunReport) -> str:
         out.append("<h3>Links</h3><ul>")
         out += [f'<li><a href="{e(url, quote=True)}">{e(label)}</a></li>' for label, url in report.links.items()]
         out.append("</ul>")
-    out.append("<p style=\"color:#666\">Sent by tinymlaas notify.</p></body></html>")
+    out.append('<p style="color:#666">Sent by tinymlaas notify.</p></body></html>')
     return "\n".join(out) + "\n"
 
 
@@ -327,8 +351,9 @@ def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence
     # traceback printed by a caller must not carry the SMTP dialogue.
     try:
         if settings.security == "ssl":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
-                                                   context=_tls_context(settings))
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                settings.host, settings.port, timeout=settings.timeout, context=_tls_context(settings)
+            )
         else:
             client = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
         with client:
@@ -341,34 +366,48 @@ def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence
             refused = client.send_message(msg, from_addr=settings.sender, to_addrs=list(recipients))
         if refused:
             bad = ", ".join(f"{addr} ({code} {_decode(text)})" for addr, (code, text) in refused.items())
-            raise NotifyError(f"{where} refused some recipients: {bad}",
-                              hint="check the addresses in the run spec's notify list")
+            raise NotifyError(
+                f"{where} refused some recipients: {bad}", hint="check the addresses in the run spec's notify list"
+            )
     except NotifyError as exc:
         raise NotifyError(settings.redact(exc.message), hint=exc.hint) from None
     except smtplib.SMTPAuthenticationError as exc:
-        raise NotifyError(f"{where} rejected the login: {exc.smtp_code} {_decode(exc.smtp_error)}",
-                          hint=f"check {ENV_PREFIX}USER and {ENV_PREFIX}PASSWORD") from None
+        raise NotifyError(
+            f"{where} rejected the login: {exc.smtp_code} {_decode(exc.smtp_error)}",
+            hint=f"check {ENV_PREFIX}USER and {ENV_PREFIX}PASSWORD",
+        ) from None
     except smtplib.SMTPNotSupportedError as exc:
-        raise NotifyError(f"{where}: the server does not support {settings.security if 'TLS' in str(exc) else 'AUTH'}: "
-                          f"{settings.redact(str(exc))}",
-                          hint=f"check {ENV_PREFIX}SECURITY and {ENV_PREFIX}PORT: starttls usually uses 587, ssl 465") from None
+        raise NotifyError(
+            f"{where}: the server does not support {settings.security if 'TLS' in str(exc) else 'AUTH'}: "
+            f"{settings.redact(str(exc))}",
+            hint=f"check {ENV_PREFIX}SECURITY and {ENV_PREFIX}PORT: starttls usually uses 587, ssl 465",
+        ) from None
     except smtplib.SMTPRecipientsRefused as exc:
         bad = ", ".join(f"{addr} ({code} {_decode(text)})" for addr, (code, text) in exc.recipients.items())
-        raise NotifyError(f"{where} refused every recipient: {bad}",
-                          hint="check the addresses in the run spec's notify list") from None
+        raise NotifyError(
+            f"{where} refused every recipient: {bad}", hint="check the addresses in the run spec's notify list"
+        ) from None
     except smtplib.SMTPException as exc:
-        raise NotifyError(f"{where}: {type(exc).__name__}: {settings.redact(str(exc))}",
-                          hint="check the SMTP settings and the server's log") from None
+        raise NotifyError(
+            f"{where}: {type(exc).__name__}: {settings.redact(str(exc))}",
+            hint="check the SMTP settings and the server's log",
+        ) from None
     except ssl.SSLError as exc:
-        raise NotifyError(f"{where}: TLS failed: {settings.redact(str(exc))}",
-                          hint=f"if the server's certificate is from a private CA, set {ENV_PREFIX}CA_FILE to its PEM file; "
-                          f"check {ENV_PREFIX}SECURITY (ssl for port 465, starttls for 587)") from None
+        raise NotifyError(
+            f"{where}: TLS failed: {settings.redact(str(exc))}",
+            hint=f"if the server's certificate is from a private CA, set {ENV_PREFIX}CA_FILE to its PEM file; "
+            f"check {ENV_PREFIX}SECURITY (ssl for port 465, starttls for 587)",
+        ) from None
     except TimeoutError as exc:
-        raise NotifyError(f"{where}: no answer within {settings.timeout:g} s ({exc})",
-                          hint="check the host and port, and that the runner may reach it") from None
+        raise NotifyError(
+            f"{where}: no answer within {settings.timeout:g} s ({exc})",
+            hint="check the host and port, and that the runner may reach it",
+        ) from None
     except OSError as exc:
-        raise NotifyError(f"cannot connect to {where}: {settings.redact(str(exc))}",
-                          hint=f"check {ENV_PREFIX}HOST and {ENV_PREFIX}PORT, and that the server runs") from None
+        raise NotifyError(
+            f"cannot connect to {where}: {settings.redact(str(exc))}",
+            hint=f"check {ENV_PREFIX}HOST and {ENV_PREFIX}PORT, and that the server runs",
+        ) from None
 
 
 def _login(client: smtplib.SMTP, settings: SmtpSettings) -> None:

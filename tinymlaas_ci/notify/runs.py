@@ -38,24 +38,31 @@ def read_outcomes(path: Path) -> list[dict[str, Any]]:
     if path.is_dir():
         files = sorted(path.glob("*.json"))
         if not files:
-            raise UsageError(f"--outcomes {path}: the folder holds no *.json outcomes files",
-                             hint="pass the file 'tinymlaas run --json FILE' wrote, or the folder of those files")
+            raise UsageError(
+                f"--outcomes {path}: the folder holds no *.json outcomes files",
+                hint="pass the file 'tinymlaas run --json FILE' wrote, or the folder of those files",
+            )
     elif path.is_file():
         files = [path]
     else:
-        raise UsageError(f"--outcomes {path}: no such file or folder",
-                         hint="pass the file 'tinymlaas run --json FILE' wrote, or the folder of those files")
+        raise UsageError(
+            f"--outcomes {path}: no such file or folder",
+            hint="pass the file 'tinymlaas run --json FILE' wrote, or the folder of those files",
+        )
     outcomes: list[dict[str, Any]] = []
     for file in files:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{file}: not a readable outcomes file: {exc}",
-                             hint="it is written by 'tinymlaas run --json FILE'") from exc
+            raise UsageError(
+                f"{file}: not a readable outcomes file: {exc}", hint="it is written by 'tinymlaas run --json FILE'"
+            ) from exc
         items = data.get("outcomes") if isinstance(data, dict) else None
         if not isinstance(items, list) or data.get("schema") != 1:
-            raise UsageError(f"{file}: not an outcomes file (expected schema: 1 and a list 'outcomes')",
-                             hint="it is written by 'tinymlaas run --json FILE'")
+            raise UsageError(
+                f"{file}: not an outcomes file (expected schema: 1 and a list 'outcomes')",
+                hint="it is written by 'tinymlaas run --json FILE'",
+            )
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("run"), str) and "/" in item["run"]:
                 outcomes.append(item)
@@ -139,15 +146,17 @@ def collect_reports(
         if not recipients:
             notes.append(f"{run_id}: {status}, no notify list in its spec")
             continue
-        reports.append(RunReport(
-            run_id=run_id,
-            status=status,
-            recipients=list(dict.fromkeys(recipients)),
-            result=result,
-            failed_stage=outcome.get("failed_stage") or ((result or {}).get("error") or {}).get("stage"),
-            message=outcome.get("message") or ((result or {}).get("error") or {}).get("message"),
-            links=_links(project, name, result, env),
-        ))
+        reports.append(
+            RunReport(
+                run_id=run_id,
+                status=status,
+                recipients=list(dict.fromkeys(recipients)),
+                result=result,
+                failed_stage=outcome.get("failed_stage") or ((result or {}).get("error") or {}).get("stage"),
+                message=outcome.get("message") or ((result or {}).get("error") or {}).get("message"),
+                links=_links(project, name, result, env),
+            )
+        )
     return reports, notes
 
 

@@ -18,7 +18,7 @@ from tinymlaas_ci.fs import canonical_json
 from tinymlaas_ci.spec.models import PipelineSpec, RunSpec
 from tinymlaas_ci.spec.repo import ExpandedRun, Repo
 
-__all__ = ["PlannedStage", "PlannedRun", "Plan", "plan", "spec_hash", "stage_key", "STAGE_INPUTS", "PLAN_SCHEMA"]
+__all__ = ["PLAN_SCHEMA", "STAGE_INPUTS", "Plan", "PlannedRun", "PlannedStage", "plan", "spec_hash", "stage_key"]
 
 PLAN_SCHEMA = 1
 RunStatus = Literal["new", "changed", "up-to-date"]
@@ -118,7 +118,7 @@ class Plan:
             "matrix": {"include": sorted(devices.values(), key=lambda d: d["device"])},
         }
 
-    def select(self, patterns: list[str]) -> "Plan":
+    def select(self, patterns: list[str]) -> Plan:
         return Plan(tuple(r for r in self.runs if _selected(r, patterns)))
 
 

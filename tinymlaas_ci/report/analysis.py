@@ -246,8 +246,8 @@ def pareto_front(points: Iterable[tuple[str, float, float]]) -> set[str]:
             front.add(key)
             best_acc = acc
     # Ties (same accuracy and latency) are all on the front.
-    tied = {(a, l) for k, a, l in pts if k in front}
-    front.update(k for k, a, l in pts if (a, l) in tied)
+    tied = {(a, lat) for k, a, lat in pts if k in front}
+    front.update(k for k, a, lat in pts if (a, lat) in tied)
     return front
 
 
@@ -261,7 +261,9 @@ def _pick_baseline(run: RunView, candidates: list[RunView]) -> RunView | None:
         if model and cmodel and model != cmodel:
             continue  # another model's baseline says nothing about this one
         score = (2 if cand.device == run.device else 0) + (
-            1 if cand.result.runtime and run.result.runtime and cand.result.runtime.name == run.result.runtime.name else 0
+            1
+            if cand.result.runtime and run.result.runtime and cand.result.runtime.name == run.result.runtime.name
+            else 0
         )
         if score > best_score or (score == best_score and best and cand.created_at > best.created_at):
             best, best_score = cand, score

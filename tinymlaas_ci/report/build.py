@@ -80,12 +80,16 @@ def _plotly_js() -> Path:
 
 
 def _check_out_dir(out: Path, site_src: Path, root: Path) -> None:
-    if out == root or out in root.parents or out == site_src or site_src.is_relative_to(out):
-        raise TinymlError(f"--out {out} would replace the repository or the site sources",
-                          hint="pick an empty folder or the default site/build")
+    if out in (root, site_src) or out in root.parents or site_src.is_relative_to(out):
+        raise TinymlError(
+            f"--out {out} would replace the repository or the site sources",
+            hint="pick an empty folder or the default site/build",
+        )
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SITE_MARKER).exists())):
-        raise TinymlError(f"--out {out} exists and is not an earlier site build; refusing to replace it",
-                          hint="pick an empty or new folder, or remove this one yourself")
+        raise TinymlError(
+            f"--out {out} exists and is not an earlier site build; refusing to replace it",
+            hint="pick an empty or new folder, or remove this one yourself",
+        )
 
 
 def _environment(site_src: Path):
@@ -144,8 +148,15 @@ class _Pages:
         def href_run(run: RunView) -> str:
             return href(run_page(run))
 
-        return {"md": md, "href": href, "chart": chart, "plotly": plotly, "run_page": run_page,
-                "href_run": href_run, "page": page}
+        return {
+            "md": md,
+            "href": href,
+            "chart": chart,
+            "plotly": plotly,
+            "run_page": run_page,
+            "href_run": href_run,
+            "page": page,
+        }
 
     def write(self, template: str, page: str, **context: Any) -> None:
         text = self.env.get_template(template).render(**self.common, **self.helpers(page), **context)
@@ -172,7 +183,7 @@ def _nav_with_projects(nav: list | None, projects: list[ProjectView]) -> list | 
     out = []
     for item in nav:
         if isinstance(item, dict) and len(item) == 1:
-            (title, value), = item.items()
+            ((title, value),) = item.items()
             if value == "projects/index.md":
                 entries: list[Any] = [{"Overview": "projects/index.md"}]
                 entries += [{p.name: f"projects/{p.name}/index.md"} for p in projects]
@@ -202,8 +213,10 @@ def build_site(
     root = Path(root).resolve()
     site_src = root / "site"
     if not (site_src / "mkdocs.yml").is_file():
-        raise TinymlError(f"no site here: {site_src / 'mkdocs.yml'} does not exist",
-                          hint="create one with 'tinymlaas init', or copy site/ from the TinyMLaaS-CI repository")
+        raise TinymlError(
+            f"no site here: {site_src / 'mkdocs.yml'} does not exist",
+            hint="create one with 'tinymlaas init', or copy site/ from the TinyMLaaS-CI repository",
+        )
     out_dir = Path(out).resolve() if out else site_src / "build"
     _check_out_dir(out_dir, site_src, root)
     report = BuildReport(out_dir=out_dir)
@@ -258,8 +271,14 @@ def build_site(
     return report
 
 
-def _render_pages(root: Path, staging: Path, docs: Path, data: SiteData, report: BuildReport,
-                  cli_parser: argparse.ArgumentParser | None) -> int:
+def _render_pages(
+    root: Path,
+    staging: Path,
+    docs: Path,
+    data: SiteData,
+    report: BuildReport,
+    cli_parser: argparse.ArgumentParser | None,
+) -> int:
     from tinymlaas_ci.report.references import (
         RESULT_MODELS,
         SPEC_MODELS,
@@ -285,10 +304,15 @@ def _render_pages(root: Path, staging: Path, docs: Path, data: SiteData, report:
         pages.write("compare.md.j2", f"projects/{project.name}/compare.md", project=project)
         for run in project.runs:
             pages.write("run.md.j2", f"projects/{project.name}/runs/{run.slug}.md", project=project, run=run)
-    pages.write("spec-reference.md.j2", "reference/spec.md",
-                spec_sections=model_sections(SPEC_MODELS()), result_sections=model_sections(RESULT_MODELS()))
-    pages.write("cli-reference.md.j2", "reference/cli.md",
-                commands=cli_sections(cli_parser) if cli_parser is not None else [])
+    pages.write(
+        "spec-reference.md.j2",
+        "reference/spec.md",
+        spec_sections=model_sections(SPEC_MODELS()),
+        result_sections=model_sections(RESULT_MODELS()),
+    )
+    pages.write(
+        "cli-reference.md.j2", "reference/cli.md", commands=cli_sections(cli_parser) if cli_parser is not None else []
+    )
     # Hand-written pages and posts may be templates too: `*.md.j2` renders to `*.md`.
     for src in sorted(docs.rglob("*.md.j2")):
         page = src.relative_to(docs).as_posix()[:-3]
@@ -324,7 +348,9 @@ def _mkdocs_build(staging: Path, out: Path, strict: bool, data: SiteData) -> Non
         build(config)
     except MkDocsException as exc:
         details = "\n".join(f"  {m}" for m in collect.messages[:20]) or f"  {exc}"
-        raise TinymlError(f"MkDocs could not build the site:\n{details}",
-                          hint="fix the pages or site/mkdocs.yml named above; the build runs with --strict") from exc
+        raise TinymlError(
+            f"MkDocs could not build the site:\n{details}",
+            hint="fix the pages or site/mkdocs.yml named above; the build runs with --strict",
+        ) from exc
     finally:
         logger.removeHandler(collect)

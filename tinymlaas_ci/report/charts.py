@@ -89,27 +89,38 @@ def pareto_scatter(project: ProjectView, run_href) -> dict[str, Any]:
     traces = []
     for mode in sorted({r.mode for r in runs}):
         group = [r for r in runs if r.mode == mode]
-        traces.append({
-            "type": "scatter", "mode": "markers", "name": mode,
-            "x": [_clean(r.p50) for r in group], "y": [_clean(r.accuracy) for r in group],
-            "text": [r.slug for r in group],
-            "customdata": [[run_href(r), r.size, r.status] for r in group],
-            "marker": {
-                "size": [8 + 32 * math.sqrt((r.size or 0) / biggest) for r in group],
-                "color": _color(mode), "opacity": 0.8,
-                "line": {"width": [3 if r.slug in project.pareto else 0.5 for r in group], "color": "#212121"},
-            },
-            "hovertemplate": "<b>%{text}</b><br>p50 %{x:.4g} ms<br>accuracy %{y:.4f}"
-                             "<br>%{customdata[1]:,} bytes<br>%{customdata[2]}<extra>" + mode + "</extra>",
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": mode,
+                "x": [_clean(r.p50) for r in group],
+                "y": [_clean(r.accuracy) for r in group],
+                "text": [r.slug for r in group],
+                "customdata": [[run_href(r), r.size, r.status] for r in group],
+                "marker": {
+                    "size": [8 + 32 * math.sqrt((r.size or 0) / biggest) for r in group],
+                    "color": _color(mode),
+                    "opacity": 0.8,
+                    "line": {"width": [3 if r.slug in project.pareto else 0.5 for r in group], "color": "#212121"},
+                },
+                "hovertemplate": "<b>%{text}</b><br>p50 %{x:.4g} ms<br>accuracy %{y:.4f}"
+                "<br>%{customdata[1]:,} bytes<br>%{customdata[2]}<extra>" + mode + "</extra>",
+            }
+        )
     front = sorted((r for r in runs if r.slug in project.pareto), key=lambda r: r.p50 or 0)
     if front:
-        traces.append({
-            "type": "scatter", "mode": "lines", "name": "Pareto front",
-            "x": [r.p50 for r in front], "y": [r.accuracy for r in front],
-            "line": {"color": "#212121", "dash": "dot", "shape": "hv", "width": 1.5},
-            "hoverinfo": "skip",
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "Pareto front",
+                "x": [r.p50 for r in front],
+                "y": [r.accuracy for r in front],
+                "line": {"color": "#212121", "dash": "dot", "shape": "hv", "width": 1.5},
+                "hoverinfo": "skip",
+            }
+        )
     return {
         "data": traces,
         "layout": _layout(
@@ -138,17 +149,26 @@ def mode_bars(project: ProjectView, metric: str) -> dict[str, Any]:
         lows.append(med - min(vals))
         highs.append(max(vals) - med)
         counts.append(len(vals))
-    title, axis = (("Model size per compression mode", "bytes") if metric == "size"
-                   else ("p50 latency per compression mode", "ms"))
+    title, axis = (
+        ("Model size per compression mode", "bytes") if metric == "size" else ("p50 latency per compression mode", "ms")
+    )
     return {
-        "data": [{
-            "type": "bar", "x": modes, "y": values, "marker": {"color": [_color(m) for m in modes]},
-            "error_y": {"type": "data", "symmetric": False, "array": highs, "arrayminus": lows, "visible": True},
-            "customdata": counts,
-            "hovertemplate": "%{x}<br>median %{y:.4g} " + axis + "<br>%{customdata} run(s)<extra></extra>",
-        }],
-        "layout": _layout(title + (" (median, min-max)" if any(c > 1 for c in counts) else ""),
-                          yaxis={"title": {"text": axis}}, showlegend=False),
+        "data": [
+            {
+                "type": "bar",
+                "x": modes,
+                "y": values,
+                "marker": {"color": [_color(m) for m in modes]},
+                "error_y": {"type": "data", "symmetric": False, "array": highs, "arrayminus": lows, "visible": True},
+                "customdata": counts,
+                "hovertemplate": "%{x}<br>median %{y:.4g} " + axis + "<br>%{customdata} run(s)<extra></extra>",
+            }
+        ],
+        "layout": _layout(
+            title + (" (median, min-max)" if any(c > 1 for c in counts) else ""),
+            yaxis={"title": {"text": axis}},
+            showlegend=False,
+        ),
     }
 
 
@@ -172,16 +192,27 @@ def project_history(project: ProjectView, metric: str) -> dict[str, Any]:
             xs.append(date)
             ys.append(result.metrics.accuracy if metric == "accuracy" else result.metrics.latency_ms.p50)
         if xs:
-            traces.append({"type": "scatter", "mode": "lines+markers", "name": run.slug, "x": xs, "y": ys,
-                           "line": {"color": _color(run.mode)}})
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": run.slug,
+                    "x": xs,
+                    "y": ys,
+                    "line": {"color": _color(run.mode)},
+                }
+            )
     title = "Accuracy over commits" if metric == "accuracy" else "p50 latency over commits"
     if len(project.runs) > MAX_HISTORY_TRACES:
         title += f" ({MAX_HISTORY_TRACES} most recent runs)"
     return {
         "data": traces,
-        "layout": _layout(title, xaxis={"title": {"text": "commit date"}, "type": "date"},
-                          yaxis={"title": {"text": "accuracy" if metric == "accuracy" else "ms"}},
-                          showlegend=len(traces) <= 12),
+        "layout": _layout(
+            title,
+            xaxis={"title": {"text": "commit date"}, "type": "date"},
+            yaxis={"title": {"text": "accuracy" if metric == "accuracy" else "ms"}},
+            showlegend=len(traces) <= 12,
+        ),
     }
 
 
@@ -192,12 +223,21 @@ def confusion_heatmap(run: RunView) -> dict[str, Any] | None:
     n = len(m.confusion_matrix)
     labels = list(m.labels) if len(m.labels) == n else [str(i) for i in range(n)]
     return {
-        "data": [{
-            "type": "heatmap", "z": m.confusion_matrix, "x": labels, "y": labels,
-            "colorscale": "Blues", "hovertemplate": "true %{y}<br>predicted %{x}<br>%{z} samples<extra></extra>",
-        }],
-        "layout": _layout("Confusion matrix", xaxis={"title": {"text": "predicted"}, "type": "category"},
-                          yaxis={"title": {"text": "true"}, "autorange": "reversed", "type": "category"}),
+        "data": [
+            {
+                "type": "heatmap",
+                "z": m.confusion_matrix,
+                "x": labels,
+                "y": labels,
+                "colorscale": "Blues",
+                "hovertemplate": "true %{y}<br>predicted %{x}<br>%{z} samples<extra></extra>",
+            }
+        ],
+        "layout": _layout(
+            "Confusion matrix",
+            xaxis={"title": {"text": "predicted"}, "type": "category"},
+            yaxis={"title": {"text": "true"}, "autorange": "reversed", "type": "category"},
+        ),
     }
 
 
@@ -208,12 +248,18 @@ def latency_percentiles(run: RunView) -> dict[str, Any] | None:
     lat = m.latency_ms
     names = ["min", "p50", "p90", "p95", "p99", "max", "mean"]
     return {
-        "data": [{
-            "type": "bar", "x": names, "y": [getattr(lat, n) for n in names], "marker": {"color": _color(run.mode)},
-            "hovertemplate": "%{x}: %{y:.4g} ms<extra></extra>",
-        }],
-        "layout": _layout(f"Latency per call, {lat.iterations:,} iterations", yaxis={"title": {"text": "ms"}},
-                          showlegend=False),
+        "data": [
+            {
+                "type": "bar",
+                "x": names,
+                "y": [getattr(lat, n) for n in names],
+                "marker": {"color": _color(run.mode)},
+                "hovertemplate": "%{x}: %{y:.4g} ms<extra></extra>",
+            }
+        ],
+        "layout": _layout(
+            f"Latency per call, {lat.iterations:,} iterations", yaxis={"title": {"text": "ms"}}, showlegend=False
+        ),
     }
 
 
@@ -226,8 +272,13 @@ def _parse_time(text: str | None) -> datetime | None:
         return None
 
 
-_STATUS_COLORS = {"generated": "#43a047", "failed": "#e53935", "running": "#fb8c00",
-                  "pending": "#9e9e9e", "skipped": "#90a4ae"}
+_STATUS_COLORS = {
+    "generated": "#43a047",
+    "failed": "#e53935",
+    "running": "#fb8c00",
+    "pending": "#9e9e9e",
+    "skipped": "#90a4ae",
+}
 
 
 def stage_timeline(run: RunView) -> dict[str, Any] | None:
@@ -238,7 +289,7 @@ def stage_timeline(run: RunView) -> dict[str, Any] | None:
     if not stages or t0 is None:
         return None
     names, bases, durations, colors, texts = [], [], [], [], []
-    for stage, start in zip(stages, starts):
+    for stage, start in zip(stages, starts, strict=True):
         names.append(stage.name)
         base = (start - t0).total_seconds() if start else 0.0
         dur = stage.duration_s
@@ -250,13 +301,25 @@ def stage_timeline(run: RunView) -> dict[str, Any] | None:
         colors.append(_STATUS_COLORS.get(stage.status, "#9e9e9e"))
         texts.append(f"{stage.status}{' (cache hit)' if stage.cache_hit else ''}")
     return {
-        "data": [{
-            "type": "bar", "orientation": "h", "y": names, "x": durations, "base": bases,
-            "marker": {"color": colors}, "text": texts, "textposition": "auto",
-            "hovertemplate": "%{y}: %{x:.2f} s<br>%{text}<extra></extra>",
-        }],
-        "layout": _layout("Stage timeline", xaxis={"title": {"text": "seconds since the first stage started"}},
-                          yaxis={"autorange": "reversed", "type": "category"}, showlegend=False),
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "y": names,
+                "x": durations,
+                "base": bases,
+                "marker": {"color": colors},
+                "text": texts,
+                "textposition": "auto",
+                "hovertemplate": "%{y}: %{x:.2f} s<br>%{text}<extra></extra>",
+            }
+        ],
+        "layout": _layout(
+            "Stage timeline",
+            xaxis={"title": {"text": "seconds since the first stage started"}},
+            yaxis={"autorange": "reversed", "type": "category"},
+            showlegend=False,
+        ),
     }
 
 
@@ -268,10 +331,23 @@ def run_history(run: RunView) -> dict[str, Any] | None:
     xs = [d for d, _ in points]
     return {
         "data": [
-            {"type": "scatter", "mode": "lines+markers", "name": "accuracy", "x": xs,
-             "y": [r.metrics.accuracy for _, r in points], "line": {"color": "#1e88e5"}},
-            {"type": "scatter", "mode": "lines+markers", "name": "p50 latency (ms)", "x": xs,
-             "y": [r.metrics.latency_ms.p50 for _, r in points], "yaxis": "y2", "line": {"color": "#ef6c00"}},
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "accuracy",
+                "x": xs,
+                "y": [r.metrics.accuracy for _, r in points],
+                "line": {"color": "#1e88e5"},
+            },
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "p50 latency (ms)",
+                "x": xs,
+                "y": [r.metrics.latency_ms.p50 for _, r in points],
+                "yaxis": "y2",
+                "line": {"color": "#ef6c00"},
+            },
         ],
         "layout": _layout(
             "History over commits",

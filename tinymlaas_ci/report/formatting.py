@@ -93,8 +93,17 @@ def to_yaml(value: Any) -> str:
 
 
 FILTERS = {
-    "pct": pct, "ms": ms, "size": size, "ratio": ratio, "pp": pp, "times": times, "num": num,
-    "sortkey": sortkey, "short": short, "date": date, "to_yaml": to_yaml,
+    "pct": pct,
+    "ms": ms,
+    "size": size,
+    "ratio": ratio,
+    "pp": pp,
+    "times": times,
+    "num": num,
+    "sortkey": sortkey,
+    "short": short,
+    "date": date,
+    "to_yaml": to_yaml,
 }
 
 _REMOTE = re.compile(r"^(?:https?://|ssh://)?(?:[^@/]+@)?(github\.com|gitlab\.com)[:/](.+?)(?:\.git)?/?$")
@@ -119,8 +128,9 @@ def repo_web_url(root: Path, mkdocs_yml: Path | None = None) -> str | None:
     if server and repo:
         return f"{server.rstrip('/')}/{repo}"
     try:
-        proc = subprocess.run(["git", "remote", "get-url", "origin"], check=False, cwd=root, capture_output=True,
-                              text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "remote", "get-url", "origin"], check=False, cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     m = _REMOTE.match(proc.stdout.strip()) if proc.returncode == 0 else None

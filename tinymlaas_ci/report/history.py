@@ -69,7 +69,7 @@ def collect_history(root: Path, paths: list[str], limit: int = DEFAULT_LIMIT) ->
             continue
         commit, date = lines[0].split("\t", 1)
         for name in lines[1:]:
-            rel = name[len(prefix):] if prefix and name.startswith(prefix) else name
+            rel = name[len(prefix) :] if prefix and name.startswith(prefix) else name
             if rel in history and counts.get(rel, 0) < limit:
                 counts[rel] = counts.get(rel, 0) + 1
                 wanted.append((rel, commit, date))
@@ -87,7 +87,7 @@ def collect_history(root: Path, paths: list[str], limit: int = DEFAULT_LIMIT) ->
         if len(header) < 3 or header[1] != b"blob":
             continue  # "missing": the file was deleted in that commit
         size = int(header[2])
-        blob = out[pos:pos + size]
+        blob = out[pos : pos + size]
         pos += size + 1
         try:
             result = parse_result(blob)

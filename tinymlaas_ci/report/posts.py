@@ -47,14 +47,20 @@ def _front_matter(source: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def render_quarto_posts(docs_dir: Path, quarto: str | None = None, timeout: float = 600) -> tuple[list[str], list[SkippedPost]]:
+def render_quarto_posts(
+    docs_dir: Path, quarto: str | None = None, timeout: float = 600
+) -> tuple[list[str], list[SkippedPost]]:
     """Render every .qmd/.ipynb under ``docs_dir`` into a .md beside it; remove the sources.
 
     Returns the rendered and the skipped posts (paths relative to ``docs_dir``). Sources are
     removed from the staging copy either way, so MkDocs never publishes a raw notebook.
     """
-    sources = sorted(p for suffix in QUARTO_SUFFIXES for p in docs_dir.rglob(f"*{suffix}")
-                     if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("_"))
+    sources = sorted(
+        p
+        for suffix in QUARTO_SUFFIXES
+        for p in docs_dir.rglob(f"*{suffix}")
+        if ".ipynb_checkpoints" not in p.parts and not p.name.startswith("_")
+    )
     rendered: list[str] = []
     skipped: list[SkippedPost] = []
     if not sources:
@@ -63,15 +69,26 @@ def render_quarto_posts(docs_dir: Path, quarto: str | None = None, timeout: floa
     for src in sources:
         rel = src.relative_to(docs_dir).as_posix()
         if exe is None:
-            skipped.append(SkippedPost(rel, "Quarto is not installed (no 'quarto' on PATH); install it "
-                                            "from quarto.org to publish .qmd and .ipynb posts"))
+            skipped.append(
+                SkippedPost(
+                    rel,
+                    "Quarto is not installed (no 'quarto' on PATH); install it "
+                    "from quarto.org to publish .qmd and .ipynb posts",
+                )
+            )
             src.unlink()
             continue
         out_name = src.with_suffix(".md").name
         front = _front_matter(src)
         try:
-            proc = subprocess.run([exe, "render", src.name, "--to", "gfm", "--output", out_name],
-                                  check=False, cwd=src.parent, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [exe, "render", src.name, "--to", "gfm", "--output", out_name],
+                check=False,
+                cwd=src.parent,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             skipped.append(SkippedPost(rel, f"quarto could not run: {exc}"))
             src.unlink()

@@ -22,10 +22,14 @@ def _spec_models() -> list[tuple[str, list[type[BaseModel]]]]:
     from tinymlaas_ci.spec import models as s
 
     return [
-        ("Run spec (`runs/<project>/<run>.yaml`)",
-         [s.RunSpec, s.ModelSource, s.DatasetSource, s.Compression, s.Pruning, s.Measure, s.Gates, s.Resources]),
-        ("Device spec (`devices/<device>.yaml`)",
-         [s.LocalDevice, s.DockerDevice, s.SshDevice, s.DockerEndpoint, s.SshEndpoint]),
+        (
+            "Run spec (`runs/<project>/<run>.yaml`)",
+            [s.RunSpec, s.ModelSource, s.DatasetSource, s.Compression, s.Pruning, s.Measure, s.Gates, s.Resources],
+        ),
+        (
+            "Device spec (`devices/<device>.yaml`)",
+            [s.LocalDevice, s.DockerDevice, s.SshDevice, s.DockerEndpoint, s.SshEndpoint],
+        ),
         ("Pipeline spec (`pipelines/<pipeline>.yaml`)", [s.PipelineSpec, s.StageSpec]),
     ]
 
@@ -33,10 +37,26 @@ def _spec_models() -> list[tuple[str, list[type[BaseModel]]]]:
 def _result_models() -> list[tuple[str, list[type[BaseModel]]]]:
     from tinymlaas_ci.results import models as r
 
-    return [("Result file (`runs/<project>/results/<run>.json`)",
-             [r.Result, r.RunIdentity, r.Inputs, r.ModelInput, r.DatasetInput, r.CompressionRecord,
-              r.DeviceRecord, r.RuntimeRecord, r.Metrics, r.Latency, r.GateVerdict, r.StageRecord,
-              r.ErrorRecord])]
+    return [
+        (
+            "Result file (`runs/<project>/results/<run>.json`)",
+            [
+                r.Result,
+                r.RunIdentity,
+                r.Inputs,
+                r.ModelInput,
+                r.DatasetInput,
+                r.CompressionRecord,
+                r.DeviceRecord,
+                r.RuntimeRecord,
+                r.Metrics,
+                r.Latency,
+                r.GateVerdict,
+                r.StageRecord,
+                r.ErrorRecord,
+            ],
+        )
+    ]
 
 
 SPEC_MODELS = _spec_models
@@ -71,7 +91,8 @@ def type_name(annotation: Any, known: set[type]) -> str:
                 return f"[{annotation.__name__}](#{_anchor(annotation)})"
             return annotation.__name__
         return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
-            annotation.__name__, annotation.__name__)
+            annotation.__name__, annotation.__name__
+        )
     if annotation is typing.Any:
         return "any"
     return str(annotation).replace("typing.", "")
@@ -80,8 +101,15 @@ def type_name(annotation: Any, known: set[type]) -> str:
 def _constraints(field) -> str:
     parts = []
     for meta in field.metadata:
-        for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"),
-                          ("min_length", "min length"), ("max_length", "max length"), ("pattern", "pattern")):
+        for attr, sym in (
+            ("ge", "≥"),
+            ("gt", ">"),
+            ("le", "≤"),
+            ("lt", "<"),
+            ("min_length", "min length"),
+            ("max_length", "max length"),
+            ("pattern", "pattern"),
+        ):
             value = getattr(meta, attr, None)
             if value is not None:
                 parts.append(f"{sym} `{value}`" if attr != "pattern" else f"pattern `{value}`")
@@ -126,13 +154,15 @@ def model_sections(groups: list[tuple[str, list[type[BaseModel]]]]) -> list[dict
         for model in models:
             fields = []
             for name, field in model.model_fields.items():
-                fields.append({
-                    "name": field.alias or name,
-                    "type": _cell(type_name(field.annotation, known)),
-                    "constraints": _cell(_constraints(field)),
-                    "default": _cell(_default(field)),
-                    "description": _cell(field.description or ""),
-                })
+                fields.append(
+                    {
+                        "name": field.alias or name,
+                        "type": _cell(type_name(field.annotation, known)),
+                        "constraints": _cell(_constraints(field)),
+                        "default": _cell(_default(field)),
+                        "description": _cell(field.description or ""),
+                    }
+                )
             doc = " ".join((model.__doc__ or "").split())
             if doc.startswith("!!!") or "Usage docs:" in doc:
                 doc = ""
@@ -161,7 +191,11 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[dict[str, str]]:
         if action.option_strings:
             name = ", ".join(action.option_strings)
             if action.nargs != 0:
-                name += " " + (action.metavar or action.dest.upper()) if isinstance(action.metavar, (str, type(None))) else ""
+                name += (
+                    " " + (action.metavar or action.dest.upper())
+                    if isinstance(action.metavar, (str, type(None)))
+                    else ""
+                )
         else:
             name = action.metavar or action.dest
             if isinstance(name, tuple):
@@ -169,11 +203,20 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[dict[str, str]]:
         default = ""
         if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS, [], ""):
             default = f"`{action.default}`"
-        choices = ", ".join(f"`{c}`" for c in action.choices) if action.choices and not isinstance(action.choices, dict) else ""
-        rows.append({
-            "name": _cell(name), "help": _cell(_help(action, parser.prog)), "default": _cell(default),
-            "choices": _cell(choices), "required": bool(action.required or not action.option_strings),
-        })
+        choices = (
+            ", ".join(f"`{c}`" for c in action.choices)
+            if action.choices and not isinstance(action.choices, dict)
+            else ""
+        )
+        rows.append(
+            {
+                "name": _cell(name),
+                "help": _cell(_help(action, parser.prog)),
+                "default": _cell(default),
+                "choices": _cell(choices),
+                "required": bool(action.required or not action.option_strings),
+            }
+        )
     return rows
 
 
@@ -182,13 +225,17 @@ def cli_sections(parser: argparse.ArgumentParser) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def walk(p: argparse.ArgumentParser, depth: int, help_text: str) -> None:
-        out.append({
-            "prog": p.prog, "anchor": p.prog.replace(" ", "-"), "depth": depth,
-            "help": " ".join((help_text or "").split()),
-            "description": " ".join((p.description or "").split()),
-            "usage": " ".join(p.format_usage().replace("usage:", "", 1).split()),
-            "options": _option_rows(p),
-        })
+        out.append(
+            {
+                "prog": p.prog,
+                "anchor": p.prog.replace(" ", "-"),
+                "depth": depth,
+                "help": " ".join((help_text or "").split()),
+                "description": " ".join((p.description or "").split()),
+                "usage": " ".join(p.format_usage().replace("usage:", "", 1).split()),
+                "options": _option_rows(p),
+            }
+        )
         for action in p._actions:
             if isinstance(action, argparse._SubParsersAction):
                 helps = {a.dest: a.help for a in action._choices_actions}

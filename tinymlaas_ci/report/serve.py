@@ -18,7 +18,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.base_path != "/":
             if not path.startswith(self.base_path):
                 return str(Path(self.directory) / "__outside_base_path__")
-            path = "/" + path[len(self.base_path):]
+            path = "/" + path[len(self.base_path) :]
         return super().translate_path(path)
 
     def log_message(self, format: str, *args) -> None:  # quiet unless asked
@@ -26,8 +26,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_server(directory: Path, host: str = "127.0.0.1", port: int = 8000, base_path: str = "/",
-                verbose: bool = False) -> http.server.ThreadingHTTPServer:
+def make_server(
+    directory: Path, host: str = "127.0.0.1", port: int = 8000, base_path: str = "/", verbose: bool = False
+) -> http.server.ThreadingHTTPServer:
     """An HTTP server for ``directory``, its pages under ``base_path`` (e.g. ``/repo/``)."""
     base = "/" + base_path.strip("/") + "/" if base_path.strip("/") else "/"
     handler = functools.partial(type("Handler", (_Handler,), {"base_path": base}), directory=str(directory))

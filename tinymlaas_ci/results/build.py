@@ -10,19 +10,31 @@ from typing import Any
 from tinymlaas_ci.results.models import GateVerdict, Result
 from tinymlaas_ci.spec.models import Gates
 
-__all__ = ["evaluate_gates", "build_result"]
+__all__ = ["build_result", "evaluate_gates"]
 
 
-def _gate(gate: str, limit: float | None, value: float | None, ok, unit: str, fmt: str = "{:.4g}") -> GateVerdict | None:
+def _gate(
+    gate: str, limit: float | None, value: float | None, ok, unit: str, fmt: str = "{:.4g}"
+) -> GateVerdict | None:
     if limit is None:
         return None
     if value is None:
-        return GateVerdict(gate=gate, limit=limit, value=None, passed=False,
-                           message=f"{gate}: no measured value to compare with the limit {fmt.format(limit)}{unit}")
+        return GateVerdict(
+            gate=gate,
+            limit=limit,
+            value=None,
+            passed=False,
+            message=f"{gate}: no measured value to compare with the limit {fmt.format(limit)}{unit}",
+        )
     passed = bool(ok(value, limit))
     verb = "meets" if passed else "fails"
-    return GateVerdict(gate=gate, limit=limit, value=value, passed=passed,
-                       message=f"{gate}: measured {fmt.format(value)}{unit} {verb} the limit {fmt.format(limit)}{unit}")
+    return GateVerdict(
+        gate=gate,
+        limit=limit,
+        value=value,
+        passed=passed,
+        message=f"{gate}: measured {fmt.format(value)}{unit} {verb} the limit {fmt.format(limit)}{unit}",
+    )
 
 
 def evaluate_gates(gates: Gates, metrics: dict[str, Any] | None) -> list[GateVerdict]:

@@ -11,7 +11,7 @@ from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import atomic_write_json
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["result_path", "write_result", "read_result"]
+__all__ = ["read_result", "result_path", "write_result"]
 
 
 def result_path(root: Path, project: str, name: str) -> Path:
@@ -27,5 +27,7 @@ def read_result(path: Path) -> Result:
     try:
         return Result.model_validate(json.loads(Path(path).read_text()))
     except (OSError, ValueError, ValidationError) as exc:
-        raise TinymlError(f"{path}: not a valid result file: {exc}",
-                          hint="result files are written by 'tinymlaas run'; restore it from git") from exc
+        raise TinymlError(
+            f"{path}: not a valid result file: {exc}",
+            hint="result files are written by 'tinymlaas run'; restore it from git",
+        ) from exc

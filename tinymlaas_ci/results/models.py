@@ -12,19 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "RESULT_SCHEMA",
-    "RunIdentity",
-    "ModelInput",
-    "DatasetInput",
-    "Inputs",
     "CompressionRecord",
+    "DatasetInput",
     "DeviceRecord",
-    "RuntimeRecord",
+    "ErrorRecord",
+    "GateVerdict",
+    "Inputs",
     "Latency",
     "Metrics",
-    "GateVerdict",
-    "StageRecord",
-    "ErrorRecord",
+    "ModelInput",
     "Result",
+    "RunIdentity",
+    "RuntimeRecord",
+    "StageRecord",
 ]
 
 RESULT_SCHEMA = 1

@@ -16,7 +16,7 @@ from tinymlaas_ci.fs import atomic_write_text
 from tinymlaas_ci.results.models import Result
 from tinymlaas_ci.spec.models import DeviceSpec, PipelineSpec, RunSpec
 
-__all__ = ["SCHEMAS", "generate_schemas", "write_schemas", "SCHEMA_BASE_URL"]
+__all__ = ["SCHEMAS", "SCHEMA_BASE_URL", "generate_schemas", "write_schemas"]
 
 SCHEMA_BASE_URL = "https://tinymlaas-ci.github.io/schemas/"
 

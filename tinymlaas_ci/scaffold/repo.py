@@ -24,8 +24,16 @@ TEMPLATE_DIR = _HERE / "template"
 WORKFLOWS_DIR = _HERE / "workflows"
 _RENAMES = {"gitignore.txt": ".gitignore"}
 """Package data cannot ship dotfiles reliably; these are renamed on the way out."""
-_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armv7",
-           "riscv64": "riscv64", "i686": "x86", "i386": "x86"}
+_ARCHES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armv7",
+    "riscv64": "riscv64",
+    "i686": "x86",
+    "i386": "x86",
+}
 
 
 @dataclass
@@ -73,8 +81,10 @@ def init_repo(dest: Path, *, force: bool = False) -> InitReport:
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a folder", hint="give a new or empty folder")
     if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise UsageError(f"{dest} is not empty",
-                         hint="give a new or empty folder, or add --force to add the missing files (existing ones are kept)")
+        raise UsageError(
+            f"{dest} is not empty",
+            hint="give a new or empty folder, or add --force to add the missing files (existing ones are kept)",
+        )
     dest.mkdir(parents=True, exist_ok=True)
     report = InitReport(root=dest.resolve())
     files = {**template_files(), **_schemas()}
@@ -94,8 +104,9 @@ def _git_init(dest: Path) -> str:
     git = shutil.which("git")
     if git is None:
         return "git not found: run 'git init' yourself"
-    inside = subprocess.run([git, "-C", str(dest), "rev-parse", "--is-inside-work-tree"], capture_output=True,
-                            text=True, check=False)
+    inside = subprocess.run(
+        [git, "-C", str(dest), "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True, check=False
+    )
     if inside.returncode == 0 and inside.stdout.strip() == "true":
         return "already inside a git repository: left as it is"
     proc = subprocess.run([git, "init", "-q", str(dest)], capture_output=True, text=True, check=False)

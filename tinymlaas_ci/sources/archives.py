@@ -136,12 +136,8 @@ def _safe_name(limits: _Limits, name: str) -> PurePosixPath | None:
     if "\x00" in name:
         raise limits.refuse(name, "has a NUL byte in its name")
     unified = name.replace("\\", "/")
-    if unified.startswith("/") or (
-        len(unified) >= 2 and unified[1] == ":" and unified[0].isalpha()
-    ):
-        raise limits.refuse(
-            name, "has an absolute path", "store paths relative to the archive root"
-        )
+    if unified.startswith("/") or (len(unified) >= 2 and unified[1] == ":" and unified[0].isalpha()):
+        raise limits.refuse(name, "has an absolute path", "store paths relative to the archive root")
     parts = [p for p in unified.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise limits.refuse(
@@ -173,19 +169,11 @@ def _write_member(
         if not target.parent.resolve().is_relative_to(root.resolve()):
             raise limits.refuse(member, "would be written outside the destination")
         limits.checked_dirs.add(target.parent)
-    flags = (
-        os.O_WRONLY
-        | os.O_CREAT
-        | os.O_EXCL
-        | getattr(os, "O_NOFOLLOW", 0)
-        | getattr(os, "O_BINARY", 0)
-    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(target, flags, 0o644)
     except FileExistsError:
-        raise limits.refuse(
-            member, "appears twice in the archive (or clashes with a folder)"
-        ) from None
+        raise limits.refuse(member, "appears twice in the archive (or clashes with a folder)") from None
     written = 0
     with os.fdopen(fd, "wb") as out:
         while True:
@@ -204,14 +192,10 @@ def _write_member(
     return written
 
 
-def _zip_members(
-    limits: _Limits, zf: zipfile.ZipFile
-) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def _zip_members(limits: _Limits, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Check every zip entry before anything is written."""
     infos = zf.infolist()
-    limits.check_count(
-        len(infos), infos[limits.max_members].filename if len(infos) > limits.max_members else ""
-    )
+    limits.check_count(len(infos), infos[limits.max_members].filename if len(infos) > limits.max_members else "")
     accepted: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
     declared = 0
     for info in infos:
@@ -221,13 +205,9 @@ def _zip_members(
         if kind == stat.S_IFLNK:
             raise limits.refuse(info.filename, "is a symbolic link; links are not extracted")
         if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise limits.refuse(
-                info.filename, "is a device file, FIFO or socket; only regular files are extracted"
-            )
+            raise limits.refuse(info.filename, "is a device file, FIFO or socket; only regular files are extracted")
         if info.flag_bits & 0x1:
-            raise limits.refuse(
-                info.filename, "is encrypted", "store the dataset without a password"
-            )
+            raise limits.refuse(info.filename, "is encrypted", "store the dataset without a password")
         if info.is_dir() or kind == stat.S_IFDIR or rel is None:
             continue
         declared += info.file_size
@@ -248,9 +228,7 @@ def _extract_zip(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
                 probe = copy.copy(info)
                 probe.file_size = 1 << 62  # no cap from the header; _write_member counts
                 with zf.open(probe) as src:
-                    total += _write_member(
-                        limits, root, rel, src, info.filename, info.file_size, False, total
-                    )
+                    total += _write_member(limits, root, rel, src, info.filename, info.file_size, False, total)
                 names.append(rel.as_posix())
     except (
         zipfile.BadZipFile,
@@ -259,22 +237,16 @@ def _extract_zip(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
         NotImplementedError,
         RuntimeError,
     ) as exc:
-        raise limits.refuse(
-            None, f"is not a readable zip file ({exc})", "re-create the archive"
-        ) from exc
+        raise limits.refuse(None, f"is not a readable zip file ({exc})", "re-create the archive") from exc
     return len(names), total, names
 
 
 def _tar_check(limits: _Limits, member: tarfile.TarInfo) -> PurePosixPath | None:
     rel = _safe_name(limits, member.name)
     if member.issym():
-        raise limits.refuse(
-            member.name, f"is a symbolic link (to {member.linkname!r}); links are not extracted"
-        )
+        raise limits.refuse(member.name, f"is a symbolic link (to {member.linkname!r}); links are not extracted")
     if member.islnk():
-        raise limits.refuse(
-            member.name, f"is a hard link (to {member.linkname!r}); links are not extracted"
-        )
+        raise limits.refuse(member.name, f"is a hard link (to {member.linkname!r}); links are not extracted")
     if member.ischr() or member.isblk():
         raise limits.refuse(member.name, "is a device file; only regular files are extracted")
     if member.isfifo():
@@ -293,9 +265,7 @@ def _tar_iter(limits: _Limits) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInf
             for member in tf:
                 yield tf, member
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise limits.refuse(
-            None, f"is not a readable tar file ({exc})", "re-create the archive"
-        ) from exc
+        raise limits.refuse(None, f"is not a readable tar file ({exc})", "re-create the archive") from exc
 
 
 def _extract_tar(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:

@@ -136,7 +136,8 @@ def _hub_error(
         hint = (
             f"request access on {page}, then set HF_TOKEN to a token of the account that was granted it"
             if token is None
-            else f"the token in HF_TOKEN has no access yet: request it on {page} (or use a token of an account that has it)"
+            else f"the token in HF_TOKEN has no access yet: request it on {page} "
+            "(or use a token of an account that has it)"
         )
         return SourceError(f"{where} is gated: access was refused", source=source, hint=hint)
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
@@ -149,18 +150,14 @@ def _hub_error(
                 f"check the repository id and that it is a {repo_type} repo; if it is private, the token "
                 "in HF_TOKEN cannot read it"
             )
-        return SourceError(
-            f"{_where(repo, repo_type)} was not found (or is private)", source=source, hint=hint
-        )
+        return SourceError(f"{_where(repo, repo_type)} was not found (or is private)", source=source, hint=hint)
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return SourceError(
             f"revision {revision!r} was not found in {_where(repo, repo_type)}",
             source=source,
             hint="check the branch, tag or full 40-character commit sha in 'revision' (default: main)",
         )
-    if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(
-        exc, hf_errors.LocalEntryNotFoundError
-    ):
+    if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(exc, hf_errors.LocalEntryNotFoundError):
         listing = ""
         if available:
             shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
@@ -170,9 +167,7 @@ def _hub_error(
             source=source,
             hint=f"check 'file' (a path inside the repo){listing}",
         )
-    if isinstance(
-        exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, *_network_errors())
-    ):
+    if isinstance(exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, *_network_errors())):
         return SourceError(
             f"could not reach the Hugging Face Hub at {host} for {where}",
             source=source,
@@ -185,9 +180,7 @@ def _hub_error(
         hint = "retry later; if it persists, check HF_ENDPOINT and the Hub's status page"
         if status in (401, 403):
             hint = "check that HF_TOKEN is set to a valid token with read access"
-        return SourceError(
-            f"the Hub refused a request for {where}{detail}", source=source, hint=hint
-        )
+        return SourceError(f"the Hub refused a request for {where}{detail}", source=source, hint=hint)
     return SourceError(
         f"fetching {where} failed: {type(exc).__name__}",
         source=source,
@@ -221,8 +214,7 @@ def _settings(repo_type: str, token: str | None, endpoint: str | None) -> tuple[
     """Check ``repo_type``; fill the token and endpoint from the environment when not given."""
     if repo_type not in _REPO_TYPES:
         raise ValueError(f"repo_type must be one of {_REPO_TYPES}, not {repo_type!r}")
-    return (token if token is not None else hub_token(),
-            endpoint if endpoint is not None else hub_endpoint())
+    return (token if token is not None else hub_token(), endpoint if endpoint is not None else hub_endpoint())
 
 
 def resolve_revision(
@@ -241,9 +233,7 @@ def resolve_revision(
     token, endpoint = _settings(repo_type, token, endpoint)
     api = _api(endpoint, token)
     with _mapped(repo=repo, repo_type=repo_type, revision=revision, endpoint=endpoint, token=token):
-        info = (api.model_info if repo_type == "model" else api.dataset_info)(
-            repo, revision=revision
-        )
+        info = (api.model_info if repo_type == "model" else api.dataset_info)(repo, revision=revision)
     sha = getattr(info, "sha", None)
     if not sha:
         raise SourceError(
@@ -265,9 +255,7 @@ def list_repo_files(
     """Files of ``repo`` at ``commit`` (sorted)."""
     token, endpoint = _settings(repo_type, token, endpoint)
     with _mapped(repo=repo, repo_type=repo_type, revision=commit, endpoint=endpoint, token=token):
-        return sorted(
-            _api(endpoint, token).list_repo_files(repo, revision=commit, repo_type=repo_type)
-        )
+        return sorted(_api(endpoint, token).list_repo_files(repo, revision=commit, repo_type=repo_type))
 
 
 def download_file(
@@ -307,13 +295,9 @@ def download_file(
         *_network_errors(),
     ) as exc:
         available = None
-        if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(
-            exc, hf_errors.LocalEntryNotFoundError
-        ):
+        if isinstance(exc, hf_errors.EntryNotFoundError) and not isinstance(exc, hf_errors.LocalEntryNotFoundError):
             try:
-                available = list_repo_files(
-                    repo, commit, repo_type=repo_type, token=token, endpoint=endpoint
-                )
+                available = list_repo_files(repo, commit, repo_type=repo_type, token=token, endpoint=endpoint)
             except SourceError:
                 available = None
         raise _hub_error(

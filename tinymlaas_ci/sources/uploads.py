@@ -42,18 +42,12 @@ def resolve_upload(repo_root: str | os.PathLike, rel: str) -> Upload:
     if posix.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
         raise SourceError(f"upload {rel!r} is an absolute path", source=rel, hint=hint_path)
     if ".." in posix.parts:
-        raise SourceError(
-            f"upload {rel!r} climbs out of the repository with '..'", source=rel, hint=hint_path
-        )
+        raise SourceError(f"upload {rel!r} climbs out of the repository with '..'", source=rel, hint=hint_path)
     path = root.joinpath(*posix.parts)
     if not path.exists() and not path.is_symlink():
         parent = path.parent
         nearby = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
-        extra = (
-            f"; {parent.relative_to(root).as_posix() or '.'}/ holds: {', '.join(nearby)}"
-            if nearby
-            else ""
-        )
+        extra = f"; {parent.relative_to(root).as_posix() or '.'}/ holds: {', '.join(nearby)}" if nearby else ""
         raise SourceError(
             f"upload {rel!r} does not exist in the repository",
             source=rel,
@@ -67,9 +61,7 @@ def resolve_upload(repo_root: str | os.PathLike, rel: str) -> Upload:
         )
     resolved = path.resolve()
     if not resolved.exists():
-        raise SourceError(
-            f"upload {rel!r} is a dangling symlink", source=rel, hint="commit the file itself"
-        )
+        raise SourceError(f"upload {rel!r} is a dangling symlink", source=rel, hint="commit the file itself")
     if not resolved.is_file():
         raise SourceError(
             f"upload {rel!r} is not a regular file",

@@ -15,7 +15,7 @@ import yaml
 
 from tinymlaas_ci.errors import Problem
 
-__all__ = ["LoadedYaml", "load_yaml_text", "load_yaml_file", "MAX_NODES", "MAX_BYTES", "MAX_DEPTH"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedYaml", "load_yaml_file", "load_yaml_text"]
 
 try:  # The C parser is ~10x faster; fall back to pure Python where libyaml is missing.
     _BaseLoader = yaml.CSafeLoader
@@ -44,6 +44,7 @@ class _Loader(_BaseLoader):
                 self._memo.clear()
             self._memo[key] = tag
         return tag
+
 
 MAX_NODES = 20_000
 """Most nodes a spec may expand to, aliases counted each time they are used."""
@@ -128,8 +129,11 @@ class _Builder:
     def build(self, node, path: tuple) -> Any:
         self.count += 1
         if len(path) > MAX_DEPTH:
-            raise _Refused(node.start_mark, f"values nest deeper than {MAX_DEPTH} levels",
-                           "a spec file nests a few levels; is this the right file?")
+            raise _Refused(
+                node.start_mark,
+                f"values nest deeper than {MAX_DEPTH} levels",
+                "a spec file nests a few levels; is this the right file?",
+            )
         if self.count > MAX_NODES:
             # Aliases share one node, so the node's own mark would point at the anchor's first
             # use; the top-level key being built is where the expansion happens.
@@ -148,7 +152,9 @@ class _Builder:
         if tag not in _ALLOWED_TAGS:
             if tag.startswith("tag:yaml.org,2002:python/") or tag.startswith("!"):
                 shown = tag.replace("tag:yaml.org,2002:", "!!")
-                raise _Refused(node.start_mark, f"tag {shown} is not allowed", "spec files hold plain data: remove the tag")
+                raise _Refused(
+                    node.start_mark, f"tag {shown} is not allowed", "spec files hold plain data: remove the tag"
+                )
             if tag == _STD + "timestamp":
                 # Dates are fine as text; we never want a datetime object.
                 return str(node.value)
@@ -162,8 +168,9 @@ class _Builder:
             except (yaml.YAMLError, ValueError, KeyError, TypeError, OverflowError):
                 # An explicit tag on a value that does not fit it, e.g. '!!int x' or '!!bool 2'.
                 shown = node.tag.replace(_STD, "!!")
-                raise _Refused(node.start_mark, f"{node.value!r} is not a valid {shown} value",
-                               "remove the tag or fix the value") from None
+                raise _Refused(
+                    node.start_mark, f"{node.value!r} is not a valid {shown} value", "remove the tag or fix the value"
+                ) from None
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
         result: dict = {}
@@ -218,17 +225,23 @@ def _tab_at(text: str, mark) -> bool:
     return "\t" in line[: mark.column + 1] and not line[: mark.column].strip(" \t")
 
 
+_NOT_CLOSED = "is not closed, or an item before here misses its ','"
 _CONTEXT_HINTS = {
-    "while parsing a flow mapping": "the '{{' at line {line}, column {col} is not closed, or an item before here misses its ','",
-    "while parsing a flow sequence": "the '[' at line {line}, column {col} is not closed, or an item before here misses its ','",
+    "while parsing a flow mapping": "the '{{' at line {line}, column {col} " + _NOT_CLOSED,
+    "while parsing a flow sequence": "the '[' at line {line}, column {col} " + _NOT_CLOSED,
     "while scanning a quoted scalar": "the quoted text that starts at line {line}, column {col} is not closed",
     "while parsing a quoted scalar": "inside the quoted text that starts at line {line}, column {col}",
-    "while parsing a block mapping": "check the indentation against the mapping that starts at line {line}, column {col}",
-    "while parsing a block collection": "check the indentation against the list that starts at line {line}, column {col}",
+    "while parsing a block mapping": (
+        "check the indentation against the mapping that starts at line {line}, column {col}"
+    ),
+    "while parsing a block collection": (
+        "check the indentation against the list that starts at line {line}, column {col}"
+    ),
 }
 _PROBLEM_HINTS = {
-    "mapping values are not allowed in this context":
-        "check the indentation of this line, and quote values that contain ': '",
+    "mapping values are not allowed in this context": (
+        "check the indentation of this line, and quote values that contain ': '"
+    ),
     "found character that cannot start any token": "quote the value",
     "found undefined alias": "define the anchor &name before using it as *name",
 }
@@ -253,8 +266,12 @@ def _syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str, 
     if _tab_at(text, mark) or "'\\t'" in message:
         return line, col, "tab character where YAML expects indentation or a value", "indent YAML with spaces, not tabs"
     if "but found another document" in message:
-        return line, col, "more than one YAML document in the file", \
-            "a spec file holds one document; remove the extra '---'"
+        return (
+            line,
+            col,
+            "more than one YAML document in the file",
+            "a spec file holds one document; remove the extra '---'",
+        )
     hint = _PROBLEM_HINTS.get(message)
     if context in _CONTEXT_HINTS and exc.context_mark is not None:
         cline, ccol = inside(exc.context_mark)
@@ -265,8 +282,12 @@ def _syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, int, str, 
     return line, col, message, hint
 
 
-_OPEN = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken, yaml.FlowSequenceStartToken,
-         yaml.FlowMappingStartToken)
+_OPEN = (
+    yaml.BlockSequenceStartToken,
+    yaml.BlockMappingStartToken,
+    yaml.FlowSequenceStartToken,
+    yaml.FlowMappingStartToken,
+)
 _CLOSE = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
 
 
@@ -298,41 +319,73 @@ def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) 
     out = LoadedYaml(path=path)
     if isinstance(raw, bytes):
         if len(raw) > MAX_BYTES:
-            out.problems.append(Problem(path, 0, 0, f"file is larger than {MAX_BYTES} bytes",
-                                        "a spec file is a few kB: is this the right file?"))
+            out.problems.append(
+                Problem(
+                    path,
+                    0,
+                    0,
+                    f"file is larger than {MAX_BYTES} bytes",
+                    "a spec file is a few kB: is this the right file?",
+                )
+            )
             return out
         nul = raw.find(b"\0")
         if nul >= 0:
             line, col = _byte_pos(raw, nul)
-            out.problems.append(Problem(path, line, col, "file is binary, not YAML text: it holds a NUL byte",
-                                        "spec files are UTF-8 YAML text"))
+            out.problems.append(
+                Problem(
+                    path,
+                    line,
+                    col,
+                    "file is binary, not YAML text: it holds a NUL byte",
+                    "spec files are UTF-8 YAML text",
+                )
+            )
             return out
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line, col = _byte_pos(raw, exc.start)
-            out.problems.append(Problem(path, line, col, f"file is not UTF-8 text: byte 0x{raw[exc.start]:02x} is invalid here",
-                                        "save the file as UTF-8"))
+            out.problems.append(
+                Problem(
+                    path,
+                    line,
+                    col,
+                    f"file is not UTF-8 text: byte 0x{raw[exc.start]:02x} is invalid here",
+                    "save the file as UTF-8",
+                )
+            )
             return out
     else:
         text = raw
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-        out.problems.append(Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file"))
+        out.problems.append(
+            Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file")
+        )
         return out
 
     if len(text) > _SCAN_ABOVE:
         deep = _too_deep(text)
         if deep is not None:
             line, col = _pos(deep)
-            out.problems.append(Problem(path, line, col, f"values nest deeper than {MAX_DEPTH} levels",
-                                        "a spec file nests a few levels; is this the right file?"))
+            out.problems.append(
+                Problem(
+                    path,
+                    line,
+                    col,
+                    f"values nest deeper than {MAX_DEPTH} levels",
+                    "a spec file nests a few levels; is this the right file?",
+                )
+            )
             return out
 
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            out.problems.append(Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file"))
+            out.problems.append(
+                Problem(path, 0, 0, "file is empty", "write a spec with at least 'schema: 1', or delete the file")
+            )
             return out
         out.data = _Builder(loader, out).build(node, ())
     except _Refused as exc:
@@ -357,8 +410,13 @@ def load_yaml_text(raw: bytes | str, path: str, *, expect_mapping: bool = True) 
 
     if expect_mapping and not isinstance(out.data, dict):
         out.problems.append(
-            Problem(path, 1, 1, f"expected a mapping of keys at the top level, found {_describe(out.data)}",
-                    "a spec file starts with 'schema: 1' and then its keys")
+            Problem(
+                path,
+                1,
+                1,
+                f"expected a mapping of keys at the top level, found {_describe(out.data)}",
+                "a spec file starts with 'schema: 1' and then its keys",
+            )
         )
         out.data = None
     return out

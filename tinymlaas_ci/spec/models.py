@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,31 +19,31 @@ from pydantic import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "LocatedError",
-    "NAME_PATTERN",
-    "Quantization",
-    "ModelFormat",
-    "DatasetFormat",
-    "Runtime",
-    "ModelSource",
-    "DatasetSource",
-    "Pruning",
-    "Compression",
-    "Measure",
-    "Gates",
-    "Resources",
-    "RunSpec",
-    "LocalDevice",
-    "DockerDevice",
-    "SshDevice",
-    "DeviceSpec",
-    "DockerEndpoint",
-    "SshEndpoint",
-    "StageSpec",
-    "PipelineSpec",
     "BUILTIN_STAGES",
     "DEFAULT_PIPELINE",
+    "NAME_PATTERN",
+    "SCHEMA_VERSION",
+    "Compression",
+    "DatasetFormat",
+    "DatasetSource",
+    "DeviceSpec",
+    "DockerDevice",
+    "DockerEndpoint",
+    "Gates",
+    "LocalDevice",
+    "LocatedError",
+    "Measure",
+    "ModelFormat",
+    "ModelSource",
+    "PipelineSpec",
+    "Pruning",
+    "Quantization",
+    "Resources",
+    "RunSpec",
+    "Runtime",
+    "SshDevice",
+    "SshEndpoint",
+    "StageSpec",
 ]
 
 SCHEMA_VERSION = 1
@@ -69,7 +69,7 @@ class LocatedError(ValueError):
         super().__init__(self.items[0][1] if self.items else "invalid")
 
     @classmethod
-    def at(cls, loc: tuple, message: str, hint: str | None = None) -> "LocatedError":
+    def at(cls, loc: tuple, message: str, hint: str | None = None) -> LocatedError:
         return cls([(loc, message, hint)])
 
 
@@ -132,23 +132,35 @@ class _Source(_Spec):
         if value is None:
             return value
         if value.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", value):
-            raise LocatedError.at((), f"upload path {value!r} is absolute",
-                                  "give a path relative to the repository root, e.g. uploads/my-model/model.onnx")
+            raise LocatedError.at(
+                (),
+                f"upload path {value!r} is absolute",
+                "give a path relative to the repository root, e.g. uploads/my-model/model.onnx",
+            )
         parts = re.split(r"[\\/]", value)
         if ".." in parts:
-            raise LocatedError.at((), f"upload path {value!r} contains '..'",
-                                  "uploads must stay inside the repository: give a path under it without '..'")
+            raise LocatedError.at(
+                (),
+                f"upload path {value!r} contains '..'",
+                "uploads must stay inside the repository: give a path under it without '..'",
+            )
         if not value or value.endswith("/"):
-            raise LocatedError.at((), f"upload path {value!r} does not name a file",
-                                  "give the path of a file, e.g. uploads/my-model/model.onnx")
+            raise LocatedError.at(
+                (),
+                f"upload path {value!r} does not name a file",
+                "give the path of a file, e.g. uploads/my-model/model.onnx",
+            )
         return value
 
     @field_validator("huggingface")
     @classmethod
     def _repo_id(cls, value: str | None) -> str | None:
         if value is not None and not _HF_REPO_RE.match(value):
-            raise LocatedError.at((), f"{value!r} is not a Hugging Face repository id",
-                                  "write it as 'owner/name', e.g. 'google/mobilenet_v2_1.0_224'")
+            raise LocatedError.at(
+                (),
+                f"{value!r} is not a Hugging Face repository id",
+                "write it as 'owner/name', e.g. 'google/mobilenet_v2_1.0_224'",
+            )
         return value
 
     @model_validator(mode="after")
@@ -160,7 +172,8 @@ class _Source(_Spec):
             )
         if len(given) > 1:
             raise LocatedError.at(
-                ("huggingface",), "give only one source: 'upload' or 'huggingface', not both",
+                ("huggingface",),
+                "give only one source: 'upload' or 'huggingface', not both",
                 "remove one of the two",
             )
         return self
@@ -184,12 +197,14 @@ class ModelSource(_Source):
     def _hf_needs_file(self):
         if self.huggingface is not None and not self.file:
             raise LocatedError.at(
-                ("huggingface",), "a Hugging Face model needs 'file', the model file inside the repository",
+                ("huggingface",),
+                "a Hugging Face model needs 'file', the model file inside the repository",
                 "add e.g. 'file: model.onnx' next to 'huggingface'",
             )
         if self.upload is not None and self.file is not None:
             raise LocatedError.at(
-                ("file",), "'file' applies to Hugging Face models only; an upload already names its file",
+                ("file",),
+                "'file' applies to Hugging Face models only; an upload already names its file",
                 "remove 'file'",
             )
         return self
@@ -333,8 +348,11 @@ class RunSpec(_Spec):
     @field_validator("notify")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        bad = [((i,), f"{v!r} is not an email address", "write it as name@example.com")
-               for i, v in enumerate(value) if not _EMAIL_RE.match(v)]
+        bad = [
+            ((i,), f"{v!r} is not an email address", "write it as name@example.com")
+            for i, v in enumerate(value)
+            if not _EMAIL_RE.match(v)
+        ]
         if bad:
             raise LocatedError(bad)
         return value
@@ -344,7 +362,8 @@ class DockerEndpoint(_Spec):
     """How to reach a Docker engine."""
 
     host: str | None = None
-    """Docker host URL (``unix:///var/run/docker.sock``, ``ssh://user@board``, ``tcp://...``). Default: the environment's."""
+    """Docker host URL (``unix:///var/run/docker.sock``, ``ssh://user@board``, ``tcp://...``).
+    Default: the environment's."""
     platform: str | None = None
     """Image platform for the device, e.g. ``linux/arm64``. Default: from ``arch``."""
     base_image: str = "python:3.11-slim"
@@ -419,7 +438,7 @@ class SshDevice(_DeviceBase):
     """How to reach the board."""
 
 
-DeviceSpec = Annotated[Union[LocalDevice, DockerDevice, SshDevice], Field(discriminator="kind")]
+DeviceSpec = Annotated[LocalDevice | DockerDevice | SshDevice, Field(discriminator="kind")]
 
 BUILTIN_STAGES = ("fetch", "compile", "install", "infer")
 
@@ -446,12 +465,14 @@ class StageSpec(_Spec):
     def _one_kind(self):
         if self.builtin is not None and self.command is not None:
             raise LocatedError.at(
-                ("command",), "a stage has either 'builtin' or 'command', not both",
+                ("command",),
+                "a stage has either 'builtin' or 'command', not both",
                 "remove 'command' to use the built-in stage, or 'builtin' to run your own command",
             )
         if self.builtin is None and self.command is None:
             raise LocatedError.at(
-                (), f"stage {self.name!r} has neither 'builtin' nor 'command'",
+                (),
+                f"stage {self.name!r} has neither 'builtin' nor 'command'",
                 "add 'builtin' with one of fetch, compile, install, infer; or 'command' to run your own",
             )
         return self
@@ -477,16 +498,26 @@ class PipelineSpec(_Spec):
         first: dict[str, int] = {}
         for i, stage in enumerate(self.stages):
             if stage.name in first:
-                problems.append((("stages", i, "name"), f"stage name {stage.name!r} is used twice, also by stages[{first[stage.name]}]",
-                                 "give every stage its own name"))
+                problems.append(
+                    (
+                        ("stages", i, "name"),
+                        f"stage name {stage.name!r} is used twice, also by stages[{first[stage.name]}]",
+                        "give every stage its own name",
+                    )
+                )
             else:
                 first[stage.name] = i
         names = list(first)
         for i, stage in enumerate(self.stages):
             for j, need in enumerate(stage.needs):
                 if need not in first:
-                    problems.append((("stages", i, "needs", j), f"stage {stage.name!r} needs unknown stage {need!r}",
-                                     _close(need, names) or f"stages: {', '.join(names)}"))
+                    problems.append(
+                        (
+                            ("stages", i, "needs", j),
+                            f"stage {stage.name!r} needs unknown stage {need!r}",
+                            _close(need, names) or f"stages: {', '.join(names)}",
+                        )
+                    )
         if problems:
             raise LocatedError(problems)
         # Cycle check (Kahn): what is left once every stage that can run has run is a cycle.
@@ -510,12 +541,13 @@ class PipelineSpec(_Spec):
             while True:
                 nxt = next(n for n in by_name[walk[-1]].needs if n in indeg)
                 if nxt in walk:
-                    walk = walk[walk.index(nxt):] + [nxt]
+                    walk = walk[walk.index(nxt) :] + [nxt]
                     break
                 walk.append(nxt)
             i = first[walk[0]]
             raise LocatedError.at(
-                ("stages", i, "needs"), "the stages' 'needs' form a cycle: " + " -> ".join(walk),
+                ("stages", i, "needs"),
+                "the stages' 'needs' form a cycle: " + " -> ".join(walk),
                 "remove one of these 'needs' so that the stages can run in order",
             )
         return self

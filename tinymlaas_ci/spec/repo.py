@@ -37,7 +37,7 @@ from tinymlaas_ci.spec.validate import (
     validate_loaded,
 )
 
-__all__ = ["Repo", "RunFile", "ExpandedRun", "ResultSummary", "load_repo", "expand_matrix", "SPEC_SUFFIXES"]
+__all__ = ["SPEC_SUFFIXES", "ExpandedRun", "Repo", "ResultSummary", "RunFile", "expand_matrix", "load_repo"]
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 _DEVICE_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
@@ -135,8 +135,13 @@ def _escapes(path: Path, root: Path) -> bool:
 
 
 def _outside_problem(rel: str) -> Problem:
-    return Problem(rel, 0, 0, "spec file is a symlink that points outside the repository",
-                   "commit the file itself into the repository")
+    return Problem(
+        rel,
+        0,
+        0,
+        "spec file is a symlink that points outside the repository",
+        "commit the file itself into the repository",
+    )
 
 
 def _spec_files(folder: Path) -> list[Path]:
@@ -176,7 +181,10 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 def _check_matrix_key(key: str) -> tuple[str | None, str | None]:
     """(problem, hint) when a matrix key does not name a real field of a run spec."""
     if key in _MATRIX_FORBIDDEN:
-        return f"matrix key {key!r} cannot be swept", "sweep model, dataset, compression, device, runtime or measure fields"
+        return (
+            f"matrix key {key!r} cannot be swept",
+            "sweep model, dataset, compression, device, runtime or measure fields",
+        )
     parts = key.split(".")
     model: Any = RunSpec
     for i, part in enumerate(parts):
@@ -215,8 +223,11 @@ def expand_matrix(loaded: LoadedYaml, base_name: str) -> tuple[list[tuple[str, d
                 slug = _slug(value)
                 if slug in seen:
                     what = "is listed twice" if value == seen[slug] else f"gives the same run name as {seen[slug]!r}"
-                    problems.append(loaded.problem(("matrix", key, j), f"matrix.{key}[{j}]: {value!r} {what}",
-                                                   hint="list each value once"))
+                    problems.append(
+                        loaded.problem(
+                            ("matrix", key, j), f"matrix.{key}[{j}]: {value!r} {what}", hint="list each value once"
+                        )
+                    )
                 else:
                     seen[slug] = value
             keys.append(key)
@@ -227,10 +238,10 @@ def expand_matrix(loaded: LoadedYaml, base_name: str) -> tuple[list[tuple[str, d
         name = "-".join([base_name] + [_slug(v) or "x" for v in values])
         # Shallow: validation does not change its input, and _set_dotted copies what it changes.
         expanded = {k: v for k, v in data.items() if k != "matrix"}
-        for key, value in zip(keys, values):
+        for key, value in zip(keys, values, strict=True):
             _set_dotted(expanded, key, value)
         expanded["name"] = name
-        combos.append((name, expanded, dict(zip(keys, values))))
+        combos.append((name, expanded, dict(zip(keys, values, strict=True))))
     return combos, problems
 
 
@@ -254,13 +265,22 @@ class Loader:
             cls = _DEVICE_CLASSES.get(kind) if isinstance(kind, str) else None
             if cls is None:
                 if "kind" not in loaded.data:
-                    repo.problems.append(loaded.problem((), "missing required key 'kind'", key=True,
-                                                        hint="add 'kind: local', 'kind: docker' or 'kind: ssh'"))
+                    repo.problems.append(
+                        loaded.problem(
+                            (),
+                            "missing required key 'kind'",
+                            key=True,
+                            hint="add 'kind: local', 'kind: docker' or 'kind: ssh'",
+                        )
+                    )
                 else:
                     repo.problems.append(
-                        loaded.problem(("kind",), f"kind: {kind!r} is not one of: local, docker, ssh",
-                                       hint=suggest(str(kind), _DEVICE_CLASSES)
-                                       or "local is the runner itself, docker any Docker engine, ssh a Linux board")
+                        loaded.problem(
+                            ("kind",),
+                            f"kind: {kind!r} is not one of: local, docker, ssh",
+                            hint=suggest(str(kind), _DEVICE_CLASSES)
+                            or "local is the runner itself, docker any Docker engine, ssh a Linux board",
+                        )
                     )
                 continue
             spec, problems = validate_loaded(loaded, cls)
@@ -271,7 +291,9 @@ class Loader:
             if name is None:
                 continue
             if name in repo.devices:
-                repo.problems.append(loaded.problem((), f"device {name!r} is defined twice, also in {repo.device_files[name]}"))
+                repo.problems.append(
+                    loaded.problem((), f"device {name!r} is defined twice, also in {repo.device_files[name]}")
+                )
                 continue
             repo.devices[name] = spec.model_copy(update={"name": name})
             repo.device_files[name] = rel
@@ -281,8 +303,11 @@ class Loader:
         differs from it is a problem (None), since runs could not find it."""
         if spec.name and spec.name != path.stem:
             self.repo.problems.append(
-                loaded.problem(("name",), f"{what} name {spec.name!r} differs from its file name {path.stem!r}",
-                               hint=f"rename the file to {folder}/{spec.name}.yaml or remove 'name'")
+                loaded.problem(
+                    ("name",),
+                    f"{what} name {spec.name!r} differs from its file name {path.stem!r}",
+                    hint=f"rename the file to {folder}/{spec.name}.yaml or remove 'name'",
+                )
             )
             return None
         return path.stem
@@ -304,10 +329,18 @@ class Loader:
             if name is None:
                 continue
             for i, stage in enumerate(spec.stages):
-                if stage.image and "/" in stage.image and not (repo.root / stage.image).is_dir() and stage.image.startswith("pipelines/"):
+                if (
+                    stage.image
+                    and "/" in stage.image
+                    and not (repo.root / stage.image).is_dir()
+                    and stage.image.startswith("pipelines/")
+                ):
                     repo.problems.append(
-                        loaded.problem(("stages", i, "image"), f"stages[{i}].image: folder {stage.image!r} does not exist",
-                                       hint="give an image name, or a folder holding a Dockerfile")
+                        loaded.problem(
+                            ("stages", i, "image"),
+                            f"stages[{i}].image: folder {stage.image!r} does not exist",
+                            hint="give an image name, or a folder holding a Dockerfile",
+                        )
                     )
             repo.pipelines[name] = spec.model_copy(update={"name": name})
 
@@ -343,13 +376,27 @@ class Loader:
             else:
                 project = path.resolve().parent.name
                 if len(parts) == 2 and parts[0] == "runs":
-                    repo.problems.append(Problem(rel, 0, 0, "run spec is not in a project folder",
-                                                 f"run specs live in runs/<project>/<run>.yaml: move it, e.g. to runs/default/{path.name}"))
+                    repo.problems.append(
+                        Problem(
+                            rel,
+                            0,
+                            0,
+                            "run spec is not in a project folder",
+                            f"run specs live in runs/<project>/<run>.yaml: move it, e.g. to runs/default/{path.name}",
+                        )
+                    )
                     continue
             if not _NAME_RE.match(project):
                 better = _slug(project)[:63] or "default"
-                repo.problems.append(Problem(rel, 0, 0, f"project folder name {project!r} is not a valid name",
-                                             f"rename the folder, e.g. to runs/{better}/: {_NAME_RULE}"))
+                repo.problems.append(
+                    Problem(
+                        rel,
+                        0,
+                        0,
+                        f"project folder name {project!r} is not a valid name",
+                        f"rename the folder, e.g. to runs/{better}/: {_NAME_RULE}",
+                    )
+                )
             rf = RunFile(path=rel, project=project, loaded=loaded)
             repo.run_files.append(rf)
             spec, problems = validate_loaded(loaded, RunSpec)
@@ -359,16 +406,28 @@ class Loader:
             rf.spec = spec
             base = spec.name or path.stem
             if not spec.name and not _NAME_RE.match(base):
-                repo.problems.append(Problem(rel, 0, 0, f"run name {base!r}, taken from the file name, is not a valid name",
-                                             f"rename the file or set 'name': {_NAME_RULE}"))
+                repo.problems.append(
+                    Problem(
+                        rel,
+                        0,
+                        0,
+                        f"run name {base!r}, taken from the file name, is not a valid name",
+                        f"rename the file or set 'name': {_NAME_RULE}",
+                    )
+                )
                 continue
             combos, problems = expand_matrix(loaded, base)
             repo.problems += problems
             seen_errors: set[tuple] = set()
             for name, data, values in combos:
                 if not _NAME_RE.match(name):
-                    repo.problems.append(loaded.problem(("matrix",), f"matrix run name {name!r} is not a valid name",
-                                                        hint="shorten the values or the base name (at most 63 characters)"))
+                    repo.problems.append(
+                        loaded.problem(
+                            ("matrix",),
+                            f"matrix run name {name!r} is not a valid name",
+                            hint="shorten the values or the base name (at most 63 characters)",
+                        )
+                    )
                     continue
                 try:
                     expanded = RunSpec.model_validate(data)
@@ -391,7 +450,7 @@ class Loader:
                 message = p.message
                 if message.split(":")[0] in (key, dotted(tuple(key.split(".")))) or key in message:
                     if message.startswith(key + ": "):
-                        message = message[len(key) + 2:]
+                        message = message[len(key) + 2 :]
                     out.append(Problem(p.path, line, col, f"matrix.{key}[{idx}]: {message}", p.hint))
                     break
             else:
@@ -410,9 +469,15 @@ class Loader:
                 key = (run.project, run.name)
                 if key in names:
                     line, col = rf.loaded.position(("name",), key=True) if "name" in rf.loaded.data else (0, 0)
-                    repo.problems.append(Problem(rf.path, line, col,
-                                                 f"run name {run.name!r} is used twice in project {run.project!r}, also by {names[key]}",
-                                                 "run names must be unique within a project: set a different 'name'"))
+                    repo.problems.append(
+                        Problem(
+                            rf.path,
+                            line,
+                            col,
+                            f"run name {run.name!r} is used twice in project {run.project!r}, also by {names[key]}",
+                            "run names must be unique within a project: set a different 'name'",
+                        )
+                    )
                     continue
                 names[key] = rf.path
                 self._check_refs(rf, run)
@@ -431,18 +496,30 @@ class Loader:
         spec = run.spec
         if spec.device not in repo.devices:
             known = sorted(repo.devices)
-            hint = suggest(spec.device, known) or (f"known devices: {', '.join(known)}" if known else
-                                                 f"register it: create devices/{spec.device}.yaml (tinymlaas device register {spec.device})")
-            repo.problems.append(loaded.problem(where(("device",)), f"device {spec.device!r} is not defined in devices/", hint=hint))
+            hint = suggest(spec.device, known) or (
+                f"known devices: {', '.join(known)}"
+                if known
+                else f"register it: create devices/{spec.device}.yaml (tinymlaas device register {spec.device})"
+            )
+            repo.problems.append(
+                loaded.problem(where(("device",)), f"device {spec.device!r} is not defined in devices/", hint=hint)
+            )
         if spec.pipeline not in repo.pipelines:
             known = sorted(repo.pipelines)
-            repo.problems.append(loaded.problem(where(("pipeline",)), f"pipeline {spec.pipeline!r} is not defined in pipelines/",
-                                                hint=suggest(spec.pipeline, known) or f"known pipelines: {', '.join(known)}"))
+            repo.problems.append(
+                loaded.problem(
+                    where(("pipeline",)),
+                    f"pipeline {spec.pipeline!r} is not defined in pipelines/",
+                    hint=suggest(spec.pipeline, known) or f"known pipelines: {', '.join(known)}",
+                )
+            )
         for part in ("model", "dataset"):
             source = getattr(spec, part)
             if source.upload is None:
                 continue
-            self._check_upload(loaded, where((part, "upload")) if (f"{part}.upload" in run.matrix) else (part, "upload"), source.upload)
+            self._check_upload(
+                loaded, where((part, "upload")) if (f"{part}.upload" in run.matrix) else (part, "upload"), source.upload
+            )
 
     def _check_raw_refs(self, rf: RunFile) -> None:
         """A spec that failed validation still gets its references checked, so that every
@@ -454,18 +531,38 @@ class Loader:
         device = data.get("device", "host")
         if isinstance(device, str) and _NAME_RE.match(device) and "device" not in swept and device not in repo.devices:
             known = sorted(repo.devices)
-            repo.problems.append(loaded.problem(("device",), f"device {device!r} is not defined in devices/",
-                                                hint=suggest(device, known) or (f"known devices: {', '.join(known)}" if known else None)))
+            repo.problems.append(
+                loaded.problem(
+                    ("device",),
+                    f"device {device!r} is not defined in devices/",
+                    hint=suggest(device, known) or (f"known devices: {', '.join(known)}" if known else None),
+                )
+            )
         pipeline = data.get("pipeline", "default")
-        if isinstance(pipeline, str) and _NAME_RE.match(pipeline) and "pipeline" not in swept and pipeline not in repo.pipelines:
+        if (
+            isinstance(pipeline, str)
+            and _NAME_RE.match(pipeline)
+            and "pipeline" not in swept
+            and pipeline not in repo.pipelines
+        ):
             known = sorted(repo.pipelines)
-            repo.problems.append(loaded.problem(("pipeline",), f"pipeline {pipeline!r} is not defined in pipelines/",
-                                                hint=suggest(pipeline, known) or f"known pipelines: {', '.join(known)}"))
+            repo.problems.append(
+                loaded.problem(
+                    ("pipeline",),
+                    f"pipeline {pipeline!r} is not defined in pipelines/",
+                    hint=suggest(pipeline, known) or f"known pipelines: {', '.join(known)}",
+                )
+            )
         for part in ("model", "dataset"):
             source = data.get(part)
             rel = source.get("upload") if isinstance(source, dict) else None
-            if (isinstance(rel, str) and rel and f"{part}.upload" not in swept and not rel.startswith("/")
-                    and ".." not in re.split(r"[\\/]", rel)):
+            if (
+                isinstance(rel, str)
+                and rel
+                and f"{part}.upload" not in swept
+                and not rel.startswith("/")
+                and ".." not in re.split(r"[\\/]", rel)
+            ):
                 self._check_upload(loaded, (part, "upload"), rel)
 
     def _check_upload(self, loaded: LoadedYaml, loc: tuple, rel: str) -> None:
@@ -477,20 +574,33 @@ class Loader:
             try:
                 path.resolve().relative_to(repo.root)
             except ValueError:
-                repo.problems.append(loaded.problem(loc, f"upload {rel!r} is a symlink that points outside the repository",
-                                                    hint="commit the file itself into the repository; Git LFS is fine"))
+                repo.problems.append(
+                    loaded.problem(
+                        loc,
+                        f"upload {rel!r} is a symlink that points outside the repository",
+                        hint="commit the file itself into the repository; Git LFS is fine",
+                    )
+                )
                 return
         if not path.exists():
             siblings = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
             close = suggest(path.name, siblings)
-            hint = (f"did you mean {(Path(rel).parent / close.split(chr(39))[1]).as_posix()!r}?" if close else
-                    "commit the file, or fix the path: it is relative to the repository root")
+            hint = (
+                f"did you mean {(Path(rel).parent / close.split(chr(39))[1]).as_posix()!r}?"
+                if close
+                else "commit the file, or fix the path: it is relative to the repository root"
+            )
             repo.problems.append(loaded.problem(loc, f"upload {rel!r} does not exist", hint=hint))
             return
         if not path.is_file():
             what = "a folder" if path.is_dir() else "not a regular file"
-            repo.problems.append(loaded.problem(loc, f"upload {rel!r} is {what}, not a file",
-                                                hint="name one file: a model file, or a dataset archive such as data.zip"))
+            repo.problems.append(
+                loaded.problem(
+                    loc,
+                    f"upload {rel!r} is {what}, not a file",
+                    hint="name one file: a model file, or a dataset archive such as data.zip",
+                )
+            )
             return
         repo.upload_digests[rel] = sha256_file(path)
 
@@ -530,13 +640,14 @@ def load_repo(root: Path, paths: list[Path] | None = None, *, results: bool = Tr
             full = (repo.root / rel).resolve()
             return any(full == w or w in full.parents for w in wanted)
 
-        for w, sel in zip(wanted, selected):
+        for w, sel in zip(wanted, selected, strict=True):
             if not w.exists():
                 repo.problems.append(Problem(str(sel), 0, 0, "no such file or folder"))
         repo.run_files = [rf for rf in repo.run_files if keep(rf.path)]
         run_paths = {rf.path for rf in loader.repo.run_files}
         repo.problems = [
-            p for p in repo.problems
+            p
+            for p in repo.problems
             if p.path.startswith(("devices/", "pipelines/")) or p.path in run_paths or not (repo.root / p.path).exists()
         ]
     if results:

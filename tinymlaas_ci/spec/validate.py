@@ -15,7 +15,7 @@ from tinymlaas_ci.errors import Problem
 from tinymlaas_ci.spec.loader import LoadedYaml
 from tinymlaas_ci.spec.models import NAME_PATTERN, SCHEMA_VERSION, DeviceSpec, LocatedError
 
-__all__ = ["validate_loaded", "problems_from_error", "field_keys", "suggest", "dotted"]
+__all__ = ["dotted", "field_keys", "problems_from_error", "suggest", "validate_loaded"]
 
 
 def dotted(loc: tuple) -> str:
@@ -106,10 +106,8 @@ def _resolve_loc(data: Any, loc: tuple) -> tuple:
     cur = data
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(cur, dict) and part in cur:
-            out.append(part)
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+        in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        if (isinstance(cur, dict) and part in cur) or in_list:
             out.append(part)
             cur = cur[part]
         elif last and isinstance(part, (str, int)) and not (isinstance(part, str) and "[" in part):
@@ -164,8 +162,11 @@ def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, st
     if kind in _TYPE_MESSAGES:
         hint = None
         expected = _type_at(model, loc, data)
-        if kind in ("dict_type", "model_type", "model_attributes_type") and isinstance(expected, type) \
-                and issubclass(expected, BaseModel):
+        if (
+            kind in ("dict_type", "model_type", "model_attributes_type")
+            and isinstance(expected, type)
+            and issubclass(expected, BaseModel)
+        ):
             hint = f"its keys: {', '.join(field_keys(expected))}"
         elif kind == "list_type":
             hint = "write a list: [a, b] or one '- item' per line"
@@ -175,8 +176,11 @@ def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, st
             if hint and hint.startswith("its keys"):
                 hint = "fill in " + hint
             else:
-                hint = "give it a value" if info is None or info.is_required() else \
-                    "give it a value, or remove the key to use the default"
+                hint = (
+                    "give it a value"
+                    if info is None or info.is_required()
+                    else "give it a value, or remove the key to use the default"
+                )
         return _TYPE_MESSAGES[kind] + got, hint
     if kind in _BOUND_MESSAGES:
         name, text = _BOUND_MESSAGES[kind]
@@ -205,14 +209,16 @@ def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, st
         elif typing.get_origin(expected) is typing.Literal:
             choices = [str(a) for a in typing.get_args(expected)]
         if loc[-1:] == ("schema",) and choices == [str(SCHEMA_VERSION)]:
-            return f"version {_short(value)} is not supported", \
-                f"write 'schema: {SCHEMA_VERSION}', the version this TinyMLaaS-CI reads"
+            return (
+                f"version {_short(value)} is not supported",
+                f"write 'schema: {SCHEMA_VERSION}', the version this TinyMLaaS-CI reads",
+            )
         if choices:
             return f"{_short(value)} is not one of: {', '.join(choices)}", suggest(str(value), choices)
     msg = e["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            return msg[len(prefix):], None
+            return msg[len(prefix) :], None
     return msg + got, None
 
 
@@ -229,23 +235,24 @@ def _missing_hint(model: Any, loc: tuple, data: Any) -> str | None:
     return f"add '{loc[-1]}'{where}"
 
 
-def problems_from_error(
-    err: ValidationError, loaded: LoadedYaml, model: Any, *, prefix: tuple = ()
-) -> list[Problem]:
+def problems_from_error(err: ValidationError, loaded: LoadedYaml, model: Any, *, prefix: tuple = ()) -> list[Problem]:
     """One problem per pydantic error, at the position of the key or value it concerns."""
     problems: list[Problem] = []
     data = loaded.data
     inner = _get(data, prefix)
     for e in err.errors(include_url=False):
         loc = prefix + _resolve_loc(inner, tuple(e["loc"]))
-        rel = loc[len(prefix):]
+        rel = loc[len(prefix) :]
         kind = e["type"]
         if kind == "extra_forbidden":
             key = loc[-1]
             parent = _type_at(model, rel[:-1], inner)
             keys = field_keys(parent) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-            hint = suggest(str(key), keys) or _other_kind(model, inner, rel) or (
-                f"allowed keys: {', '.join(keys)}" if keys else None)
+            hint = (
+                suggest(str(key), keys)
+                or _other_kind(model, inner, rel)
+                or (f"allowed keys: {', '.join(keys)}" if keys else None)
+            )
             parent_name = dotted(loc[:-1])
             msg = f"unknown key {key!r}" + (f" in {parent_name!r}" if parent_name else "")
             problems.append(loaded.problem(loc, msg, key=True, hint=hint))
@@ -265,8 +272,9 @@ def problems_from_error(
         msg, hint = _describe_error(e, model, rel, inner)
         where = dotted(loc)
         # An empty value has no position of its own worth showing: point at its key.
-        problems.append(loaded.problem(loc, f"{where}: {msg}" if where else msg, hint=hint,
-                                       key=e.get("input", 0) is None))
+        problems.append(
+            loaded.problem(loc, f"{where}: {msg}" if where else msg, hint=hint, key=e.get("input", 0) is None)
+        )
     return problems
 
 

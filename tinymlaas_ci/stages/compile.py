@@ -48,8 +48,10 @@ def run(ctx: StageContext) -> None:
             hint="give the run a dataset, or use quantization none / dynamic-int8 / fp16 without pruning",
         )
 
-    ctx.log(f"compiling {model_path.name} for {runtime}: quantization {compression.get('quantization', 'none')}"
-            + (f", pruning {compression['pruning'].get('sparsity')}" if compression.get("pruning") else ""))
+    ctx.log(
+        f"compiling {model_path.name} for {runtime}: quantization {compression.get('quantization', 'none')}"
+        + (f", pruning {compression['pruning'].get('sparsity')}" if compression.get("pruning") else "")
+    )
     outcome = compress.compile_model(
         model_path,
         ctx.path("model.onnx").parent,
@@ -63,8 +65,10 @@ def run(ctx: StageContext) -> None:
     ctx.add_artifact("model", outcome.deployed)
     ctx.add_artifact("baseline", outcome.baseline)
     rec = outcome.record
-    ctx.log(f"baseline {rec['baseline_bytes']} B -> deployed {rec['compressed_bytes']} B "
-            f"(gzip {rec['compressed_gzip_bytes']} B)")
+    ctx.log(
+        f"baseline {rec['baseline_bytes']} B -> deployed {rec['compressed_bytes']} B "
+        f"(gzip {rec['compressed_gzip_bytes']} B)"
+    )
     ctx.records.update(
         compression=rec,
         tools=measure.tool_versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy"),

@@ -34,14 +34,15 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import atomic_write_json, is_within, sha256_file
 
-__all__ = ["StageContext", "stage_main", "CONTRACT_SCHEMA", "STAGE_FILE", "OUTPUTS_FILE", "ERROR_FILE"]
+__all__ = ["CONTRACT_SCHEMA", "ERROR_FILE", "OUTPUTS_FILE", "STAGE_FILE", "StageContext", "stage_main"]
 
 CONTRACT_SCHEMA = 1
 STAGE_FILE = "stage.json"

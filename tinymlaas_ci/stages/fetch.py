@@ -59,10 +59,7 @@ def detect_model_format(path: str | os.PathLike, declared: str | None = "auto") 
             return fmt
         # torch.jit.save writes constants.pkl and the generated code/; torch.save does not.
         if any(
-            n.endswith("/constants.pkl")
-            or n == "constants.pkl"
-            or "/code/" in n
-            or n.startswith("code/")
+            n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n or n.startswith("code/")
             for n in names
         ):
             return "torchscript"
@@ -115,17 +112,13 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
         upload = resolve_upload(repo_root, rel)
         dest = model_dir / PurePosixPath(upload.rel).name
         _copy(upload.path, dest)
-        ctx.log(
-            f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})"
-        )
+        ctx.log(f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})")
         support = []
         folder = repo_root.joinpath(*PurePosixPath(upload.rel).parent.parts)
         for py in sorted(folder.glob("*.py")):
             # Only plain files inside the repository: a link must not smuggle in outside code.
             if py.is_symlink() or not py.is_file() or not is_within(py, repo_root):
-                ctx.log(
-                    f"model: skipped {py.name} next to the model (not a regular file in the repository)"
-                )
+                ctx.log(f"model: skipped {py.name} next to the model (not a regular file in the repository)")
                 continue
             _copy(py, model_dir / py.name)
             support.append(py.name)
@@ -197,9 +190,7 @@ def _fetch_dataset(
         name = PurePosixPath(upload.rel).name
         if is_archive(name):
             extracted = extract_archive(upload.path, data_dir)
-            ctx.log(
-                f"dataset: extracted {extracted.files} files ({extracted.bytes} bytes) from {upload.rel}"
-            )
+            ctx.log(f"dataset: extracted {extracted.files} files ({extracted.bytes} bytes) from {upload.rel}")
         elif name.endswith(".parquet"):
             _copy(upload.path, data_dir / name)
             ctx.log(f"dataset: copied {upload.rel} ({upload.bytes} bytes)")
@@ -275,9 +266,7 @@ def run_fetch(ctx: StageContext) -> None:
     dataset = _fetch_dataset(ctx, repo_root, spec["dataset"], model_spec.get("input_shape"))
     shutil.rmtree(ctx.dir / ".hf-home", ignore_errors=True)
     ctx.records.update({"model": model, "dataset": dataset, "tools": _tool_versions()})
-    ctx.metrics.update(
-        {"model_bytes": model["bytes"], "dataset_samples": sum(dataset["splits"].values())}
-    )
+    ctx.metrics.update({"model_bytes": model["bytes"], "dataset_samples": sum(dataset["splits"].values())})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,25 +69,35 @@ def measure_bundle(
             f"the model's batch size is fixed to {session.fixed_batch}, but measure.batch_size is {batch_size}",
             hint=f"set measure.batch_size: {session.fixed_batch}, or export the model with a dynamic batch axis",
         )
-    acc = measure.evaluate(session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size),
-                           fixed_batch=session.fixed_batch)
+    acc = measure.evaluate(
+        session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size), fixed_batch=session.fixed_batch
+    )
     log(f"accuracy {acc['accuracy']:.4f} on {acc['samples']} {split} samples")
     reps = -(-batch_size // len(x))
     batch = np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size])
     latency = measure.measure_latency(
-        session.run, batch,
+        session.run,
+        batch,
         warmup=int(measure_spec.get("warmup", 20)),
         min_iterations=int(measure_spec.get("min_iterations", 200)),
         min_seconds=float(measure_spec.get("min_seconds", 1.0)),
     )
-    log(f"latency p50 {latency['p50']:.4f} ms, p99 {latency['p99']:.4f} ms over {latency['iterations']} "
-        f"iterations ({latency['seconds']:.2f} s)")
+    log(
+        f"latency p50 {latency['p50']:.4f} ms, p99 {latency['p99']:.4f} ms over {latency['iterations']} "
+        f"iterations ({latency['seconds']:.2f} s)"
+    )
     peak = measure.peak_memory_mb()
 
     baseline_path = bundle / manifest["baseline"]
     base_session = load_session(baseline_path, "onnxruntime", threads=threads)
-    base = measure.evaluate(base_session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size),
-                            fixed_batch=base_session.fixed_batch)
+    base = measure.evaluate(
+        base_session.run,
+        x,
+        y,
+        num_classes=num_classes,
+        batch_size=max(64, batch_size),
+        fixed_batch=base_session.fixed_batch,
+    )
     log(f"baseline accuracy {base['accuracy']:.4f}")
 
     size = model_path.stat().st_size
@@ -126,8 +136,7 @@ def run(ctx: StageContext) -> None:
     has_fetch = any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items())
     if has_fetch and "dataset" in ctx.upstream("fetch").get("artifacts", {}):
         data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
-    metrics, runtime = measure_bundle(bundle, manifest, spec.get("measure") or {}, data=data, split=split,
-                                      log=ctx.log)
+    metrics, runtime = measure_bundle(bundle, manifest, spec.get("measure") or {}, data=data, split=split, log=ctx.log)
     ctx.metrics.update(metrics)
     ctx.records.update(
         device=measure.device_record(ctx.device),

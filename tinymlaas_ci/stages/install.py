@@ -98,8 +98,10 @@ def build_bundle(ctx: StageContext, bundle: Path) -> dict[str, Any]:
 def _install_local(ctx: StageContext) -> dict[str, Any]:
     bundle = ctx.path("bundle", MANIFEST).parent
     manifest = build_bundle(ctx, bundle)
-    ctx.log(f"installed {manifest['model']} ({manifest['runtime']}) and {manifest['samples']} "
-            f"{manifest['eval_split']} samples on the local device")
+    ctx.log(
+        f"installed {manifest['model']} ({manifest['runtime']}) and {manifest['samples']} "
+        f"{manifest['eval_split']} samples on the local device"
+    )
     return {"location": ctx.dir.name + "/bundle", **manifest}
 
 
@@ -114,8 +116,10 @@ def _install_docker(ctx: StageContext) -> dict[str, Any]:
     image = install_bundle(bundle, ctx.device, base, sink=ctx.log)
     ctx.records["image"] = image["image"]
     ctx.records["image_digest"] = image["image_digest"]
-    ctx.log(f"installed {manifest['model']} ({manifest['runtime']}) as {image['image']} on device "
-            f"{ctx.device.get('name')!r}")
+    ctx.log(
+        f"installed {manifest['model']} ({manifest['runtime']}) as {image['image']} on device "
+        f"{ctx.device.get('name')!r}"
+    )
     return {"location": ctx.dir.name + "/bundle", **manifest, **image}
 
 
@@ -137,10 +141,11 @@ def _install_ssh(ctx: StageContext) -> dict[str, Any]:
     remote = f"{target.work_dir}/work/{ctx.config['run']['project']}/{ctx.config['run']['name']}/{ctx.name}"
     files = [p.relative_to(ctx.dir).as_posix() for p in sorted(bundle.rglob("*")) if p.is_file()]
     target.put(ctx.dir, files, remote, doing="copying the bundle")
-    ctx.log(f"installed {manifest['model']} ({manifest['runtime']}) on {target.label}:{remote} "
-            f"(python {facts.get('python')}, onnxruntime {facts.get('onnxruntime')}, {facts.get('machine')})")
-    return {"location": ctx.dir.name + "/bundle", **manifest, "remote": f"{target.label}:{remote}",
-            "board": facts}
+    ctx.log(
+        f"installed {manifest['model']} ({manifest['runtime']}) on {target.label}:{remote} "
+        f"(python {facts.get('python')}, onnxruntime {facts.get('onnxruntime')}, {facts.get('machine')})"
+    )
+    return {"location": ctx.dir.name + "/bundle", **manifest, "remote": f"{target.label}:{remote}", "board": facts}
 
 
 INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {

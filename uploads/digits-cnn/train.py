@@ -40,8 +40,10 @@ def make_splits(seed: int = SEED) -> dict[str, tuple[np.ndarray, np.ndarray, np.
     index = np.arange(len(labels))
     i_train, i_rest = train_test_split(index, test_size=0.4, stratify=labels, random_state=seed)
     i_val, i_test = train_test_split(i_rest, test_size=0.5, stratify=labels[i_rest], random_state=seed)
-    return {name: (images[np.sort(i)], labels[np.sort(i)], np.sort(i))
-            for name, i in (("train", i_train), ("val", i_val), ("test", i_test))}
+    return {
+        name: (images[np.sort(i)], labels[np.sort(i)], np.sort(i))
+        for name, i in (("train", i_train), ("val", i_val), ("test", i_test))
+    }
 
 
 def write_dataset_zip(splits, path: Path) -> None:
@@ -50,7 +52,7 @@ def write_dataset_zip(splits, path: Path) -> None:
 
     entries = []
     for split, (images, labels, idx) in splits.items():
-        for img, label, i in zip(images, labels, idx):
+        for img, label, i in zip(images, labels, idx, strict=True):
             buf = io.BytesIO()
             Image.fromarray(img, mode="L").save(buf, format="PNG", optimize=False)
             entries.append((f"{split}/{label}/{i:04d}.png", buf.getvalue()))
@@ -91,7 +93,7 @@ def train(splits, *, epochs: int = 40, seed: int = SEED):
         model.train()
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), 32):
-            idx = order[start:start + 32]
+            idx = order[start : start + 32]
             opt.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()

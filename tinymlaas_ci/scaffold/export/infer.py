@@ -55,7 +55,7 @@ def predict(session, in_name: str, out_name: str, x: np.ndarray, fixed: int | No
     step = fixed or step
     out = []
     for start in range(0, len(x), step):
-        xb = x[start:start + step]
+        xb = x[start : start + step]
         real = len(xb)
         if fixed and real < fixed:
             xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - real, axis=0)])
@@ -70,8 +70,9 @@ def percentile(values: list, q: float) -> float:
     return float(values[lo] + (values[hi] - values[lo]) * (k - lo))
 
 
-def latency(session, in_name: str, out_name: str, sample: np.ndarray, warmup: int, iterations: int,
-            seconds: float) -> dict:
+def latency(
+    session, in_name: str, out_name: str, sample: np.ndarray, warmup: int, iterations: int, seconds: float
+) -> dict:
     feed = {in_name: np.ascontiguousarray(sample, dtype=np.float32)}
     for _ in range(warmup):
         session.run([out_name], feed)
@@ -86,8 +87,16 @@ def latency(session, in_name: str, out_name: str, sample: np.ndarray, warmup: in
             break
     times.sort()
     mean = sum(times) / len(times)
-    return {"p50": percentile(times, 50), "p90": percentile(times, 90), "p99": percentile(times, 99),
-            "mean": mean, "min": times[0], "max": times[-1], "iterations": len(times), "warmup": warmup}
+    return {
+        "p50": percentile(times, 50),
+        "p90": percentile(times, 90),
+        "p99": percentile(times, 99),
+        "mean": mean,
+        "min": times[0],
+        "max": times[-1],
+        "iterations": len(times),
+        "warmup": warmup,
+    }
 
 
 def shape_inputs(x: np.ndarray, input_shape: list) -> np.ndarray:
@@ -99,14 +108,27 @@ def shape_inputs(x: np.ndarray, input_shape: list) -> np.ndarray:
 
 
 def main(argv: list | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the exported model over its evaluation set or your inputs; "
-                                     "print JSON.")
-    parser.add_argument("--bundle", default=os.environ.get("TINYMLAAS_BUNDLE", HERE),
-                        help="folder holding manifest.json and the model (default: this script's folder)")
-    parser.add_argument("--model", choices=("deployed", "baseline"), default="deployed",
-                        help="the compressed model that was deployed, or the fp32 baseline")
-    parser.add_argument("--inputs", metavar="FILE.npy", nargs="+", default=None,
-                        help="predict these inputs (one sample or a batch per file) instead of evaluating")
+    parser = argparse.ArgumentParser(
+        description="Run the exported model over its evaluation set or your inputs; print JSON."
+    )
+    parser.add_argument(
+        "--bundle",
+        default=os.environ.get("TINYMLAAS_BUNDLE", HERE),
+        help="folder holding manifest.json and the model (default: this script's folder)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("deployed", "baseline"),
+        default="deployed",
+        help="the compressed model that was deployed, or the fp32 baseline",
+    )
+    parser.add_argument(
+        "--inputs",
+        metavar="FILE.npy",
+        nargs="+",
+        default=None,
+        help="predict these inputs (one sample or a batch per file) instead of evaluating",
+    )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: as measured)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls before timing")
     parser.add_argument("--iterations", type=int, default=None, help="timed calls, at least")
@@ -120,16 +142,26 @@ def main(argv: list | None = None) -> int:
     model_file = manifest["model"] if args.model == "deployed" else manifest["baseline"]
     session, in_name, out_name, fixed, load_ms = load_model(os.path.join(args.bundle, model_file), threads)
     labels = [str(v) for v in manifest.get("labels") or []]
-    report = {"model": model_file, "runtime": "onnxruntime", "onnxruntime": ort.__version__,
-              "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
-              "threads": threads, "load_time_ms": load_ms}
+    report = {
+        "model": model_file,
+        "runtime": "onnxruntime",
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": threads,
+        "load_time_ms": load_ms,
+    }
 
     if args.inputs:
-        x = np.concatenate([shape_inputs(np.load(f, allow_pickle=False), manifest.get("input_shape")) for f in args.inputs])
+        x = np.concatenate(
+            [shape_inputs(np.load(f, allow_pickle=False), manifest.get("input_shape")) for f in args.inputs]
+        )
         logits = predict(session, in_name, out_name, x, fixed)
         pred = logits.argmax(axis=1).tolist()
-        report.update(samples=len(pred), predictions=pred,
-                      labels=[labels[p] if p < len(labels) else str(p) for p in pred])
+        report.update(
+            samples=len(pred), predictions=pred, labels=[labels[p] if p < len(labels) else str(p) for p in pred]
+        )
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
 
@@ -138,13 +170,15 @@ def main(argv: list | None = None) -> int:
         y = np.asarray(npz["y"], dtype=np.int64)
     logits = predict(session, in_name, out_name, x, fixed)
     correct = int((logits.argmax(axis=1) == y).sum())
-    report.update(samples=len(x), correct=correct, accuracy=correct / len(x),
-                  eval_split=manifest.get("eval_split"))
+    report.update(samples=len(x), correct=correct, accuracy=correct / len(x), eval_split=manifest.get("eval_split"))
     if not args.no_latency:
         batch = int(measure.get("batch_size", 1))
         sample = np.concatenate([x] * (-(-batch // len(x))))[:batch]
         report["latency_ms"] = latency(
-            session, in_name, out_name, sample,
+            session,
+            in_name,
+            out_name,
+            sample,
             warmup=args.warmup if args.warmup is not None else int(measure.get("warmup", 20)),
             iterations=args.iterations if args.iterations is not None else int(measure.get("min_iterations", 200)),
             seconds=args.seconds if args.seconds is not None else float(measure.get("min_seconds", 1.0)),
@@ -153,7 +187,7 @@ def main(argv: list | None = None) -> int:
     recorded = os.path.join(args.bundle, "export.json")
     if os.path.isfile(recorded) and args.model == "deployed":
         with open(recorded, encoding="utf-8") as fh:
-            report["recorded"] = (json.load(fh).get("recorded") or {})
+            report["recorded"] = json.load(fh).get("recorded") or {}
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 
