@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tinymlaas_ci.cli.main import build_parser
-    from tinymlaas_ci.report import build_site
+    from tinymlaas_ci.website import build_site
 
     fx = _fixtures()
     rows = []

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.ops.conftest import ROOT, cli
-from tinymlaas_ci.scaffold.repo import WORKFLOWS_DIR
+from tinymlaas_ci.init.scaffold import WORKFLOWS_DIR
 
 
 def test_init_validates_and_plans_immediately(tmp_path):
@@ -64,6 +64,6 @@ def test_init_inside_a_git_repository_does_not_nest_one(tmp_path):
 def test_workflow_templates_equal_this_repositorys_workflows():
     ours = {p.name: p.read_bytes() for p in sorted((ROOT / ".github" / "workflows").glob("*.yml"))}
     shipped = {p.name: p.read_bytes() for p in sorted(Path(WORKFLOWS_DIR).glob("*.yml"))}
-    assert sorted(shipped) == sorted(ours), "sync: cp .github/workflows/*.yml tinymlaas_ci/scaffold/workflows/"
+    assert sorted(shipped) == sorted(ours), "sync: cp .github/workflows/*.yml tinymlaas_ci/init/workflows/"
     for name, text in ours.items():
-        assert shipped[name] == text, f"{name} drifted: cp .github/workflows/{name} tinymlaas_ci/scaffold/workflows/"
+        assert shipped[name] == text, f"{name} drifted: cp .github/workflows/{name} tinymlaas_ci/init/workflows/"

@@ -40,7 +40,7 @@ def make_repo(root: Path, n: int | None = None, **kwargs) -> list[dict]:
 def built_site(tmp_path_factory):
     """(repo root, output folder, build report, latest results) of one build shared by the tests."""
     from tinymlaas_ci.cli.main import build_parser
-    from tinymlaas_ci.report import build_site
+    from tinymlaas_ci.website import build_site
 
     root = tmp_path_factory.mktemp("repo")
     results = make_repo(root)

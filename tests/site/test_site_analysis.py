@@ -6,9 +6,9 @@ import json
 
 from conftest import make_repo
 
-from tinymlaas_ci.report.analysis import build_site_data, pareto_front
-from tinymlaas_ci.report.history import collect_history
-from tinymlaas_ci.report.loader import load_results
+from tinymlaas_ci.website.analysis import build_site_data, pareto_front
+from tinymlaas_ci.website.history import collect_history
+from tinymlaas_ci.website.loader import load_results
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -53,7 +53,7 @@ def browser():
 @pytest.fixture(scope="module")
 def served(built_site):
     """The built site served under /tinyml-repo/, as GitHub Pages serves a project site."""
-    from tinymlaas_ci.report.serve import serve_in_thread
+    from tinymlaas_ci.website.serve import serve_in_thread
 
     _, out, _, _ = built_site
     server, url = serve_in_thread(out, base_path="/tinyml-repo/")

@@ -15,7 +15,7 @@ from conftest import REPO, make_repo
 
 from tinymlaas_ci.cli.main import build_parser, main
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.report import build_site
+from tinymlaas_ci.website import build_site
 
 
 class _Links(HTMLParser):
@@ -125,7 +125,7 @@ def test_compare_page_has_baseline_and_previous(built_site):
 
 
 def test_spec_reference_lists_every_field():
-    from tinymlaas_ci.report.references import SPEC_MODELS, model_sections
+    from tinymlaas_ci.website.references import SPEC_MODELS, model_sections
 
     sections = model_sections(SPEC_MODELS())
     documented = {(m["name"], f["name"]) for s in sections for m in s["models"] for f in m["fields"]}

@@ -300,7 +300,7 @@ def _register_init(subparsers) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from tinymlaas_ci.scaffold.repo import init_repo
+    from tinymlaas_ci.init.scaffold import init_repo
 
     report = init_repo(args.dir, force=args.force)
     for rel in report.written:

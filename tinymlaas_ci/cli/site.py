@@ -74,7 +74,7 @@ def _no_subcommand(parser) -> int:
 
 def _build(args, out: Path | None):
     from tinymlaas_ci.cli.main import build_parser
-    from tinymlaas_ci.report import build_site
+    from tinymlaas_ci.website import build_site
 
     if args.history < 0:
         raise UsageError("--history must be 0 or more")
@@ -102,7 +102,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from tinymlaas_ci.report.serve import make_server
+    from tinymlaas_ci.website.serve import make_server
 
     if args.no_build:
         if not args.out:

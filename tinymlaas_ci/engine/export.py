@@ -33,7 +33,7 @@ from tinymlaas_ci.fs import (
 __all__ = ["EXPORT_SCHEMA", "ExportInfo", "build_export_image", "export_run", "find_bundle", "save_image"]
 
 EXPORT_SCHEMA = 1
-TEMPLATES = Path(__file__).resolve().parent.parent / "scaffold" / "export"
+TEMPLATES = Path(__file__).resolve().parent / "export_runtime"
 """The runner, Dockerfile and README templates (package data)."""
 
 Sink = Callable[[str], None]

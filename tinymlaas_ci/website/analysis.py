@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tinymlaas_ci.report.history import HistoryEntry
-from tinymlaas_ci.report.loader import LoadedResult
 from tinymlaas_ci.results.models import Result
+from tinymlaas_ci.website.history import HistoryEntry
+from tinymlaas_ci.website.loader import LoadedResult
 
 __all__ = ["ProjectView", "RunView", "SiteData", "build_site_data", "mode_label", "pareto_front"]
 

@@ -6,6 +6,6 @@ copy of ``site/``, and builds it with MkDocs into one folder that works from ``f
 under any sub-path. This layer may import ``results`` and ``spec``; never the engine or stages.
 """
 
-from tinymlaas_ci.report.build import BuildReport, build_site
+from tinymlaas_ci.website.build import BuildReport, build_site
 
 __all__ = ["BuildReport", "build_site"]

@@ -13,7 +13,7 @@ from datetime import datetime
 from itertools import count
 from typing import Any
 
-from tinymlaas_ci.report.analysis import ProjectView, RunView
+from tinymlaas_ci.website.analysis import ProjectView, RunView
 
 __all__ = [
     "MODE_COLORS",

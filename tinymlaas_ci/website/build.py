@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.report import charts
-from tinymlaas_ci.report.analysis import ProjectView, RunView, SiteData, build_site_data
-from tinymlaas_ci.report.formatting import FILTERS, repo_web_url
-from tinymlaas_ci.report.history import DEFAULT_LIMIT, collect_history, git_head
-from tinymlaas_ci.report.loader import Skipped, load_results
-from tinymlaas_ci.report.posts import SkippedPost, render_quarto_posts
+from tinymlaas_ci.website import charts
+from tinymlaas_ci.website.analysis import ProjectView, RunView, SiteData, build_site_data
+from tinymlaas_ci.website.formatting import FILTERS, repo_web_url
+from tinymlaas_ci.website.history import DEFAULT_LIMIT, collect_history, git_head
+from tinymlaas_ci.website.loader import Skipped, load_results
+from tinymlaas_ci.website.posts import SkippedPost, render_quarto_posts
 
 __all__ = ["ASSET_DIR", "SITE_MARKER", "BuildReport", "build_site"]
 
@@ -279,7 +279,7 @@ def _render_pages(
     report: BuildReport,
     cli_parser: argparse.ArgumentParser | None,
 ) -> int:
-    from tinymlaas_ci.report.references import (
+    from tinymlaas_ci.website.references import (
         RESULT_MODELS,
         SPEC_MODELS,
         cli_sections,

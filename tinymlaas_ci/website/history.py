@@ -10,8 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinymlaas_ci.report.loader import RESULT_GLOB, parse_result
 from tinymlaas_ci.results.models import Result
+from tinymlaas_ci.website.loader import RESULT_GLOB, parse_result
 
 __all__ = ["DEFAULT_LIMIT", "HistoryEntry", "collect_history", "git_head"]
 

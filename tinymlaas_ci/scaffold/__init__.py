@@ -1,1 +1,0 @@
-"""Templates for new things: ``tinymlaas init`` repositories and ``tinymlaas export`` bundles."""
