@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinymlaas_ci.errors import GitError, UsageError
-from tinymlaas_ci.gitops.git import current_branch, git, git_error, rev_parse, show, toplevel
+from tinymlaas_ci.git import current_branch, git, git_error, rev_parse, show, toplevel
 from tinymlaas_ci.results.io import read_result
 
 __all__ = ["RESULT_PATH", "CommitOutcome", "changed_result_files", "commit_message", "commit_results"]

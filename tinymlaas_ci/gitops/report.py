@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tinymlaas_ci.errors import TinymlError, UsageError
-from tinymlaas_ci.gitops.git import git, rev_parse, show
+from tinymlaas_ci.git import git, rev_parse, show
 from tinymlaas_ci.results.models import Result
 
 __all__ = [

@@ -7,6 +7,7 @@ Schema descriptions and the spec reference on the website. Every file carries ``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -18,10 +19,13 @@ from pydantic import (
     model_validator,
 )
 
+from tinymlaas_ci.hostinfo import Arch
+
 __all__ = [
     "BUILTIN_STAGES",
     "DEFAULT_PIPELINE",
     "NAME_PATTERN",
+    "NAME_RULE",
     "SCHEMA_VERSION",
     "Compression",
     "DatasetFormat",
@@ -44,10 +48,13 @@ __all__ = [
     "SshDevice",
     "SshEndpoint",
     "StageSpec",
+    "suggest",
 ]
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+NAME_RULE = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+"""How to fix a project, run, device or pipeline name that does not match :data:`NAME_PATTERN`."""
 _NAME_RE = re.compile(NAME_PATTERN)
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
@@ -73,11 +80,23 @@ class LocatedError(ValueError):
         return cls([(loc, message, hint)])
 
 
-def _close(word: str, choices: list[str]) -> str | None:
+def suggest(word: str, choices: Iterable[str], shown: Callable[[str], str] = str) -> str | None:
+    """The "did you mean" hint: the closest choice, else the choices that contain ``word`` (so
+    that ``int8`` suggests ``dynamic-int8`` and ``static-int8``); None when nothing is close.
+
+    ``shown`` writes a choice as the user should type it (a full dotted key, a path).
+    """
     import difflib
 
+    choices = [str(c) for c in choices]
+    word = str(word)
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    if not close:
+        low = word.lower()
+        close = [c for c in choices if len(low) >= 2 and low in c.lower()]
+        if not close or len(close) > 3:
+            return None
+    return "did you mean " + " or ".join(repr(shown(c)) for c in close) + "?"
 
 
 class _Spec(BaseModel):
@@ -399,7 +418,7 @@ class _DeviceBase(_Spec):
     """Device name. Defaults to the file name without ``.yaml``."""
     description: str = ""
     """Free text shown on the website."""
-    arch: Literal["amd64", "arm64", "armv7", "riscv64", "x86", "other"] = "amd64"
+    arch: Arch = "amd64"
     """CPU architecture."""
     runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
     """Labels of the GitHub Actions runner attached to this device."""
@@ -515,7 +534,7 @@ class PipelineSpec(_Spec):
                         (
                             ("stages", i, "needs", j),
                             f"stage {stage.name!r} needs unknown stage {need!r}",
-                            _close(need, names) or f"stages: {', '.join(names)}",
+                            suggest(need, names) or f"stages: {', '.join(names)}",
                         )
                     )
         if problems:
