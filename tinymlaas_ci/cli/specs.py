@@ -73,24 +73,15 @@ def register(sub) -> None:
 # -- validate ---------------------------------------------------------------------------------
 
 
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_prop(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
 def format_problems_github(problems: list[Problem]) -> str:
     """GitHub workflow commands that annotate the pull request's diff."""
+    from tinymlaas_ci.actions import workflow_command
+
     lines = []
     for p in problems:
-        props = [f"file={_escape_prop(p.path)}"]
-        if p.line:
-            props += [f"line={p.line}", f"col={p.column or 1}"]
-        props.append("title=tinymlaas validate")
         message = p.message + (f" ({p.hint})" if p.hint else "")
-        lines.append(f"::error {','.join(props)}::{_escape_data(message)}")
+        line, col = (p.line, p.column or 1) if p.line else (None, None)
+        lines.append(workflow_command("error", message, file=p.path, line=line, col=col, title="tinymlaas validate"))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from tinymlaas_ci.errors import Problem, SpecError
 from tinymlaas_ci.fs import sha256_file
+from tinymlaas_ci.results.layout import result_file
 from tinymlaas_ci.spec.loader import LoadedYaml, load_yaml_file
 from tinymlaas_ci.spec.models import (
     DEFAULT_PIPELINE,
@@ -604,7 +605,7 @@ class Loader:
         repo = self.repo
         for rf in repo.run_files:
             for run in rf.runs:
-                path = repo.root / "runs" / run.project / "results" / f"{run.name}.json"
+                path = result_file(repo.root, run.project, run.name)
                 if not path.is_file():
                     continue
                 try:

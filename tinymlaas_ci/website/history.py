@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinymlaas_ci.git import git_output
+from tinymlaas_ci.results.layout import RESULT_GLOB, parse_result
 from tinymlaas_ci.results.models import Result
-from tinymlaas_ci.website.loader import RESULT_GLOB, parse_result
 
 __all__ = ["DEFAULT_LIMIT", "HistoryEntry", "collect_history", "git_head"]
 
