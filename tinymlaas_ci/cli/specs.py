@@ -13,7 +13,7 @@ from pathlib import Path
 from tinymlaas_ci.cli.common import repo_root
 from tinymlaas_ci.errors import Problem, UsageError
 
-__all__ = ["format_problems_github", "plan_markdown", "register"]
+__all__ = ["format_problems_github", "register"]
 
 
 def register(sub) -> None:
@@ -163,6 +163,8 @@ def cmd_plan(args) -> int:
     if args.format == "json":
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif args.format == "markdown":
+        from tinymlaas_ci.gitops.markdown import plan_markdown
+
         print(plan_markdown(result))
     else:
         print(plan_text(result))
@@ -180,18 +182,6 @@ def plan_text(result) -> str:
     s = result.to_json()["summary"]
     lines.append(f"\n{_n(s['total'], 'run')}: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date")
     return "\n".join(lines)
-
-
-def plan_markdown(result) -> str:
-    s = result.to_json()["summary"]
-    out = [f"**{s['total']} runs**: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date", ""]
-    if result.runs:
-        out += ["| run | device | runner | status | stages |", "|---|---|---|---|---|"]
-        for r in result.runs:
-            status = {"new": "🆕 new", "changed": "✏️ changed", "up-to-date": "✅ up to date"}[r.status]
-            stages = " → ".join(s.name for s in r.stages)
-            out.append(f"| `{r.id}` | `{r.device}` | {', '.join(r.runner)} | {status} | {stages} |")
-    return "\n".join(out)
 
 
 # -- schema -----------------------------------------------------------------------------------
