@@ -27,10 +27,14 @@ import os
 import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from tinymlaas_ci.errors import NotifyError
 
@@ -49,98 +53,173 @@ SECURITY_MODES = ("starttls", "ssl", "none")
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    """How to reach the SMTP server. ``repr`` never shows the password."""
+class _MappingEnv(EnvSettingsSource):
+    """The environment variables of a given mapping instead of ``os.environ``."""
 
-    host: str
-    port: int
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._mapping.items()}
+
+
+_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("tinymlaas_smtp_env", default=None)
+
+
+def _fail(name: str, message: str, hint: str) -> ValueError:
+    """A settings error; :meth:`SmtpSettings.from_env` turns it into a :class:`NotifyError`."""
+    return ValueError(_SettingsProblem(f"{ENV_PREFIX}{name}{message}", hint))
+
+
+@dataclass(frozen=True)
+class _SettingsProblem:
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SmtpSettings(BaseSettings):
+    """How to reach the SMTP server, read from the ``TINYMLAAS_SMTP_*`` variables. ``repr``
+    never shows the password."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
+
+    host: str | None = None
+    """SMTP server (required to send)."""
+    port: int | None = None
+    """Port (default: 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``)."""
     security: str = "starttls"
+    """``starttls``, ``ssl`` or ``none``."""
     user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str = ""
+    """Login user; no login when unset."""
+    password: str | None = Field(default=None, repr=False)
+    """Login password; never printed, logged or put in an error."""
+    sender: str | None = Field(default=None, validation_alias=AliasChoices(ENV_PREFIX + "FROM", "sender"))
+    """Sender address (default: the user, else ``tinymlaas@<host>``)."""
     ca_file: str | None = None
+    """PEM file of CAs to trust instead of the system's."""
     timeout: float = 30.0
+    """Seconds to wait for the server."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        env = _ENV.get()
+        return (init_settings, env_settings if env is None else _MappingEnv(settings_cls, env))
+
+    @field_validator("security", mode="before")
+    @classmethod
+    def _security(cls, value: Any) -> str:
+        value = str(value or "starttls").lower()
+        if value not in SECURITY_MODES:
+            raise _fail(
+                "SECURITY",
+                f"={value!r} is not one of: {', '.join(SECURITY_MODES)}",
+                "starttls (port 587) upgrades a plain connection; ssl (port 465) is TLS from the start; "
+                "none sends in clear text (local relays only)",
+            )
+        return value
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            port = -1
+        if not 1 <= port <= 65535:
+            raise _fail(
+                "PORT",
+                f"={value!r} is not a port number",
+                "give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl",
+            )
+        return port
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value and not os.path.isfile(value):
+            raise _fail(
+                "CA_FILE",
+                f"={value!r} is not a file",
+                "point it at a PEM file of the CA that signed the server's certificate, or unset it",
+            )
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float:
+        if value is None:
+            return 30.0
+        try:
+            timeout = float(value)
+        except (TypeError, ValueError):
+            timeout = -1.0
+        if timeout <= 0:
+            raise _fail("TIMEOUT", f"={value!r} is not a positive number of seconds", "e.g. 30")
+        return timeout
+
+    @field_validator("host", "user", "sender", "ca_file", "security", "port", "timeout", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # Defined after the other validators so that it runs before them (pydantic runs "before"
+        # validators last-defined first). Secrets that are not set arrive as empty or blank
+        # strings. The password is kept as given: spaces may be part of it.
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> SmtpSettings:
+        if self.host is None:
+            raise _fail(
+                "HOST",
+                " is not set, so no email can be sent",
+                f"set {ENV_PREFIX}HOST (and _PORT, _USER, _PASSWORD, _SECURITY, _FROM) from your "
+                "repository's secrets, or use --dry-run to see what would be sent",
+            )
+        if self.password and not self.user:
+            raise _fail(
+                "PASSWORD",
+                f" is set but {ENV_PREFIX}USER is not",
+                f"set {ENV_PREFIX}USER to the login name that goes with the password",
+            )
+        if self.user and not self.password:
+            raise _fail(
+                "USER", f" is set but {ENV_PREFIX}PASSWORD is not", f"set {ENV_PREFIX}PASSWORD from a repository secret"
+            )
+        # Defaults that depend on other settings; the model is frozen, so they are set once here.
+        if not self.port:
+            object.__setattr__(self, "port", _DEFAULT_PORTS[self.security])
+        if not self.sender:
+            user = self.user
+            object.__setattr__(self, "sender", user if user and "@" in user else f"tinymlaas@{self.host}")
+        if "@" not in self.sender:
+            raise _fail("FROM", f"={self.sender!r} is not an email address", "write it as name@example.com")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings:
         """Read the settings from ``env`` (default: ``os.environ``); a bad or missing one is a
         :class:`NotifyError` that names the variable and how to fix it."""
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name)
-            return value.strip() if value and value.strip() else None
-
-        host = get("HOST")
-        if host is None:
-            raise NotifyError(
-                f"{ENV_PREFIX}HOST is not set, so no email can be sent",
-                hint=f"set {ENV_PREFIX}HOST (and _PORT, _USER, _PASSWORD, _SECURITY, _FROM) from your "
-                "repository's secrets, or use --dry-run to see what would be sent",
-            )
-        security = (get("SECURITY") or "starttls").lower()
-        if security not in SECURITY_MODES:
-            raise NotifyError(
-                f"{ENV_PREFIX}SECURITY={security!r} is not one of: {', '.join(SECURITY_MODES)}",
-                hint="starttls (port 587) upgrades a plain connection; ssl (port 465) is TLS from the start; "
-                "none sends in clear text (local relays only)",
-            )
-        port_text = get("PORT")
-        if port_text is None:
-            port = _DEFAULT_PORTS[security]
-        else:
-            try:
-                port = int(port_text)
-            except ValueError:
-                port = -1
-            if not 1 <= port <= 65535:
-                raise NotifyError(
-                    f"{ENV_PREFIX}PORT={port_text!r} is not a port number",
-                    hint="give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl",
-                )
-        user = get("USER")
-        password = env.get(ENV_PREFIX + "PASSWORD") or None
-        if password and not user:
-            raise NotifyError(
-                f"{ENV_PREFIX}PASSWORD is set but {ENV_PREFIX}USER is not",
-                hint=f"set {ENV_PREFIX}USER to the login name that goes with the password",
-            )
-        if user and not password:
-            raise NotifyError(
-                f"{ENV_PREFIX}USER is set but {ENV_PREFIX}PASSWORD is not",
-                hint=f"set {ENV_PREFIX}PASSWORD from a repository secret",
-            )
-        ca_file = get("CA_FILE")
-        if ca_file and not os.path.isfile(ca_file):
-            raise NotifyError(
-                f"{ENV_PREFIX}CA_FILE={ca_file!r} is not a file",
-                hint="point it at a PEM file of the CA that signed the server's certificate, or unset it",
-            )
-        timeout_text = get("TIMEOUT")
+        token = _ENV.set(env)
         try:
-            timeout = float(timeout_text) if timeout_text else 30.0
-        except ValueError:
-            timeout = -1.0
-        if timeout <= 0:
-            raise NotifyError(
-                f"{ENV_PREFIX}TIMEOUT={timeout_text!r} is not a positive number of seconds", hint="e.g. 30"
-            )
-        sender = get("FROM") or (user if user and "@" in user else f"tinymlaas@{host}")
-        if "@" not in sender:
-            raise NotifyError(
-                f"{ENV_PREFIX}FROM={sender!r} is not an email address", hint="write it as name@example.com"
-            )
-        return cls(
-            host=host,
-            port=port,
-            security=security,
-            user=user,
-            password=password,
-            sender=sender,
-            ca_file=ca_file,
-            timeout=timeout,
-        )
+            return cls()
+        except ValidationError as exc:
+            errors = exc.errors()
+            for error in errors:
+                problem = (error.get("ctx") or {}).get("error")
+                if isinstance(problem, ValueError) and isinstance(problem.args[0], _SettingsProblem):
+                    raise NotifyError(problem.args[0].message, hint=problem.args[0].hint) from None
+            raise NotifyError(f"SMTP settings: {exc}", hint=f"check the {ENV_PREFIX}* variables") from None
+        finally:
+            _ENV.reset(token)
 
     def describe(self) -> str:
         """Where mail goes, for messages: host, port, security and user; never the password."""
