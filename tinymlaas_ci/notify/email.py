@@ -22,7 +22,6 @@ wrapped here, once, with the password (and its base64 forms) removed from the te
 from __future__ import annotations
 
 import base64
-import html
 import os
 import smtplib
 import ssl
@@ -33,10 +32,12 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from tinymlaas_ci.errors import NotifyError
+from tinymlaas_ci.results.metrics import METRICS, metric_values
 
 __all__ = [
     "ENV_PREFIX",
@@ -262,22 +263,6 @@ class RunReport:
     """Label -> URL: the run's page, the Actions run, the commit."""
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return (
-            f"{value:.{digits}g}"
-            if abs(value) < 1e-3 and value
-            else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
-        )
-    return str(value)
-
-
 def _metrics(result: dict[str, Any] | None) -> dict[str, Any]:
     return (result or {}).get("metrics") or {}
 
@@ -299,23 +284,27 @@ def subject_for(report: RunReport) -> str:
     return f"{head} {report.status}{numbers}"
 
 
+_EMAIL_METRICS = (
+    "accuracy",
+    "baseline_accuracy",
+    "accuracy_drop",
+    "latency_ms.p50",
+    "latency_ms.p99",
+    "model_size_bytes",
+    "compression_ratio",
+    "peak_memory_mb",
+    "samples",
+)
+"""The metrics an email lists, in order (labels and formats: :data:`~tinymlaas_ci.results.metrics.METRICS`)."""
+
+
 def metric_rows(result: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The metrics table as (label, formatted value) rows."""
-    m = _metrics(result)
-    if not m:
-        return []
-    lat = m.get("latency_ms") or {}
-    rows = [
-        ("accuracy", _fmt(m.get("accuracy"))),
-        ("baseline accuracy", _fmt(m.get("baseline_accuracy"))),
-        ("accuracy drop vs baseline", _fmt(m.get("accuracy_drop"))),
-        ("latency p50 (ms)", _fmt(lat.get("p50"))),
-        ("latency p99 (ms)", _fmt(lat.get("p99"))),
-        ("model size (bytes)", _fmt(m.get("model_size_bytes"))),
-        ("compression ratio", _fmt(m.get("compression_ratio"), 2) + ("x" if m.get("compression_ratio") else "")),
-        ("peak memory (MiB)", _fmt(m.get("peak_memory_mb"), 1)),
-        ("samples", _fmt(m.get("samples"))),
-    ]
+    """The metrics table as (label, formatted value) rows; missing metrics are left out."""
+    values = metric_values(_metrics(result))
+    rows = []
+    for m in METRICS:
+        if m.key in _EMAIL_METRICS and m.key in values:
+            rows.append((m.label, m.format(values[m.key]) + ("x" if m.key == "compression_ratio" else "")))
     return rows
 
 
@@ -343,61 +332,33 @@ def _context(report: RunReport) -> list[tuple[str, str]]:
     return rows
 
 
-def _text_body(report: RunReport) -> str:
-    lines = [subject_for(report).removeprefix("[tinymlaas] "), ""]
-    width = 28
-    for label, value in _context(report):
-        lines.append(f"{label:<{width}}{value}")
-    if report.status == "failed":
-        lines += ["", f"Failed at stage: {report.failed_stage or 'unknown'}"]
-        if report.message:
-            lines.append(f"Error: {report.message}")
-    rows = metric_rows(report.result)
-    if rows:
-        lines += ["", "Metrics"]
-        lines += [f"  {label:<{width - 2}}{value}" for label, value in rows]
-    gates = _gate_rows(report.result)
-    if gates:
-        lines += ["", "Gates"]
-        lines += [f"  {verdict:<6}{message or gate}" for gate, verdict, message in gates]
-    if report.links:
-        lines += ["", "Links"]
-        lines += [f"  {label}: {url}" for label, url in report.links.items()]
-    lines += ["", "-- ", "Sent by tinymlaas notify. You are on this run's notify list in its spec file."]
-    return "\n".join(lines) + "\n"
+def _body_context(report: RunReport) -> dict[str, Any]:
+    return {
+        "report": report,
+        "title": subject_for(report).removeprefix("[tinymlaas] "),
+        "context": _context(report),
+        "metrics": metric_rows(report.result),
+        "gates": _gate_rows(report.result),
+        "colour": {"succeeded": "#1a7f37", "gates-failed": "#bf8700"}.get(report.status, "#cf222e"),
+    }
 
 
-def _html_body(report: RunReport) -> str:
-    e = html.escape
-    colour = {"succeeded": "#1a7f37", "gates-failed": "#bf8700"}.get(report.status, "#cf222e")
-    cell = 'style="padding:4px 12px;border-bottom:1px solid #ddd;text-align:left"'
-    out = [
-        '<!DOCTYPE html><html><body style="font-family:sans-serif">',
-        f'<h2 style="color:{colour}">{e(subject_for(report).removeprefix("[tinymlaas] "))}</h2>',
-        "<table>",
-    ]
-    out += [f"<tr><th {cell}>{e(k)}</th><td {cell}>{e(v)}</td></tr>" for k, v in _context(report)]
-    out.append("</table>")
-    if report.status == "failed":
-        out.append(f"<p><b>Failed at stage:</b> {e(report.failed_stage or 'unknown')}</p>")
-        if report.message:
-            out.append(f"<pre>{e(report.message)}</pre>")
-    rows = metric_rows(report.result)
-    if rows:
-        out.append(f"<h3>Metrics</h3><table><tr><th {cell}>metric</th><th {cell}>value</th></tr>")
-        out += [f"<tr><td {cell}>{e(k)}</td><td {cell}>{e(v)}</td></tr>" for k, v in rows]
-        out.append("</table>")
-    gates = _gate_rows(report.result)
-    if gates:
-        out.append(f"<h3>Gates</h3><table><tr><th {cell}>gate</th><th {cell}>verdict</th><th {cell}>detail</th></tr>")
-        out += [f"<tr><td {cell}>{e(g)}</td><td {cell}>{e(v)}</td><td {cell}>{e(msg)}</td></tr>" for g, v, msg in gates]
-        out.append("</table>")
-    if report.links:
-        out.append("<h3>Links</h3><ul>")
-        out += [f'<li><a href="{e(url, quote=True)}">{e(label)}</a></li>' for label, url in report.links.items()]
-        out.append("</ul>")
-    out.append('<p style="color:#666">Sent by tinymlaas notify.</p></body></html>')
-    return "\n".join(out) + "\n"
+_TEMPLATES: dict[bool, Environment] = {}
+
+
+def _render(name: str, report: RunReport) -> str:
+    html = name.endswith(".html.j2")
+    env = _TEMPLATES.get(html)
+    if env is None:
+        env = _TEMPLATES[html] = Environment(
+            loader=PackageLoader("tinymlaas_ci.notify", "templates"),
+            autoescape=html,  # run names, messages and links are escaped in the HTML part
+            undefined=StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+    return env.get_template(name).render(**_body_context(report))
 
 
 def build_message(report: RunReport, sender: str) -> EmailMessage:
@@ -410,8 +371,8 @@ def build_message(report: RunReport, sender: str) -> EmailMessage:
     msg["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[-1] or None)
     msg["X-Tinymlaas-Run"] = report.run_id
     msg["X-Tinymlaas-Status"] = report.status
-    msg.set_content(_text_body(report))
-    msg.add_alternative(_html_body(report), subtype="html")
+    msg.set_content(_render("email.txt.j2", report))
+    msg.add_alternative(_render("email.html.j2", report), subtype="html")
     return msg
 
 
