@@ -6,6 +6,7 @@ Schema descriptions and the spec reference on the website. Every file carries ``
 
 from __future__ import annotations
 
+import graphlib
 import re
 from collections.abc import Callable, Iterable
 from enum import Enum
@@ -539,50 +540,37 @@ class PipelineSpec(_Spec):
                     )
         if problems:
             raise LocatedError(problems)
-        # Cycle check (Kahn): what is left once every stage that can run has run is a cycle.
-        indeg = {s.name: len(set(s.needs)) for s in self.stages}
-        users: dict[str, list[str]] = {n: [] for n in names}
-        for s in self.stages:
-            for n in set(s.needs):
-                users[n].append(s.name)
-        ready = [n for n, d in indeg.items() if d == 0]
-        while ready:
-            n = ready.pop()
-            del indeg[n]
-            for u in users[n]:
-                indeg[u] -= 1
-                if indeg[u] == 0:
-                    ready.append(u)
-        if indeg:
-            # Walk 'needs' inside the unresolved stages from the first one until a stage repeats.
-            by_name = {s.name: s for s in self.stages}
-            walk = [next(s.name for s in self.stages if s.name in indeg)]
-            while True:
-                nxt = next(n for n in by_name[walk[-1]].needs if n in indeg)
-                if nxt in walk:
-                    walk = walk[walk.index(nxt) :] + [nxt]
-                    break
-                walk.append(nxt)
-            i = first[walk[0]]
+        try:
+            self._sorter().prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists the cycle from need to user; the message follows 'needs', starting
+            # at the stage written first in the file.
+            cycle = list(reversed(exc.args[1]))[:-1]
+            start = min(range(len(cycle)), key=lambda k: first[cycle[k]])
+            walk = cycle[start:] + cycle[:start] + [cycle[start]]
             raise LocatedError.at(
-                ("stages", i, "needs"),
+                ("stages", first[walk[0]], "needs"),
                 "the stages' 'needs' form a cycle: " + " -> ".join(walk),
                 "remove one of these 'needs' so that the stages can run in order",
-            )
+            ) from None
         return self
+
+    def _sorter(self) -> graphlib.TopologicalSorter:
+        return graphlib.TopologicalSorter({s.name: s.needs for s in self.stages})
 
     def order(self) -> list[StageSpec]:
         """Stages in a deterministic topological order (file order among equals)."""
+        index = {s.name: i for i, s in enumerate(self.stages)}
+        sorter = self._sorter()
+        sorter.prepare()
+        ready: list[str] = []
         done: list[StageSpec] = []
-        placed: set[str] = set()
-        pending = list(self.stages)
-        while pending:
-            for s in pending:
-                if all(n in placed for n in s.needs):
-                    done.append(s)
-                    placed.add(s.name)
-                    pending.remove(s)
-                    break
+        while sorter.is_active():
+            ready += sorter.get_ready()
+            ready.sort(key=index.__getitem__)
+            name = ready.pop(0)
+            done.append(self.stages[index[name]])
+            sorter.done(name)
         return done
 
 
