@@ -391,3 +391,58 @@ def test_report_aliases_and_github_commands_write_the_same(repo):
     assert run("github", "job-summary") == run("report", "summary")
     commands = [line.split()[0] for line in run("--help").splitlines() if line.startswith("    ") and line[4] != " "]
     assert "github" in commands and "report" not in commands  # the alias stays out of --help
+
+
+def test_outcomes_are_read_by_one_rule_for_a_file_and_a_folder(tmp_path):
+    """The job summary and notify read --outcomes the same way (tinymlaas_ci.results.outcomes)."""
+    from tinymlaas_ci.results.outcomes import Outcome, write_outcomes
+
+    # As actions/download-artifact lays them out: one folder per artifact, other files beside.
+    folder = tmp_path / "outcomes"
+    write_outcomes(folder / "outcomes-host" / "host.json", [Outcome(run="digits/a", status="succeeded")])
+    write_outcomes(
+        folder / "outcomes-rpi4" / "rpi4.json",
+        [Outcome(run="digits/b", status="failed", failed_stage="compile", message="boom")],
+    )
+    (folder / "outcomes-rpi4" / "digits-b-result.json").write_text('{"schema": 1, "run": {}}')
+    (folder / "notes.json").write_text("not json at all")
+    written = json.loads((folder / "outcomes-host" / "host.json").read_text())
+    assert written["schema"] == 1 and written["outcomes"][0]["run"] == "digits/a"
+
+    outcomes = read_outcomes(folder)
+    assert [(o.run, o.status, o.failed_stage) for o in outcomes] == [
+        ("digits/a", "succeeded", None),
+        ("digits/b", "failed", "compile"),
+    ]
+    assert read_outcomes(folder / "outcomes-host" / "host.json") == outcomes[:1]
+
+    # A file that claims to be an outcomes file must be a valid one, in a folder too.
+    (folder / "outcomes-x").mkdir()
+    (folder / "outcomes-x" / "x.json").write_text('{"schema": 2, "outcomes": []}')
+    with pytest.raises(UsageError, match=r"x\.json: not a valid outcomes file \(schema 1\): schema"):
+        read_outcomes(folder)
+    (folder / "outcomes-x" / "x.json").write_text('{"schema": 1, "outcomes": [{"run": "no-slash", "status": "ok"}]}')
+    with pytest.raises(UsageError, match=r"outcomes\.0\.run"):
+        read_outcomes(folder)
+    # A folder with no outcomes file at all is a mistake.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "other.json").write_text("{}")
+    with pytest.raises(UsageError, match="the folder holds no outcomes file"):
+        read_outcomes(empty)
+
+
+def test_notify_reads_a_nested_outcomes_folder(tmp_path):
+    """notify finds the outcomes of a folder of artifact folders, as the job summary does."""
+    from tinymlaas_ci.notify.runs import collect_reports
+    from tinymlaas_ci.results.outcomes import Outcome, write_outcomes
+
+    root = tmp_path / "repo"
+    result = result_dict(spec={"notify": ["ml@example.com"], "gates": {}}, spec_hash="0" * 64)
+    rel = write_result_file(root, result)
+    write_outcomes(
+        tmp_path / "out" / "outcomes-host" / "host.json",
+        [Outcome(run="digits/cnn-static-int8", status="succeeded", result=rel)],
+    )
+    reports, notes = collect_reports(root, read_outcomes(tmp_path / "out"), env={})
+    assert [(r.run_id, r.recipients) for r in reports] == [("digits/cnn-static-int8", ["ml@example.com"])] and not notes
