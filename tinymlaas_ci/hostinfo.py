@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 __all__ = ["RELEVANT_FLAGS", "arch", "cpu_info", "memory_mb", "normalise_arch"]
 
@@ -35,7 +35,11 @@ RELEVANT_FLAGS = (
 ``/proc/cpuinfo`` is noise for a latency number."""
 _RELEVANT_PREFIXES = ("avx512", "amx")
 
-_ARCHES = {
+Arch = Literal["amd64", "arm64", "armv7", "riscv64", "x86", "other"]
+"""A device spec's ``arch`` value."""
+ARCHES: tuple[str, ...] = get_args(Arch)
+
+_ARCHES: dict[str, Arch] = {
     "x86_64": "amd64",
     "amd64": "amd64",
     "aarch64": "arm64",

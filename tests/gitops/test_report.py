@@ -12,8 +12,10 @@ import pytest
 
 from tests.gitops.conftest import git, identity, result_dict, write_result_file
 from tinymlaas_ci.errors import UsageError
-from tinymlaas_ci.gitops.report import MARKER, MAX_COMMENT, job_summary, load_outcomes, pr_comment
+from tinymlaas_ci.gitops.job_summary import job_summary
+from tinymlaas_ci.gitops.pr_comment import MARKER, MAX_COMMENT, pr_comment
 from tinymlaas_ci.plan import plan
+from tinymlaas_ci.results.outcomes import read_outcomes
 from tinymlaas_ci.spec.repo import load_repo
 
 DEVICE = """schema: 1
@@ -246,7 +248,7 @@ def _check_diff(md: str) -> None:
 
 def test_summary_before_and_after_the_results_commit(repo, tmp_path):
     rel = _rerun(repo, accuracy=0.97, p50=0.0171, size=49_800, peak=45.65)
-    outcomes = load_outcomes(_outcomes(tmp_path, rel, "succeeded").parent)
+    outcomes = read_outcomes(_outcomes(tmp_path, rel, "succeeded").parent)
     md = job_summary(repo, outcomes)
     assert md.startswith("## TinyMLaaS-CI results")
     assert (
@@ -266,9 +268,9 @@ def test_summary_with_an_explicit_base(repo, tmp_path):
     base = git(repo, "rev-parse", "HEAD").strip()
     rel = _rerun(repo, accuracy=0.97, p50=0.0171, size=49_800, peak=45.65)
     git(repo, "commit", "--quiet", "-am", "results")
-    md = job_summary(repo, load_outcomes(_outcomes(tmp_path, rel, "succeeded")), base)
+    md = job_summary(repo, read_outcomes(_outcomes(tmp_path, rel, "succeeded")), base)
     _check_diff(md)
-    same = job_summary(repo, load_outcomes(_outcomes(tmp_path, rel, "succeeded")), "HEAD")
+    same = job_summary(repo, read_outcomes(_outcomes(tmp_path, rel, "succeeded")), "HEAD")
     assert "No metric changed against the previous result (2025-03-05T09:30:00Z)." in same
     with pytest.raises(UsageError, match="--base nope: no such commit"):
         job_summary(repo, [], "nope")
@@ -324,6 +326,123 @@ def test_outcomes_that_are_not_outcomes_are_refused(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text('{"runs": []}')
     with pytest.raises(UsageError, match="has no 'outcomes' list"):
-        load_outcomes(bad)
+        read_outcomes(bad)
     with pytest.raises(UsageError, match="no such file or folder"):
-        load_outcomes(tmp_path / "missing.json")
+        read_outcomes(tmp_path / "missing.json")
+
+
+def test_pr_comment_never_mentions_anyone(repo):
+    """Names, descriptions and messages from the repository cannot ping people or teams."""
+    git(repo, "checkout", "--quiet", "-b", "pr")
+    (repo / "runs" / "digits" / "ping.yaml").write_text(
+        RUN.replace("name: cnn-static-int8", "name: cnn-ping").replace(
+            "uploads/digits/dataset.zip", "uploads/@octocat/dataset.zip"
+        )
+    )
+    (repo / "runs" / "digits" / "bad.yaml").write_text(
+        "schema: 1\nmodel: {upload: uploads/digits-cnn/model.pkl}\ndataset: {upload: uploads/digits/dataset.zip}\n"
+        "device: '@org/everyone'\n"
+    )
+    (repo / "uploads" / "@octocat").mkdir()
+    (repo / "uploads" / "@octocat" / "dataset.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "mentions")
+    md = pr_comment(repo, "main")
+    assert "@\u200boctocat" in md and "@\u200borg/everyone" in md
+    # Every @ in the comment is followed by the zero-width space.
+    assert md.count("@") == md.count("@\u200b") > 0
+
+
+def test_pr_comment_says_what_each_new_or_changed_run_is(repo):
+    git(repo, "checkout", "--quiet", "-b", "pr")
+    (repo / "runs" / "digits" / "hub.yaml").write_text(
+        "schema: 1\nname: hub-pruned\nmodel:\n  huggingface: owner/digits-cnn\n  revision: v2\n  file: model.pkl\n"
+        "dataset:\n  huggingface: owner/digits\n  split: validation\n"
+        "compression:\n  quantization: dynamic-int8\n  pruning: {sparsity: 0.5}\n"
+        "device: host\ngates: {min_accuracy: 0.9, max_latency_p95_ms: 2.5}\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "a Hub run")
+    md = pr_comment(repo, "main")
+    assert "| run | device | runner | status | what |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `digits/hub-pruned` |"))
+    assert row.endswith(
+        # The @ of a revision gets the zero-width space too: "@v2" could be somebody's name.
+        "| 🆕 new | model hf:owner/digits-cnn@\u200bv2 · data hf:owner/digits@\u200bmain (validation) · "
+        "dynamic-int8, 50% pruned · gates min\\_accuracy ≥ 0.9, max\\_latency\\_p95\\_ms ≤ 2.5 |"
+    )
+    # An up-to-date run is listed without it.
+    assert "| `digits/cnn-static-int8` | `host` | self-hosted, tinymlaas, host |\n" in md
+
+
+def test_report_aliases_and_github_commands_write_the_same(repo):
+    def run(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinymlaas_ci", "-C", str(repo), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert run("github", "pr-comment", "--base", "main") == run("report", "pr", "--base", "main")
+    assert run("github", "job-summary") == run("report", "summary")
+    commands = [line.split()[0] for line in run("--help").splitlines() if line.startswith("    ") and line[4] != " "]
+    assert "github" in commands and "report" not in commands  # the alias stays out of --help
+
+
+def test_outcomes_are_read_by_one_rule_for_a_file_and_a_folder(tmp_path):
+    """The job summary and notify read --outcomes the same way (tinymlaas_ci.results.outcomes)."""
+    from tinymlaas_ci.results.outcomes import Outcome, write_outcomes
+
+    # As actions/download-artifact lays them out: one folder per artifact, other files beside.
+    folder = tmp_path / "outcomes"
+    write_outcomes(folder / "outcomes-host" / "host.json", [Outcome(run="digits/a", status="succeeded")])
+    write_outcomes(
+        folder / "outcomes-rpi4" / "rpi4.json",
+        [Outcome(run="digits/b", status="failed", failed_stage="compile", message="boom")],
+    )
+    (folder / "outcomes-rpi4" / "digits-b-result.json").write_text('{"schema": 1, "run": {}}')
+    (folder / "notes.json").write_text("not json at all")
+    written = json.loads((folder / "outcomes-host" / "host.json").read_text())
+    assert written["schema"] == 1 and written["outcomes"][0]["run"] == "digits/a"
+
+    outcomes = read_outcomes(folder)
+    assert [(o.run, o.status, o.failed_stage) for o in outcomes] == [
+        ("digits/a", "succeeded", None),
+        ("digits/b", "failed", "compile"),
+    ]
+    assert read_outcomes(folder / "outcomes-host" / "host.json") == outcomes[:1]
+
+    # A file that claims to be an outcomes file must be a valid one, in a folder too.
+    (folder / "outcomes-x").mkdir()
+    (folder / "outcomes-x" / "x.json").write_text('{"schema": 2, "outcomes": []}')
+    with pytest.raises(UsageError, match=r"x\.json: not a valid outcomes file \(schema 1\): schema"):
+        read_outcomes(folder)
+    (folder / "outcomes-x" / "x.json").write_text('{"schema": 1, "outcomes": [{"run": "no-slash", "status": "ok"}]}')
+    with pytest.raises(UsageError, match=r"outcomes\.0\.run"):
+        read_outcomes(folder)
+    # A folder with no outcomes file at all is a mistake.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "other.json").write_text("{}")
+    with pytest.raises(UsageError, match="the folder holds no outcomes file"):
+        read_outcomes(empty)
+
+
+def test_notify_reads_a_nested_outcomes_folder(tmp_path):
+    """notify finds the outcomes of a folder of artifact folders, as the job summary does."""
+    from tinymlaas_ci.notify.runs import collect_reports
+    from tinymlaas_ci.results.outcomes import Outcome, write_outcomes
+
+    root = tmp_path / "repo"
+    result = result_dict(spec={"notify": ["ml@example.com"], "gates": {}}, spec_hash="0" * 64)
+    rel = write_result_file(root, result)
+    write_outcomes(
+        tmp_path / "out" / "outcomes-host" / "host.json",
+        [Outcome(run="digits/cnn-static-int8", status="succeeded", result=rel)],
+    )
+    reports, notes = collect_reports(root, read_outcomes(tmp_path / "out"), env={})
+    assert [(r.run_id, r.recipients) for r in reports] == [("digits/cnn-static-int8", ["ml@example.com"])] and not notes

@@ -144,8 +144,12 @@ def test_cli_reference_follows_the_parser(built_site):
     html = (out / "reference/cli.html").read_text()
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name in sub.choices:
+    listed = [a.dest for a in sub._choices_actions]  # what --help lists; hidden aliases are not
+    assert set(listed) < set(sub.choices)
+    for name in listed:
         assert f"tinymlaas {name}" in html
+    assert "tinymlaas report" not in html  # the former name of 'github' stays undocumented
+    assert "tinymlaas github pr-comment" in html and "tinymlaas github job-summary" in html
     assert "tinymlaas site build" in html and "--out DIR" in html
 
 

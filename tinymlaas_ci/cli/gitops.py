@@ -1,5 +1,7 @@
-"""``tinymlaas results commit`` and ``tinymlaas report pr|summary``: what the workflows call
-to publish results and to write the pull-request comment and the job summary."""
+"""``tinymlaas results commit`` and ``tinymlaas github pr-comment|job-summary``: what the
+workflows call to publish results and to write GitHub Markdown (the pull-request comment and
+the job summary). ``tinymlaas report pr|summary`` are the same commands under their former
+names, kept as hidden aliases for workflows that still call them."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ __all__ = ["register"]
 
 
 def register(sub) -> None:
-    """Add the ``results`` and ``report`` command groups."""
+    """Add the ``results`` and ``github`` command groups (and the hidden ``report`` alias)."""
     results = sub.add_parser(
         "results",
         help="commit and push new result files",
@@ -67,18 +69,26 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_results_commit)
     results.set_defaults(func=lambda args: results.print_help() or 2)
 
-    report = sub.add_parser(
-        "report",
-        help="write the pull-request comment or the job summary as Markdown",
-        description="Markdown for GitHub, compared with results committed in git.",
+    github = sub.add_parser(
+        "github",
+        help="write GitHub Markdown: the pull-request comment or the job summary",
+        description="GitHub-flavoured Markdown, compared with results committed in git.",
     )
-    qsub = report.add_subparsers(dest="report_command", metavar="COMMAND")
+    _register_markdown(github, "pr-comment", "job-summary")
+    # The former names: adopters' workflows call them. Added without help, so they stay out of
+    # --help and the CLI reference.
+    _register_markdown(sub.add_parser("report", description="Former name of 'tinymlaas github'."), "pr", "summary")
+
+
+def _register_markdown(group, pr_name: str, summary_name: str) -> None:
+    qsub = group.add_subparsers(dest="github_command", metavar="COMMAND")
     p = qsub.add_parser(
-        "pr",
+        pr_name,
         help="the pull-request comment: validation errors, the plan, and changes against the base branch",
         description="Write the sticky pull-request comment: validation errors, what would run on which "
-        "device and runner, and for runs with results on the base branch, their committed metrics and "
-        "the spec fields that changed. Exit 0 even when specs are invalid: the comment shows the errors.",
+        "device and runner (and what each new or changed run is: model, dataset, compression, gates), and "
+        "for runs with results on the base branch, their committed metrics and the spec fields that "
+        "changed. Exit 0 even when specs are invalid: the comment shows the errors.",
     )
     p.add_argument(
         "--base",
@@ -87,10 +97,10 @@ def register(sub) -> None:
         help="git ref of the base branch to compare with (default: origin/$GITHUB_BASE_REF, else origin/main)",
     )
     p.add_argument("--out", default=None, metavar="FILE", help="write the Markdown to FILE (default: standard output)")
-    p.set_defaults(func=cmd_report_pr)
+    p.set_defaults(func=cmd_pr_comment)
 
     p = qsub.add_parser(
-        "summary",
+        summary_name,
         help="the job summary after a run: metrics, changes against the previous result, gate verdicts",
         description="Write the after-run summary: per run its metrics, the metrics that changed against "
         "the previous committed result (direction and percent), and its gate verdicts. Appends to "
@@ -100,7 +110,7 @@ def register(sub) -> None:
         "--outcomes",
         default=None,
         metavar="FILE_OR_DIR",
-        help="outcomes written by 'tinymlaas run --json FILE', or a folder of them "
+        help="outcomes written by 'tinymlaas run --json FILE', or a folder searched recursively for them "
         "(default: every result file that differs from --base)",
     )
     p.add_argument(
@@ -115,8 +125,8 @@ def register(sub) -> None:
         metavar="FILE",
         help="write the Markdown to FILE (default: append to $GITHUB_STEP_SUMMARY, else standard output)",
     )
-    p.set_defaults(func=cmd_report_summary)
-    report.set_defaults(func=lambda args: report.print_help() or 2)
+    p.set_defaults(func=cmd_job_summary)
+    group.set_defaults(func=lambda args: group.print_help() or 2)
 
 
 def cmd_results_commit(args) -> int:
@@ -160,18 +170,19 @@ def _write(text: str, out: str | None, *, append_to_summary: bool = False) -> No
     sys.stdout.write(text)
 
 
-def cmd_report_pr(args) -> int:
-    from tinymlaas_ci.gitops.report import pr_comment
+def cmd_pr_comment(args) -> int:
+    from tinymlaas_ci.gitops.pr_comment import pr_comment
 
     text = pr_comment(repo_root(args), args.base or _default_base())
     _write(text, args.out)
     return 0
 
 
-def cmd_report_summary(args) -> int:
-    from tinymlaas_ci.gitops.report import job_summary, load_outcomes
+def cmd_job_summary(args) -> int:
+    from tinymlaas_ci.gitops.job_summary import job_summary
+    from tinymlaas_ci.results.outcomes import read_outcomes
 
-    outcomes = load_outcomes(args.outcomes) if args.outcomes else None
+    outcomes = read_outcomes(args.outcomes) if args.outcomes else None
     text = job_summary(repo_root(args), outcomes, args.base)
     _write(text, args.out, append_to_summary=True)
     return 0

@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     "tinymlaas_ci.cli.run",  # run, status
     "tinymlaas_ci.cli.images",  # images build
     "tinymlaas_ci.cli.site",  # site build, site serve
-    "tinymlaas_ci.cli.gitops",  # results commit, report (PR comment, job summary)
+    "tinymlaas_ci.cli.gitops",  # results commit, github pr-comment|job-summary
     "tinymlaas_ci.cli.ops",  # notify, export, device, init
 )
 

@@ -57,18 +57,19 @@ def _register_notify(subparsers) -> None:
 
 
 def _annotate(level: str, text: str) -> None:
+    from tinymlaas_ci.actions import workflow_command
     from tinymlaas_ci.cli.common import in_github_actions
 
     if in_github_actions():
-        flat = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-        print(f"::{level} title=tinymlaas notify::{flat}")
+        print(workflow_command(level, text, title="tinymlaas notify"))
 
 
 def cmd_notify(args) -> int:
     from tinymlaas_ci.cli.common import repo_root
     from tinymlaas_ci.errors import NotifyError
     from tinymlaas_ci.notify.email import SmtpSettings, build_message
-    from tinymlaas_ci.notify.runs import collect_reports, read_outcomes, send_reports
+    from tinymlaas_ci.notify.runs import collect_reports, send_reports
+    from tinymlaas_ci.results.outcomes import read_outcomes
 
     root = repo_root(args)
     outcomes = read_outcomes(args.outcomes)

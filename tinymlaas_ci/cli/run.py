@@ -110,24 +110,21 @@ def cmd_run(args) -> int:
         progress.close()
     _summary(outcomes, args)
     if args.json:
-        from tinymlaas_ci.fs import atomic_write_json
+        from tinymlaas_ci.results.outcomes import Outcome, write_outcomes
 
-        atomic_write_json(
-            Path(args.json),
-            {
-                "schema": 1,
-                "outcomes": [
-                    {
-                        "run": o.run_id,
-                        "status": o.status,
-                        "result": o.result_path,
-                        "failed_stage": o.failed_stage,
-                        "message": o.message,
-                        "log": o.log,
-                    }
-                    for o in outcomes
-                ],
-            },
+        write_outcomes(
+            args.json,
+            (
+                Outcome(
+                    run=o.run_id,
+                    status=o.status,
+                    result=o.result_path,
+                    failed_stage=o.failed_stage,
+                    message=o.message,
+                    log=o.log,
+                )
+                for o in outcomes
+            ),
         )
     return 1 if any(o.status in ("failed", "gates-failed", "not-run") for o in outcomes) else 0
 

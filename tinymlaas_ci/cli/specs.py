@@ -13,7 +13,7 @@ from pathlib import Path
 from tinymlaas_ci.cli.common import repo_root
 from tinymlaas_ci.errors import Problem, UsageError
 
-__all__ = ["format_problems_github", "plan_markdown", "register"]
+__all__ = ["format_problems_github", "register"]
 
 
 def register(sub) -> None:
@@ -73,24 +73,15 @@ def register(sub) -> None:
 # -- validate ---------------------------------------------------------------------------------
 
 
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_prop(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
 def format_problems_github(problems: list[Problem]) -> str:
     """GitHub workflow commands that annotate the pull request's diff."""
+    from tinymlaas_ci.actions import workflow_command
+
     lines = []
     for p in problems:
-        props = [f"file={_escape_prop(p.path)}"]
-        if p.line:
-            props += [f"line={p.line}", f"col={p.column or 1}"]
-        props.append("title=tinymlaas validate")
         message = p.message + (f" ({p.hint})" if p.hint else "")
-        lines.append(f"::error {','.join(props)}::{_escape_data(message)}")
+        line, col = (p.line, p.column or 1) if p.line else (None, None)
+        lines.append(workflow_command("error", message, file=p.path, line=line, col=col, title="tinymlaas validate"))
     return "\n".join(lines)
 
 
@@ -172,6 +163,8 @@ def cmd_plan(args) -> int:
     if args.format == "json":
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif args.format == "markdown":
+        from tinymlaas_ci.gitops.markdown import plan_markdown
+
         print(plan_markdown(result))
     else:
         print(plan_text(result))
@@ -189,18 +182,6 @@ def plan_text(result) -> str:
     s = result.to_json()["summary"]
     lines.append(f"\n{_n(s['total'], 'run')}: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date")
     return "\n".join(lines)
-
-
-def plan_markdown(result) -> str:
-    s = result.to_json()["summary"]
-    out = [f"**{s['total']} runs**: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date", ""]
-    if result.runs:
-        out += ["| run | device | runner | status | stages |", "|---|---|---|---|---|"]
-        for r in result.runs:
-            status = {"new": "🆕 new", "changed": "✏️ changed", "up-to-date": "✅ up to date"}[r.status]
-            stages = " → ".join(s.name for s in r.stages)
-            out.append(f"| `{r.id}` | `{r.device}` | {', '.join(r.runner)} | {status} | {stages} |")
-    return "\n".join(out)
 
 
 # -- schema -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from tinymlaas_ci import __version__
 from tinymlaas_ci.errors import DeviceError, ExecutorError, SpecError, UsageError
 from tinymlaas_ci.fs import atomic_write_text
-from tinymlaas_ci.hostinfo import cpu_info, memory_mb, normalise_arch
+from tinymlaas_ci.hostinfo import ARCHES, cpu_info, memory_mb, normalise_arch
 from tinymlaas_ci.spec.loader import load_yaml_file, load_yaml_text
 from tinymlaas_ci.spec.models import NAME_PATTERN, DockerDevice, LocalDevice, SshDevice
 from tinymlaas_ci.spec.validate import validate_loaded
@@ -143,7 +143,7 @@ def device_yaml(
         "schema: 1",
         f"kind: {kind}",
         f"description: {_q(description)}",
-        f"arch: {facts.get('arch') if facts.get('arch') in ('amd64', 'arm64', 'armv7', 'riscv64', 'x86') else 'other'}",
+        f"arch: {facts.get('arch') if facts.get('arch') in ARCHES else 'other'}",
         f"runner: [{', '.join(_q(label) if not re.match(r'^[A-Za-z0-9._-]+$', label) else label for label in labels)}]",
     ]
     if facts.get("memory_mb"):

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinymlaas_ci.errors import GitError, UsageError
-from tinymlaas_ci.gitops.git import current_branch, git, git_error, rev_parse, show, toplevel
-from tinymlaas_ci.results.io import read_result
+from tinymlaas_ci.git import current_branch, git, git_error, rev_parse, show, toplevel
+from tinymlaas_ci.results.layout import RESULT_PATH, read_result, result_path
 
-__all__ = ["RESULT_PATH", "CommitOutcome", "changed_result_files", "commit_message", "commit_results"]
+__all__ = ["CommitOutcome", "changed_result_files", "commit_message", "commit_results"]
 
-RESULT_PATH = re.compile(r"^runs/[^/]+/results/[^/]+\.json$")
 """Where result files live, relative to the repository root; nothing else is ever committed."""
 
 # Substrings of a failed push's stderr that mean "someone else pushed first": worth a rebase.
@@ -133,7 +131,7 @@ def _summaries(root: Path, files: list[str]) -> list[tuple[str, str, float | Non
             raise UsageError(
                 f"{rel}: holds the result of {actual}, not of {expected}",
                 hint=f"result files are written by 'tinymlaas run'; move it to "
-                f"runs/{result.run.project}/results/{result.run.name}.json or restore it from git",
+                f"{result_path(result.run.project, result.run.name)} or restore it from git",
             )
         out.append((actual, result.status, result.metrics.accuracy if result.metrics else None))
     return out

@@ -8,14 +8,13 @@ generated from the spec models, so they always match the installed version.
 
 from __future__ import annotations
 
-import platform
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinymlaas_ci.errors import UsageError
 from tinymlaas_ci.fs import atomic_write_bytes
+from tinymlaas_ci.git import init_repository
+from tinymlaas_ci.hostinfo import arch
 
 __all__ = ["TEMPLATE_DIR", "WORKFLOWS_DIR", "InitReport", "init_repo", "template_files"]
 
@@ -24,16 +23,6 @@ TEMPLATE_DIR = _HERE / "template"
 WORKFLOWS_DIR = _HERE / "workflows"
 _RENAMES = {"gitignore.txt": ".gitignore"}
 """Package data cannot ship dotfiles reliably; these are renamed on the way out."""
-_ARCHES = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "armv7",
-    "riscv64": "riscv64",
-    "i686": "x86",
-    "i386": "x86",
-}
 
 
 @dataclass
@@ -57,7 +46,7 @@ def template_files() -> dict[str, bytes]:
             rel = _RENAMES.get(rel, rel)
             data = path.read_bytes()
             if rel == "devices/host.yaml":
-                data = data.replace(b"__ARCH__", _ARCHES.get(platform.machine().lower(), "other").encode())
+                data = data.replace(b"__ARCH__", arch().encode())
             files[rel] = data
     for path in sorted(WORKFLOWS_DIR.glob("*.yml")):
         files[f".github/workflows/{path.name}"] = path.read_bytes()
@@ -96,20 +85,5 @@ def init_repo(dest: Path, *, force: bool = False) -> InitReport:
         atomic_write_bytes(target, data)
         target.chmod(0o644)
     report.written = sorted(set(files) - set(report.skipped))
-    report.git = _git_init(dest)
+    report.git = init_repository(dest)
     return report
-
-
-def _git_init(dest: Path) -> str:
-    git = shutil.which("git")
-    if git is None:
-        return "git not found: run 'git init' yourself"
-    inside = subprocess.run(
-        [git, "-C", str(dest), "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True, check=False
-    )
-    if inside.returncode == 0 and inside.stdout.strip() == "true":
-        return "already inside a git repository: left as it is"
-    proc = subprocess.run([git, "init", "-q", str(dest)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return f"git init failed: {proc.stderr.strip()[:300]}"
-    return "initialised an empty git repository"

@@ -22,17 +22,22 @@ wrapped here, once, with the password (and its base64 forms) removed from the te
 from __future__ import annotations
 
 import base64
-import html
 import os
 import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
 from tinymlaas_ci.errors import NotifyError
+from tinymlaas_ci.results.metrics import METRICS, metric_values
 
 __all__ = [
     "ENV_PREFIX",
@@ -49,98 +54,173 @@ SECURITY_MODES = ("starttls", "ssl", "none")
 _DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    """How to reach the SMTP server. ``repr`` never shows the password."""
+class _MappingEnv(EnvSettingsSource):
+    """The environment variables of a given mapping instead of ``os.environ``."""
 
-    host: str
-    port: int
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._mapping.items()}
+
+
+_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("tinymlaas_smtp_env", default=None)
+
+
+def _fail(name: str, message: str, hint: str) -> ValueError:
+    """A settings error; :meth:`SmtpSettings.from_env` turns it into a :class:`NotifyError`."""
+    return ValueError(_SettingsProblem(f"{ENV_PREFIX}{name}{message}", hint))
+
+
+@dataclass(frozen=True)
+class _SettingsProblem:
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SmtpSettings(BaseSettings):
+    """How to reach the SMTP server, read from the ``TINYMLAAS_SMTP_*`` variables. ``repr``
+    never shows the password."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
+
+    host: str | None = None
+    """SMTP server (required to send)."""
+    port: int | None = None
+    """Port (default: 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``)."""
     security: str = "starttls"
+    """``starttls``, ``ssl`` or ``none``."""
     user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str = ""
+    """Login user; no login when unset."""
+    password: str | None = Field(default=None, repr=False)
+    """Login password; never printed, logged or put in an error."""
+    sender: str | None = Field(default=None, validation_alias=AliasChoices(ENV_PREFIX + "FROM", "sender"))
+    """Sender address (default: the user, else ``tinymlaas@<host>``)."""
     ca_file: str | None = None
+    """PEM file of CAs to trust instead of the system's."""
     timeout: float = 30.0
+    """Seconds to wait for the server."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        env = _ENV.get()
+        return (init_settings, env_settings if env is None else _MappingEnv(settings_cls, env))
+
+    @field_validator("security", mode="before")
+    @classmethod
+    def _security(cls, value: Any) -> str:
+        value = str(value or "starttls").lower()
+        if value not in SECURITY_MODES:
+            raise _fail(
+                "SECURITY",
+                f"={value!r} is not one of: {', '.join(SECURITY_MODES)}",
+                "starttls (port 587) upgrades a plain connection; ssl (port 465) is TLS from the start; "
+                "none sends in clear text (local relays only)",
+            )
+        return value
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            port = -1
+        if not 1 <= port <= 65535:
+            raise _fail(
+                "PORT",
+                f"={value!r} is not a port number",
+                "give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl",
+            )
+        return port
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value and not os.path.isfile(value):
+            raise _fail(
+                "CA_FILE",
+                f"={value!r} is not a file",
+                "point it at a PEM file of the CA that signed the server's certificate, or unset it",
+            )
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float:
+        if value is None:
+            return 30.0
+        try:
+            timeout = float(value)
+        except (TypeError, ValueError):
+            timeout = -1.0
+        if timeout <= 0:
+            raise _fail("TIMEOUT", f"={value!r} is not a positive number of seconds", "e.g. 30")
+        return timeout
+
+    @field_validator("host", "user", "sender", "ca_file", "security", "port", "timeout", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # Defined after the other validators so that it runs before them (pydantic runs "before"
+        # validators last-defined first). Secrets that are not set arrive as empty or blank
+        # strings. The password is kept as given: spaces may be part of it.
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> SmtpSettings:
+        if self.host is None:
+            raise _fail(
+                "HOST",
+                " is not set, so no email can be sent",
+                f"set {ENV_PREFIX}HOST (and _PORT, _USER, _PASSWORD, _SECURITY, _FROM) from your "
+                "repository's secrets, or use --dry-run to see what would be sent",
+            )
+        if self.password and not self.user:
+            raise _fail(
+                "PASSWORD",
+                f" is set but {ENV_PREFIX}USER is not",
+                f"set {ENV_PREFIX}USER to the login name that goes with the password",
+            )
+        if self.user and not self.password:
+            raise _fail(
+                "USER", f" is set but {ENV_PREFIX}PASSWORD is not", f"set {ENV_PREFIX}PASSWORD from a repository secret"
+            )
+        # Defaults that depend on other settings; the model is frozen, so they are set once here.
+        if not self.port:
+            object.__setattr__(self, "port", _DEFAULT_PORTS[self.security])
+        if not self.sender:
+            user = self.user
+            object.__setattr__(self, "sender", user if user and "@" in user else f"tinymlaas@{self.host}")
+        if "@" not in self.sender:
+            raise _fail("FROM", f"={self.sender!r} is not an email address", "write it as name@example.com")
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings:
         """Read the settings from ``env`` (default: ``os.environ``); a bad or missing one is a
         :class:`NotifyError` that names the variable and how to fix it."""
-        env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name)
-            return value.strip() if value and value.strip() else None
-
-        host = get("HOST")
-        if host is None:
-            raise NotifyError(
-                f"{ENV_PREFIX}HOST is not set, so no email can be sent",
-                hint=f"set {ENV_PREFIX}HOST (and _PORT, _USER, _PASSWORD, _SECURITY, _FROM) from your "
-                "repository's secrets, or use --dry-run to see what would be sent",
-            )
-        security = (get("SECURITY") or "starttls").lower()
-        if security not in SECURITY_MODES:
-            raise NotifyError(
-                f"{ENV_PREFIX}SECURITY={security!r} is not one of: {', '.join(SECURITY_MODES)}",
-                hint="starttls (port 587) upgrades a plain connection; ssl (port 465) is TLS from the start; "
-                "none sends in clear text (local relays only)",
-            )
-        port_text = get("PORT")
-        if port_text is None:
-            port = _DEFAULT_PORTS[security]
-        else:
-            try:
-                port = int(port_text)
-            except ValueError:
-                port = -1
-            if not 1 <= port <= 65535:
-                raise NotifyError(
-                    f"{ENV_PREFIX}PORT={port_text!r} is not a port number",
-                    hint="give a number from 1 to 65535, e.g. 587 for starttls or 465 for ssl",
-                )
-        user = get("USER")
-        password = env.get(ENV_PREFIX + "PASSWORD") or None
-        if password and not user:
-            raise NotifyError(
-                f"{ENV_PREFIX}PASSWORD is set but {ENV_PREFIX}USER is not",
-                hint=f"set {ENV_PREFIX}USER to the login name that goes with the password",
-            )
-        if user and not password:
-            raise NotifyError(
-                f"{ENV_PREFIX}USER is set but {ENV_PREFIX}PASSWORD is not",
-                hint=f"set {ENV_PREFIX}PASSWORD from a repository secret",
-            )
-        ca_file = get("CA_FILE")
-        if ca_file and not os.path.isfile(ca_file):
-            raise NotifyError(
-                f"{ENV_PREFIX}CA_FILE={ca_file!r} is not a file",
-                hint="point it at a PEM file of the CA that signed the server's certificate, or unset it",
-            )
-        timeout_text = get("TIMEOUT")
+        token = _ENV.set(env)
         try:
-            timeout = float(timeout_text) if timeout_text else 30.0
-        except ValueError:
-            timeout = -1.0
-        if timeout <= 0:
-            raise NotifyError(
-                f"{ENV_PREFIX}TIMEOUT={timeout_text!r} is not a positive number of seconds", hint="e.g. 30"
-            )
-        sender = get("FROM") or (user if user and "@" in user else f"tinymlaas@{host}")
-        if "@" not in sender:
-            raise NotifyError(
-                f"{ENV_PREFIX}FROM={sender!r} is not an email address", hint="write it as name@example.com"
-            )
-        return cls(
-            host=host,
-            port=port,
-            security=security,
-            user=user,
-            password=password,
-            sender=sender,
-            ca_file=ca_file,
-            timeout=timeout,
-        )
+            return cls()
+        except ValidationError as exc:
+            errors = exc.errors()
+            for error in errors:
+                problem = (error.get("ctx") or {}).get("error")
+                if isinstance(problem, ValueError) and isinstance(problem.args[0], _SettingsProblem):
+                    raise NotifyError(problem.args[0].message, hint=problem.args[0].hint) from None
+            raise NotifyError(f"SMTP settings: {exc}", hint=f"check the {ENV_PREFIX}* variables") from None
+        finally:
+            _ENV.reset(token)
 
     def describe(self) -> str:
         """Where mail goes, for messages: host, port, security and user; never the password."""
@@ -183,22 +263,6 @@ class RunReport:
     """Label -> URL: the run's page, the Actions run, the commit."""
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return (
-            f"{value:.{digits}g}"
-            if abs(value) < 1e-3 and value
-            else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
-        )
-    return str(value)
-
-
 def _metrics(result: dict[str, Any] | None) -> dict[str, Any]:
     return (result or {}).get("metrics") or {}
 
@@ -220,23 +284,27 @@ def subject_for(report: RunReport) -> str:
     return f"{head} {report.status}{numbers}"
 
 
+_EMAIL_METRICS = (
+    "accuracy",
+    "baseline_accuracy",
+    "accuracy_drop",
+    "latency_ms.p50",
+    "latency_ms.p99",
+    "model_size_bytes",
+    "compression_ratio",
+    "peak_memory_mb",
+    "samples",
+)
+"""The metrics an email lists, in order (labels and formats: :data:`~tinymlaas_ci.results.metrics.METRICS`)."""
+
+
 def metric_rows(result: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The metrics table as (label, formatted value) rows."""
-    m = _metrics(result)
-    if not m:
-        return []
-    lat = m.get("latency_ms") or {}
-    rows = [
-        ("accuracy", _fmt(m.get("accuracy"))),
-        ("baseline accuracy", _fmt(m.get("baseline_accuracy"))),
-        ("accuracy drop vs baseline", _fmt(m.get("accuracy_drop"))),
-        ("latency p50 (ms)", _fmt(lat.get("p50"))),
-        ("latency p99 (ms)", _fmt(lat.get("p99"))),
-        ("model size (bytes)", _fmt(m.get("model_size_bytes"))),
-        ("compression ratio", _fmt(m.get("compression_ratio"), 2) + ("x" if m.get("compression_ratio") else "")),
-        ("peak memory (MiB)", _fmt(m.get("peak_memory_mb"), 1)),
-        ("samples", _fmt(m.get("samples"))),
-    ]
+    """The metrics table as (label, formatted value) rows; missing metrics are left out."""
+    values = metric_values(_metrics(result))
+    rows = []
+    for m in METRICS:
+        if m.key in _EMAIL_METRICS and m.key in values:
+            rows.append((m.label, m.format(values[m.key]) + ("x" if m.key == "compression_ratio" else "")))
     return rows
 
 
@@ -264,61 +332,33 @@ def _context(report: RunReport) -> list[tuple[str, str]]:
     return rows
 
 
-def _text_body(report: RunReport) -> str:
-    lines = [subject_for(report).removeprefix("[tinymlaas] "), ""]
-    width = 28
-    for label, value in _context(report):
-        lines.append(f"{label:<{width}}{value}")
-    if report.status == "failed":
-        lines += ["", f"Failed at stage: {report.failed_stage or 'unknown'}"]
-        if report.message:
-            lines.append(f"Error: {report.message}")
-    rows = metric_rows(report.result)
-    if rows:
-        lines += ["", "Metrics"]
-        lines += [f"  {label:<{width - 2}}{value}" for label, value in rows]
-    gates = _gate_rows(report.result)
-    if gates:
-        lines += ["", "Gates"]
-        lines += [f"  {verdict:<6}{message or gate}" for gate, verdict, message in gates]
-    if report.links:
-        lines += ["", "Links"]
-        lines += [f"  {label}: {url}" for label, url in report.links.items()]
-    lines += ["", "-- ", "Sent by tinymlaas notify. You are on this run's notify list in its spec file."]
-    return "\n".join(lines) + "\n"
+def _body_context(report: RunReport) -> dict[str, Any]:
+    return {
+        "report": report,
+        "title": subject_for(report).removeprefix("[tinymlaas] "),
+        "context": _context(report),
+        "metrics": metric_rows(report.result),
+        "gates": _gate_rows(report.result),
+        "colour": {"succeeded": "#1a7f37", "gates-failed": "#bf8700"}.get(report.status, "#cf222e"),
+    }
 
 
-def _html_body(report: RunReport) -> str:
-    e = html.escape
-    colour = {"succeeded": "#1a7f37", "gates-failed": "#bf8700"}.get(report.status, "#cf222e")
-    cell = 'style="padding:4px 12px;border-bottom:1px solid #ddd;text-align:left"'
-    out = [
-        '<!DOCTYPE html><html><body style="font-family:sans-serif">',
-        f'<h2 style="color:{colour}">{e(subject_for(report).removeprefix("[tinymlaas] "))}</h2>',
-        "<table>",
-    ]
-    out += [f"<tr><th {cell}>{e(k)}</th><td {cell}>{e(v)}</td></tr>" for k, v in _context(report)]
-    out.append("</table>")
-    if report.status == "failed":
-        out.append(f"<p><b>Failed at stage:</b> {e(report.failed_stage or 'unknown')}</p>")
-        if report.message:
-            out.append(f"<pre>{e(report.message)}</pre>")
-    rows = metric_rows(report.result)
-    if rows:
-        out.append(f"<h3>Metrics</h3><table><tr><th {cell}>metric</th><th {cell}>value</th></tr>")
-        out += [f"<tr><td {cell}>{e(k)}</td><td {cell}>{e(v)}</td></tr>" for k, v in rows]
-        out.append("</table>")
-    gates = _gate_rows(report.result)
-    if gates:
-        out.append(f"<h3>Gates</h3><table><tr><th {cell}>gate</th><th {cell}>verdict</th><th {cell}>detail</th></tr>")
-        out += [f"<tr><td {cell}>{e(g)}</td><td {cell}>{e(v)}</td><td {cell}>{e(msg)}</td></tr>" for g, v, msg in gates]
-        out.append("</table>")
-    if report.links:
-        out.append("<h3>Links</h3><ul>")
-        out += [f'<li><a href="{e(url, quote=True)}">{e(label)}</a></li>' for label, url in report.links.items()]
-        out.append("</ul>")
-    out.append('<p style="color:#666">Sent by tinymlaas notify.</p></body></html>')
-    return "\n".join(out) + "\n"
+_TEMPLATES: dict[bool, Environment] = {}
+
+
+def _render(name: str, report: RunReport) -> str:
+    html = name.endswith(".html.j2")
+    env = _TEMPLATES.get(html)
+    if env is None:
+        env = _TEMPLATES[html] = Environment(
+            loader=PackageLoader("tinymlaas_ci.notify", "templates"),
+            autoescape=html,  # run names, messages and links are escaped in the HTML part
+            undefined=StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+    return env.get_template(name).render(**_body_context(report))
 
 
 def build_message(report: RunReport, sender: str) -> EmailMessage:
@@ -331,8 +371,8 @@ def build_message(report: RunReport, sender: str) -> EmailMessage:
     msg["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[-1] or None)
     msg["X-Tinymlaas-Run"] = report.run_id
     msg["X-Tinymlaas-Status"] = report.status
-    msg.set_content(_text_body(report))
-    msg.add_alternative(_html_body(report), subtype="html")
+    msg.set_content(_render("email.txt.j2", report))
+    msg.add_alternative(_render("email.html.j2", report), subtype="html")
     return msg
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.engine.volume import default_work_dir
-from tinymlaas_ci.errors import NotifyError, UsageError
+from tinymlaas_ci.errors import NotifyError
 from tinymlaas_ci.notify.email import (
     RunReport,
     SmtpSettings,
@@ -25,48 +25,13 @@ from tinymlaas_ci.notify.email import (
     send_message,
     subject_for,
 )
+from tinymlaas_ci.results.layout import result_path
+from tinymlaas_ci.results.outcomes import Outcome
 
-__all__ = ["NOTIFY_STATUSES", "SendReport", "collect_reports", "read_outcomes", "send_reports"]
+__all__ = ["NOTIFY_STATUSES", "SendReport", "collect_reports", "send_reports"]
 
 NOTIFY_STATUSES = ("succeeded", "gates-failed", "failed")
 """Outcomes that mail is sent about; ``up-to-date`` and ``not-run`` runs did not run."""
-
-
-def read_outcomes(path: Path) -> list[dict[str, Any]]:
-    """The outcomes in ``path``: one outcomes file, or every ``*.json`` in a folder."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.json"))
-        if not files:
-            raise UsageError(
-                f"--outcomes {path}: the folder holds no *.json outcomes files",
-                hint="pass the file 'tinymlaas run --json FILE' wrote, or the folder of those files",
-            )
-    elif path.is_file():
-        files = [path]
-    else:
-        raise UsageError(
-            f"--outcomes {path}: no such file or folder",
-            hint="pass the file 'tinymlaas run --json FILE' wrote, or the folder of those files",
-        )
-    outcomes: list[dict[str, Any]] = []
-    for file in files:
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"{file}: not a readable outcomes file: {exc}", hint="it is written by 'tinymlaas run --json FILE'"
-            ) from exc
-        items = data.get("outcomes") if isinstance(data, dict) else None
-        if not isinstance(items, list) or data.get("schema") != 1:
-            raise UsageError(
-                f"{file}: not an outcomes file (expected schema: 1 and a list 'outcomes')",
-                hint="it is written by 'tinymlaas run --json FILE'",
-            )
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("run"), str) and "/" in item["run"]:
-                outcomes.append(item)
-    return outcomes
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -77,17 +42,16 @@ def _load_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _result_for(root: Path, outcome: dict[str, Any], work_dir: Path | None) -> dict[str, Any] | None:
-    project, name = outcome["run"].split("/", 1)
-    if outcome.get("status") != "failed":
-        rel = outcome.get("result") or f"runs/{project}/results/{name}.json"
-        found = _load_json(root / rel)
+def _result_for(root: Path, outcome: Outcome, work_dir: Path | None) -> dict[str, Any] | None:
+    project, name = outcome.project, outcome.name
+    if outcome.status != "failed":
+        found = _load_json(root / (outcome.result or result_path(project, name)))
         if found is not None:
             return found
     # A failed run has no committed result; its volume has one when it ran on this machine.
     candidates = []
-    if outcome.get("log"):
-        candidates.append(Path(outcome["log"]).parent.parent / "result.json")
+    if outcome.log:
+        candidates.append(Path(outcome.log).parent.parent / "result.json")
     candidates.append((work_dir or default_work_dir(root)) / project / name / "result.json")
     for path in candidates:
         found = _load_json(path)
@@ -117,7 +81,7 @@ def _links(project: str, name: str, result: dict[str, Any] | None, env: dict[str
 
 def collect_reports(
     root: Path,
-    outcomes: list[dict[str, Any]],
+    outcomes: list[Outcome],
     *,
     work_dir: Path | None = None,
     env: dict[str, str] | None = None,
@@ -129,14 +93,14 @@ def collect_reports(
     specs: dict[str, list[str]] | None = None
     seen: set[str] = set()
     for outcome in outcomes:
-        run_id, status = outcome["run"], outcome.get("status")
+        run_id, status = outcome.run, outcome.status
         if status not in NOTIFY_STATUSES:
             notes.append(f"{run_id}: {status}, nothing to tell")
             continue
         if run_id in seen:
             continue
         seen.add(run_id)
-        project, name = run_id.split("/", 1)
+        project, name = outcome.project, outcome.name
         result = _result_for(root, outcome, work_dir)
         recipients = ((result or {}).get("spec") or {}).get("notify")
         if recipients is None:
@@ -152,8 +116,8 @@ def collect_reports(
                 status=status,
                 recipients=list(dict.fromkeys(recipients)),
                 result=result,
-                failed_stage=outcome.get("failed_stage") or ((result or {}).get("error") or {}).get("stage"),
-                message=outcome.get("message") or ((result or {}).get("error") or {}).get("message"),
+                failed_stage=outcome.failed_stage or ((result or {}).get("error") or {}).get("stage"),
+                message=outcome.message or ((result or {}).get("error") or {}).get("message"),
                 links=_links(project, name, result, env),
             )
         )

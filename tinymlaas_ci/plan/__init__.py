@@ -15,6 +15,7 @@ from typing import Any, Literal
 from tinymlaas_ci import __version__
 from tinymlaas_ci.errors import UsageError
 from tinymlaas_ci.fs import canonical_json
+from tinymlaas_ci.results.layout import result_path
 from tinymlaas_ci.spec.models import PipelineSpec, RunSpec
 from tinymlaas_ci.spec.repo import ExpandedRun, Repo
 
@@ -227,7 +228,7 @@ def _plan_run(repo: Repo, run: ExpandedRun) -> PlannedRun:
         pipeline=pipeline.name,
         stages=tuple(stages),
         status=status,
-        result_path=f"runs/{run.project}/results/{run.name}.json",
+        result_path=result_path(run.project, run.name),
         matrix=dict(run.matrix),
     )
 

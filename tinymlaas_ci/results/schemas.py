@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 
 from tinymlaas_ci.fs import atomic_write_text
 from tinymlaas_ci.results.models import Result
+from tinymlaas_ci.results.outcomes import OutcomesFile
 from tinymlaas_ci.spec.models import DeviceSpec, PipelineSpec, RunSpec
 
 __all__ = ["SCHEMAS", "SCHEMA_BASE_URL", "generate_schemas", "write_schemas"]
@@ -26,6 +27,7 @@ SCHEMAS: dict[str, tuple[str, Any]] = {
     "device.schema.json": ("A TinyMLaaS-CI device (devices/<device>.yaml)", DeviceSpec),
     "pipeline.schema.json": ("A TinyMLaaS-CI pipeline (pipelines/<pipeline>.yaml)", PipelineSpec),
     "result.schema.json": ("A TinyMLaaS-CI result (runs/<project>/results/<run>.json)", Result),
+    "outcomes.schema.json": ("The outcomes of one 'tinymlaas run --json FILE'", OutcomesFile),
 }
 
 

@@ -291,12 +291,28 @@ _OPEN = (
 _CLOSE = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
 
 
+class _DepthScanner(yaml.reader.Reader, yaml.scanner.Scanner):
+    """PyYAML's pure-Python scanner, for counting depth only.
+
+    Not libyaml's: its scanner reads up to 1,024 characters ahead while it looks for a simple
+    key, and libyaml versions with a nesting limit of their own stop there with their own words
+    before :data:`MAX_DEPTH` is reached. The Python scanner stops where this function asks it to.
+    """
+
+    def __init__(self, text: str):
+        yaml.reader.Reader.__init__(self, text)
+        yaml.scanner.Scanner.__init__(self)
+
+    def dispose(self) -> None:
+        pass
+
+
 def _too_deep(text: str):
     """The mark where ``text`` first nests deeper than :data:`MAX_DEPTH`, else None.
 
     Uses the scanner only (iterative, no recursion); syntax errors are left to the parser.
     """
-    scanner = _Loader(text)
+    scanner = _DepthScanner(text)
     depth = 0
     try:
         while (token := scanner.get_token()) is not None:

@@ -6,7 +6,9 @@ Schema descriptions and the spec reference on the website. Every file carries ``
 
 from __future__ import annotations
 
+import graphlib
 import re
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -18,10 +20,13 @@ from pydantic import (
     model_validator,
 )
 
+from tinymlaas_ci.hostinfo import Arch
+
 __all__ = [
     "BUILTIN_STAGES",
     "DEFAULT_PIPELINE",
     "NAME_PATTERN",
+    "NAME_RULE",
     "SCHEMA_VERSION",
     "Compression",
     "DatasetFormat",
@@ -44,10 +49,13 @@ __all__ = [
     "SshDevice",
     "SshEndpoint",
     "StageSpec",
+    "suggest",
 ]
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+NAME_RULE = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+"""How to fix a project, run, device or pipeline name that does not match :data:`NAME_PATTERN`."""
 _NAME_RE = re.compile(NAME_PATTERN)
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
@@ -73,11 +81,23 @@ class LocatedError(ValueError):
         return cls([(loc, message, hint)])
 
 
-def _close(word: str, choices: list[str]) -> str | None:
+def suggest(word: str, choices: Iterable[str], shown: Callable[[str], str] = str) -> str | None:
+    """The "did you mean" hint: the closest choice, else the choices that contain ``word`` (so
+    that ``int8`` suggests ``dynamic-int8`` and ``static-int8``); None when nothing is close.
+
+    ``shown`` writes a choice as the user should type it (a full dotted key, a path).
+    """
     import difflib
 
+    choices = [str(c) for c in choices]
+    word = str(word)
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    if not close:
+        low = word.lower()
+        close = [c for c in choices if len(low) >= 2 and low in c.lower()]
+        if not close or len(close) > 3:
+            return None
+    return "did you mean " + " or ".join(repr(shown(c)) for c in close) + "?"
 
 
 class _Spec(BaseModel):
@@ -399,7 +419,7 @@ class _DeviceBase(_Spec):
     """Device name. Defaults to the file name without ``.yaml``."""
     description: str = ""
     """Free text shown on the website."""
-    arch: Literal["amd64", "arm64", "armv7", "riscv64", "x86", "other"] = "amd64"
+    arch: Arch = "amd64"
     """CPU architecture."""
     runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
     """Labels of the GitHub Actions runner attached to this device."""
@@ -515,55 +535,42 @@ class PipelineSpec(_Spec):
                         (
                             ("stages", i, "needs", j),
                             f"stage {stage.name!r} needs unknown stage {need!r}",
-                            _close(need, names) or f"stages: {', '.join(names)}",
+                            suggest(need, names) or f"stages: {', '.join(names)}",
                         )
                     )
         if problems:
             raise LocatedError(problems)
-        # Cycle check (Kahn): what is left once every stage that can run has run is a cycle.
-        indeg = {s.name: len(set(s.needs)) for s in self.stages}
-        users: dict[str, list[str]] = {n: [] for n in names}
-        for s in self.stages:
-            for n in set(s.needs):
-                users[n].append(s.name)
-        ready = [n for n, d in indeg.items() if d == 0]
-        while ready:
-            n = ready.pop()
-            del indeg[n]
-            for u in users[n]:
-                indeg[u] -= 1
-                if indeg[u] == 0:
-                    ready.append(u)
-        if indeg:
-            # Walk 'needs' inside the unresolved stages from the first one until a stage repeats.
-            by_name = {s.name: s for s in self.stages}
-            walk = [next(s.name for s in self.stages if s.name in indeg)]
-            while True:
-                nxt = next(n for n in by_name[walk[-1]].needs if n in indeg)
-                if nxt in walk:
-                    walk = walk[walk.index(nxt) :] + [nxt]
-                    break
-                walk.append(nxt)
-            i = first[walk[0]]
+        try:
+            self._sorter().prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists the cycle from need to user; the message follows 'needs', starting
+            # at the stage written first in the file.
+            cycle = list(reversed(exc.args[1]))[:-1]
+            start = min(range(len(cycle)), key=lambda k: first[cycle[k]])
+            walk = cycle[start:] + cycle[:start] + [cycle[start]]
             raise LocatedError.at(
-                ("stages", i, "needs"),
+                ("stages", first[walk[0]], "needs"),
                 "the stages' 'needs' form a cycle: " + " -> ".join(walk),
                 "remove one of these 'needs' so that the stages can run in order",
-            )
+            ) from None
         return self
+
+    def _sorter(self) -> graphlib.TopologicalSorter:
+        return graphlib.TopologicalSorter({s.name: s.needs for s in self.stages})
 
     def order(self) -> list[StageSpec]:
         """Stages in a deterministic topological order (file order among equals)."""
+        index = {s.name: i for i, s in enumerate(self.stages)}
+        sorter = self._sorter()
+        sorter.prepare()
+        ready: list[str] = []
         done: list[StageSpec] = []
-        placed: set[str] = set()
-        pending = list(self.stages)
-        while pending:
-            for s in pending:
-                if all(n in placed for n in s.needs):
-                    done.append(s)
-                    placed.add(s.name)
-                    pending.remove(s)
-                    break
+        while sorter.is_active():
+            ready += sorter.get_ready()
+            ready.sort(key=index.__getitem__)
+            name = ready.pop(0)
+            done.append(self.stages[index[name]])
+            sorter.done(name)
         return done
 
 

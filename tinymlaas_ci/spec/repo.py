@@ -18,22 +18,24 @@ from pydantic import BaseModel, ValidationError
 
 from tinymlaas_ci.errors import Problem, SpecError
 from tinymlaas_ci.fs import sha256_file
+from tinymlaas_ci.results.layout import result_file
 from tinymlaas_ci.spec.loader import LoadedYaml, load_yaml_file
 from tinymlaas_ci.spec.models import (
     DEFAULT_PIPELINE,
     NAME_PATTERN,
+    NAME_RULE,
     DockerDevice,
     LocalDevice,
     PipelineSpec,
     RunSpec,
     SshDevice,
+    suggest,
 )
 from tinymlaas_ci.spec.validate import (
     _type_at,
     dotted,
     field_keys,
     problems_from_error,
-    suggest,
     validate_loaded,
 )
 
@@ -43,7 +45,6 @@ SPEC_SUFFIXES = (".yaml", ".yml")
 _DEVICE_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
 _NAME_RE = re.compile(NAME_PATTERN)
 _MATRIX_FORBIDDEN = {"schema", "name", "matrix", "description"}
-_NAME_RULE = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,7 @@ def _check_matrix_key(key: str) -> tuple[str | None, str | None]:
         keys = field_keys(model)
         if part not in keys:
             prefix = ".".join(parts[:i])
-            hint = suggest(part, keys)
-            if hint:
-                hint = f"did you mean {'.'.join(parts[:i] + [hint.split(chr(39))[1]])!r}?"
+            hint = suggest(part, keys, lambda k, head=parts[:i]: ".".join([*head, k]))
             where = f"in {prefix!r}" if prefix else "of a run spec"
             return f"matrix key {key!r}: {part!r} is not a field {where}", hint or f"fields: {', '.join(keys)}"
         model = _type_at(model, (part,), None)
@@ -394,7 +393,7 @@ class Loader:
                         0,
                         0,
                         f"project folder name {project!r} is not a valid name",
-                        f"rename the folder, e.g. to runs/{better}/: {_NAME_RULE}",
+                        f"rename the folder, e.g. to runs/{better}/: {NAME_RULE}",
                     )
                 )
             rf = RunFile(path=rel, project=project, loaded=loaded)
@@ -412,7 +411,7 @@ class Loader:
                         0,
                         0,
                         f"run name {base!r}, taken from the file name, is not a valid name",
-                        f"rename the file or set 'name': {_NAME_RULE}",
+                        f"rename the file or set 'name': {NAME_RULE}",
                     )
                 )
                 continue
@@ -584,11 +583,8 @@ class Loader:
                 return
         if not path.exists():
             siblings = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
-            close = suggest(path.name, siblings)
-            hint = (
-                f"did you mean {(Path(rel).parent / close.split(chr(39))[1]).as_posix()!r}?"
-                if close
-                else "commit the file, or fix the path: it is relative to the repository root"
+            hint = suggest(path.name, siblings, lambda n: (Path(rel).parent / n).as_posix()) or (
+                "commit the file, or fix the path: it is relative to the repository root"
             )
             repo.problems.append(loaded.problem(loc, f"upload {rel!r} does not exist", hint=hint))
             return
@@ -609,7 +605,7 @@ class Loader:
         repo = self.repo
         for rf in repo.run_files:
             for run in rf.runs:
-                path = repo.root / "runs" / run.project / "results" / f"{run.name}.json"
+                path = result_file(repo.root, run.project, run.name)
                 if not path.is_file():
                     continue
                 try:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from enum import Enum
@@ -13,9 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 from tinymlaas_ci.errors import Problem
 from tinymlaas_ci.spec.loader import LoadedYaml
-from tinymlaas_ci.spec.models import NAME_PATTERN, SCHEMA_VERSION, DeviceSpec, LocatedError
+from tinymlaas_ci.spec.models import NAME_PATTERN, NAME_RULE, SCHEMA_VERSION, DeviceSpec, LocatedError, suggest
 
-__all__ = ["dotted", "field_keys", "problems_from_error", "suggest", "validate_loaded"]
+__all__ = ["dotted", "field_keys", "problems_from_error", "validate_loaded"]
 
 
 def dotted(loc: tuple) -> str:
@@ -26,21 +25,6 @@ def dotted(loc: tuple) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
-
-
-def suggest(word: str, choices: typing.Iterable[str]) -> str | None:
-    """A "did you mean" hint: the closest choice, else the choices that contain ``word``
-    (so that ``int8`` suggests ``dynamic-int8`` and ``static-int8``)."""
-    choices = [str(c) for c in choices]
-    word = str(word)
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    low = word.lower()
-    within = [c for c in choices if len(low) >= 2 and low in c.lower()]
-    if within and len(within) <= 3:
-        return "did you mean " + " or ".join(repr(c) for c in within) + "?"
-    return None
 
 
 def _unwrap(tp: Any, data: Any = None) -> Any:
@@ -127,8 +111,6 @@ def _plural(n: Any, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-_NAME_HINT = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
-
 # pydantic error type -> our wording. Messages say what a value must be; the caller adds
 # where it is and what was found.
 _TYPE_MESSAGES = {
@@ -199,7 +181,7 @@ def _describe_error(e: dict, model: Any, loc: tuple, data: Any) -> tuple[str, st
         return f"must be at most {_plural(ctx.get('max_length'), 'character')}" + got, None
     if kind == "string_pattern_mismatch":
         if ctx.get("pattern") == NAME_PATTERN:
-            return f"{_short(value)} is not a valid name", _NAME_HINT
+            return f"{_short(value)} is not a valid name", NAME_RULE
         return f"must match the pattern {ctx.get('pattern')}" + got, None
     if kind in ("enum", "literal_error"):
         expected = _type_at(model, loc, data)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tinymlaas_ci.git import git_output
 
 __all__ = ["FILTERS", "repo_web_url"]
 
@@ -127,11 +128,6 @@ def repo_web_url(root: Path, mkdocs_yml: Path | None = None) -> str | None:
     server, repo = os.environ.get("GITHUB_SERVER_URL"), os.environ.get("GITHUB_REPOSITORY")
     if server and repo:
         return f"{server.rstrip('/')}/{repo}"
-    try:
-        proc = subprocess.run(
-            ["git", "remote", "get-url", "origin"], check=False, cwd=root, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = _REMOTE.match(proc.stdout.strip()) if proc.returncode == 0 else None
+    out = git_output(root, "remote", "get-url", "origin", timeout=10)
+    m = _REMOTE.match(out.decode("utf-8", "replace").strip()) if out is not None else None
     return f"https://{m.group(1)}/{m.group(2)}" if m else None

@@ -6,12 +6,12 @@ instead of two git processes per file: at 1,000 results the difference is minute
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinymlaas_ci.git import git_output
+from tinymlaas_ci.results.layout import RESULT_GLOB, parse_result
 from tinymlaas_ci.results.models import Result
-from tinymlaas_ci.website.loader import RESULT_GLOB, parse_result
 
 __all__ = ["DEFAULT_LIMIT", "HistoryEntry", "collect_history", "git_head"]
 
@@ -29,17 +29,9 @@ class HistoryEntry:
     raw: bytes
 
 
-def _git(root: Path, *args: str, input: bytes | None = None) -> bytes | None:
-    try:
-        proc = subprocess.run(["git", *args], check=False, cwd=root, input=input, capture_output=True, timeout=300)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
-
-
 def git_head(root: Path) -> str | None:
     """The commit checked out in ``root``, or ``None`` outside a git repository."""
-    out = _git(Path(root), "rev-parse", "HEAD")
+    out = git_output(Path(root), "rev-parse", "HEAD")
     return out.decode().strip() if out else None
 
 
@@ -54,11 +46,11 @@ def collect_history(root: Path, paths: list[str], limit: int = DEFAULT_LIMIT) ->
     history: dict[str, list[HistoryEntry]] = {p: [] for p in paths}
     if not paths:
         return history
-    inside = _git(root, "rev-parse", "--show-prefix")
+    inside = git_output(root, "rev-parse", "--show-prefix")
     if inside is None:
         return history
     prefix = inside.decode().strip()  # the site may be built from a subfolder of a repository
-    log = _git(root, "log", "--no-renames", "--format=%x00%H%x09%cI", "--name-only", "--", RESULT_GLOB)
+    log = git_output(root, "log", "--no-renames", "--format=%x00%H%x09%cI", "--name-only", "--", RESULT_GLOB)
     if not log:
         return history
     wanted: list[tuple[str, str, str]] = []  # (path, commit, date)
@@ -76,7 +68,7 @@ def collect_history(root: Path, paths: list[str], limit: int = DEFAULT_LIMIT) ->
     if not wanted:
         return history
     request = "".join(f"{commit}:{prefix}{rel}\n" for rel, commit, _ in wanted).encode()
-    out = _git(root, "cat-file", "--batch", input=request)
+    out = git_output(root, "cat-file", "--batch", input=request)
     if out is None:
         return history
     pos = 0

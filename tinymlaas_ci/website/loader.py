@@ -8,11 +8,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from tinymlaas_ci.results.layout import RESULT_GLOB, parse_result, parse_result_path
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["RESULT_GLOB", "LoadedResult", "Skipped", "load_results", "parse_result"]
-
-RESULT_GLOB = "runs/*/results/*.json"
+__all__ = ["LoadedResult", "Skipped", "load_results"]
 
 
 @dataclass
@@ -56,14 +55,6 @@ def _first_error(exc: ValidationError) -> str:
     return "not a valid result: " + "; ".join(parts) + more
 
 
-def parse_result(data: bytes) -> Result:
-    """Parse result bytes; raises ``ValueError`` (or ``ValidationError``) when they are not a result."""
-    obj = json.loads(data.decode("utf-8"))
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    return Result.model_validate(obj)
-
-
 def load_results(root: Path) -> tuple[list[LoadedResult], list[Skipped]]:
     """Every result under ``root/runs/*/results/``, sorted by project and name, plus the skipped ones."""
     root = Path(root)
@@ -71,6 +62,10 @@ def load_results(root: Path) -> tuple[list[LoadedResult], list[Skipped]]:
     skipped: list[Skipped] = []
     for path in sorted(root.glob(RESULT_GLOB)):
         rel = path.relative_to(root).as_posix()
+        where = parse_result_path(rel)
+        if where is None:
+            skipped.append(Skipped(rel, "not a result file name: runs/<project>/results/<run>.json"))
+            continue
         try:
             raw = path.read_bytes()
             result = parse_result(raw)
@@ -89,5 +84,5 @@ def load_results(root: Path) -> tuple[list[LoadedResult], list[Skipped]]:
         except ValueError as exc:
             skipped.append(Skipped(rel, str(exc)))
             continue
-        loaded.append(LoadedResult(rel, path.parent.parent.name, path.stem, result, raw))
+        loaded.append(LoadedResult(rel, *where, result, raw))
     return loaded, skipped

@@ -240,7 +240,8 @@ def cli_sections(parser: argparse.ArgumentParser) -> list[dict[str, Any]]:
             if isinstance(action, argparse._SubParsersAction):
                 helps = {a.dest: a.help for a in action._choices_actions}
                 for name, sub in action.choices.items():
-                    walk(sub, depth + 1, helps.get(name, ""))
+                    if name in helps:  # a command added without help is a hidden alias
+                        walk(sub, depth + 1, helps[name])
 
     walk(parser, 0, "")
     return out

@@ -2,7 +2,9 @@
 
 Every git command of the package goes through :func:`git`, which runs it as a subprocess in a
 given repository and turns a failure into a :class:`~tinymlaas_ci.errors.GitError` that names
-the command, the folder, the tail of git's stderr and a hint for the usual causes.
+the command, the folder, the tail of git's stderr and a hint for the usual causes. Callers that
+only ask a question and carry on without an answer (the website's history and commit links) use
+:func:`git_output`. It sits in the lowest layer so that every layer may use it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ from pathlib import Path
 
 from tinymlaas_ci.errors import GitError
 
-__all__ = ["current_branch", "git", "git_ok", "ref_exists", "rev_parse", "show", "toplevel"]
+__all__ = [
+    "current_branch",
+    "git",
+    "git_error",
+    "git_ok",
+    "git_output",
+    "init_repository",
+    "ref_exists",
+    "rev_parse",
+    "show",
+    "toplevel",
+]
 
 _STDERR_TAIL = 1500
 
@@ -64,17 +77,26 @@ def git(
     check: bool = True,
     input: bytes | None = None,
     hint: str | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``git -C repo ARGS``; raise :class:`GitError` when it fails and ``check`` is true.
 
     Output is captured as bytes (result files are compared byte for byte). ``hint`` replaces
-    the automatic hint for failures the caller knows more about.
+    the automatic hint for failures the caller knows more about. git that cannot be started,
+    or that runs past ``timeout`` seconds, is a :class:`GitError` whatever ``check`` says.
     """
     cmd = ["git", "-C", str(repo), *args]
     try:
-        proc = subprocess.run(cmd, input=input, capture_output=True, env=_env(), check=False)
+        proc = subprocess.run(cmd, input=input, capture_output=True, env=_env(), check=False, timeout=timeout)
     except FileNotFoundError as exc:
         raise GitError("git is not installed (or not on PATH)", hint="install git, e.g. apt-get install git") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(
+            f"'git {shlex.join(args)}' in {repo} did not finish within {timeout:g} s",
+            hint="the repository may be very large, or git may be waiting on a lock or the network",
+        ) from exc
+    except OSError as exc:
+        raise GitError(f"git could not be started: {exc}", hint="check that git is installed and runnable") from exc
     if check and proc.returncode != 0:
         raise git_error(proc, repo, hint=hint)
     return proc
@@ -102,6 +124,18 @@ def git_error(
     err.stderr = stderr
     err.returncode = proc.returncode
     return err
+
+
+def git_output(
+    repo: str | os.PathLike, *args: str, input: bytes | None = None, timeout: float | None = 300
+) -> bytes | None:
+    """Standard output of a git command that succeeded, else None (no git, not a repository, a
+    failure or a timeout): for questions whose answer is optional."""
+    try:
+        proc = git(repo, *args, check=False, input=input, timeout=timeout)
+    except GitError:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def git_ok(repo: str | os.PathLike, *args: str) -> bool:
@@ -140,3 +174,21 @@ def current_branch(repo: str | os.PathLike) -> str | None:
     """The checked-out branch, or None on a detached HEAD."""
     proc = git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
     return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+
+def init_repository(dest: str | os.PathLike) -> str:
+    """``git init`` ``dest`` unless it already is inside a work tree; says what was done.
+
+    Never raises: a scaffold without git is still a scaffold, and the sentence tells the user
+    what to do instead.
+    """
+    try:
+        inside = git(dest, "rev-parse", "--is-inside-work-tree", check=False)
+    except GitError:
+        return "git not found: run 'git init' yourself"
+    if inside.returncode == 0 and inside.stdout.strip() == b"true":
+        return "already inside a git repository: left as it is"
+    proc = git(dest, "init", "-q", check=False)
+    if proc.returncode != 0:
+        return f"git init failed: {proc.stderr.decode('utf-8', 'replace').strip()[:300]}"
+    return "initialised an empty git repository"
