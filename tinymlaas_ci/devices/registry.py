@@ -336,7 +336,7 @@ def _check_ssh(spec) -> list[Finding]:
 
     endpoint = spec.ssh
     try:
-        target = SshTarget(endpoint.model_dump(mode="json"), device=spec.name)
+        target = SshTarget(endpoint, device=spec.name)
         facts = target.probe()
     except DeviceError as exc:
         return [Finding("error", exc.message, exc.hint)]

@@ -395,7 +395,7 @@ class Engine:
             cpus=cpus,
             env=env,
             docker_host=docker_host,
-            ssh=device.ssh.model_dump(mode="json") if device.kind == "ssh" else None,
+            ssh=device.ssh if device.kind == "ssh" else None,
             device=device.name,
         )
 
