@@ -117,11 +117,12 @@ class StageOutputs(_File):
 
 class ErrorRecord(_File):
     """``error.json``: why a stage failed. Written by the stage (or, when the stage could not,
-    by the executor or the engine); read by the engine for the run's error and its log line."""
+    by the executor or the engine); read by the engine for the run's error and its log line.
+    Only ``message`` is required, so a stage of one's own can write just that (and a hint)."""
 
     schema_: Literal[1] = Field(default=CONTRACT_SCHEMA, alias="schema")
     """Version of this file format."""
-    stage: str
+    stage: str | None = None
     """The stage's name in the pipeline."""
     type: str | None = None
     """The exception type (``OutOfMemory`` for a stage the kernel killed)."""

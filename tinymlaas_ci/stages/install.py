@@ -103,7 +103,7 @@ def _install_local(ctx: StageContext) -> dict[str, Any]:
 def _install_docker(ctx: StageContext) -> dict[str, Any]:
     """Build the inference image (runtime + this package + the bundle) on the device's Docker
     engine, or reuse the one with the same content; infer then runs in that image there."""
-    from tinymlaas_ci.devices.docker import install_bundle
+    from tinymlaas_ci.devices.docker_build import install_bundle
 
     bundle = ctx.path("bundle", MANIFEST).parent
     manifest = build_bundle(ctx, bundle)
