@@ -28,7 +28,7 @@ from tinymlaas_ci.devices.docker_client import (
 )
 from tinymlaas_ci.errors import ExecutorError
 from tinymlaas_ci.fs import sha256_file
-from tinymlaas_ci.spec.models import DockerDevice
+from tinymlaas_ci.spec.models import DockerDevice, DockerEndpoint
 
 __all__ = [
     "BUNDLE_DIR",
@@ -44,8 +44,8 @@ __all__ = [
     "source_root",
 ]
 
-DEFAULT_BASE = "python:3.11-slim"
-"""Base image of our Dockerfiles when none is given (``--base``)."""
+DEFAULT_BASE: str = DockerEndpoint.model_fields["base_image"].default
+"""Base image of our Dockerfiles when none is given (``--base``): a device's default one."""
 INFERENCE_REPOSITORY = "tinymlaas-inference"
 """Repository name of inference images; the tag is a content hash of what went in."""
 BUNDLE_DIR = "/bundle"

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from tinymlaas_ci.errors import SourceError
 
-__all__ = ["FORMATS", "TORCH_FORMATS", "detect_model_format"]
+__all__ = ["FORMATS", "detect_model_format"]
 
 FORMATS = ("pytorch", "torchscript", "exported-program", "onnx")
 """Formats a run spec's ``model.format`` may name (besides ``auto``)."""
-TORCH_FORMATS = ("pytorch", "torchscript", "exported-program")
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ""}
 _HINT = (
     "set model.format in the run spec to one of pytorch, torchscript, exported-program, onnx "
