@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tinymlaas_ci.fs import atomic_write_json
 from tinymlaas_ci.ml import compress, measure
 from tinymlaas_ci.ml.runtime import load_session
+from tinymlaas_ci.spec.models import Compression
 
 MODEL = ROOT / "uploads" / "digits-cnn" / "model.pkl"
 DATASET = ROOT / "uploads" / "digits" / "dataset.zip"
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "torch eager fp32",
             "runtime": "pytorch",
             "bytes": MODEL.stat().st_size,
-            "gzip_bytes": compress.gzip_size(MODEL),
+            "gzip_bytes": measure.gzip_size(MODEL),
             "accuracy": ev["accuracy"],
             "latency_ms": lat,
         }
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         for mode, compression in MODES.items():
-            out = compress.compile_model(MODEL, Path(tmp) / mode, compression=compression, data=data)
+            out = compress.compile_model(MODEL, Path(tmp) / mode, compression=Compression(**compression), data=data)
             session = load_session(out.deployed, threads=args.threads)
             ev = measure.evaluate(session.run, x, y, num_classes=10)
             lat = measure.measure_latency(session.run, x[:1], **timing)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     report = {
         "schema": 1,
-        "device": measure.device_record({}),
+        "device": measure.device_record(),
         "tools": measure.tool_versions("torch", "onnx", "onnxruntime"),
         "settings": {"threads": args.threads, "batch_size": 1, **timing},
         "rows": rows,

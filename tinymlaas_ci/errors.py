@@ -20,7 +20,6 @@ __all__ = [
     "Problem",
     "SourceError",
     "SpecError",
-    "StageError",
     "TinymlError",
     "UsageError",
 ]
@@ -109,27 +108,6 @@ class SourceError(TinymlError):
 
 class ArchiveError(SourceError, ValueError):
     """An archive was refused: unsafe member, too large, or not a supported layout."""
-
-
-class StageError(TinymlError):
-    """A stage failed. ``log`` is the path of its log, when there is one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        run: str | None = None,
-        stage: str | None = None,
-        exit_code: int | None = None,
-        log: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        self.run = run
-        self.stage = stage
-        self.returncode = exit_code
-        self.log = log
-        where = "/".join(p for p in (run, stage) if p)
-        super().__init__(f"{where}: {message}" if where else message, hint=hint)
 
 
 class ExecutorError(TinymlError):

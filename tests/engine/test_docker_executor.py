@@ -22,6 +22,7 @@ if str(_ROOT) not in sys.path:  # so that `tests.docker_support` imports however
 from tests.docker_support import base_image, docker_client, docker_engine, leftover_containers  # noqa: F401
 from tinymlaas_ci.engine.executor import StageCall
 from tinymlaas_ci.errors import ExecutorError
+from tinymlaas_ci.spec.models import DockerDevice
 
 docker_sdk = pytest.importorskip("docker")
 
@@ -343,7 +344,7 @@ def test_call_selects_another_engine(docker_engine, base_image, volume, repo, mo
 
 
 def test_probe_reports_the_engine(docker_engine, base_image):
-    from tinymlaas_ci.devices.docker import probe
+    from tinymlaas_ci.devices.docker_client import probe
 
     facts = probe(docker_engine.host, images=(base_image, "tinymlaas-stage:does-not-exist"))
     assert facts["arch"] in ("amd64", "arm64", "armv7", "riscv64", "x86")
@@ -396,23 +397,19 @@ def test_build_stage_image_and_import_the_ml_stack(docker_engine, base_image, vo
 
 @pytest.mark.slow
 def test_build_inference_image_from_a_bundle_and_reuse_it(docker_engine, base_image, tmp_path):
-    from tinymlaas_ci.devices.docker import install_bundle
+    from tinymlaas_ci.devices.docker_build import install_bundle
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "model": "model.onnx", "baseline": "baseline.json"}))
     (bundle / "model.onnx").write_bytes(os.urandom(256))  # unique content: a fresh tag
     (bundle / "baseline.json").write_text("{}")
-    device = {
-        "schema": 1,
-        "name": "box",
-        "kind": "docker",
-        "arch": "amd64",
-        "docker": {"host": docker_engine.host},
-    }
+    device = DockerDevice(
+        schema=1, name="box", kind="docker", arch="amd64", docker={"host": docker_engine.host, "base_image": base_image}
+    )
     client = docker_engine.client
     lines: list[str] = []
-    first = install_bundle(bundle, device, base_image, lines.append)
+    first = install_bundle(bundle, device, lines.append)
     try:
         assert first["image"].startswith("tinymlaas-inference:")
         assert first["image_digest"] == client.images.get(first["image"]).id
@@ -428,14 +425,14 @@ def test_build_inference_image_from_a_bundle_and_reuse_it(docker_engine, base_im
         )
         assert out.decode().strip() == "['baseline.json', 'manifest.json', 'model.onnx']"
         again: list[str] = []
-        assert install_bundle(bundle, device, base_image, again.append) == first
+        assert install_bundle(bundle, device, again.append) == first
         assert again[0].startswith("reusing ")
     finally:
         client.images.remove(first["image"], force=True)
 
 
 def test_inference_image_needs_a_manifest(docker_engine, tmp_path):
-    from tinymlaas_ci.devices.docker import build_inference_image
+    from tinymlaas_ci.devices.docker_build import build_inference_image
 
     with pytest.raises(ExecutorError, match="not a model bundle"):
         build_inference_image(tmp_path, "tinymlaas-inference:x", None, docker_engine.client)

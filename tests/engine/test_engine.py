@@ -155,3 +155,83 @@ def test_a_stage_that_cannot_start_fails_cleanly(tmp_path, bad):
     [outcome] = engine.execute(plan(repo))
     assert outcome.status == "failed" and outcome.failed_stage == "prepare"
     assert "no-such-program-xyz" in outcome.message
+
+
+class _InProcessExecutor:
+    """A fake executor, the seam DVC's ``repro_fn`` is: it runs no process, it plays the stage
+    contract in this process (reads stage.json, writes outputs.json or error.json)."""
+
+    name = "in-process"
+
+    def __init__(self, fail: str | None = None, identity: str = "fake:1"):
+        self.fail = fail
+        self.code = identity
+        self.calls: list[str] = []
+
+    def identity(self, call):
+        return self.code
+
+    def run(self, call, volume, repo, sink):
+        from tinymlaas_ci.engine.executor import ExecOutcome
+        from tinymlaas_ci.stages.contract import ErrorRecord, StageOutputs, read_stage_config, write_error
+        from tinymlaas_ci.stages.contract import write_outputs as write
+
+        folder = Path(volume) / call.stage
+        config = read_stage_config(folder)  # what the engine wrote, typed
+        self.calls.append(call.stage)
+        sink(f"{call.stage} for {config.run.project}/{config.run.name} on {config.device.name}")
+        if call.stage == self.fail:
+            write_error(folder, ErrorRecord(stage=call.stage, message="told to fail", hint="do not"))
+            return ExecOutcome(returncode=1, executor=self.name)
+        (folder / "data.txt").write_text(f"{call.stage}:{sorted(config.inputs)}:{config.spec.measure.warmup}")
+        from tinymlaas_ci.stages.contract import Artifact
+
+        art = Artifact(path=f"{call.stage}/data.txt", sha256="0" * 64, bytes=(folder / "data.txt").stat().st_size)
+        write(folder, StageOutputs(stage=call.stage, artifacts={"data": art}, metrics={}, records={}))
+        return ExecOutcome(returncode=0, executor=self.name)
+
+
+def test_engine_runs_a_plan_with_an_injected_executor(tmp_path):
+    root = make_repo(tmp_path)
+    repo = load_repo(root)
+    fake = _InProcessExecutor()
+    out = io.StringIO()
+    engine = Engine(
+        repo,
+        RunOptions(executor="in-process", work_dir=root / ".work"),
+        Progress(out, mode="plain"),
+        executors={"in-process": fake},
+    )
+    [outcome] = engine.execute(plan(repo))
+    assert outcome.status == "succeeded", out.getvalue()
+    assert fake.calls == ["prepare", "install", "infer"]
+    # Each stage saw its upstream outputs and the run spec with its defaults filled in.
+    assert (root / ".work/p/r1/infer/data.txt").read_text() == "infer:['install']:20"
+    assert "prepare for p/r1 on host" in (root / ".work/p/r1/prepare/log.txt").read_text()
+    assert [s["executor"] for s in outcome.stages] == ["in-process"] * 3
+
+    # Same plan and code identity: every stage is a cache hit; a new identity runs them again.
+    (root / "runs/p/results/r1.json").unlink()
+    [again] = engine.execute(plan(repo))
+    assert [s["cache_hit"] for s in again.stages] == [True] * 3 and fake.calls == ["prepare", "install", "infer"]
+    fake.code = "fake:2"
+    (root / "runs/p/results/r1.json").unlink()
+    engine.execute(plan(repo))
+    assert fake.calls[3:] == ["prepare", "install", "infer"]
+
+
+def test_injected_executor_failure_stops_the_run_with_its_error(tmp_path):
+    root = make_repo(tmp_path)
+    repo = load_repo(root)
+    fake = _InProcessExecutor(fail="install")
+    engine = Engine(
+        repo,
+        RunOptions(executor="in-process", work_dir=root / ".work"),
+        Progress(io.StringIO(), mode="plain"),
+        executors={"in-process": fake},
+    )
+    [outcome] = engine.execute(plan(repo))
+    assert outcome.status == "failed" and outcome.failed_stage == "install"
+    assert outcome.message == "told to fail (hint: do not)"
+    assert fake.calls == ["prepare", "install"]
+    assert [s["status"] for s in outcome.stages] == ["generated", "failed", "pending"]

@@ -38,6 +38,7 @@ def digits_data(digits_train):
 def compiled(tmp_path_factory, digits_data):
     """Compile the digits CNN once per variant; returns a function name -> CompileOutcome."""
     from tinymlaas_ci.ml.compress import compile_model
+    from tinymlaas_ci.spec.models import Compression
 
     variants = {
         "none": ("onnxruntime", {"quantization": "none"}),
@@ -56,7 +57,9 @@ def compiled(tmp_path_factory, digits_data):
         if name not in cache:
             runtime, compression = variants[name]
             out = tmp_path_factory.mktemp(f"compiled-{name}")
-            cache[name] = compile_model(DIGITS_MODEL, out, compression=compression, runtime=runtime, data=digits_data)
+            cache[name] = compile_model(
+                DIGITS_MODEL, out, compression=Compression(**compression), runtime=runtime, data=digits_data
+            )
         return cache[name]
 
     return get

@@ -12,6 +12,7 @@ from tinymlaas_ci.ml import measure
 from tinymlaas_ci.ml.compress import compile_model
 from tinymlaas_ci.ml.runtime import load_session
 from tinymlaas_ci.results.models import CompressionRecord
+from tinymlaas_ci.spec.models import Compression
 
 DIGITS_MODEL = Path(__file__).resolve().parents[2] / "uploads" / "digits-cnn" / "model.pkl"
 
@@ -107,10 +108,10 @@ def test_pytorch_runtime_torchscript(compiled, digits_data, variant, op):
 
 def test_static_int8_without_data_is_refused(tmp_path):
     with pytest.raises(TinymlError, match="no train or val split") as info:
-        compile_model(DIGITS_MODEL, tmp_path, compression={"quantization": "static-int8"}, data={})
+        compile_model(DIGITS_MODEL, tmp_path, compression=Compression(quantization="static-int8"), data={})
     assert "dynamic-int8 or fp16" in info.value.hint
 
 
 def test_pruning_an_onnx_model_is_refused(compiled, tmp_path):
     with pytest.raises(TinymlError, match="pruning needs a PyTorch model"):
-        compile_model(compiled("none").baseline, tmp_path, compression={"pruning": {"sparsity": 0.5}})
+        compile_model(compiled("none").baseline, tmp_path, compression=Compression(pruning={"sparsity": 0.5}))

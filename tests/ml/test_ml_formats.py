@@ -7,6 +7,7 @@ import torch
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.ml import formats
+from tinymlaas_ci.ml.model_format import detect_model_format
 from tinymlaas_ci.ml.zoo import DigitsCNN, TinyCNN
 
 
@@ -15,11 +16,11 @@ def test_detects_each_format(tmp_path):
     torch.save(model, tmp_path / "m.pkl")
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 16, 16)), tmp_path / "m.pt")
     torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 16, 16),)), tmp_path / "m.pt2")
-    assert formats.detect_format(tmp_path / "m.pkl") == "pytorch"
-    assert formats.detect_format(tmp_path / "m.pt") == "torchscript"
-    assert formats.detect_format(tmp_path / "m.pt2") == "exported-program"
+    assert detect_model_format(tmp_path / "m.pkl") == "pytorch"
+    assert detect_model_format(tmp_path / "m.pt") == "torchscript"
+    assert detect_model_format(tmp_path / "m.pt2") == "exported-program"
     # The declared format wins over detection.
-    assert formats.detect_format(tmp_path / "m.pt", "pytorch") == "pytorch"
+    assert detect_model_format(tmp_path / "m.pt", "pytorch") == "pytorch"
     ep = formats.load_torch_model(tmp_path / "m.pt2", "exported-program")
     assert formats.torch_input_shape(ep) == (3, 16, 16)
     assert formats.torch_input_shape(formats.load_torch_model(tmp_path / "m.pt", "torchscript")) is None
@@ -28,7 +29,7 @@ def test_detects_each_format(tmp_path):
 def test_onnx_detected_by_content(tmp_path):
     formats.export_onnx(DigitsCNN(), tmp_path / "m.onnx", (1, 8, 8))
     (tmp_path / "model.bin").write_bytes((tmp_path / "m.onnx").read_bytes())
-    assert formats.detect_format(tmp_path / "model.bin") == "onnx"
+    assert detect_model_format(tmp_path / "model.bin") == "onnx"
     proto = formats.check_onnx(tmp_path / "m.onnx")
     assert formats.onnx_input_shape(proto) == (1, 8, 8)
     assert formats.count_onnx_parameters(proto) >= 38282

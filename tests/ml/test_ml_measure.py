@@ -9,6 +9,7 @@ from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.ml import measure
 from tinymlaas_ci.ml.runtime import load_session
 from tinymlaas_ci.results.models import DeviceRecord, Latency, RuntimeRecord
+from tinymlaas_ci.spec.models import LocalDevice
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_cpu_info_keeps_relevant_flags(tmp_path):
 
 
 def test_device_and_runtime_records_fit_the_result_model(session):
-    DeviceRecord.model_validate(measure.device_record({"name": "host", "kind": "local", "arch": "amd64"}))
+    DeviceRecord.model_validate(measure.device_record(LocalDevice(schema=1, name="host", kind="local", arch="amd64")))
     RuntimeRecord.model_validate(session.record())
     assert session.record()["threads"] == 1
     assert measure.peak_memory_mb() > 10

@@ -41,7 +41,7 @@ def make_data(seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained_tiny(tmp_path_factory):
     """A trained TinyCNN pickled like an upload, and its data."""
-    from tinymlaas_ci.ml.compress import fine_tune, torch_accuracy
+    from tinymlaas_ci.ml.prune import fine_tune, torch_accuracy
     from tinymlaas_ci.ml.zoo import TinyCNN
 
     torch.manual_seed(0)

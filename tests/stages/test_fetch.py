@@ -26,8 +26,8 @@ from tests.sources.builders import (
     zip_bytes,
 )
 from tinymlaas_ci.errors import SourceError
+from tinymlaas_ci.ml.model_format import detect_model_format
 from tinymlaas_ci.results.models import DatasetInput, ModelInput
-from tinymlaas_ci.stages.fetch import detect_model_format
 
 COUNTS = {"train": {"0": 3, "1": 3}, "val": {"0": 1, "1": 1}, "test": {"0": 2, "1": 2}}
 
@@ -69,7 +69,7 @@ def _run(volume: Path, repo: Path, spec: dict, env_extra: dict | None = None) ->
                 "repo": str(repo),
                 "params": {},
                 "spec": spec,
-                "device": {"name": "host", "kind": "local"},
+                "device": {"schema": 1, "name": "host", "kind": "local"},
                 "inputs": {},
             }
         )

@@ -98,7 +98,7 @@ def probe_local(python: str | None = None) -> dict[str, Any]:
 def probe_docker(host: str | None = None) -> dict[str, Any]:
     """Facts about the Docker engine at ``host`` (None: DOCKER_HOST): architecture, CPU model,
     memory, engine version, and whether the inference and stage images are there."""
-    from tinymlaas_ci.devices.docker import probe
+    from tinymlaas_ci.devices.docker_client import probe
 
     images = (inference_image(), f"tinymlaas-stage:{__version__}", "tinymlaas-base:bookworm")
     facts = probe(host, images=images)
@@ -336,7 +336,7 @@ def _check_ssh(spec) -> list[Finding]:
 
     endpoint = spec.ssh
     try:
-        target = SshTarget(endpoint.model_dump(mode="json"), device=spec.name)
+        target = SshTarget(endpoint, device=spec.name)
         facts = target.probe()
     except DeviceError as exc:
         return [Finding("error", exc.message, exc.hint)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.errors import DeviceError
+from tinymlaas_ci.spec.models import SshEndpoint
 
 __all__ = ["SSH_FAILURE", "SshTarget"]
 
@@ -51,18 +52,16 @@ print(json.dumps(facts))
 
 
 class SshTarget:
-    """One board: ``endpoint`` is the device file's ``ssh:`` mapping (host, user, port, ...)."""
+    """One board: ``endpoint`` is the device file's ``ssh:`` section (host, user, port, ...)."""
 
-    def __init__(self, endpoint: Mapping[str, Any], *, device: str | None = None, timeout: int = 15):
-        if not endpoint or not endpoint.get("host"):
-            raise DeviceError("an ssh device needs 'ssh: {host: ...}'", device=device)
-        self.host = str(endpoint["host"])
-        self.user = str(endpoint.get("user") or "root")
-        self.port = int(endpoint.get("port") or 22)
-        self.python = str(endpoint.get("python") or "python3")
-        self.identity_file = endpoint.get("identity_file")
-        self.known_hosts = endpoint.get("known_hosts")
-        self.work_dir = str(endpoint.get("work_dir") or ".tinymlaas").rstrip("/")
+    def __init__(self, endpoint: SshEndpoint, *, device: str | None = None, timeout: int = 15):
+        self.host = endpoint.host
+        self.user = endpoint.user
+        self.port = endpoint.port
+        self.python = endpoint.python
+        self.identity_file = endpoint.identity_file
+        self.known_hosts = endpoint.known_hosts
+        self.work_dir = endpoint.work_dir.rstrip("/")
         self.device = device
         self.timeout = timeout
         if shutil.which("ssh") is None:

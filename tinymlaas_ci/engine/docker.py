@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tinymlaas_ci.devices.docker import client_for, docker_errors, host_label
+from tinymlaas_ci.devices.docker_client import client_for, docker_errors, host_label, require_image
 from tinymlaas_ci.engine.executor import ExecOutcome, LineSink, StageCall, builtin_argv
 from tinymlaas_ci.engine.images import STAGE_IMAGE
 from tinymlaas_ci.errors import ExecutorError
-from tinymlaas_ci.fs import atomic_write_json
-from tinymlaas_ci.stages.contract import ERROR_FILE
+from tinymlaas_ci.stages.contract import error_record, write_error
 
 __all__ = ["REPO_MOUNT", "SANDBOX_UID", "VOLUME_MOUNT", "DockerExecutor", "oom_error"]
 
@@ -38,7 +37,6 @@ VOLUME_MOUNT = "/run"
 REPO_MOUNT = "/repo"
 TMPFS_SIZE = "512m"
 PIDS_LIMIT = 4096
-OOM_EXIT = 137
 
 
 def oom_error(call: StageCall, host: str | None = None) -> ExecutorError:
@@ -142,10 +140,11 @@ class DockerExecutor:
             if container is not None:
                 self._remove(container)
         if oom:
-            # The stage could not write error.json itself: the kernel killed it.
+            # The stage could not write error.json itself: the kernel killed it. This is the one
+            # place an OOM kill is detected and reported; the engine keeps this error.json.
             error = oom_error(call, host)
             sink(f"error: {error}")
-            self._write_oom_error(volume, call, error)
+            write_error(volume / call.stage, error_record(call.stage, error, type_="OutOfMemory"))
         return ExecOutcome(
             returncode=returncode,
             executor=self.name,
@@ -181,24 +180,16 @@ class DockerExecutor:
             self._clients[host] = self._client_factory(host, timeout=self.timeout)
         return self._clients[host]
 
-    def _image(self, client, ref: str, host: str | None, call: StageCall):
-        # Check first: for a missing image dockerd tries a pull and reports an APIError 500
-        # about the registry, which does not tell the user what to do.
-        import docker
-
-        try:
-            return client.images.get(ref)
-        except docker.errors.ImageNotFound as exc:
-            if call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:", "tinymlaas-user-")):
-                hint = "build it with 'tinymlaas images build' (offline: add --base tinymlaas-base:bookworm)"
-            else:
-                hint = f"build or pull {ref} on that engine, or fix the stage's image in the pipeline"
-            raise ExecutorError(
-                f"image {ref} not found on {host_label(host)} (stage {call.stage!r} of {call.run_id})",
-                hint=hint,
-            ) from exc
-        except docker.errors.APIError as exc:
-            raise ExecutorError(f"cannot inspect image {ref} on {host_label(host)}: {exc.explanation or exc}") from exc
+    @staticmethod
+    def _image(client, ref: str, host: str | None, call: StageCall):
+        ours = call.image is None or ref.startswith(("tinymlaas-stage:", "tinymlaas-inference:", "tinymlaas-user-"))
+        return require_image(
+            client,
+            ref,
+            host,
+            needed_by=f"stage {call.stage!r} of {call.run_id}",
+            hint=None if ours else f"build or pull {ref} on that engine, or fix the stage's image in the pipeline",
+        )
 
     @staticmethod
     def _check_repo_readable(repo: Path, uid: int) -> None:
@@ -266,19 +257,3 @@ class DockerExecutor:
                 time.sleep(0.2 * (attempt + 1))
             except Exception:
                 return
-
-    @staticmethod
-    def _write_oom_error(volume: Path, call: StageCall, error: ExecutorError) -> None:
-        try:
-            atomic_write_json(
-                volume / call.stage / ERROR_FILE,
-                {
-                    "schema": 1,
-                    "stage": call.stage,
-                    "type": "OutOfMemory",
-                    "message": error.message,
-                    "hint": error.hint,
-                },
-            )
-        except OSError:
-            pass

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tinymlaas_ci.spec.models import SshEndpoint
+
 __all__ = ["ExecOutcome", "Executor", "LineSink", "StageCall", "builtin_argv"]
 
 LineSink = Callable[[str], None]
@@ -40,8 +42,8 @@ class StageCall:
     """Extra environment (e.g. HF_TOKEN for fetch). Never logged."""
     docker_host: str | None = None
     """Run on this Docker engine instead of the default one (a ``docker`` device)."""
-    ssh: dict | None = None
-    """The ``ssh:`` mapping of an ``ssh`` device, for the SSH executor."""
+    ssh: SshEndpoint | None = None
+    """The ``ssh:`` section of an ``ssh`` device, for the SSH executor."""
     device: str | None = None
     """The device's name, for messages."""
 

@@ -29,6 +29,8 @@ from tinymlaas_ci.fs import (
     is_within,
     sha256_file,
 )
+from tinymlaas_ci.spec.models import Runtime
+from tinymlaas_ci.stages.bundle import MANIFEST, read_manifest
 
 __all__ = ["EXPORT_SCHEMA", "ExportInfo", "build_export_image", "export_run", "find_bundle", "save_image"]
 
@@ -79,7 +81,7 @@ def find_bundle(root: Path, run: str, work_dir: Path | None = None) -> tuple[str
     volume = RunVolume(work, project, name)
     bundle = volume.stage_dir("install") / "bundle"
     status = volume.status("install")
-    if not (bundle / "manifest.json").is_file() or status.status != "generated":
+    if not (bundle / MANIFEST).is_file() or status.status != "generated":
         raise TinymlError(
             f"run {run_id} has no installed bundle (install stage: {status.status}) in {volume.root}",
             hint=f"run it up to the install stage: tinymlaas run --select {run_id}"
@@ -153,14 +155,14 @@ def export_run(
         raise UsageError(f"--out {out}: the folder is not empty", hint="give a new or empty folder, or add --force")
     if is_within(out, bundle.parent.parent):
         raise UsageError(f"--out {out}: is inside the run volume", hint="export to a folder outside .tinymlaas/")
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    if manifest.get("runtime", "onnxruntime") != "onnxruntime":
+    manifest = read_manifest(bundle)
+    if manifest.runtime is not Runtime.onnxruntime:
         raise TinymlError(
-            f"run {run_id} deploys a {manifest.get('runtime')!r} model; export supports onnxruntime models",
+            f"run {run_id} deploys a {manifest.runtime.value!r} model; export supports onnxruntime models",
             hint="use runtime: onnxruntime in the run spec",
         )
-    model_files = [manifest["model"], manifest["baseline"], manifest.get("data", "eval.npz")]
-    sums = manifest.get("sha256") or {}
+    model_files = [manifest.model, manifest.baseline, manifest.data]
+    sums = manifest.sha256
     out.mkdir(parents=True, exist_ok=True)
     for name in model_files:
         src = bundle / name
@@ -174,7 +176,7 @@ def export_run(
                 hint=f"re-run: tinymlaas run --select {run_id} --force",
             )
         shutil.copyfile(src, out / name)
-    atomic_write_bytes(out / "manifest.json", (bundle / "manifest.json").read_bytes())
+    atomic_write_bytes(out / MANIFEST, (bundle / MANIFEST).read_bytes())
 
     result = _recorded_result(root, run_id, bundle)
     reqs = pinned_requirements(result)
@@ -221,12 +223,12 @@ def export_run(
     values = {
         "__RUN__": run_id,
         "__DESCRIPTION__": spec.get("description") or "",
-        "__MODEL__": manifest["model"],
-        "__BASELINE__": manifest["baseline"],
+        "__MODEL__": manifest.model,
+        "__BASELINE__": manifest.baseline,
         "__QUANTIZATION__": ((result or {}).get("compression") or {}).get("quantization") or "as compiled",
-        "__MODEL_BYTES__": _fmt((bundle / manifest["model"]).stat().st_size, ","),
-        "__SPLIT__": manifest.get("eval_split") or "test",
-        "__SHAPE__": str(tuple(manifest.get("input_shape") or [])),
+        "__MODEL_BYTES__": _fmt((bundle / manifest.model).stat().st_size, ","),
+        "__SPLIT__": manifest.eval_split,
+        "__SHAPE__": str(tuple(manifest.input_shape)),
         "__DEVICE__": device.get("name") or "unknown",
         "__CPU__": device.get("cpu_model") or "CPU unknown",
         "__ACCURACY__": _fmt(metrics.get("accuracy"), ".4f"),
@@ -257,7 +259,8 @@ def build_export_image(
     """Build the exported folder ``out`` into ``tag`` on the engine at ``docker_host``; returns
     the image id. The build context is a copy of ``out`` plus the host's CA bundle (pip behind
     a TLS-inspecting proxy), built with the host network like our other images."""
-    from tinymlaas_ci.devices.docker import DEFAULT_BASE, build_image, ca_bundle, client_for
+    from tinymlaas_ci.devices.docker_build import DEFAULT_BASE, build_image, ca_bundle
+    from tinymlaas_ci.devices.docker_client import client_for
 
     out = Path(out)
     if not (out / "Dockerfile").is_file() or not (out / "manifest.json").is_file():
@@ -289,17 +292,22 @@ def build_export_image(
 def save_image(tag: str, path: Path, *, docker_host: str | None = None) -> int:
     """Save image ``tag`` as a tar at ``path`` (atomically; ``docker load -i`` reads it).
     Returns its size in bytes."""
-    from tinymlaas_ci.devices.docker import client_for, docker_errors
+    from tinymlaas_ci.devices.docker_client import client_for, docker_errors, require_image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     client = client_for(docker_host)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with docker_errors(docker_host, f"saving {tag} to {path}"):
-            image = client.images.get(tag)
-            with open(tmp, "wb") as fh:
-                fh.writelines(image.save(named=True))
+        image = require_image(
+            client,
+            tag,
+            docker_host,
+            needed_by="saving the export",
+            hint="build it first: tinymlaas export RUN --out DIR --image TAG",
+        )
+        with docker_errors(docker_host, f"saving {tag} to {path}"), open(tmp, "wb") as fh:
+            fh.writelines(image.save(named=True))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

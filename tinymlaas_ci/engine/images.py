@@ -6,7 +6,7 @@ Two images come from ``pipelines/images/<name>/Dockerfile``:
   numpy, huggingface_hub, Pillow, pyarrow and this package; the built-in stages run in it.
 * ``inference`` (``tinymlaas-inference:<tag>``): ONNX Runtime + numpy + this package, plus a
   model bundle at ``/bundle``; built per bundle on a device's engine by
-  :func:`build_inference_image` (which lives in :mod:`tinymlaas_ci.devices.docker`, below the
+  :func:`build_inference_image` (which lives in :mod:`tinymlaas_ci.devices.docker_build`, below the
   engine, so that the device transport can use it too).
 
 Both Dockerfiles take ``ARG BASE`` (``python:3.11-slim`` unless ``--base`` says otherwise) and
@@ -26,19 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinymlaas_ci import __version__
-from tinymlaas_ci.devices.docker import (
+from tinymlaas_ci.devices.docker_build import (
     BUNDLE_DIR,
     DEFAULT_BASE,
     INFERENCE_REPOSITORY,
     build_image,
     build_inference_image,
-    client_for,
-    docker_errors,
     dockerfile_path,
-    host_label,
     inference_tag,
     prepare_context,
 )
+from tinymlaas_ci.devices.docker_client import client_for, docker_errors, find_image, host_label
 from tinymlaas_ci.errors import ExecutorError
 
 __all__ = [
@@ -167,14 +165,8 @@ def build_images(
 
 
 def _image_id(client, ref: str, host: str | None) -> str | None:
-    import docker
-
-    try:
-        return client.images.get(ref).id
-    except docker.errors.ImageNotFound:
-        return None
-    except docker.errors.APIError as exc:
-        raise ExecutorError(f"cannot inspect {ref} on {host_label(host)}: {exc}") from exc
+    image = find_image(client, ref, host)
+    return image.id if image is not None else None
 
 
 def _drop_untagged(client, image_id: str, host: str | None, sink: Sink) -> None:

@@ -10,6 +10,7 @@ says ``generated`` with the same key and its artifacts are unchanged on disk, so
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -24,17 +25,27 @@ from tinymlaas_ci import __version__
 from tinymlaas_ci.engine.executor import ExecOutcome, Executor, StageCall
 from tinymlaas_ci.engine.locks import file_lock
 from tinymlaas_ci.engine.progress import Progress
-from tinymlaas_ci.engine.volume import LOG_FILE, RunVolume, StageStatus, default_work_dir, now_iso
+from tinymlaas_ci.engine.volume import LOG_FILE, ArtifactStat, RunVolume, StageStatus, default_work_dir, now_iso
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.fs import atomic_write_json, canonical_json
+from tinymlaas_ci.fs import canonical_json
 from tinymlaas_ci.plan import Plan, PlannedRun, PlannedStage
 from tinymlaas_ci.results.build import build_result
 from tinymlaas_ci.results.io import result_path, write_result
 from tinymlaas_ci.results.models import Result
 from tinymlaas_ci.spec.repo import Repo
-from tinymlaas_ci.stages.contract import CONTRACT_SCHEMA, ERROR_FILE, OUTPUTS_FILE, STAGE_FILE
+from tinymlaas_ci.stages.contract import (
+    OUTPUTS_FILE,
+    RunRef,
+    StageConfig,
+    StageOutputs,
+    error_record,
+    read_error,
+    read_outputs,
+    write_error,
+    write_stage_config,
+)
 
-__all__ = ["DEVICE_STAGES", "PASSED_ENV", "Engine", "RunOptions", "RunOutcome", "code_digest"]
+__all__ = ["DEVICE_STAGES", "PASSED_ENV", "Engine", "RunOptions", "RunOutcome", "code_digest", "stage_modules"]
 
 DEVICE_STAGES = ("install", "infer")
 """Stages that use the device (the built-in ones, or a user's stage with one of these names):
@@ -68,21 +79,69 @@ class RunOutcome:
 
 
 _CODE_DIGEST: str | None = None
+_STAGE_ROOT = "tinymlaas_ci.stages"
+
+
+def stage_modules() -> list[str]:
+    """Every ``tinymlaas_ci`` module a stage can run: the stage modules and, transitively,
+    whatever they import, lazy imports inside functions included (read with :mod:`ast`, not
+    imported)."""
+    pkg = Path(__file__).resolve().parent.parent
+    seen: set[str] = set()
+    todo = [_STAGE_ROOT + "." + p.stem for p in sorted((pkg / "stages").glob("*.py")) if p.stem != "__init__"]
+    while todo:
+        name = todo.pop()
+        path = _module_path(pkg, name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        parent = name.rpartition(".")[0]  # importing a module runs its packages' __init__ too
+        if parent:
+            todo.append(parent)
+        todo.extend(_imports(path, name))
+    return sorted(seen)
+
+
+def _module_path(pkg: Path, name: str) -> Path | None:
+    if name != "tinymlaas_ci" and not name.startswith("tinymlaas_ci."):
+        return None
+    parts = name.split(".")[1:]
+    if not parts:
+        return pkg / "__init__.py"
+    for path in (pkg.joinpath(*parts[:-1], parts[-1] + ".py"), pkg.joinpath(*parts, "__init__.py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imports(path: Path, name: str) -> list[str]:
+    is_pkg = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                parts = name.split(".")[: len(name.split(".")) - node.level + (1 if is_pkg else 0)]
+                base = ".".join(parts + ([base] if base else []))
+            found.append(base)
+            found += [f"{base}.{alias.name}" for alias in node.names]  # "from pkg import module"
+    return [f for f in found if f == "tinymlaas_ci" or f.startswith("tinymlaas_ci.")]
 
 
 def code_digest() -> str:
     """Identity of the stage code run by the local executor: the package version plus a hash
-    of the sources stages execute, so an edited checkout never reuses stale outputs."""
+    of every module a stage can import (:func:`stage_modules`), so an edited checkout never
+    reuses stale outputs."""
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
         pkg = Path(__file__).resolve().parent.parent
         h = hashlib.sha256(__version__.encode())
-        for sub in ("stages", "ml", "sources", "devices"):
-            for path in sorted((pkg / sub).rglob("*.py")):
-                h.update(path.relative_to(pkg).as_posix().encode())
-                h.update(path.read_bytes())
-        for name in ("errors.py", "fs.py"):
-            h.update((pkg / name).read_bytes())
+        for name in stage_modules():
+            path = _module_path(pkg, name)
+            h.update(name.encode() + b"\0")
+            h.update(path.read_bytes())
         _CODE_DIGEST = "local:" + h.hexdigest()[:16]
     return _CODE_DIGEST
 
@@ -176,7 +235,7 @@ class Engine:
 
     def _execute_run(self, run: PlannedRun, volume: RunVolume) -> RunOutcome:
         device = self.repo.devices[run.device]
-        outputs: dict[str, dict[str, Any]] = {}
+        outputs: dict[str, StageOutputs] = {}
         records: list[dict[str, Any]] = []
         error: dict[str, Any] | None = None
         failed: PlannedStage | None = None
@@ -190,28 +249,30 @@ class Engine:
             records.append(record)
             if out is None:
                 failed = stage
-                err = volume.read_json(stage.name, ERROR_FILE) or {}
-                message = err.get("message") or f"exited with code {record.get('returncode')}"
-                if err.get("hint"):
-                    message += f" (hint: {err['hint']})"
+                err = read_error(volume.stage_dir(stage.name))
+                message = err.message if err else f"exited with code {record.get('returncode')}"
+                if err and err.hint:
+                    message += f" (hint: {err.hint})"
                 log_path = str(volume.stage_dir(stage.name) / LOG_FILE)
                 error = {"stage": stage.name, "message": message}
             else:
                 outputs[stage.name] = out
-        builtin = {s.builtin: outputs[s.name] for s in run.stages if s.builtin and s.name in outputs}
+        builtin = {
+            s.builtin: outputs[s.name].model_dump(mode="json", by_alias=True)
+            for s in run.stages
+            if s.builtin and s.name in outputs
+        }
         return self._finish(run, volume, builtin, records, error, log_path)
 
     def _stage(
-        self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage, outputs: dict[str, dict[str, Any]]
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        self, run: PlannedRun, device, volume: RunVolume, stage: PlannedStage, outputs: dict[str, StageOutputs]
+    ) -> tuple[dict[str, Any], StageOutputs | None]:
         opts = self.options
-        upstream = {n: outputs.get(n, {}) for n in stage.needs}
+        upstream = {n: outputs[n] for n in stage.needs if n in outputs}
         executor_name = self._executor_name(device, stage)
         call = self._call(run, device, stage, outputs)
         executor = self.executor(executor_name)
-        upstream_digests = {
-            n: {k: a.get("sha256") for k, a in (o.get("artifacts") or {}).items()} for n, o in upstream.items()
-        }
+        upstream_digests = {n: {k: a.sha256 for k, a in o.artifacts.items()} for n, o in upstream.items()}
         try:
             identity = self._identity(executor, call)
         except TinymlError as exc:  # no engine, missing image, unreachable board: this stage fails
@@ -222,7 +283,7 @@ class Engine:
 
         previous = volume.status(stage.name)
         if not opts.force and previous.status == "generated" and previous.cache_key == key:
-            out = volume.read_json(stage.name, OUTPUTS_FILE)
+            out = self._outputs(volume, stage.name)
             if out is not None and self._intact(volume, previous):
                 previous.cache_hit = True
                 self.progress.stage_finished(run.id, stage.name, "cached", None, f"key {key[:8]}")
@@ -252,18 +313,17 @@ class Engine:
     ):
         stage_dir = volume.reset_stage(stage.name)
         in_container = executor.name != "local"
-        config = {
-            "schema": CONTRACT_SCHEMA,
-            "stage": stage.name,
-            "builtin": stage.builtin,
-            "run": {"project": run.project, "name": run.name},
-            "repo": "/repo" if in_container else str(self.repo.root),
-            "params": stage.params,
-            "spec": run.spec.model_dump(mode="json", by_alias=True),
-            "device": device.model_dump(mode="json", by_alias=True),
-            "inputs": upstream,
-        }
-        atomic_write_json(stage_dir / STAGE_FILE, config)
+        config = StageConfig(
+            stage=stage.name,
+            builtin=stage.builtin,
+            run=RunRef(project=run.project, name=run.name),
+            repo="/repo" if in_container else str(self.repo.root),
+            params=stage.params,
+            spec=run.spec,
+            device=device,
+            inputs=upstream,
+        )
+        write_stage_config(stage_dir, config)
         status = StageStatus(
             stage=stage.name,
             status="running",
@@ -310,7 +370,12 @@ class Engine:
         finally:
             log_file.close()
         seconds = time.monotonic() - started
-        out = volume.read_json(stage.name, OUTPUTS_FILE) if outcome.returncode == 0 else None
+        out, bad_outputs = None, None
+        if outcome.returncode == 0:
+            try:
+                out = read_outputs(stage_dir)
+            except TinymlError as exc:
+                bad_outputs = exc
         status.finished_at = now_iso()
         status.duration_s = round(seconds, 3)
         status.returncode = outcome.returncode
@@ -322,20 +387,18 @@ class Engine:
         else:
             status.status = "failed"
             if outcome.returncode == 0:
-                self._write_error(volume, stage.name, TinymlError("the stage exited 0 but wrote no outputs.json"))
-            elif outcome.oom_killed:
-                limit = call.memory_mb
+                missing = not (stage_dir / OUTPUTS_FILE).exists()
                 self._write_error(
                     volume,
                     stage.name,
-                    TinymlError(
-                        f"killed for using more than its memory limit ({limit} MiB)"
-                        if limit
-                        else "killed: out of memory",
-                        hint="raise resources.memory_mb in the run spec or memory_mb in the device file",
+                    TinymlError("the stage exited 0 but wrote no outputs.json")
+                    if missing
+                    else TinymlError(
+                        f"the stage wrote an invalid outputs.json: {bad_outputs}",
+                        hint="see the stage contract: docs/guide/custom-stages.md",
                     ),
                 )
-            elif volume.read_json(stage.name, ERROR_FILE) is None:
+            elif read_error(stage_dir) is None:  # the executor reports an OOM kill itself
                 self._write_error(
                     volume,
                     stage.name,
@@ -347,8 +410,8 @@ class Engine:
         volume.write_status(status)
         note = ""
         if out is None:
-            err = volume.read_json(stage.name, ERROR_FILE) or {}
-            note = (err.get("message") or "").splitlines()[0][:200] if err.get("message") else ""
+            err = read_error(stage_dir)
+            note = err.message.splitlines()[0][:200] if err and err.message else ""
         self.progress.stage_finished(run.id, stage.name, status.status, seconds, note)
         return self._record_from(status, cache_hit=False), out
 
@@ -366,7 +429,7 @@ class Engine:
             return "ssh"
         return self.options.executor
 
-    def _call(self, run: PlannedRun, device, stage: PlannedStage, outputs: dict[str, dict[str, Any]]) -> StageCall:
+    def _call(self, run: PlannedRun, device, stage: PlannedStage, outputs: dict[str, StageOutputs]) -> StageCall:
         spec = run.spec
         env = {}
         if stage.network:
@@ -381,8 +444,10 @@ class Engine:
             if folder is not None:
                 image = user_image_tag(folder)  # built by 'tinymlaas images build'
         if device.kind == "docker" and stage.builtin == "infer":
-            installed = next((outputs[n] for n in stage.needs if outputs.get(n, {}).get("builtin") == "install"), {})
-            image = (installed.get("records") or {}).get("image") or image
+            installed = next(
+                (outputs[n] for n in stage.needs if n in outputs and outputs[n].builtin == "install"), None
+            )
+            image = (installed.records.get("image") if installed else None) or image
             docker_host = device.docker.host
         return StageCall(
             run_id=run.id,
@@ -395,21 +460,27 @@ class Engine:
             cpus=cpus,
             env=env,
             docker_host=docker_host,
-            ssh=device.ssh.model_dump(mode="json") if device.kind == "ssh" else None,
+            ssh=device.ssh if device.kind == "ssh" else None,
             device=device.name,
         )
 
     @staticmethod
-    def _stat_artifacts(volume: RunVolume, out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def _stat_artifacts(volume: RunVolume, out: StageOutputs) -> dict[str, ArtifactStat]:
         stats = {}
-        for art in (out.get("artifacts") or {}).values():
-            path = volume.root / art["path"]
+        for art in out.artifacts.values():
             try:
-                st = path.stat()
+                st = (volume.root / art.path).stat()
             except OSError:
                 continue
-            stats[art["path"]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": art.get("sha256")}
+            stats[art.path] = ArtifactStat(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=art.sha256)
         return stats
+
+    @staticmethod
+    def _outputs(volume: RunVolume, stage: str) -> StageOutputs | None:
+        try:
+            return read_outputs(volume.stage_dir(stage))
+        except TinymlError:
+            return None
 
     @staticmethod
     def _intact(volume: RunVolume, status: StageStatus) -> bool:
@@ -418,23 +489,13 @@ class Engine:
                 st = (volume.root / rel).stat()
             except OSError:
                 return False
-            if st.st_size != recorded.get("size") or st.st_mtime_ns != recorded.get("mtime_ns"):
+            if st.st_size != recorded.size or st.st_mtime_ns != recorded.mtime_ns:
                 return False
         return True
 
     @staticmethod
     def _write_error(volume: RunVolume, stage: str, exc: TinymlError) -> None:
-        volume.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            volume.stage_dir(stage) / ERROR_FILE,
-            {
-                "schema": CONTRACT_SCHEMA,
-                "stage": stage,
-                "type": type(exc).__name__,
-                "message": exc.message,
-                "hint": exc.hint,
-            },
-        )
+        write_error(volume.stage_dir(stage), error_record(stage, exc))
 
     def _record(self, volume: RunVolume, stage: PlannedStage, status: str) -> dict[str, Any]:
         st = volume.status(stage.name)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import atomic_write_json, is_within
 
-__all__ = ["LOG_FILE", "STATUS_FILE", "RunVolume", "StageStatus", "default_work_dir", "now_iso"]
+__all__ = ["LOG_FILE", "STATUS_FILE", "ArtifactStat", "RunVolume", "StageStatus", "default_work_dir", "now_iso"]
 
 STATUS_FILE = "status.json"
 LOG_FILE = "log.txt"
@@ -35,28 +36,43 @@ def default_work_dir(repo_root: Path) -> Path:
     return Path(env).resolve() if env else repo_root / ".tinymlaas" / "work"
 
 
-@dataclass
-class StageStatus:
+class ArtifactStat(BaseModel):
+    """What an output file looked like when its stage finished."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+
+class StageStatus(BaseModel):
+    """``status.json`` of a stage: written and read by the engine only (:meth:`RunVolume.status`,
+    :meth:`RunVolume.write_status`); ``tinymlaas run --status`` shows it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    schema_: Literal[1] = Field(default=1, alias="schema")
+    """Version of this file format."""
     stage: str
+    """The stage's name in the pipeline."""
     status: Status = "pending"
+    """``pending`` -> ``running`` -> ``generated`` or ``failed``."""
     started_at: str | None = None
     finished_at: str | None = None
     duration_s: float | None = None
     cache_key: str | None = None
+    """The key the outputs were produced under; equal key and intact artifacts mean a cache hit."""
     cache_hit: bool = False
     executor: str | None = None
     image: str | None = None
     image_digest: str | None = None
     returncode: int | None = None
     pid: int | None = None
-    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """path -> {size, mtime_ns, sha256} of the outputs when the stage finished: a cheap stat
+    """The runner process that ran the stage (a ``running`` stage whose runner is gone crashed)."""
+    artifacts: dict[str, ArtifactStat] = Field(default_factory=dict)
+    """path -> size, mtime and sha256 of the outputs when the stage finished: a cheap stat
     check tells whether they are still what the stage produced."""
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageStatus:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 class RunVolume:
@@ -80,12 +96,12 @@ class RunVolume:
     def status(self, stage: str) -> StageStatus:
         path = self.stage_dir(stage) / STATUS_FILE
         try:
-            return StageStatus.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return StageStatus(stage=stage)
+            return StageStatus.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError, ValidationError):
+            return StageStatus(stage=stage)  # none yet, or unreadable: the stage runs again
 
     def write_status(self, status: StageStatus) -> None:
-        atomic_write_json(self.stage_dir(status.stage) / STATUS_FILE, asdict(status))
+        atomic_write_json(self.stage_dir(status.stage) / STATUS_FILE, status.model_dump(mode="json", by_alias=True))
 
     def reset_stage(self, stage: str) -> Path:
         """Empty a stage's folder before it runs, so nothing half-written survives a crash."""

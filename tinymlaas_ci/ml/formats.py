@@ -1,4 +1,4 @@
-"""Model formats: detect, load into torch, export to ONNX, check ONNX.
+"""Model formats: load into torch, export to ONNX, check ONNX (detection: :mod:`.model_format`).
 
 Supported inputs (``model.format`` in a run spec):
 
@@ -19,7 +19,6 @@ import logging
 import os
 import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
-    "FORMATS",
-    "TORCH_FORMATS",
     "check_onnx",
     "count_onnx_parameters",
     "count_parameters",
-    "detect_format",
     "export_onnx",
     "load_torch_model",
     "onnx_input_shape",
@@ -46,62 +42,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("pytorch", "torchscript", "exported-program", "onnx")
-TORCH_FORMATS = ("pytorch", "torchscript", "exported-program")
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset: no version conversion
-_PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin"}
-
-
-def detect_format(path: str | os.PathLike, declared: str = "auto") -> str:
-    """The format of the model file at ``path``: one of :data:`FORMATS`.
-
-    ``declared`` (the run spec's ``model.format``) wins unless it is ``auto``; then the
-    extension and the file's content decide (a torch zip archive is told apart by its members).
-    """
-    declared = getattr(declared, "value", declared) or "auto"
-    path = Path(path)
-    if declared != "auto":
-        if declared not in FORMATS:
-            raise TinymlError(
-                f"unknown model format {declared!r}",
-                hint=f"use one of: auto, {', '.join(FORMATS)}",
-            )
-        return declared
-    if not path.is_file():
-        raise TinymlError(f"model file {path} does not exist", hint="check the fetch stage's outputs")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-        parts = {p for n in names for p in n.split("/")[1:2]}
-        if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names) or suffix == ".pt2":
-            return "exported-program"
-        if "code" in parts and any(n.endswith("constants.pkl") for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "pytorch"
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" and suffix in _PICKLE_SUFFIXES | {""}:
-        return "pytorch"  # a legacy (non-zip) torch.save or plain pickle
-    if _looks_like_onnx(path):
-        return "onnx"
-    raise TinymlError(
-        f"cannot tell the format of {path.name}: not a torch archive, pickle, or ONNX file",
-        hint="set model.format in the run spec (pytorch, torchscript, exported-program, onnx)",
-    )
-
-
-def _looks_like_onnx(path: Path) -> bool:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    return len(model.graph.node) > 0
 
 
 def _warn_unsandboxed(path: Path) -> None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import platform
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.hostinfo import arch, cpu_info, memory_mb
+from tinymlaas_ci.spec.models import DeviceSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -28,6 +30,7 @@ __all__ = [
     "device_record",
     "eval_split",
     "evaluate",
+    "gzip_size",
     "measure_latency",
     "peak_memory_mb",
     "percentile",
@@ -170,17 +173,23 @@ def peak_memory_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def device_record(device: Mapping[str, Any]) -> dict[str, Any]:
-    """A dict fitting ``results.models.DeviceRecord``: the device spec plus what this machine reports."""
+def gzip_size(path: str | os.PathLike) -> int:
+    """Bytes of the file after ``gzip -9`` (fixed mtime, so it is deterministic)."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
+
+
+def device_record(device: DeviceSpec | None = None) -> dict[str, Any]:
+    """A dict fitting ``results.models.DeviceRecord``: the device spec (None: this machine, as
+    an unnamed local device) plus what this machine reports."""
     info = cpu_info()
     return {
-        "name": device.get("name") or "host",
-        "kind": device.get("kind") or "local",
-        "arch": device.get("arch") or arch(),
+        "name": (device.name if device else None) or "host",
+        "kind": device.kind if device else "local",
+        "arch": device.arch if device else arch(),
         "cpu_model": info["cpu_model"],
         "isa_flags": info["isa_flags"],
         "cpu_count": info["cpu_count"],
-        "memory_mb": device.get("memory_mb") or memory_mb(),
+        "memory_mb": (device.memory_mb if device else None) or memory_mb(),
         "os": f"{platform.system()} {platform.release()}",
     }
 

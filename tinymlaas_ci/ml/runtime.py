@@ -18,7 +18,7 @@ from tinymlaas_ci.errors import TinymlError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["RUNTIMES", "Session", "load_session", "runtime_for", "runtime_version"]
+__all__ = ["RUNTIMES", "Session", "load_session", "runtime_for"]
 
 RUNTIMES = ("onnxruntime", "pytorch")
 
@@ -55,19 +55,6 @@ def runtime_for(path: str | os.PathLike) -> str:
     if suffix in (".pt", ".pth", ".ts"):
         return "pytorch"
     raise TinymlError(f"no runtime runs {Path(path).name}", hint="deploy a .onnx or TorchScript .pt file")
-
-
-def runtime_version(runtime: str) -> str:
-    """Installed version of ``runtime``."""
-    if runtime == "onnxruntime":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    if runtime == "pytorch":
-        import torch
-
-        return torch.__version__
-    raise TinymlError(f"unknown runtime {runtime!r}", hint=f"use one of {', '.join(RUNTIMES)}")
 
 
 def load_session(path: str | os.PathLike, runtime: str | None = None, *, threads: int = 1) -> Session:

@@ -241,7 +241,13 @@ def _extract_zip(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
     return len(names), total, names
 
 
-def _tar_check(limits: _Limits, member: tarfile.TarInfo) -> PurePosixPath | None:
+# tarfile's own "data" extraction filter (Python 3.12, and 3.11.4+ / 3.10.12+ backports): it
+# knows every way a member can point outside the destination. Our checks run first, so the
+# messages stay ours; the filter is a second opinion from the standard library.
+_DATA_FILTER = getattr(tarfile, "data_filter", None)
+
+
+def _tar_check(limits: _Limits, member: tarfile.TarInfo, root: Path) -> PurePosixPath | None:
     rel = _safe_name(limits, member.name)
     if member.issym():
         raise limits.refuse(member.name, f"is a symbolic link (to {member.linkname!r}); links are not extracted")
@@ -256,6 +262,11 @@ def _tar_check(limits: _Limits, member: tarfile.TarInfo) -> PurePosixPath | None
             member.name,
             f"has an unsupported type ({member.type!r}); only regular files are extracted",
         )
+    if _DATA_FILTER is not None:
+        try:
+            _DATA_FILTER(member, str(root))
+        except tarfile.FilterError as exc:
+            raise limits.refuse(member.name, f"is refused by tarfile's data filter: {exc}") from exc
     return rel
 
 
@@ -273,7 +284,7 @@ def _extract_tar(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
     declared = 0
     for count, (_, member) in enumerate(_tar_iter(limits), start=1):
         limits.check_count(count, member.name)
-        rel = _tar_check(limits, member)
+        rel = _tar_check(limits, member, root)
         if member.isreg() and rel is not None:
             declared += member.size
             limits.check_total(declared, member.name, declared=True)
@@ -281,7 +292,7 @@ def _extract_tar(limits: _Limits, root: Path) -> tuple[int, int, list[str]]:
     total = 0
     names: list[str] = []
     for tf, member in _tar_iter(limits):
-        rel = _tar_check(limits, member)
+        rel = _tar_check(limits, member, root)
         if not member.isreg() or rel is None:
             continue
         src = tf.extractfile(member)

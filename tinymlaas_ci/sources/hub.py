@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import huggingface_hub
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import errors as hf_errors
 
@@ -35,7 +34,6 @@ __all__ = [
     "download_snapshot",
     "hub_endpoint",
     "hub_token",
-    "hub_version",
     "list_repo_files",
     "resolve_revision",
 ]
@@ -70,11 +68,6 @@ class HubSnapshot:
     sha256: str = ""
     """sha256 over the sorted ``path\\0sha256`` lines of the downloaded files."""
     bytes: int = 0
-
-
-def hub_version() -> str:
-    """Version of the ``huggingface_hub`` client in use (recorded in results)."""
-    return huggingface_hub.__version__
 
 
 def hub_token() -> str | None:

@@ -15,50 +15,46 @@ import sys
 from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.spec.models import Quantization
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
 __all__ = ["main", "run"]
-
-
-def _dataset_artifact(ctx: StageContext) -> dict[str, Any] | None:
-    artifacts = ctx.upstream("fetch").get("artifacts", {})
-    return artifacts.get("dataset")
 
 
 def run(ctx: StageContext) -> None:
     """Compile the model of ``ctx``'s run; see the module docstring for inputs and outputs."""
     from tinymlaas_ci.ml import compress, measure
 
-    spec = ctx.spec
-    model_spec = spec.get("model") or {}
-    compression = spec.get("compression") or {}
-    runtime = spec.get("runtime") or "onnxruntime"
+    run = ctx.run
+    compression = run.compression
     fetch = ctx.upstream("fetch")
     model_path = ctx.input_path("fetch", "model")
-    declared = model_spec.get("format") or "auto"
-    fmt = declared if declared != "auto" else (fetch.get("records", {}).get("model", {}).get("format") or "auto")
+    # What fetch detected, unless the spec declares a format; compile_model checks it again.
+    fmt = run.model.format.value
+    if fmt == "auto":
+        fmt = (fetch.records.get("model") or {}).get("format") or "auto"
 
     data: dict[str, Any] = {}
-    dataset = _dataset_artifact(ctx)
+    dataset = fetch.artifacts.get("dataset")
     if dataset is not None:
         data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
-    elif compression.get("quantization") == "static-int8" or compression.get("pruning"):
+    elif compression.quantization is Quantization.static_int8 or compression.pruning:
         raise TinymlError(
             "this compression needs the dataset, but the fetch stage produced none",
             hint="give the run a dataset, or use quantization none / dynamic-int8 / fp16 without pruning",
         )
 
     ctx.log(
-        f"compiling {model_path.name} for {runtime}: quantization {compression.get('quantization', 'none')}"
-        + (f", pruning {compression['pruning'].get('sparsity')}" if compression.get("pruning") else "")
+        f"compiling {model_path.name} for {run.runtime.value}: quantization {compression.quantization.value}"
+        + (f", pruning {compression.pruning.sparsity}" if compression.pruning else "")
     )
     outcome = compress.compile_model(
         model_path,
         ctx.path("model.onnx").parent,
         compression=compression,
-        runtime=runtime,
+        runtime=run.runtime,
         fmt=fmt,
-        input_shape=model_spec.get("input_shape"),
+        input_shape=run.model.input_shape,
         data=data,
         progress=ctx.log,
     )
@@ -77,7 +73,7 @@ def run(ctx: StageContext) -> None:
         source_format=outcome.source_format,
         export=outcome.details.get("export"),
         labels=list(data.get("labels", [])) or None,
-        dataset=dataset,
+        dataset=dataset.model_dump() if dataset is not None else None,
     )
 
 

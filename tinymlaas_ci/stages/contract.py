@@ -24,6 +24,12 @@ The same for the local executor, for Docker, and for stages users write themselv
      "metrics": {...}, "records": {...}}
 
 Artifact paths are relative to the run volume, so they mean the same in every executor.
+
+Each file has one pydantic model here (:class:`StageConfig`, :class:`StageOutputs`,
+:class:`ErrorRecord`) and one reader and one writer; a built-in stage sees its run as the
+typed :class:`~tinymlaas_ci.spec.models.RunSpec` (``ctx.run``) and its device as the device
+model (``ctx.device``), so no stage restates a default. Stages of users' own may read the same
+files as plain JSON.
 This module imports nothing heavy: stages import torch or onnxruntime themselves, lazily.
 """
 
@@ -37,27 +43,206 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import atomic_write_json, is_within, sha256_file
+from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, RunSpec, SshDevice
 
-__all__ = ["CONTRACT_SCHEMA", "ERROR_FILE", "OUTPUTS_FILE", "STAGE_FILE", "StageContext", "stage_main"]
+__all__ = [
+    "CONTRACT_SCHEMA",
+    "ERROR_FILE",
+    "OUTPUTS_FILE",
+    "STAGE_FILE",
+    "Artifact",
+    "ErrorRecord",
+    "RunRef",
+    "StageConfig",
+    "StageContext",
+    "StageOutputs",
+    "error_record",
+    "read_error",
+    "read_outputs",
+    "read_stage_config",
+    "stage_main",
+    "write_error",
+    "write_outputs",
+    "write_stage_config",
+]
 
 CONTRACT_SCHEMA = 1
 STAGE_FILE = "stage.json"
 OUTPUTS_FILE = "outputs.json"
 ERROR_FILE = "error.json"
 
+Device = LocalDevice | DockerDevice | SshDevice
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Artifact(_File):
+    """A file a stage produced. The path is relative to the run volume, so it means the same
+    in every executor."""
+
+    path: str
+    """Path relative to the run volume, e.g. ``compile/model.onnx``."""
+    sha256: str
+    """sha256 of the file's bytes."""
+    bytes: int = Field(ge=0)
+    """Size of the file."""
+
+
+class StageOutputs(_File):
+    """``outputs.json``: written by a stage that succeeded, read by the engine (cache, result)
+    and, through ``stage.json``'s ``inputs``, by the stages that need it."""
+
+    schema_: Literal[1] = Field(default=CONTRACT_SCHEMA, alias="schema")
+    """Version of this file format."""
+    stage: str
+    """The stage's name in the pipeline."""
+    builtin: str | None = None
+    """``fetch``/``compile``/``install``/``infer`` for a built-in stage, else None."""
+    artifacts: dict[str, Artifact] = Field(default_factory=dict)
+    """Files the stage produced, by key (``model``, ``dataset``, ``bundle``...)."""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    """Measurements (the infer stage's fit :class:`tinymlaas_ci.results.models.Metrics`)."""
+    records: dict[str, Any] = Field(default_factory=dict)
+    """Facts for the result and for later stages (what was fetched, how it was compressed...)."""
+
+
+class ErrorRecord(_File):
+    """``error.json``: why a stage failed. Written by the stage (or, when the stage could not,
+    by the executor or the engine); read by the engine for the run's error and its log line.
+    Only ``message`` is required, so a stage of one's own can write just that (and a hint)."""
+
+    schema_: Literal[1] = Field(default=CONTRACT_SCHEMA, alias="schema")
+    """Version of this file format."""
+    stage: str | None = None
+    """The stage's name in the pipeline."""
+    type: str | None = None
+    """The exception type (``OutOfMemory`` for a stage the kernel killed)."""
+    message: str
+    """What failed."""
+    hint: str | None = None
+    """What to do about it."""
+    traceback: str | None = None
+    """The end of the traceback of an unexpected exception."""
+
+
+class RunRef(_File):
+    """Which run a stage belongs to."""
+
+    project: str
+    name: str
+
+
+class StageConfig(_File):
+    """``stage.json``: written by the engine before a stage runs, read by the stage.
+
+    User stages may read it as plain JSON; its shape is the contract (see the module docstring).
+    """
+
+    schema_: Literal[1] = Field(default=CONTRACT_SCHEMA, alias="schema")
+    """Version of this file format."""
+    stage: str
+    """The stage's name in the pipeline (its folder in the run volume)."""
+    builtin: str | None = None
+    """Which built-in stage this is, or None for a user's own."""
+    run: RunRef
+    """The run's project and name."""
+    repo: str = "."
+    """The repository root as the stage sees it (``/repo`` in a container)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """The stage's parameters from the pipeline."""
+    spec: RunSpec
+    """The expanded run spec, every default filled in."""
+    device: DeviceSpec
+    """The device spec."""
+    inputs: dict[str, StageOutputs] = Field(default_factory=dict)
+    """The outputs of the stages this one needs, by stage name."""
+
+
+def _write(path: Path, model: BaseModel, *, exclude_none: bool = False) -> None:
+    atomic_write_json(path, model.model_dump(mode="json", by_alias=True, exclude_none=exclude_none))
+
+
+def _read(path: Path, model: type[_M]) -> _M:
+    try:
+        return model.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:  # ValidationError is a ValueError
+        raise TinymlError(f"cannot read {path}: {_short(exc)}", hint="re-run the stage that writes it") from exc
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
+    return str(exc)
+
+
+def write_stage_config(stage_dir: Path, config: StageConfig) -> None:
+    """Write ``stage.json`` (the engine does, before the stage runs)."""
+    _write(stage_dir / STAGE_FILE, config)
+
+
+def read_stage_config(stage_dir: Path) -> StageConfig:
+    """Read ``stage.json`` (a stage does, first thing)."""
+    return _read(stage_dir / STAGE_FILE, StageConfig)
+
+
+def write_outputs(stage_dir: Path, outputs: StageOutputs) -> None:
+    """Write ``outputs.json`` (a stage that succeeded does, last thing)."""
+    _write(stage_dir / OUTPUTS_FILE, outputs)
+
+
+def read_outputs(stage_dir: Path) -> StageOutputs:
+    """Read ``outputs.json``; raises :class:`TinymlError` when it is missing or malformed."""
+    return _read(stage_dir / OUTPUTS_FILE, StageOutputs)
+
+
+def write_error(stage_dir: Path, record: ErrorRecord) -> None:
+    """Write ``error.json``. Best effort: a stage that cannot write it still fails by its exit code."""
+    try:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _write(stage_dir / ERROR_FILE, record, exclude_none=True)
+    except OSError:
+        pass
+
+
+def read_error(stage_dir: Path) -> ErrorRecord | None:
+    """Read ``error.json``, or None when there is none (or it is not one)."""
+    try:
+        return _read(stage_dir / ERROR_FILE, ErrorRecord)
+    except TinymlError:
+        return None
+
+
+def error_record(stage: str, exc: BaseException, *, type_: str | None = None) -> ErrorRecord:
+    """The error record of ``exc``: a :class:`TinymlError` says what and how to fix it; anything
+    else also keeps the end of its traceback."""
+    return ErrorRecord(
+        stage=stage,
+        type=type_ or type(exc).__name__,
+        message=getattr(exc, "message", None) or str(exc) or type(exc).__name__,
+        hint=getattr(exc, "hint", None),
+        traceback=None if isinstance(exc, TinymlError) else "".join(traceback.format_exception(exc))[-4000:],
+    )
+
 
 @dataclass
 class StageContext:
-    """What a stage gets: its folder, parameters and upstream outputs."""
+    """What a stage gets: its folder, its typed ``stage.json`` and what it records."""
 
     volume: Path
     name: str
-    config: dict[str, Any]
-    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config: StageConfig
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
 
@@ -66,42 +251,55 @@ class StageContext:
         return self.volume / self.name
 
     @property
+    def run(self) -> RunSpec:
+        """The run spec, with every default filled in (``ctx.run.measure.warmup``...)."""
+        return self.config.spec
+
+    @property
+    def device(self) -> Device:
+        """The device spec (``LocalDevice``, ``DockerDevice`` or ``SshDevice``)."""
+        return self.config.device
+
+    @property
     def params(self) -> dict[str, Any]:
-        return self.config.get("params", {})
+        return self.config.params
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return self.config.get("spec", {})
+    def inputs(self) -> dict[str, StageOutputs]:
+        return self.config.inputs
 
     @property
-    def device(self) -> dict[str, Any]:
-        return self.config.get("device", {})
+    def repo(self) -> Path:
+        """The repository root."""
+        return Path(self.config.repo).resolve()
 
-    @property
-    def inputs(self) -> dict[str, dict[str, Any]]:
-        return self.config.get("inputs", {})
+    def has_upstream(self, builtin: str) -> bool:
+        """Whether the pipeline gives this stage the outputs of a ``builtin`` stage."""
+        return any(name == builtin or out.builtin == builtin for name, out in self.inputs.items())
 
-    def upstream(self, builtin: str) -> dict[str, Any]:
+    def upstream(self, builtin: str) -> StageOutputs:
         """Outputs of the upstream stage that is (or is named) ``builtin``."""
         for name, outputs in self.inputs.items():
-            if name == builtin or outputs.get("builtin") == builtin:
+            if name == builtin or outputs.builtin == builtin:
                 return outputs
         raise TinymlError(
             f"stage {self.name!r} needs the outputs of a {builtin!r} stage, but none was given",
             hint="check the pipeline's 'needs'",
         )
 
-    def input_path(self, builtin: str, artifact: str) -> Path:
-        """Path of an upstream artifact, checked to lie inside the run volume."""
-        outputs = self.upstream(builtin)
-        try:
-            rel = outputs["artifacts"][artifact]["path"]
-        except KeyError:
-            raise TinymlError(f"upstream stage {builtin!r} produced no artifact {artifact!r}") from None
+    def volume_path(self, rel: str) -> Path:
+        """A path named relative to the run volume, checked to lie inside it."""
         path = self.volume / rel
         if not is_within(path, self.volume):
             raise TinymlError(f"artifact path {rel!r} escapes the run volume")
         return path
+
+    def input_path(self, builtin: str, artifact: str) -> Path:
+        """Path of an upstream artifact, checked to lie inside the run volume."""
+        art = self.upstream(builtin).artifacts.get(artifact)
+        if art is None:
+            raise TinymlError(f"upstream stage {builtin!r} produced no artifact {artifact!r}")
+        return self.volume_path(art.path)
 
     def path(self, *parts: str) -> Path:
         """A path inside this stage's own folder (the only place it may write)."""
@@ -111,47 +309,30 @@ class StageContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def add_artifact(self, key: str, path: Path) -> dict[str, Any]:
+    def add_artifact(self, key: str, path: Path) -> Artifact:
         """Record a file this stage wrote as an output artifact (with its sha256 and size)."""
         path = Path(path)
         if not is_within(path, self.dir):
             raise TinymlError(f"artifact {path} is outside the stage folder {self.dir}")
-        record = {
-            "path": path.resolve().relative_to(self.volume.resolve()).as_posix(),
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-        }
+        record = Artifact(
+            path=path.resolve().relative_to(self.volume.resolve()).as_posix(),
+            sha256=sha256_file(path),
+            bytes=path.stat().st_size,
+        )
         self.artifacts[key] = record
         return record
 
     def log(self, message: str) -> None:
         print(f"[{self.name}] {message}", flush=True)
 
-    def outputs(self) -> dict[str, Any]:
-        return {
-            "schema": CONTRACT_SCHEMA,
-            "stage": self.name,
-            "builtin": self.config.get("builtin"),
-            "artifacts": self.artifacts,
-            "metrics": self.metrics,
-            "records": self.records,
-        }
-
-
-def _write_error(stage_dir: Path, name: str, exc: BaseException) -> None:
-    record = {
-        "schema": CONTRACT_SCHEMA,
-        "stage": name,
-        "type": type(exc).__name__,
-        "message": getattr(exc, "message", None) or str(exc) or type(exc).__name__,
-        "hint": getattr(exc, "hint", None),
-    }
-    if not isinstance(exc, TinymlError):
-        record["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
-    try:
-        atomic_write_json(stage_dir / ERROR_FILE, record)
-    except OSError:
-        pass
+    def outputs(self) -> StageOutputs:
+        return StageOutputs(
+            stage=self.name,
+            builtin=self.config.builtin,
+            artifacts=self.artifacts,
+            metrics=self.metrics,
+            records=self.records,
+        )
 
 
 def stage_main(builtin: str, body: Callable[[StageContext], None], argv: list[str] | None = None) -> int:
@@ -163,21 +344,20 @@ def stage_main(builtin: str, body: Callable[[StageContext], None], argv: list[st
     volume = args.volume.resolve()
     stage_dir = volume / args.name
     try:
-        config = json.loads((stage_dir / STAGE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read {stage_dir / STAGE_FILE}: {exc}", file=sys.stderr)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        _write_error(stage_dir, args.name, exc)
+        config = read_stage_config(stage_dir)
+    except TinymlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        write_error(stage_dir, error_record(args.name, exc))
         return 2
     ctx = StageContext(volume=volume, name=args.name, config=config)
     started = time.perf_counter()
     try:
         body(ctx)
-        atomic_write_json(stage_dir / OUTPUTS_FILE, ctx.outputs())
+        write_outputs(stage_dir, ctx.outputs())
     except BaseException as exc:  # the contract: every failure leaves error.json
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        _write_error(stage_dir, args.name, exc)
+        write_error(stage_dir, error_record(args.name, exc))
         if isinstance(exc, TinymlError):
             print(f"error: {exc}", file=sys.stderr)
         else:

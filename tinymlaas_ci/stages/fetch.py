@@ -17,53 +17,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tinymlaas_ci.errors import SourceError
 from tinymlaas_ci.fs import is_within
+from tinymlaas_ci.ml.model_format import detect_model_format
+from tinymlaas_ci.spec.models import DatasetSource, ModelSource
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["detect_model_format", "main", "run_fetch"]
-
-_MODEL_EXTENSIONS = {
-    ".onnx": "onnx",
-    ".pt2": "exported-program",
-    ".pkl": "pytorch",
-    ".pt": "pytorch",
-    ".pth": "pytorch",
-}
-
-
-def detect_model_format(path: str | os.PathLike, declared: str | None = "auto") -> str:
-    """The model format: ``declared`` unless it is ``auto``, else decided from the extension
-    (and, for ``.pt``/``.pth``/``.pkl``, whether the file is a TorchScript zip)."""
-    if declared and declared != "auto":
-        return declared
-    path = Path(path)
-    suffix = path.suffix.lower()
-    fmt = _MODEL_EXTENSIONS.get(suffix)
-    if fmt is None:
-        raise SourceError(
-            f"cannot tell the format of model file {path.name!r} from its extension",
-            source=str(path.name),
-            hint="set model.format to one of pytorch, torchscript, exported-program, onnx "
-            "(or use .onnx, .pt2, .pt, .pth, .pkl)",
-        )
-    if fmt == "pytorch" and zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile:
-            return fmt
-        # torch.jit.save writes constants.pkl and the generated code/; torch.save does not.
-        if any(
-            n.endswith("/constants.pkl") or n == "constants.pkl" or "/code/" in n or n.startswith("code/")
-            for n in names
-        ):
-            return "torchscript"
-    return fmt
+__all__ = ["main", "run_fetch"]
 
 
 def _reset(path: Path) -> None:
@@ -101,15 +64,14 @@ def _prepare_hub_env(ctx: StageContext) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> dict[str, Any]:
+def _fetch_model(ctx: StageContext, repo_root: Path, model: ModelSource) -> dict[str, Any]:
     from tinymlaas_ci.sources.uploads import resolve_upload
 
     model_dir = ctx.path("model")
     _reset(model_dir)
     model_dir.mkdir(parents=True)
-    if model.get("upload"):
-        rel = model["upload"]
-        upload = resolve_upload(repo_root, rel)
+    if model.upload:
+        upload = resolve_upload(repo_root, model.upload)
         dest = model_dir / PurePosixPath(upload.rel).name
         _copy(upload.path, dest)
         ctx.log(f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})")
@@ -129,7 +91,7 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
             "path": upload.rel,
             "sha256": upload.sha256,
             "bytes": upload.bytes,
-            "format": detect_model_format(dest, model.get("format")),
+            "format": detect_model_format(dest, model.format),
         }
         if support:
             record["support_files"] = support
@@ -137,11 +99,7 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
         _prepare_hub_env(ctx)
         from tinymlaas_ci.sources.hub import download_file
 
-        repo, file, revision = (
-            model["huggingface"],
-            model.get("file"),
-            model.get("revision") or "main",
-        )
+        repo, file, revision = model.huggingface, model.file, model.revision
         if not file:
             raise SourceError(
                 f"model from Hugging Face repo {repo!r} names no file",
@@ -168,7 +126,7 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
             "file": file,
             "sha256": got.sha256,
             "bytes": got.bytes,
-            "format": detect_model_format(dest, model.get("format")),
+            "format": detect_model_format(dest, model.format),
         }
     ctx.add_artifact("model", dest)
     ctx.log(f"model: format {record['format']}")
@@ -176,7 +134,7 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: dict[str, Any]) -> d
 
 
 def _fetch_dataset(
-    ctx: StageContext, repo_root: Path, dataset: dict[str, Any], sample_shape: list[int] | None
+    ctx: StageContext, repo_root: Path, dataset: DatasetSource, sample_shape: list[int] | None
 ) -> dict[str, Any]:
     from tinymlaas_ci.ml.datasets import canonical_split, convert_dataset
     from tinymlaas_ci.sources.archives import extract_archive, is_archive
@@ -185,8 +143,8 @@ def _fetch_dataset(
     data_dir = ctx.path("dataset")
     _reset(data_dir)
     data_dir.mkdir(parents=True)
-    if dataset.get("upload"):
-        upload = resolve_upload(repo_root, dataset["upload"])
+    if dataset.upload:
+        upload = resolve_upload(repo_root, dataset.upload)
         name = PurePosixPath(upload.rel).name
         if is_archive(name):
             extracted = extract_archive(upload.path, data_dir)
@@ -205,7 +163,7 @@ def _fetch_dataset(
         _prepare_hub_env(ctx)
         from tinymlaas_ci.sources.hub import download_snapshot
 
-        repo, revision = dataset["huggingface"], dataset.get("revision") or "main"
+        repo, revision = dataset.huggingface, dataset.revision
         snap = download_snapshot(repo, data_dir, revision=revision, repo_type="dataset")
         shutil.rmtree(data_dir / ".cache", ignore_errors=True)  # the client's bookkeeping
         ctx.log(
@@ -223,13 +181,13 @@ def _fetch_dataset(
     summary = convert_dataset(
         data_dir,
         npz,
-        format=dataset.get("format") or "auto",
-        image_column=dataset.get("image_column") or "image",
-        label_column=dataset.get("label_column") or "label",
+        format=dataset.format.value,
+        image_column=dataset.image_column,
+        label_column=dataset.label_column,
         sample_shape=sample_shape,
         log=lambda m: ctx.log(f"dataset: {m}"),
     )
-    eval_split = canonical_split(dataset.get("split") or "test")
+    eval_split = canonical_split(dataset.split)
     if summary.splits.get(eval_split, 0) == 0:
         found = ", ".join(f"{s} ({n})" for s, n in summary.splits.items() if n) or "none"
         raise SourceError(
@@ -253,17 +211,9 @@ def _fetch_dataset(
 
 
 def run_fetch(ctx: StageContext) -> None:
-    """The stage body: fetch the model and the dataset named by ``ctx.spec``."""
-    spec = ctx.spec
-    if "model" not in spec or "dataset" not in spec:
-        raise SourceError(
-            "stage.json has no spec.model or spec.dataset",
-            hint="the engine writes stage.json; re-plan the run",
-        )
-    repo_root = Path(ctx.config.get("repo") or ".").resolve()
-    model_spec = spec["model"]
-    model = _fetch_model(ctx, repo_root, model_spec)
-    dataset = _fetch_dataset(ctx, repo_root, spec["dataset"], model_spec.get("input_shape"))
+    """The stage body: fetch the model and the dataset named by the run spec."""
+    model = _fetch_model(ctx, ctx.repo, ctx.run.model)
+    dataset = _fetch_dataset(ctx, ctx.repo, ctx.run.dataset, ctx.run.model.input_shape)
     shutil.rmtree(ctx.dir / ".hf-home", ignore_errors=True)
     ctx.records.update({"model": model, "dataset": dataset, "tools": _tool_versions()})
     ctx.metrics.update({"model_bytes": model["bytes"], "dataset_samples": sum(dataset["splits"].values())})

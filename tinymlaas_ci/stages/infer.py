@@ -14,29 +14,22 @@ Metrics: a ``results.models.Metrics`` dict. Records: ``device`` (``DeviceRecord`
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.spec.models import Measure
+from tinymlaas_ci.stages.bundle import BundleManifest, read_manifest
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
 __all__ = ["main", "measure_bundle", "run"]
 
 
-def _read_manifest(ctx: StageContext) -> tuple[Path, dict[str, Any]]:
-    path = ctx.input_path("install", "bundle")
-    try:
-        return path.parent, json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TinymlError(f"cannot read the install bundle's manifest: {exc}", hint="re-run the install stage") from exc
-
-
 def measure_bundle(
     bundle: Path,
-    manifest: dict[str, Any],
-    measure_spec: dict[str, Any],
+    manifest: BundleManifest,
+    how: Measure,
     *,
     data: dict[str, Any] | None = None,
     split: str | None = None,
@@ -48,21 +41,20 @@ def measure_bundle(
     """
     import numpy as np
 
-    from tinymlaas_ci.ml import compress, measure
+    from tinymlaas_ci.ml import measure
     from tinymlaas_ci.ml.runtime import load_session
 
-    split = split or manifest.get("eval_split") or "test"
+    split = split or manifest.eval_split
     if data is None:
-        with np.load(bundle / manifest.get("data", "eval.npz"), allow_pickle=False) as npz:
+        with np.load(bundle / manifest.data, allow_pickle=False) as npz:
             data = {f"x_{split}": npz["x"], f"y_{split}": npz["y"], "labels": [str(v) for v in npz["labels"]]}
     x, y = measure.eval_split(data, split)
-    labels = list(data.get("labels") or manifest.get("labels") or [])
+    labels = list(data.get("labels") or manifest.labels)
     num_classes = len(labels) or int(y.max()) + 1
-    threads = int(measure_spec.get("threads", 1))
-    batch_size = int(measure_spec.get("batch_size", 1))
+    batch_size = how.batch_size
 
-    model_path = bundle / manifest["model"]
-    session = load_session(model_path, manifest.get("runtime"), threads=threads)
+    model_path = bundle / manifest.model
+    session = load_session(model_path, manifest.runtime.value, threads=how.threads)
     log(f"loaded {model_path.name} into {session.runtime} {session.version} in {session.load_time_ms:.1f} ms")
     if session.fixed_batch and session.fixed_batch != batch_size:
         raise TinymlError(
@@ -76,11 +68,7 @@ def measure_bundle(
     reps = -(-batch_size // len(x))
     batch = np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size])
     latency = measure.measure_latency(
-        session.run,
-        batch,
-        warmup=int(measure_spec.get("warmup", 20)),
-        min_iterations=int(measure_spec.get("min_iterations", 200)),
-        min_seconds=float(measure_spec.get("min_seconds", 1.0)),
+        session.run, batch, warmup=how.warmup, min_iterations=how.min_iterations, min_seconds=how.min_seconds
     )
     log(
         f"latency p50 {latency['p50']:.4f} ms, p99 {latency['p99']:.4f} ms over {latency['iterations']} "
@@ -88,8 +76,8 @@ def measure_bundle(
     )
     peak = measure.peak_memory_mb()
 
-    baseline_path = bundle / manifest["baseline"]
-    base_session = load_session(baseline_path, "onnxruntime", threads=threads)
+    baseline_path = bundle / manifest.baseline
+    base_session = load_session(baseline_path, "onnxruntime", threads=how.threads)
     base = measure.evaluate(
         base_session.run,
         x,
@@ -112,7 +100,7 @@ def measure_bundle(
         "batch_size": batch_size,
         "throughput_per_s": batch_size * latency["iterations"] / latency["seconds"],
         "model_size_bytes": size,
-        "model_gzip_bytes": compress.gzip_size(model_path),
+        "model_gzip_bytes": measure.gzip_size(model_path),
         "baseline_model_bytes": base_size,
         "compression_ratio": base_size / size if size else None,
         "peak_memory_mb": peak,
@@ -128,15 +116,15 @@ def run(ctx: StageContext) -> None:
     """Measure the installed bundle of ``ctx``'s run."""
     from tinymlaas_ci.ml import measure
 
-    bundle, manifest = _read_manifest(ctx)
-    spec = ctx.spec
-    split = (spec.get("dataset") or {}).get("split") or manifest.get("eval_split") or "test"
+    bundle = ctx.input_path("install", "bundle").parent
+    manifest = read_manifest(bundle)
     data = None
     # The fetch stage's dataset when the pipeline passes it to this stage; else the bundle's copy.
-    has_fetch = any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items())
-    if has_fetch and "dataset" in ctx.upstream("fetch").get("artifacts", {}):
+    if ctx.has_upstream("fetch") and "dataset" in ctx.upstream("fetch").artifacts:
         data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
-    metrics, runtime = measure_bundle(bundle, manifest, spec.get("measure") or {}, data=data, split=split, log=ctx.log)
+    metrics, runtime = measure_bundle(
+        bundle, manifest, ctx.run.measure, data=data, split=ctx.run.dataset.split, log=ctx.log
+    )
     ctx.metrics.update(metrics)
     ctx.records.update(
         device=measure.device_record(ctx.device),

@@ -1,11 +1,8 @@
 """The ``install`` stage: put the compiled model on the device as a self-contained bundle.
 
 A bundle is a folder with the deployed model, the fp32 baseline, the evaluation split of the
-dataset (``eval.npz``: inference runs on the device over it) and ``manifest.json``::
-
-    {"schema": 1, "runtime": "onnxruntime", "model": "model.onnx", "baseline": "baseline.onnx",
-     "data": "eval.npz", "eval_split": "test", "samples": 360, "input_shape": [1, 8, 8],
-     "labels": [...], "sha256": {"model.onnx": ..., ...}, "device": {"name": ..., "kind": ...}}
+dataset (``eval.npz``: inference runs on the device over it) and ``manifest.json`` (a
+:class:`~tinymlaas_ci.stages.bundle.BundleManifest`).
 
 One installer per device kind (:data:`INSTALLERS`): ``local`` leaves the bundle in the run
 volume, where infer runs next to it; ``docker`` builds the inference image with the bundle on
@@ -26,47 +23,43 @@ from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.errors import DeviceError, TinymlError
-from tinymlaas_ci.fs import atomic_write_bytes, atomic_write_json, is_within, sha256_file
+from tinymlaas_ci.fs import atomic_write_bytes, sha256_file
+from tinymlaas_ci.stages.bundle import MANIFEST, BundleDevice, BundleManifest, write_manifest
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["BUNDLE_SCHEMA", "INSTALLERS", "MANIFEST", "build_bundle", "main", "run"]
-
-MANIFEST = "manifest.json"
-BUNDLE_SCHEMA = 1
+__all__ = ["INSTALLERS", "build_bundle", "main", "run"]
 
 
 def _dataset_path(ctx: StageContext) -> Path:
     # The dataset comes from fetch; when the pipeline gives install only compile's outputs,
     # compile's record says where fetch put it.
-    if any(name == "fetch" or out.get("builtin") == "fetch" for name, out in ctx.inputs.items()):
+    if ctx.has_upstream("fetch"):
         return ctx.input_path("fetch", "dataset")
-    rec = ctx.upstream("compile").get("records", {}).get("dataset") or {}
-    rel = rec.get("path")
+    rel = (ctx.upstream("compile").records.get("dataset") or {}).get("path")
     if not rel:
         raise TinymlError(
             "no dataset to evaluate on: neither the fetch stage nor the compile stage names one",
             hint="the run needs a dataset with a held-out split",
         )
-    path = ctx.volume / rel
-    if not is_within(path, ctx.volume) or not path.is_file():
+    path = ctx.volume_path(rel)
+    if not path.is_file():
         raise TinymlError(f"dataset {rel!r} is missing from the run volume", hint="re-run the fetch stage")
     return path
 
 
-def build_bundle(ctx: StageContext, bundle: Path) -> dict[str, Any]:
+def build_bundle(ctx: StageContext, bundle: Path) -> BundleManifest:
     """Write the bundle folder (model, baseline, eval data, manifest); returns the manifest."""
     import numpy as np
 
     from tinymlaas_ci.ml import measure
 
-    compile_out = ctx.upstream("compile")
-    records = compile_out.get("records", {})
+    records = ctx.upstream("compile").records
     model = ctx.input_path("compile", "model")
     baseline = ctx.input_path("compile", "baseline")
-    split = (ctx.spec.get("dataset") or {}).get("split") or "test"
+    split = ctx.run.dataset.split
     data = measure.read_dataset(_dataset_path(ctx))
     x, y = measure.eval_split(data, split)
-    labels = list(data.get("labels") or records.get("labels") or [])
+    labels = [str(v) for v in data.get("labels") or records.get("labels") or []]
 
     files: dict[str, str] = {}
     for src in (model, baseline):
@@ -76,51 +69,49 @@ def build_bundle(ctx: StageContext, bundle: Path) -> dict[str, Any]:
     np.savez(buf, x=x, y=y, labels=np.asarray(labels, dtype=str))
     atomic_write_bytes(bundle / "eval.npz", buf.getvalue())
     files["eval.npz"] = sha256_file(bundle / "eval.npz")
-    runtime = ctx.spec.get("runtime") or "onnxruntime"
-    manifest = {
-        "schema": BUNDLE_SCHEMA,
-        "runtime": runtime,
-        "model": model.name,
-        "baseline": baseline.name,
-        "data": "eval.npz",
-        "eval_split": split,
-        "samples": len(x),
-        "input_shape": records.get("input_shape") or list(x.shape[1:]),
-        "labels": labels,
-        "measure": ctx.spec.get("measure") or {},
-        "sha256": files,
-        "device": {k: ctx.device.get(k) for k in ("name", "kind", "arch") if ctx.device.get(k) is not None},
-    }
-    atomic_write_json(bundle / MANIFEST, manifest)
+    manifest = BundleManifest(
+        runtime=ctx.run.runtime,
+        model=model.name,
+        baseline=baseline.name,
+        data="eval.npz",
+        eval_split=split,
+        samples=len(x),
+        input_shape=records.get("input_shape") or list(x.shape[1:]),
+        labels=labels,
+        measure=ctx.run.measure,
+        sha256=files,
+        device=BundleDevice(name=ctx.device.name, kind=ctx.device.kind, arch=ctx.device.arch),
+    )
+    write_manifest(bundle, manifest)
     return manifest
+
+
+def _record(ctx: StageContext, manifest: BundleManifest, **extra: Any) -> dict[str, Any]:
+    return {"location": ctx.dir.name + "/bundle", **manifest.model_dump(mode="json", by_alias=True), **extra}
 
 
 def _install_local(ctx: StageContext) -> dict[str, Any]:
     bundle = ctx.path("bundle", MANIFEST).parent
     manifest = build_bundle(ctx, bundle)
     ctx.log(
-        f"installed {manifest['model']} ({manifest['runtime']}) and {manifest['samples']} "
-        f"{manifest['eval_split']} samples on the local device"
+        f"installed {manifest.model} ({manifest.runtime.value}) and {manifest.samples} "
+        f"{manifest.eval_split} samples on the local device"
     )
-    return {"location": ctx.dir.name + "/bundle", **manifest}
+    return _record(ctx, manifest)
 
 
 def _install_docker(ctx: StageContext) -> dict[str, Any]:
     """Build the inference image (runtime + this package + the bundle) on the device's Docker
     engine, or reuse the one with the same content; infer then runs in that image there."""
-    from tinymlaas_ci.devices.docker import install_bundle
+    from tinymlaas_ci.devices.docker_build import install_bundle
 
     bundle = ctx.path("bundle", MANIFEST).parent
     manifest = build_bundle(ctx, bundle)
-    base = (ctx.device.get("docker") or {}).get("base_image")
-    image = install_bundle(bundle, ctx.device, base, sink=ctx.log)
+    image = install_bundle(bundle, ctx.device, sink=ctx.log)
     ctx.records["image"] = image["image"]
     ctx.records["image_digest"] = image["image_digest"]
-    ctx.log(
-        f"installed {manifest['model']} ({manifest['runtime']}) as {image['image']} on device "
-        f"{ctx.device.get('name')!r}"
-    )
-    return {"location": ctx.dir.name + "/bundle", **manifest, **image}
+    ctx.log(f"installed {manifest.model} ({manifest.runtime.value}) as {image['image']} on device {ctx.device.name!r}")
+    return _record(ctx, manifest, **image)
 
 
 def _install_ssh(ctx: StageContext) -> dict[str, Any]:
@@ -129,23 +120,23 @@ def _install_ssh(ctx: StageContext) -> dict[str, Any]:
 
     bundle = ctx.path("bundle", MANIFEST).parent
     manifest = build_bundle(ctx, bundle)
-    target = SshTarget(ctx.device.get("ssh") or {}, device=ctx.device.get("name"))
+    target = SshTarget(ctx.device.ssh, device=ctx.device.name)
     facts = target.probe()
     missing = target.missing_runtime(facts)
     if missing:
         raise DeviceError(
             f"the board {target.label} lacks {', '.join(missing)} for {target.python}",
-            device=ctx.device.get("name"),
+            device=ctx.device.name,
             hint=f"on the board: {target.python} -m pip install tinymlaas-ci onnxruntime numpy",
         )
-    remote = f"{target.work_dir}/work/{ctx.config['run']['project']}/{ctx.config['run']['name']}/{ctx.name}"
+    remote = f"{target.work_dir}/work/{ctx.config.run.project}/{ctx.config.run.name}/{ctx.name}"
     files = [p.relative_to(ctx.dir).as_posix() for p in sorted(bundle.rglob("*")) if p.is_file()]
     target.put(ctx.dir, files, remote, doing="copying the bundle")
     ctx.log(
-        f"installed {manifest['model']} ({manifest['runtime']}) on {target.label}:{remote} "
+        f"installed {manifest.model} ({manifest.runtime.value}) on {target.label}:{remote} "
         f"(python {facts.get('python')}, onnxruntime {facts.get('onnxruntime')}, {facts.get('machine')})"
     )
-    return {"location": ctx.dir.name + "/bundle", **manifest, "remote": f"{target.label}:{remote}", "board": facts}
+    return _record(ctx, manifest, remote=f"{target.label}:{remote}", board=facts)
 
 
 INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
@@ -158,12 +149,12 @@ INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
 
 def run(ctx: StageContext) -> None:
     """Install the compiled model on the run's device."""
-    kind = ctx.device.get("kind") or "local"
+    kind = ctx.device.kind
     installer = INSTALLERS.get(kind)
     if installer is None:
         raise DeviceError(
             f"there is no installer for a {kind!r} device",
-            device=ctx.device.get("name"),
+            device=ctx.device.name,
             hint=f"use a device of kind {', '.join(sorted(INSTALLERS))}",
         )
     record = installer(ctx)

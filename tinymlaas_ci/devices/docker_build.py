@@ -1,12 +1,6 @@
-"""Docker device transport: talk to a Docker engine, build images on it, probe it.
-
-This is the one module below the engine that talks to the Docker SDK; the engine's Docker
-executor and image builder reuse its client factory, its error mapping and its image build.
-Every ``docker`` exception is turned into an :class:`~tinymlaas_ci.errors.ExecutorError` here,
-once, with the host and the image it concerns and what to do about it.
-
-The ``docker`` package is imported inside functions only: ``tinymlaas validate`` must not
-pay for it (and the light install does not have it).
+"""Docker images built on a device's engine: build contexts (this package as a wheel, local
+wheels, the host CA bundle, a model bundle), streaming builds, and the inference image of a
+model bundle. Talking to the engine and its errors: :mod:`.docker_client`.
 """
 
 from __future__ import annotations
@@ -20,14 +14,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from tinymlaas_ci import __version__
+from tinymlaas_ci.devices.docker_client import (
+    client_for,
+    docker_errors,
+    find_image,
+    host_label,
+    platform_for,
+    resolve_host,
+)
 from tinymlaas_ci.errors import ExecutorError
 from tinymlaas_ci.fs import sha256_file
-from tinymlaas_ci.hostinfo import normalise_arch
+from tinymlaas_ci.spec.models import DockerDevice, DockerEndpoint
 
 __all__ = [
     "BUNDLE_DIR",
@@ -35,22 +36,16 @@ __all__ = [
     "INFERENCE_REPOSITORY",
     "build_image",
     "build_inference_image",
-    "client_for",
-    "docker_errors",
+    "ca_bundle",
     "dockerfile_path",
-    "host_label",
-    "image_size",
     "inference_tag",
     "install_bundle",
-    "platform_for",
     "prepare_context",
-    "probe",
-    "resolve_host",
     "source_root",
 ]
 
-DEFAULT_BASE = "python:3.11-slim"
-"""Base image of our Dockerfiles when none is given (``--base``)."""
+DEFAULT_BASE: str = DockerEndpoint.model_fields["base_image"].default
+"""Base image of our Dockerfiles when none is given (``--base``): a device's default one."""
 INFERENCE_REPOSITORY = "tinymlaas-inference"
 """Repository name of inference images; the tag is a content hash of what went in."""
 BUNDLE_DIR = "/bundle"
@@ -58,13 +53,6 @@ BUNDLE_DIR = "/bundle"
 BUILDER_LABEL = "org.tinymlaas.builder"
 """Label of the builder stage of our Dockerfiles, so pruning touches only our leftovers."""
 
-_ARCH_PLATFORMS = {
-    "amd64": "linux/amd64",
-    "arm64": "linux/arm64",
-    "armv7": "linux/arm/v7",
-    "riscv64": "linux/riscv64",
-    "x86": "linux/386",
-}
 _CA_CANDIDATES = (
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
@@ -72,112 +60,6 @@ _CA_CANDIDATES = (
 )
 
 Sink = Callable[[str], None]
-
-
-def _docker():
-    try:
-        import docker
-    except ModuleNotFoundError as exc:
-        raise ExecutorError(
-            "the Docker SDK for Python is not installed",
-            hint="pip install 'tinymlaas-ci[docker]'",
-        ) from exc
-    return docker
-
-
-# -- hosts and clients ---------------------------------------------------------------------------
-
-
-def resolve_host(device_or_host: Any = None) -> str | None:
-    """The Docker host URL of a device spec (dict or model), a host string, or None (the default).
-
-    ``None`` means "the environment's engine": ``DOCKER_HOST``, else the local socket.
-    """
-    if device_or_host is None:
-        return None
-    if isinstance(device_or_host, str):
-        return device_or_host or None
-    if isinstance(device_or_host, Mapping):
-        endpoint = device_or_host.get("docker") or {}
-        return (endpoint.get("host") if isinstance(endpoint, Mapping) else None) or None
-    endpoint = getattr(device_or_host, "docker", None)
-    return getattr(endpoint, "host", None) or None
-
-
-def host_label(host: str | None) -> str:
-    """A host as it should appear in messages: the explicit one, DOCKER_HOST, or the default."""
-    return host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def _no_engine(host: str | None, exc: BaseException) -> ExecutorError:
-    label = host_label(host)
-    return ExecutorError(
-        f"no Docker engine answers at {label}: {_short(exc)}",
-        hint='start one (CI: eval "$(.ci/docker.sh start)") or set DOCKER_HOST '
-        "(or the device's docker.host) to an engine that runs",
-    )
-
-
-def client_for(device_or_host: Any = None, *, timeout: int = 120):
-    """A connected ``docker.DockerClient`` for a device spec (dict or model) or a host URL.
-
-    The engine is pinged, so a missing engine fails here with a clear
-    :class:`ExecutorError` instead of later in the middle of a run.
-    """
-    docker = _docker()
-    import requests
-
-    host = resolve_host(device_or_host)
-    try:
-        if host:
-            client = docker.DockerClient(base_url=host, timeout=timeout, use_ssh_client=host.startswith("ssh://"))
-        else:
-            client = docker.from_env(timeout=timeout)
-        client.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise _no_engine(host, exc) from exc
-    return client
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
-    text = str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@contextlib.contextmanager
-def docker_errors(host: str | None, doing: str, *, hint: str | None = None) -> Iterator[None]:
-    """Turn any Docker SDK or connection error raised inside into one :class:`ExecutorError`.
-
-    ``doing`` says what was being done ("starting stage compile in IMAGE"); the host is added.
-    """
-    docker = _docker()
-    import requests
-
-    try:
-        yield
-    except ExecutorError:
-        raise
-    except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-        raise _no_engine(host, exc) from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise ExecutorError(f"{doing} on {host_label(host)} failed: {_short(exc)}", hint=hint) from exc
-
-
-def platform_for(device: Any) -> str | None:
-    """The image platform of a device: ``docker.platform``, else derived from ``arch``."""
-    if device is None or isinstance(device, str):
-        return None
-    get = device.get if isinstance(device, Mapping) else lambda k, d=None: getattr(device, k, d)
-    endpoint = get("docker") or {}
-    platform = endpoint.get("platform") if isinstance(endpoint, Mapping) else getattr(endpoint, "platform", None)
-    if platform:
-        return platform
-    arch = get("arch")
-    return _ARCH_PLATFORMS.get(arch) if arch else None
-
-
-# -- build contexts ------------------------------------------------------------------------------
 
 
 def source_root() -> Path:
@@ -351,9 +233,6 @@ def prepare_context(
     return {"package_wheel": package_wheel.name, "local_wheels": ", ".join(local) or "none"}
 
 
-# -- building ------------------------------------------------------------------------------------
-
-
 def build_image(
     client,
     context: Path,
@@ -405,7 +284,7 @@ def build_image(
     _prune_builders(client, host)
     if error is not None:
         hint = "read the failing step's output above"
-        if base and not _image_exists(client, base, host):
+        if base and find_image(client, base, host) is None:
             hint = (
                 f"the base image {base!r} is not on {host_label(host)} and could not be pulled; "
                 "pull it, or build the offline one with '.ci/docker.sh base' and pass "
@@ -422,23 +301,6 @@ def _prune_builders(client, host: str | None) -> None:
     # the label filter keeps other people's dangling images on a shared engine alone.
     with docker_errors(host, "pruning builder images"):
         client.images.prune(filters={"dangling": True, "label": BUILDER_LABEL})
-
-
-def _image_exists(client, ref: str, host: str | None) -> bool:
-    docker = _docker()
-    try:
-        client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.APIError as exc:
-        raise ExecutorError(f"cannot inspect image {ref} on {host_label(host)}: {_short(exc)}") from exc
-    return True
-
-
-def image_size(client, ref: str, host: str | None = None) -> int:
-    """Size of an image in bytes."""
-    with docker_errors(host, f"inspecting {ref}"):
-        return int(client.images.get(ref).attrs.get("Size") or 0)
 
 
 def inference_tag(bundle_dir: Path, base: str, platform: str | None = None) -> str:
@@ -491,25 +353,17 @@ def build_inference_image(
     return tag, image_id
 
 
-def install_bundle(
-    bundle_dir: Path, device: Mapping[str, Any] | Any, base: str | None, sink: Sink = print
-) -> dict[str, str]:
-    """Make the bundle runnable on a ``docker`` device: build its inference image on the
-    device's engine, or reuse the one with the same content tag. Returns
-    ``{"image": tag, "image_digest": id}`` for the install stage's records."""
-    docker = _docker()
+def install_bundle(bundle_dir: Path, device: DockerDevice, sink: Sink = print) -> dict[str, str]:
+    """Make the bundle runnable on a ``docker`` device: build its inference image (from the
+    device's ``docker.base_image``) on the device's engine, or reuse the one with the same
+    content tag. Returns ``{"image": tag, "image_digest": id}`` for the install stage's records."""
     host = resolve_host(device)
     platform = platform_for(device)
-    base = base or DEFAULT_BASE
+    base = device.docker.base_image
     tag = inference_tag(Path(bundle_dir), base, platform)
     client = client_for(host)
     try:
-        try:
-            image = client.images.get(tag)
-        except docker.errors.ImageNotFound:
-            image = None
-        except docker.errors.APIError as exc:
-            raise ExecutorError(f"cannot inspect {tag} on {host_label(host)}: {_short(exc)}") from exc
+        image = find_image(client, tag, host)
         if image is not None:
             sink(f"reusing {tag} ({image.id[:19]}) on {host_label(host)}")
             return {"image": tag, "image_digest": image.id}
@@ -520,66 +374,3 @@ def install_bundle(
         return {"image": tag, "image_digest": image_id}
     finally:
         client.close()
-
-
-# -- probing -------------------------------------------------------------------------------------
-
-
-def probe(host: Any = None, *, images: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Facts about a Docker device: architecture, CPU model, memory, OS, engine version and
-    which of our images it already holds.
-
-    The CPU model is read from ``/proc/cpuinfo`` through a throw-away container when an image
-    is available (the engine API does not report it); ``None`` otherwise.
-    """
-    host = resolve_host(host)
-    if images is None:
-        images = (f"tinymlaas-stage:{__version__}", "tinymlaas-base:bookworm")
-    client = client_for(host)
-    try:
-        with docker_errors(host, "asking the engine for its info"):
-            info = client.info()
-            version = client.version()
-        present = {}
-        for ref in images:
-            present[ref] = _image_exists(client, ref, host)
-        facts: dict[str, Any] = {
-            "host": host_label(host),
-            "arch": normalise_arch(info.get("Architecture") or version.get("Arch")),
-            "os": info.get("OperatingSystem"),
-            "kernel": info.get("KernelVersion"),
-            "cpus": info.get("NCPU"),
-            "memory_mb": int(info.get("MemTotal") or 0) // (1024 * 1024),
-            "engine_version": version.get("Version"),
-            "api_version": version.get("ApiVersion"),
-            "cgroup_version": info.get("CgroupVersion"),
-            "images": present,
-            "cpu_model": None,
-        }
-        runner = next((ref for ref, ok in present.items() if ok), None)
-        if runner is not None:
-            facts["cpu_model"] = _cpu_model(client, runner)
-        return facts
-    finally:
-        client.close()
-
-
-def _cpu_model(client, image: str) -> str | None:
-    docker = _docker()
-    try:
-        out = client.containers.run(
-            image,
-            [
-                "sh",
-                "-c",
-                "grep -m1 -E '^(model name|Model|Hardware|cpu model)' /proc/cpuinfo || true",
-            ],
-            remove=True,
-            network_mode="none",
-            user="65534:65534",
-            read_only=True,
-        )
-    except docker.errors.DockerException:
-        return None  # a fact we can live without; the probe must not fail on it
-    text = out.decode("utf-8", "replace").strip()
-    return text.split(":", 1)[1].strip() if ":" in text else (text or None)
