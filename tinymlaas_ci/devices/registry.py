@@ -23,7 +23,7 @@ from tinymlaas_ci.errors import DeviceError, ExecutorError, SpecError, UsageErro
 from tinymlaas_ci.fs import atomic_write_text
 from tinymlaas_ci.hostinfo import ARCHES, cpu_info, memory_mb, normalise_arch
 from tinymlaas_ci.spec.loader import load_yaml_file, load_yaml_text
-from tinymlaas_ci.spec.models import NAME_PATTERN, DockerDevice, LocalDevice, SshDevice
+from tinymlaas_ci.spec.models import NAME_PATTERN, NAME_RULE, DockerDevice, LocalDevice, SshDevice
 from tinymlaas_ci.spec.validate import validate_loaded
 
 __all__ = [
@@ -115,7 +115,7 @@ def _check_name(name: str) -> None:
     if not _NAME_RE.match(name or ""):
         raise UsageError(
             f"device name {name!r} is not valid",
-            hint="use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit",
+            hint=NAME_RULE,
         )
 
 

@@ -29,6 +29,7 @@ from tinymlaas_ci.fs import (
     is_within,
     sha256_file,
 )
+from tinymlaas_ci.results.layout import result_file
 from tinymlaas_ci.spec.models import Runtime
 from tinymlaas_ci.stages.bundle import MANIFEST, read_manifest
 
@@ -93,7 +94,7 @@ def find_bundle(root: Path, run: str, work_dir: Path | None = None) -> tuple[str
 def _recorded_result(root: Path, run_id: str, bundle: Path) -> dict[str, Any] | None:
     project, name = run_id.split("/", 1)
     # The volume's result belongs to the bundle being exported; the committed one may be older.
-    for path in (bundle.parent.parent / "result.json", root / "runs" / project / "results" / f"{name}.json"):
+    for path in (bundle.parent.parent / "result.json", result_file(root, project, name)):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

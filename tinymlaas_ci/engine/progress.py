@@ -9,6 +9,8 @@ import threading
 import time
 from typing import TextIO
 
+from tinymlaas_ci.actions import workflow_command
+
 __all__ = ["Progress", "detect_mode"]
 
 _SPIN = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -45,7 +47,7 @@ class Progress:
         with self._lock:
             self._clear()
             if self.mode == "github" and text.startswith("warning:"):
-                self.stream.write(f"::warning::{text[len('warning:') :].strip()}\n")
+                self.stream.write(workflow_command("warning", text[len("warning:") :].strip()) + "\n")
             else:
                 self.stream.write(text + "\n")
             self.stream.flush()
@@ -55,7 +57,7 @@ class Progress:
             self._current = (run_id, stage, time.monotonic())
             self._last_line = ""
             if self.mode == "github":
-                self.stream.write(f"::group::{run_id} · {stage}\n")
+                self.stream.write(workflow_command("group", f"{run_id} · {stage}") + "\n")
             elif self.mode == "plain":
                 self.stream.write(f"[{run_id}] {stage}: running\n")
             self.stream.flush()
@@ -76,7 +78,7 @@ class Progress:
         with self._lock:
             self._clear()
             if self.mode == "github" and self._current is not None:
-                self.stream.write("::endgroup::\n")
+                self.stream.write(workflow_command("endgroup") + "\n")
             self._current = None
             took = f" {seconds:.1f}s" if seconds is not None else ""
             extra = f" ({note})" if note else ""

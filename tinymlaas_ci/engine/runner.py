@@ -14,7 +14,6 @@ import ast
 import hashlib
 import json
 import os
-import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,9 +27,11 @@ from tinymlaas_ci.engine.progress import Progress
 from tinymlaas_ci.engine.volume import LOG_FILE, ArtifactStat, RunVolume, StageStatus, default_work_dir, now_iso
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import canonical_json
+from tinymlaas_ci.git import git_output
 from tinymlaas_ci.plan import Plan, PlannedRun, PlannedStage
 from tinymlaas_ci.results.build import build_result
-from tinymlaas_ci.results.io import result_path, write_result
+from tinymlaas_ci.results.io import write_result
+from tinymlaas_ci.results.layout import result_file
 from tinymlaas_ci.results.models import Result
 from tinymlaas_ci.spec.repo import Repo
 from tinymlaas_ci.stages.contract import (
@@ -150,12 +151,10 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj, indent=None).encode()).hexdigest()
 
 
-def _git(repo: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def _spec_commit(root: Path, source: str) -> str | None:
+    """The last commit that changed the spec file, or None outside git."""
+    out = git_output(root, "log", "-1", "--format=%H", "--", source, timeout=30)
+    return out.decode().strip() or None if out else None
 
 
 class Engine:
@@ -525,7 +524,10 @@ class Engine:
             "name": run.name,
             "spec_file": run.source,
             "spec_hash": run.spec_hash,
-            "spec_commit": _git(root, "log", "-1", "--format=%H", "--", run.source),
+            "spec_commit": (git_output(root, "log", "-1", "--format=%H", "--", run.source, timeout=30) or b"")
+            .decode()
+            .strip()
+            or None,
             "pipeline": run.pipeline,
             "matrix": run.matrix,
         }
@@ -547,7 +549,7 @@ class Engine:
         write_result(volume.root / "result.json", result)
         rel = None
         if result.status != "failed" and self.options.write_results:
-            path = result_path(root, run.project, run.name)
+            path = result_file(root, run.project, run.name)
             rel = path.relative_to(root).as_posix()
             if path.exists():
                 try:

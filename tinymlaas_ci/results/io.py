@@ -6,10 +6,9 @@ from pathlib import Path
 
 from tinymlaas_ci.fs import atomic_write_json
 from tinymlaas_ci.results.layout import read_result
-from tinymlaas_ci.results.layout import result_file as result_path
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["read_result", "result_path", "write_result"]
+__all__ = ["read_result", "write_result"]
 
 
 def write_result(path: Path, result: Result) -> None:
