@@ -1,0 +1,1 @@
+"""Cortex-M microcontrollers: board presets, firmware build, and the host harness."""
