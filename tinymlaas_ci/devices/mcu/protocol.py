@@ -7,7 +7,7 @@ answers each request with exactly one frame; it announces itself with ``READY`` 
 
 Requests: ``INFO`` (no payload), ``INFER`` and ``INFER_MARKED`` (the int8 input sample; the
 marked one runs between the two marker functions the instruction counter watches). Answers:
-``INFO_REPLY``, ``OUTPUT`` (i32 status + the int8 output), ``ERROR`` (code + text) and
+``INFO_REPLY``, ``OUTPUT`` (i32 status, u32 DWT cycles, the int8 output), ``ERROR`` (code + text) and
 ``FAULT`` (the board took a fault: exception number, fault status registers, faulting PC).
 
 The same code serves QEMU's socket and a real serial port: it only needs ``read(n)`` and
@@ -231,12 +231,25 @@ class Session:
         return frame.payload
 
     def info(self) -> BoardInfo:
-        return BoardInfo.decode(self.request(MSG.INFO, expect=MSG.INFO_REPLY))
+        info = BoardInfo.decode(self.request(MSG.INFO, expect=MSG.INFO_REPLY))
+        if info.protocol != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"the firmware speaks protocol {info.protocol}, the host {PROTOCOL_VERSION}",
+                device=self.device,
+                hint="rebuild and reflash the firmware with this version of tinymlaas-ci",
+            )
+        return info
 
-    def infer(self, sample: bytes, *, marked: bool = False) -> bytes:
-        """The int8 output for one int8 input sample (as bytes)."""
+    def infer(self, sample: bytes, *, marked: bool = False) -> tuple[bytes, int]:
+        """The int8 output (bytes) for one int8 input sample, and the DWT cycles it took.
+
+        Cycles are counted only for a marked inference and only on a real core; QEMU has no
+        timing model and its counter reads 0.
+        """
         payload = self.request(MSG.INFER_MARKED if marked else MSG.INFER, sample, expect=MSG.OUTPUT)
-        (status,) = struct.unpack_from("<i", payload)
+        if len(payload) < 8:
+            raise ProtocolError(f"OUTPUT of {len(payload)} bytes is shorter than its header", device=self.device)
+        status, cycles = struct.unpack_from("<iI", payload)
         if status != 0:
             raise DeviceError(f"tinyml_model_run returned {status}", device=self.device)
-        return payload[4:]
+        return payload[8:], cycles

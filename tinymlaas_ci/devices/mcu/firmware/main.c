@@ -28,7 +28,22 @@
 #define INPUT_CAPACITY (TINYML_INPUT_SIZE > 0 ? TINYML_INPUT_SIZE : 1)
 
 static int8_t input_buffer[INPUT_CAPACITY] __attribute__((aligned(8)));
-static int8_t output_buffer[4 + TINYML_OUTPUT_SIZE] __attribute__((aligned(8)));
+/* status (i32), cycles (u32), then the model's output */
+static int8_t output_buffer[8 + TINYML_OUTPUT_SIZE] __attribute__((aligned(8)));
+
+/* DWT cycle counter: counts core cycles on a real part; QEMU models no timing and reads 0. */
+#define DEMCR (*(volatile uint32_t *)0xE000EDFCu)
+#define DWT_CTRL (*(volatile uint32_t *)0xE0001000u)
+#define DWT_CYCCNT (*(volatile uint32_t *)0xE0001004u)
+#define DWT_LAR (*(volatile uint32_t *)0xE0001FB0u)
+
+static void cycle_counter_init(void)
+{
+    DEMCR |= 1u << 24; /* TRCENA */
+    DWT_LAR = 0xC5ACCE55u; /* unlocks the DWT on cores that have the lock (Cortex-M7) */
+    DWT_CYCCNT = 0u;
+    DWT_CTRL |= 1u; /* CYCCNTENA */
+}
 
 /* Read back from the image by the host build (elf.py): the model's sizes as compiled. */
 __attribute__((used, section(".rodata.tinyml_facts"))) const uint32_t tinyml_fw_facts[4] = {
@@ -132,20 +147,25 @@ static void send_info(void)
 static void infer(int marked)
 {
     int status;
+    uint32_t cycles = 0u;
     if (marked) {
+        uint32_t start = DWT_CYCCNT;
         tinyml_mark_begin();
-        status = tinyml_model_run(input_buffer, &output_buffer[4]);
+        status = tinyml_model_run(input_buffer, &output_buffer[8]);
         tinyml_mark_end();
+        cycles = DWT_CYCCNT - start;
     } else {
-        status = tinyml_model_run(input_buffer, &output_buffer[4]);
+        status = tinyml_model_run(input_buffer, &output_buffer[8]);
     }
     put_u32((uint8_t *)output_buffer, (uint32_t)status);
-    tinyml_send_frame(MSG_OUTPUT, (const uint8_t *)output_buffer, (uint16_t)(4 + TINYML_OUTPUT_SIZE));
+    put_u32((uint8_t *)output_buffer + 4, cycles);
+    tinyml_send_frame(MSG_OUTPUT, (const uint8_t *)output_buffer, (uint16_t)(8 + TINYML_OUTPUT_SIZE));
 }
 
 int main(void)
 {
     tinyml_uart_init();
+    cycle_counter_init();
     uint8_t version = PROTOCOL_VERSION;
     tinyml_send_frame(MSG_READY, &version, 1u);
     for (;;) {

@@ -84,7 +84,7 @@ TINYML_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_inf
         fprintf(stderr, "insncount: needs begin=, end= and out=\n");
         return 1;
     }
-    out = fopen(path, "w");
+    out = fopen(path, "a"); /* the host created it empty and reads it as it grows */
     if (out == NULL) {
         fprintf(stderr, "insncount: cannot open %s\n", path);
         return 1;
