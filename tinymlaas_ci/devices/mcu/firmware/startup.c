@@ -82,6 +82,10 @@ uint32_t tinyml_stack_high_water(void)
     return (uint32_t)((const uint8_t *)&__stack_top - (const uint8_t *)p);
 }
 
+/* The reporter runs on its own stack: after a stack overflow the main one has no room left,
+ * and on Armv8-M every push would hit the stack limit again and lock the core up. */
+static uint32_t fault_stack[128] __attribute__((aligned(8), used));
+
 /* Picks the stack the exception frame was pushed to and hands it to the reporter. */
 __attribute__((naked)) void Fault_Handler(void)
 {
@@ -91,6 +95,13 @@ __attribute__((naked)) void Fault_Handler(void)
         "mrseq r0, msp\n\t"
         "mrsne r0, psp\n\t"
         "mov r1, lr\n\t"
+#if defined(__ARM_ARCH_8M_MAIN__) || defined(__ARM_ARCH_8_1M_MAIN__)
+        "movs r2, #0\n\t"
+        "msr msplim, r2\n\t"
+#endif
+        "movw r2, #:lower16:fault_stack + 512\n\t"
+        "movt r2, #:upper16:fault_stack + 512\n\t"
+        "msr msp, r2\n\t"
         "b tinyml_fault_report\n\t");
 }
 
