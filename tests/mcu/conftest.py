@@ -24,8 +24,9 @@ def arm_toolchain() -> str:
     gcc = shutil.which("arm-none-eabi-gcc")
     if gcc is None:
         unavailable(f"arm-none-eabi-gcc is not installed ({_APT})")
-    probe = subprocess.run([gcc, "-print-file-name=libc_nano.a", "-mcpu=cortex-m4", "-mthumb"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [gcc, "-print-file-name=libc_nano.a", "-mcpu=cortex-m4", "-mthumb"], capture_output=True, text=True
+    )
     if "/" not in probe.stdout:
         unavailable(f"newlib for arm-none-eabi is not installed ({_APT})")
     return gcc

@@ -10,6 +10,7 @@ match it bit for bit.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,9 @@ class MlpFixture:
     def write(self, folder: Path) -> Path:
         """Write ``model.h`` and ``model.c`` into ``folder`` and return it."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "model.h").write_text(_HEADER.format(
-            inputs=self.sizes[0], outputs=self.sizes[-1], arena=max(self.arena_bytes, 1)))
+        (folder / "model.h").write_text(
+            _HEADER.format(inputs=self.sizes[0], outputs=self.sizes[-1], arena=max(self.arena_bytes, 1))
+        )
         (folder / "model.c").write_text(self._source())
         return folder
 
@@ -136,7 +138,7 @@ def make_mlp(sizes: tuple[int, ...] = (64, 64, 10), *, seed: int = 0) -> MlpFixt
     layers = []
     in_zp = int(rng.integers(-20, 20))
     input_zp = in_zp
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         relu = i < len(sizes) - 2
         out_zp = -128 if relu else int(rng.integers(-10, 10))
         weights = rng.integers(-127, 128, size=(n_out, n_in), dtype=np.int64).astype(np.int8)
@@ -144,15 +146,17 @@ def make_mlp(sizes: tuple[int, ...] = (64, 64, 10), *, seed: int = 0) -> MlpFixt
         # Spread the accumulator (std ~ 127 * 70 * sqrt(n_in)) over roughly +-100 codes.
         scales = rng.uniform(0.5, 1.5, size=n_out) * 100.0 / (127 * 70 * math.sqrt(n_in))
         pairs = [_quantize_multiplier(float(s)) for s in scales]
-        layers.append(_Layer(
-            weights=weights,
-            bias=bias,
-            multiplier=np.array([p[0] for p in pairs], dtype=np.int32),
-            shift=np.array([p[1] for p in pairs], dtype=np.int32),
-            in_zp=in_zp,
-            out_zp=out_zp,
-            relu=relu,
-        ))
+        layers.append(
+            _Layer(
+                weights=weights,
+                bias=bias,
+                multiplier=np.array([p[0] for p in pairs], dtype=np.int32),
+                shift=np.array([p[1] for p in pairs], dtype=np.int32),
+                in_zp=in_zp,
+                out_zp=out_zp,
+                relu=relu,
+            )
+        )
         in_zp = out_zp
     return MlpFixture(tuple(sizes), layers, 0.02, input_zp, 0.1, layers[-1].out_zp)
 

@@ -90,7 +90,9 @@ def test_a_model_that_calls_malloc_fails_to_link_with_a_hint(arm_toolchain, mlp_
         "int tinyml_use(void) { return tinyml_scratch() != 0; }\n"
     )
     (model / "model.c").write_text(
-        (mlp_dir / "model.c").read_text().replace("    return 0;\n}", "    return tinyml_use() ? 0 : 0;\n}")
+        (mlp_dir / "model.c")
+        .read_text()
+        .replace("    return 0;\n}", "    return tinyml_use() ? 0 : 0;\n}")
         .replace('#include "model.h"', '#include "model.h"\nint tinyml_use(void);')
     )
     with pytest.raises(DeviceError, match="linking the firmware") as caught:

@@ -8,4 +8,13 @@ from tinymlaas_ci.devices.mcu.boards import BOARDS, Board, get_board
 from tinymlaas_ci.devices.mcu.build import FirmwareInfo, build_firmware
 from tinymlaas_ci.devices.mcu.harness import BoardRun, quantize_inputs, run_on_board
 
-__all__ = ["BOARDS", "Board", "BoardRun", "FirmwareInfo", "build_firmware", "get_board", "quantize_inputs", "run_on_board"]
+__all__ = [
+    "BOARDS",
+    "Board",
+    "BoardRun",
+    "FirmwareInfo",
+    "build_firmware",
+    "get_board",
+    "quantize_inputs",
+    "run_on_board",
+]

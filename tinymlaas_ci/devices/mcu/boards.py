@@ -97,9 +97,7 @@ class Board:
             "vector_table": f"0x{self.vector_table:08x}",
             "uart_base": f"0x{self.uart_base:08x}",
             "clock_mhz": self.clock_mhz,
-            "regions": [
-                {"name": r.name, "origin": f"0x{r.origin:08x}", "size_kb": r.size_kb} for r in regions
-            ],
+            "regions": [{"name": r.name, "origin": f"0x{r.origin:08x}", "size_kb": r.size_kb} for r in regions],
             "default_flash_kb": self.default_flash_kb,
             "default_ram_kb": self.default_ram_kb,
             "typical_part": self.typical_part,

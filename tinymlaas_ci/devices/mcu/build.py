@@ -182,9 +182,7 @@ def _overflow_error(board: Board, stderr: str, flash_kb: int, ram_kb: int, stack
             )
         else:
             have = flash_kb * 1024
-            parts.append(
-                f"needs {_kib(have + over)} KiB of flash, the board has {flash_kb} KiB (over by {over} bytes)"
-            )
+            parts.append(f"needs {_kib(have + over)} KiB of flash, the board has {flash_kb} KiB (over by {over} bytes)")
     return DeviceError(
         f"the model does not fit on {board.name}: " + "; ".join(parts),
         hint="raise flash_kb/ram_kb if the part has more, or shrink the model (pruning, a smaller "
@@ -376,17 +374,27 @@ def _describe(
     cflags: list[str],
 ) -> FirmwareInfo:
     elf = ElfImage(elf_path)
-    sym = {name: elf.symbol(name).value for name in (
-        "__stack_bottom", "__stack_top", "__data_start", "__data_end", "__bss_start", "__bss_end",
-        "__flash_end", "tinyml_mark_begin", "tinyml_mark_end",
-    )}
+    sym = {
+        name: elf.symbol(name).value
+        for name in (
+            "__stack_bottom",
+            "__stack_top",
+            "__data_start",
+            "__data_end",
+            "__bss_start",
+            "__bss_end",
+            "__flash_end",
+            "tinyml_mark_begin",
+            "tinyml_mark_end",
+        )
+    }
     input_size, output_size, arena, _protocol = elf.read_symbol("tinyml_fw_facts", "IIII")
-    macs, = elf.read_symbol("tinyml_macs", "I")
-    weights, = elf.read_symbol("tinyml_weights_bytes", "I")
-    in_scale, = elf.read_symbol("tinyml_input_scale", "f")
-    in_zp, = elf.read_symbol("tinyml_input_zero_point", "i")
-    out_scale, = elf.read_symbol("tinyml_output_scale", "f")
-    out_zp, = elf.read_symbol("tinyml_output_zero_point", "i")
+    (macs,) = elf.read_symbol("tinyml_macs", "I")
+    (weights,) = elf.read_symbol("tinyml_weights_bytes", "I")
+    (in_scale,) = elf.read_symbol("tinyml_input_scale", "f")
+    (in_zp,) = elf.read_symbol("tinyml_input_zero_point", "i")
+    (out_scale,) = elf.read_symbol("tinyml_output_scale", "f")
+    (out_zp,) = elf.read_symbol("tinyml_output_zero_point", "i")
     vectors = next(s for s in elf.sections if s.name == ".vectors")
     flash_bytes = sym["__flash_end"] - board.flash.origin
     if board.boot is not None:

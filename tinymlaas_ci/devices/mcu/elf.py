@@ -54,7 +54,7 @@ class ElfImage:
         if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
             raise DeviceError(f"{self.path} is not a 32-bit little-endian ELF file")
         self._data = data
-        shoff, = struct.unpack_from("<I", data, 0x20)
+        (shoff,) = struct.unpack_from("<I", data, 0x20)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
         raw = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
         names = raw[shstrndx]
@@ -63,9 +63,7 @@ class ElfImage:
             end = data.index(b"\0", table_offset + index)
             return data[table_offset + index : end].decode("ascii", "replace")
 
-        self.sections = [
-            Section(text(names[4], r[0]), r[3], r[5], r[4], r[1], r[2]) for r in raw
-        ]
+        self.sections = [Section(text(names[4], r[0]), r[3], r[5], r[4], r[1], r[2]) for r in raw]
         self.symbols: dict[str, Symbol] = {}
         for r in raw:
             if r[1] != _SHT_SYMTAB:

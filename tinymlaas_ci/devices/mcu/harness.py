@@ -36,8 +36,8 @@ __all__ = [
     "build_firmware",
     "connect",
     "dequantize_outputs",
-    "quantize_inputs",
     "qemu_version",
+    "quantize_inputs",
     "run_on_board",
     "summary",
     "toolchain_version",
@@ -140,7 +140,7 @@ class BoardRun:
             "instructions_per_mac": (ipi["median"] / fw.macs) if ipi and fw.macs else None,
             "latency_ms_estimate": self.latency_ms_estimate(),
             "clock_mhz": self.clock_mhz,
-            "samples": int(len(self.outputs)),
+            "samples": len(self.outputs),
         }
         measured = self.latency_ms_measured()
         if measured is not None:
@@ -213,17 +213,23 @@ def run_on_board(
     ``samples`` is int8 [n, input_size] (see :func:`quantize_inputs`) or an iterable of byte
     strings. ``clock_mhz`` (default: the board preset's) turns instruction counts into the
     latency estimate. With ``count_instructions`` every inference is a marked one.
+    ``transport`` may also be a :class:`BoardConnection`; one that is not open yet is opened and
+    closed here.
     """
     import numpy as np
 
-    conn = transport if isinstance(transport, BoardConnection) else connect(
-        firmware, transport, count_instructions=count_instructions, serial=serial, timeout=timeout, device=device
+    conn = (
+        transport
+        if isinstance(transport, BoardConnection)
+        else connect(
+            firmware, transport, count_instructions=count_instructions, serial=serial, timeout=timeout, device=device
+        )
     )
     clock = float(clock_mhz) if clock_mhz else get_board(firmware.board).clock_mhz
     outputs: list[bytes] = []
     instructions: list[int] = []
     cycles: list[int] = []
-    owns = not isinstance(transport, BoardConnection)
+    owns = not conn.is_open  # a connection the caller opened stays open for its next use
     if owns:
         conn.open()
     try:

@@ -39,8 +39,18 @@ def build_plugin(dest_dir: str | os.PathLike) -> Path:
         return target
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    argv = [_compiler(), "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-Wall",
-            f"-I{PLUGIN_DIR}", "-o", str(tmp), str(sources[0])]
+    argv = [
+        _compiler(),
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-fvisibility=hidden",
+        "-Wall",
+        f"-I{PLUGIN_DIR}",
+        "-o",
+        str(tmp),
+        str(sources[0]),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise DeviceError(f"building the QEMU instruction-count plugin failed:\n{proc.stderr.strip()}")

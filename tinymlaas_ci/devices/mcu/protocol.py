@@ -25,12 +25,12 @@ from typing import Protocol
 from tinymlaas_ci.errors import DeviceError
 
 __all__ = [
-    "ByteStream",
-    "Frame",
-    "FrameReader",
     "MSG",
     "BoardFault",
     "BoardInfo",
+    "ByteStream",
+    "Frame",
+    "FrameReader",
     "ProtocolError",
     "Session",
     "crc16",
@@ -173,7 +173,7 @@ def describe_fault(payload: bytes) -> tuple[str, dict[str, int]]:
     """A readable message and the registers of a FAULT frame."""
     names = ("exception", "cfsr", "hfsr", "mmfar", "bfar", "pc", "lr", "exc_return", "stack_high_water")
     values = struct.unpack_from(f"<{len(names)}I", payload.ljust(4 * len(names), b"\0"))
-    regs = dict(zip(names, values))
+    regs = dict(zip(names, values, strict=False))
     kind = _EXCEPTIONS.get(regs["exception"], f"exception {regs['exception']}")
     text = (
         f"the board took a {kind} at pc=0x{regs['pc']:08x} (lr=0x{regs['lr']:08x}, "

@@ -65,6 +65,10 @@ class BoardConnection:
     def close(self) -> None:
         raise NotImplementedError
 
+    @property
+    def is_open(self) -> bool:
+        raise NotImplementedError
+
     def last_instruction_count(self) -> int | None:
         """Instructions of the last marked inference, when this connection can count them."""
         return None
@@ -82,7 +86,7 @@ class _SocketStream:
         self.sock.settimeout(max(timeout, 0.001))
         try:
             data = self.sock.recv(n)
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return b""
         if not data:
             raise self.on_eof()
@@ -125,12 +129,18 @@ class QemuBoard(BoardConnection):
     def argv(self, socket_path: str, counts_path: str | None, plugin: Path | None) -> list[str]:
         argv = [
             shutil.which(self.qemu) or self.qemu,
-            "-M", self.board.name,
-            "-display", "none",
-            "-monitor", "none",
-            "-chardev", f"socket,id=uart0,path={socket_path},server=on,wait=on",
-            "-serial", "chardev:uart0",
-            "-kernel", self.firmware.elf,
+            "-M",
+            self.board.name,
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-chardev",
+            f"socket,id=uart0,path={socket_path},server=on,wait=on",
+            "-serial",
+            "chardev:uart0",
+            "-kernel",
+            self.firmware.elf,
             *self.board.qemu_extra,
         ]
         if plugin is not None:
@@ -151,7 +161,8 @@ class QemuBoard(BoardConnection):
         code = self._proc.poll() if self._proc else None
         tail = self._log_tail()
         return ProtocolError(
-            f"QEMU ({self.board.name}) closed the UART" + (f" and exited with {code}" if code is not None else "")
+            f"QEMU ({self.board.name}) closed the UART"
+            + (f" and exited with {code}" if code is not None else "")
             + (f"; its log says:\n{tail}" if tail else ""),
             device=self.device,
         )
@@ -205,6 +216,10 @@ class QemuBoard(BoardConnection):
                     f"QEMU did not open the board's UART within {self.boot_timeout} s", device=self.device
                 )
             time.sleep(0.02)
+
+    @property
+    def is_open(self) -> bool:
+        return self._proc is not None
 
     def last_instruction_count(self) -> int | None:
         if self._counts is None:
@@ -323,6 +338,10 @@ class SerialBoard(BoardConnection):
             # The board booted before the port was open and its READY went nowhere: ask it.
             self._port.reset_input_buffer()
             self.session.info()
+
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
 
     def close(self) -> None:
         if self._port is not None:
