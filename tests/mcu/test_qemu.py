@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinymlaas_ci.devices.mcu import BOARDS, build_firmware, run_on_board
+from tinymlaas_ci.devices.mcu import BOARDS, FirmwareInfo, build_firmware, run_on_board
 from tinymlaas_ci.devices.mcu.protocol import MSG, BoardFault, ProtocolError, encode_frame
 from tinymlaas_ci.devices.mcu.transport import QemuBoard
 from tinymlaas_ci.errors import DeviceError
@@ -114,3 +116,24 @@ def test_qemu_is_stopped_when_the_connection_closes(qemu_arm, firmware_for):
         assert board.session.info().input_size == 64
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_the_infer_stage_flow_with_a_moved_firmware_folder(qemu_arm, firmware_for, mlp, samples, tmp_path):
+    """install writes firmware.json; infer loads it from another place and writes only its own folder."""
+    built = firmware_for("mps3-an547")
+    moved = tmp_path / "install"
+    shutil.copytree(Path(built.elf).parent, moved, ignore=shutil.ignore_patterns("obj", "*.so", "*.log", "*.txt"))
+    fw = FirmwareInfo.load(moved)
+    assert fw.elf == str(moved / "firmware.elf") and fw.macs == built.macs
+    before = sorted(p.name for p in moved.iterdir())
+    infer_dir = tmp_path / "infer"
+    run = run_on_board(fw, samples[:5], work_dir=infer_dir)
+    np.testing.assert_array_equal(run.outputs, mlp.reference(samples[:5]))
+    assert sorted(p.name for p in moved.iterdir()) == before
+    assert (infer_dir / "qemu.log").is_file()
+    assert len((infer_dir / "instructions.txt").read_text().split()) == 5
+
+
+def test_loading_firmware_that_was_never_built_says_so(tmp_path):
+    with pytest.raises(DeviceError, match="run the install stage first"):
+        FirmwareInfo.load(tmp_path)

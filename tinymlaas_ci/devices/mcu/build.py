@@ -12,6 +12,7 @@ on Armv8-M hits the stack limit register), then ``.data``, then ``.bss`` (the mo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,9 +23,9 @@ from pathlib import Path
 from tinymlaas_ci.devices.mcu.boards import Board, get_board
 from tinymlaas_ci.devices.mcu.elf import ElfImage
 from tinymlaas_ci.errors import DeviceError
-from tinymlaas_ci.fs import atomic_write_text
+from tinymlaas_ci.fs import atomic_write_text, canonical_json
 
-__all__ = ["FIRMWARE_DIR", "FirmwareInfo", "build_firmware", "linker_script", "toolchain_version"]
+__all__ = ["FIRMWARE_DIR", "FIRMWARE_JSON", "FirmwareInfo", "build_firmware", "linker_script", "toolchain_version"]
 
 FIRMWARE_DIR = Path(__file__).with_name("firmware")
 """The board-independent firmware sources (startup, UART driver, protocol loop)."""
@@ -38,6 +39,7 @@ _FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx", "
 _OVERFLOW_RE = re.compile(r"region [`'](\w+)' overflowed by (\d+) bytes")
 _DEFAULT_STACK_BYTES = 8 * 1024
 _TIMEOUT = 600
+FIRMWARE_JSON = "firmware.json"
 
 
 @dataclass
@@ -80,11 +82,35 @@ class FirmwareInfo:
     """The linker script's memory regions with their budget and use."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data; the image paths are file names relative to the firmware's folder."""
+        data = asdict(self)
+        for key in ("elf", "bin", "hex"):
+            data[key] = Path(data[key]).name
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> FirmwareInfo:
+    def from_dict(cls, data: dict, folder: str | os.PathLike) -> FirmwareInfo:
+        """The inverse of :meth:`to_dict`, with the image files found in ``folder``."""
+        data = dict(data)
+        for key in ("elf", "bin", "hex"):
+            data[key] = str(Path(folder) / data[key])
         return cls(**data)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> FirmwareInfo:
+        """The firmware :func:`build_firmware` wrote to ``folder`` (its ``firmware.json``).
+
+        The folder may have moved since the build (another stage's volume, another machine).
+        """
+        path = Path(folder) / FIRMWARE_JSON
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeviceError(f"cannot read {path}: {exc}", hint="run the install stage first") from exc
+        info = cls.from_dict(data, folder)
+        if not Path(info.elf).is_file():
+            raise DeviceError(f"{path} names {info.elf}, which does not exist")
+        return info
 
 
 def toolchain_version() -> str:
@@ -334,14 +360,8 @@ def build_firmware(
         if proc.returncode != 0:
             raise DeviceError(f"arm-none-eabi-objcopy -O {fmt} failed:\n{proc.stderr.strip()}")
     info = _describe(preset, elf, bin_path, hex_path, map_path, model_objects, flash_kb, ram_kb, version, cflags)
-    atomic_write_text(out / "firmware.json", _json(info.to_dict()))
+    atomic_write_text(out / FIRMWARE_JSON, canonical_json(info.to_dict()))
     return info
-
-
-def _json(data: dict) -> str:
-    from tinymlaas_ci.fs import canonical_json
-
-    return canonical_json(data)
 
 
 def _check_budgets(board: Board, flash_kb: int, ram_kb: int, stack_bytes: int) -> None:

@@ -16,6 +16,7 @@ timing model (one instruction is not one cycle on a real core, and memory has no
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -156,15 +157,19 @@ def connect(
     count_instructions: bool = True,
     serial: dict[str, Any] | None = None,
     timeout: float = 60.0,
+    work_dir: str | os.PathLike | None = None,
     device: str | None = None,
 ) -> BoardConnection:
     """A (not yet opened) connection to the board the firmware was built for.
 
     ``serial`` is the device file's serial settings: ``port`` (required), ``baudrate`` and
-    ``flash_command``.
+    ``flash_command``. ``work_dir`` receives QEMU's log, the instruction counts and the
+    plugin (default: the firmware's folder).
     """
     if transport == "qemu":
-        return QemuBoard(firmware, count_instructions=count_instructions, timeout=timeout, device=device)
+        return QemuBoard(
+            firmware, count_instructions=count_instructions, timeout=timeout, work_dir=work_dir, device=device
+        )
     if transport == "serial":
         settings = dict(serial or {})
         if not settings.get("port"):
@@ -206,13 +211,15 @@ def run_on_board(
     clock_mhz: float | None = None,
     serial: dict[str, Any] | None = None,
     timeout: float = 60.0,
+    work_dir: str | os.PathLike | None = None,
     device: str | None = None,
 ) -> BoardRun:
     """Send every int8 sample through the board and return what it computed and measured.
 
     ``samples`` is int8 [n, input_size] (see :func:`quantize_inputs`) or an iterable of byte
     strings. ``clock_mhz`` (default: the board preset's) turns instruction counts into the
-    latency estimate. With ``count_instructions`` every inference is a marked one.
+    latency estimate. With ``count_instructions`` every inference is a marked one. QEMU's files
+    go to ``work_dir`` (default: the firmware's folder; a stage passes its own folder).
     ``transport`` may also be a :class:`BoardConnection`; one that is not open yet is opened and
     closed here.
     """
@@ -222,7 +229,13 @@ def run_on_board(
         transport
         if isinstance(transport, BoardConnection)
         else connect(
-            firmware, transport, count_instructions=count_instructions, serial=serial, timeout=timeout, device=device
+            firmware,
+            transport,
+            count_instructions=count_instructions,
+            serial=serial,
+            timeout=timeout,
+            work_dir=work_dir,
+            device=device,
         )
     )
     clock = float(clock_mhz) if clock_mhz else get_board(firmware.board).clock_mhz
