@@ -137,3 +137,22 @@ def test_the_infer_stage_flow_with_a_moved_firmware_folder(qemu_arm, firmware_fo
 def test_loading_firmware_that_was_never_built_says_so(tmp_path):
     with pytest.raises(DeviceError, match="run the install stage first"):
         FirmwareInfo.load(tmp_path)
+
+
+def test_preloaded_samples_and_the_uart_give_the_same_results(qemu_arm, firmware_for, mlp, samples):
+    fw = firmware_for("mps2-an505")
+    over_uart = run_on_board(fw, samples[:15], preload=False)
+    # Three QEMU starts of at most 7 preloaded samples each.
+    preloaded = run_on_board(fw, samples[:15], samples_per_start=7)
+    np.testing.assert_array_equal(over_uart.outputs, mlp.reference(samples[:15]))
+    np.testing.assert_array_equal(preloaded.outputs, over_uart.outputs)
+    assert preloaded.instructions == over_uart.instructions
+    assert (Path(fw.elf).parent / "samples.bin").stat().st_size == 1 * 64  # the last start's one sample
+
+
+def test_a_stored_sample_outside_the_sample_memory_is_refused(qemu_arm, firmware_for):
+    fw = firmware_for("mps2-an386")
+    with QemuBoard(fw, count_instructions=False) as board:
+        with pytest.raises(ProtocolError, match="out of range"):
+            board.session.infer_stored(16 * 1024 * 1024 - 63)
+        assert board.session.info().input_size == 64

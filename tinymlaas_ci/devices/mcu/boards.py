@@ -63,6 +63,8 @@ class Board:
     default_ram_kb: int
     typical_part: str
     """The kind of real part the default budgets stand for."""
+    samples: Region | None = None
+    """Memory outside the budgets where the QEMU transport preloads test samples (see harness)."""
     secure: bool = False
     """The core boots in the Secure state (Armv8-M with TrustZone): secure aliases are used."""
     qemu_extra: tuple[str, ...] = field(default=())
@@ -98,6 +100,11 @@ class Board:
             "uart_base": f"0x{self.uart_base:08x}",
             "clock_mhz": self.clock_mhz,
             "regions": [{"name": r.name, "origin": f"0x{r.origin:08x}", "size_kb": r.size_kb} for r in regions],
+            "samples": (
+                None
+                if self.samples is None
+                else {"origin": f"0x{self.samples.origin:08x}", "size_kb": self.samples.size_kb}
+            ),
             "default_flash_kb": self.default_flash_kb,
             "default_ram_kb": self.default_ram_kb,
             "typical_part": self.typical_part,
@@ -125,6 +132,7 @@ BOARDS: dict[str, Board] = {
             default_flash_kb=1024,
             default_ram_kb=192,
             typical_part="Cortex-M4F microcontroller with 1 MiB flash and 192 KiB SRAM",
+            samples=Region("SAMPLES", 0x21000000, 16384),
         ),
         Board(
             name="mps2-an500",
@@ -144,6 +152,7 @@ BOARDS: dict[str, Board] = {
             default_flash_kb=2048,
             default_ram_kb=512,
             typical_part="Cortex-M7 microcontroller with 2 MiB flash and 512 KiB SRAM",
+            samples=Region("SAMPLES", 0x60000000, 16384),
         ),
         Board(
             name="mps2-an505",
@@ -163,6 +172,7 @@ BOARDS: dict[str, Board] = {
             default_flash_kb=1024,
             default_ram_kb=256,
             typical_part="Cortex-M33 microcontroller with 1 MiB flash and 256 KiB SRAM",
+            samples=Region("SAMPLES", 0x80000000, 16384),
             secure=True,
         ),
         Board(
@@ -185,6 +195,7 @@ BOARDS: dict[str, Board] = {
             default_flash_kb=2048,
             default_ram_kb=512,
             typical_part="Cortex-M55 with Helium, 2 MiB code memory and 512 KiB tightly coupled RAM",
+            samples=Region("SAMPLES", 0x70000000, 16384),  # the DDR's secure alias
             secure=True,
         ),
     )

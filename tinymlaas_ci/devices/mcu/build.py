@@ -303,6 +303,11 @@ def build_firmware(
         f"-DTINYML_UART_PCLK_HZ={preset.uart_pclk_hz}u",
         f"-DTINYML_BAUD={baud}u",
         "-DTINYML_BOARD_" + re.sub(r"\W", "_", preset.name).upper(),
+        *(
+            [f"-DTINYML_SAMPLE_BASE=0x{preset.samples.origin:08x}u", f"-DTINYML_SAMPLE_BYTES={preset.samples.size}u"]
+            if preset.samples is not None
+            else []
+        ),
         *extra_cflags,
     ]
     includes = [f"-I{model_dir}", f"-I{FIRMWARE_DIR}"]

@@ -202,6 +202,55 @@ def _check_same_model(info: BoardInfo, firmware: FirmwareInfo, label: str) -> No
         )
 
 
+def _sample_bytes(samples: np.ndarray | Iterable[bytes], firmware: FirmwareInfo, device: str | None) -> list[bytes]:
+    out = []
+    for sample in samples:
+        data = sample.tobytes() if hasattr(sample, "tobytes") else bytes(sample)
+        if len(data) != firmware.input_size:
+            raise DeviceError(f"a sample has {len(data)} bytes, the model takes {firmware.input_size}", device=device)
+        out.append(data)
+    return out
+
+
+@dataclass
+class _Pass:
+    outputs: list[bytes] = field(default_factory=list)
+    instructions: list[int] = field(default_factory=list)
+    cycles: list[int] = field(default_factory=list)
+    info: BoardInfo | None = None
+    described: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_pass(
+    conn: BoardConnection, firmware: FirmwareInfo, items: list[bytes], stored: bool, marked: bool, acc: _Pass
+):
+    owns = not conn.is_open  # a connection the caller opened stays open for its next use
+    if owns:
+        conn.open()
+    try:
+        session = conn.session
+        _check_same_model(session.info(), firmware, conn.label)
+        for index, data in enumerate(items):
+            if stored:
+                out, cycles = session.infer_stored(index * firmware.input_size, marked=marked)
+            else:
+                out, cycles = session.infer(data, marked=marked)
+            acc.outputs.append(out)
+            if marked:
+                count = conn.last_instruction_count()
+                if count is not None:
+                    acc.instructions.append(count)
+                if cycles:
+                    acc.cycles.append(cycles)
+        info = session.info()
+        if acc.info is None or info.stack_high_water > acc.info.stack_high_water:
+            acc.info = info
+        acc.described = conn.describe()
+    finally:
+        if owns:
+            conn.close()
+
+
 def run_on_board(
     firmware: FirmwareInfo,
     samples: np.ndarray | Iterable[bytes],
@@ -212,6 +261,8 @@ def run_on_board(
     serial: dict[str, Any] | None = None,
     timeout: float = 60.0,
     work_dir: str | os.PathLike | None = None,
+    preload: bool = True,
+    samples_per_start: int | None = None,
     device: str | None = None,
 ) -> BoardRun:
     """Send every int8 sample through the board and return what it computed and measured.
@@ -220,53 +271,51 @@ def run_on_board(
     strings. ``clock_mhz`` (default: the board preset's) turns instruction counts into the
     latency estimate. With ``count_instructions`` every inference is a marked one. QEMU's files
     go to ``work_dir`` (default: the firmware's folder; a stage passes its own folder).
-    ``transport`` may also be a :class:`BoardConnection`; one that is not open yet is opened and
-    closed here.
+
+    With ``transport="qemu"`` and ``preload`` the samples are preloaded into the emulated
+    board's sample memory (16 MiB per QEMU start; more samples take several starts) and the
+    board is told which one to run, because QEMU's UART is slow; the samples take the UART with
+    ``preload=False`` and always on a real board. ``samples_per_start`` caps the samples per
+    QEMU start (default: as many as the sample memory holds). ``transport`` may also be a
+    :class:`BoardConnection`; one that is not open yet is opened and closed here.
     """
     import numpy as np
 
-    conn = (
-        transport
-        if isinstance(transport, BoardConnection)
-        else connect(
-            firmware,
-            transport,
-            count_instructions=count_instructions,
-            serial=serial,
-            timeout=timeout,
-            work_dir=work_dir,
-            device=device,
-        )
-    )
+    items = _sample_bytes(samples, firmware, device)
     clock = float(clock_mhz) if clock_mhz else get_board(firmware.board).clock_mhz
-    outputs: list[bytes] = []
-    instructions: list[int] = []
-    cycles: list[int] = []
-    owns = not conn.is_open  # a connection the caller opened stays open for its next use
-    if owns:
-        conn.open()
-    try:
-        session = conn.session
-        _check_same_model(session.info(), firmware, conn.label)
-        for sample in samples:
-            data = sample.tobytes() if hasattr(sample, "tobytes") else bytes(sample)
-            if len(data) != firmware.input_size:
-                raise DeviceError(
-                    f"a sample has {len(data)} bytes, the model takes {firmware.input_size}", device=device
-                )
-            out, cyc = session.infer(data, marked=count_instructions)
-            outputs.append(out)
-            if count_instructions:
-                count = conn.last_instruction_count()
-                if count is not None:
-                    instructions.append(count)
-                if cyc:
-                    cycles.append(cyc)
-        info = session.info()
-        described = conn.describe()
-    finally:
-        if owns:
-            conn.close()
+    region = get_board(firmware.board).samples
+    acc = _Pass()
+    if transport == "qemu" and preload and region is not None and items:
+        per_start = region.size // firmware.input_size
+        if samples_per_start:
+            per_start = min(per_start, int(samples_per_start))
+        for first in range(0, len(items), per_start):
+            chunk = items[first : first + per_start]
+            conn = QemuBoard(
+                firmware,
+                count_instructions=count_instructions,
+                timeout=timeout,
+                work_dir=work_dir,
+                samples=b"".join(chunk),
+                device=device,
+            )
+            _run_pass(conn, firmware, chunk, True, count_instructions, acc)
+    else:
+        conn = (
+            transport
+            if isinstance(transport, BoardConnection)
+            else connect(
+                firmware,
+                transport,
+                count_instructions=count_instructions,
+                serial=serial,
+                timeout=timeout,
+                work_dir=work_dir,
+                device=device,
+            )
+        )
+        _run_pass(conn, firmware, items, False, count_instructions, acc)
+    info = acc.info
     if info.stack_high_water >= info.stack_bytes:
         raise DeviceError(
             f"the firmware used all {info.stack_bytes} bytes of its stack (a stack overflow); its results "
@@ -274,14 +323,14 @@ def run_on_board(
             device=device,
             hint="build the firmware with a larger stack_bytes",
         )
-    array = np.frombuffer(b"".join(outputs), dtype=np.int8).reshape(len(outputs), firmware.output_size)
+    array = np.frombuffer(b"".join(acc.outputs), dtype=np.int8).reshape(len(acc.outputs), firmware.output_size)
     return BoardRun(
         board=firmware.board,
-        transport=described,
+        transport=acc.described,
         firmware=firmware,
         board_info=info,
         outputs=array.copy(),
-        instructions=instructions,
-        cycles=cycles,
+        instructions=acc.instructions,
+        cycles=acc.cycles,
         clock_mhz=clock,
     )

@@ -6,7 +6,8 @@ initial value 0xFFFF, little-endian on the wire) over type, length and payload. 
 answers each request with exactly one frame; it announces itself with ``READY`` after reset.
 
 Requests: ``INFO`` (no payload), ``INFER`` and ``INFER_MARKED`` (the int8 input sample; the
-marked one runs between the two marker functions the instruction counter watches). Answers:
+marked one runs between the two marker functions the instruction counter watches), and, on
+emulated boards, ``INFER_STORED`` (u32 offset of a sample preloaded into memory, u8 marked). Answers:
 ``INFO_REPLY``, ``OUTPUT`` (i32 status, u32 DWT cycles, the int8 output), ``ERROR`` (code + text) and
 ``FAULT`` (the board took a fault: exception number, fault status registers, faulting PC).
 
@@ -49,6 +50,7 @@ class MSG:
     INFO = 0x01
     INFER = 0x02
     INFER_MARKED = 0x03
+    INFER_STORED = 0x04
     READY = 0x80
     INFO_REPLY = 0x81
     OUTPUT = 0x82
@@ -56,7 +58,7 @@ class MSG:
     ERROR = 0xFF
 
 
-_ERRORS = {1: "CRC mismatch", 2: "wrong length", 3: "unknown message type"}
+_ERRORS = {1: "CRC mismatch", 2: "wrong length", 3: "unknown message type", 4: "out of range"}
 _EXCEPTIONS = {2: "NMI", 3: "HardFault", 4: "MemManage", 5: "BusFault", 6: "UsageFault", 7: "SecureFault"}
 
 
@@ -240,6 +242,11 @@ class Session:
             )
         return info
 
+    def infer_stored(self, offset: int, *, marked: bool = False) -> tuple[bytes, int]:
+        """Like :meth:`infer` for the sample preloaded at ``offset`` in the board's sample memory."""
+        payload = self.request(MSG.INFER_STORED, struct.pack("<IB", offset, int(marked)), expect=MSG.OUTPUT)
+        return self._output(payload)
+
     def infer(self, sample: bytes, *, marked: bool = False) -> tuple[bytes, int]:
         """The int8 output (bytes) for one int8 input sample, and the DWT cycles it took.
 
@@ -247,6 +254,9 @@ class Session:
         timing model and its counter reads 0.
         """
         payload = self.request(MSG.INFER_MARKED if marked else MSG.INFER, sample, expect=MSG.OUTPUT)
+        return self._output(payload)
+
+    def _output(self, payload: bytes) -> tuple[bytes, int]:
         if len(payload) < 8:
             raise ProtocolError(f"OUTPUT of {len(payload)} bytes is shorter than its header", device=self.device)
         status, cycles = struct.unpack_from("<iI", payload)

@@ -5,7 +5,9 @@ UART, so everything above this module is the same for an emulated and a real boa
 
 * :class:`QemuBoard` starts ``qemu-system-arm`` with the firmware, the board's first UART on a
   Unix socket (QEMU waits for the harness to connect before the core starts, so no byte is
-  lost) and, when instructions are counted, the instruction-count plugin. QEMU is always run
+  lost), when instructions are counted the instruction-count plugin, and optionally a block of
+  test samples preloaded into memory outside the budgets (QEMU's ``-device loader``), because
+  its emulated UART receives only about 14 KB/s. QEMU is always run
   with a timeout on every exchange and is terminated (then killed) when the connection closes.
 * :class:`SerialBoard` runs the device file's flash command (``pyocd flash ...``,
   ``openocd ...``; ``{elf}``, ``{bin}`` and ``{hex}`` are replaced by the image's paths), then
@@ -108,6 +110,7 @@ class QemuBoard(BoardConnection):
         timeout: float = 60.0,
         boot_timeout: float = 30.0,
         qemu: str = QEMU,
+        samples: bytes | None = None,
         device: str | None = None,
     ) -> None:
         self.firmware = firmware
@@ -125,8 +128,19 @@ class QemuBoard(BoardConnection):
         self._counts = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.log_path = self.work_dir / "qemu.log"
+        self.samples = samples
+        if samples is not None:
+            region = self.board.samples
+            if region is None:
+                raise DeviceError(f"{self.board.name} has no sample memory to preload", device=device)
+            if len(samples) > region.size:
+                raise DeviceError(
+                    f"{len(samples)} bytes of samples exceed the {region.size_kb} KiB sample memory", device=device
+                )
 
-    def argv(self, socket_path: str, counts_path: str | None, plugin: Path | None) -> list[str]:
+    def argv(
+        self, socket_path: str, counts_path: str | None, plugin: Path | None, samples_path: Path | None = None
+    ) -> list[str]:
         argv = [
             shutil.which(self.qemu) or self.qemu,
             "-M",
@@ -143,6 +157,8 @@ class QemuBoard(BoardConnection):
             self.firmware.elf,
             *self.board.qemu_extra,
         ]
+        if samples_path is not None:
+            argv += ["-device", f"loader,file={samples_path},addr=0x{self.board.samples.origin:08x},force-raw=on"]
         if plugin is not None:
             argv += [
                 "-plugin",
@@ -178,10 +194,14 @@ class QemuBoard(BoardConnection):
             counts_path = str(self.work_dir / "instructions.txt")
             Path(counts_path).write_bytes(b"")
             self._counts = open(counts_path)  # noqa: SIM115 (read as the plugin appends)
+        samples_path = None
+        if self.samples is not None:
+            samples_path = self.work_dir / "samples.bin"
+            samples_path.write_bytes(self.samples)
         log = open(self.log_path, "wb")  # noqa: SIM115 (handed to the child, closed in close())
         try:
             self._proc = subprocess.Popen(
-                self.argv(socket_path, counts_path, plugin),
+                self.argv(socket_path, counts_path, plugin, samples_path),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,5 +1,10 @@
 /* The board side of the host protocol (protocol.py holds the host side and the frame layout).
  *
+ * INFER_STORED exists for emulated boards only: QEMU's UART delivers bytes to the guest one
+ * main-loop iteration at a time (about 14 KB/s), so the QEMU transport preloads the test
+ * samples into memory outside the budgets and names each by its offset; the inference itself,
+ * and everything measured about it, is the same as for a sample sent over the UART.
+ *
  * A frame is SYNC(0xA5) TYPE LEN(u16 LE) PAYLOAD CRC(u16 LE, CRC-16/CCITT-FALSE over TYPE, LEN
  * and PAYLOAD). The board answers every request with exactly one frame, so the host never
  * needs a timeout to tell where an answer ends. The input is received straight into the buffer
@@ -16,6 +21,7 @@
 #define MSG_INFO 0x01u
 #define MSG_INFER 0x02u
 #define MSG_INFER_MARKED 0x03u
+#define MSG_INFER_STORED 0x04u
 #define MSG_READY 0x80u
 #define MSG_INFO_REPLY 0x81u
 #define MSG_OUTPUT 0x82u
@@ -24,8 +30,9 @@
 #define ERR_CRC 1u
 #define ERR_LENGTH 2u
 #define ERR_TYPE 3u
+#define ERR_RANGE 4u
 
-#define INPUT_CAPACITY (TINYML_INPUT_SIZE > 0 ? TINYML_INPUT_SIZE : 1)
+#define INPUT_CAPACITY (TINYML_INPUT_SIZE > 8 ? TINYML_INPUT_SIZE : 8)
 
 static int8_t input_buffer[INPUT_CAPACITY] __attribute__((aligned(8)));
 /* status (i32), cycles (u32), then the model's output */
@@ -207,6 +214,24 @@ int main(void)
                 infer(head[0] == MSG_INFER_MARKED);
             }
             break;
+#ifdef TINYML_SAMPLE_BASE
+        case MSG_INFER_STORED:
+            /* u32 offset of the sample in the preloaded sample memory, u8 marked */
+            if (len != 5u) {
+                send_error(ERR_LENGTH, "INFER_STORED takes a u32 offset and a u8 flag");
+            } else {
+                uint32_t offset = (uint32_t)payload[0] | ((uint32_t)payload[1] << 8) |
+                                  ((uint32_t)payload[2] << 16) | ((uint32_t)payload[3] << 24);
+                int marked = payload[4] != 0u;
+                if (offset > (uint32_t)TINYML_SAMPLE_BYTES - (uint32_t)TINYML_INPUT_SIZE) {
+                    send_error(ERR_RANGE, "sample offset outside the sample memory");
+                } else {
+                    memcpy(input_buffer, (const void *)(TINYML_SAMPLE_BASE + offset), TINYML_INPUT_SIZE);
+                    infer(marked);
+                }
+            }
+            break;
+#endif
         default:
             send_error(ERR_TYPE, "unknown message type");
             break;
