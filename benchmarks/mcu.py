@@ -11,9 +11,11 @@ RAM and the measured stack high-water. Instruction counts are exact and determin
 pass is enough; the latency column is instructions / the board's clock, an estimate (QEMU has
 no timing model).
 
-Without ``--model-dir`` the models are the hand-written int8 MLP test fixtures (a plain C
-MAC loop, the portable baseline). A ``--model-dir`` holds a generated ``model.h``/``model.c``;
-its rows show the ratio of its instructions per MAC to the plain-C baseline on the same board.
+Without ``--model-dir`` the models are the hand-written int8 MLP test fixtures: a plain C MAC
+loop (the portable baseline) and the same model with a simple SMLAD (DSP) or Helium (MVE) dot
+product; all are checked bit for bit against their numpy reference. A ``--model-dir`` holds a
+generated ``model.h``/``model.c``; every row shows the ratio of its instructions per MAC to the
+plain-C baseline (784-256-128-10) on the same board.
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ from tinymlaas_ci.devices.mcu import BOARDS, build_firmware, run_on_board
 from tinymlaas_ci.devices.mcu.harness import qemu_version, toolchain_version
 
 GOALS = {"cortex-m4": 2.0, "cortex-m55": 1.0}
-FIXTURES = {"mlp 64-64-10 (plain C)": (64, 64, 10), "mlp 784-256-128-10 (plain C)": (784, 256, 128, 10)}
+FIXTURES = {
+    "mlp 64-64-10 (plain C)": ((64, 64, 10), False),
+    "mlp 784-256-128-10 (plain C)": ((784, 256, 128, 10), False),
+    "mlp 784-256-128-10 (SMLAD / MVE dot)": ((784, 256, 128, 10), True),
+}
 BASELINE = "mlp 784-256-128-10 (plain C)"
 
 
@@ -87,9 +93,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tinymlaas-mcu-bench-") as tmp:
         tmp = Path(tmp)
         models = []
-        for name, sizes in FIXTURES.items():
+        for name, (sizes, simd) in FIXTURES.items():
             fixture = make_mlp(sizes, seed=0)
-            models.append((name, fixture.write(tmp / f"model-{len(models)}"), fixture.reference))
+            models.append((name, fixture.write(tmp / f"model-{len(models)}", simd=simd), fixture.reference))
         models += [(f"{d.name} (generated)", d.resolve(), None) for d in args.model_dir]
         for name, folder, reference in models:
             for board in boards:

@@ -65,17 +65,22 @@ class MlpFixture:
             act = np.clip(acc + layer.out_zp, low, 127)
         return act.astype(np.int8)
 
-    def write(self, folder: Path) -> Path:
-        """Write ``model.h`` and ``model.c`` into ``folder`` and return it."""
+    def write(self, folder: Path, *, simd: bool = False) -> Path:
+        """Write ``model.h`` and ``model.c`` into ``folder`` and return it.
+
+        ``simd`` uses SMLAD (Armv7E-M/Armv8-M DSP) or Helium (MVE) dot products where the
+        target has them, with the input zero point folded into the bias as CMSIS-NN does; the
+        integer results are the same.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.h").write_text(
             _HEADER.format(inputs=self.sizes[0], outputs=self.sizes[-1], arena=max(self.arena_bytes, 1))
         )
-        (folder / "model.c").write_text(self._source())
+        (folder / "model.c").write_text(self._source(simd))
         return folder
 
-    def _source(self) -> str:
-        out = [_SOURCE_HEAD]
+    def _source(self, simd: bool) -> str:
+        out = ["#define TINYML_FIXTURE_SIMD 1" if simd else "", _SOURCE_HEAD]
         out.append(f"const float tinyml_input_scale = {self.input_scale!r}f;")
         out.append(f"const int tinyml_input_zero_point = {self.input_zero_point};")
         out.append(f"const float tinyml_output_scale = {self.output_scale!r}f;")
@@ -85,7 +90,10 @@ class MlpFixture:
         out.append(f"static int8_t arena[{max(self.arena_bytes, 1)}] __attribute__((aligned(8)));")
         for i, layer in enumerate(self.layers):
             out.append(f"static const int8_t w{i}[{layer.weights.size}] = {{{_ints(layer.weights)}}};")
-            out.append(f"static const int32_t b{i}[{layer.bias.size}] = {{{_ints(layer.bias)}}};")
+            bias = layer.bias.astype(np.int64)
+            if simd:
+                bias = bias - layer.in_zp * layer.weights.astype(np.int64).sum(axis=1)
+            out.append(f"static const int32_t b{i}[{layer.bias.size}] = {{{_ints(bias)}}};")
             out.append(f"static const int32_t m{i}[{layer.bias.size}] = {{{_ints(layer.multiplier)}}};")
             out.append(f"static const int32_t s{i}[{layer.bias.size}] = {{{_ints(layer.shift)}}};")
         out.append("int tinyml_model_run(const int8_t *input, int8_t *output)\n{")
@@ -211,15 +219,54 @@ static int32_t requantize(int32_t acc, int32_t multiplier, int32_t shift)
     return rdbpot(srdhm((int32_t)scaled, multiplier), right);
 }
 
+#if defined(TINYML_FIXTURE_SIMD) && defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+static int32_t dot(const int8_t *x, const int8_t *w, int n)
+{
+    int32_t acc = 0;
+    for (int i = 0; i < n; i += 16) {
+        mve_pred16_t p = vctp8q((uint32_t)(n - i));
+        acc = vmladavaq_p_s8(acc, vldrbq_z_s8(x + i, p), vldrbq_z_s8(w + i, p), p);
+    }
+    return acc;
+}
+#elif defined(TINYML_FIXTURE_SIMD) && defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#include <string.h>
+static int32_t dot(const int8_t *x, const int8_t *w, int n)
+{
+    int32_t acc = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32_t a, b;
+        memcpy(&a, x + i, 4);
+        memcpy(&b, w + i, 4);
+        acc = __smlad(__sxtb16(a), __sxtb16(b), acc);
+        acc = __smlad(__sxtb16((a >> 8) | (a << 24)), __sxtb16((b >> 8) | (b << 24)), acc);
+    }
+    for (; i < n; i++) {
+        acc += (int32_t)x[i] * (int32_t)w[i];
+    }
+    return acc;
+}
+#endif
+
 static void dense(const int8_t *x, int8_t *y, const int8_t *w, const int32_t *b, const int32_t *m,
                   const int32_t *s, int n_in, int n_out, int in_zp, int out_zp, int low)
 {
     for (int j = 0; j < n_out; j++) {
         int32_t acc = b[j];
         const int8_t *row = w + j * n_in;
+#if defined(TINYML_FIXTURE_SIMD) && (defined(__ARM_FEATURE_MVE) || defined(__ARM_FEATURE_DSP))
+        (void)in_zp; /* folded into the bias */
+        acc += dot(x, row, n_in);
+#elif defined(TINYML_FIXTURE_SIMD)
+#error "TINYML_FIXTURE_SIMD needs the DSP extension or MVE"
+#else
         for (int i = 0; i < n_in; i++) {
             acc += ((int32_t)x[i] - in_zp) * (int32_t)row[i];
         }
+#endif
         int32_t v = requantize(acc, m[j], s[j]) + out_zp;
         v = v < low ? low : (v > 127 ? 127 : v);
         y[j] = (int8_t)v;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,28 @@ def test_a_stored_sample_outside_the_sample_memory_is_refused(qemu_arm, firmware
         with pytest.raises(ProtocolError, match="out of range"):
             board.session.infer_stored(16 * 1024 * 1024 - 63)
         assert board.session.info().input_size == 64
+
+
+@pytest.mark.parametrize(("board", "extension"), [("mps2-an386", "SMLAD"), ("mps3-an547", "MVE")])
+def test_dsp_and_helium_kernels_run_bit_exact_after_startup(board, extension, qemu_arm, mlp, samples, tmp_path):
+    """The startup code enables what SIMD kernels need (FPU/MVE coprocessor access on M55)."""
+    model = mlp.write(tmp_path / "simd", simd=True)
+    fw = build_firmware(model, board, out_dir=tmp_path / "fw")
+    run = run_on_board(fw, samples[:10])
+    np.testing.assert_array_equal(run.outputs, mlp.reference(samples[:10]))
+    assembly = subprocess.run(
+        ["arm-none-eabi-gcc", *fw.cflags, f"-I{model}", "-S", "-o", "-", str(model / "model.c")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert ("smlad" if extension == "SMLAD" else "vmladava") in assembly
+
+
+def test_a_model_that_never_returns_times_out_and_qemu_is_stopped(qemu_arm, mlp_dir, tmp_path, samples):
+    model = _variant(mlp_dir, tmp_path / "hang", "", "for (volatile int spin = 1; spin;) {\n    }")
+    fw = build_firmware(model, "mps2-an386", out_dir=tmp_path / "fw")
+    board = QemuBoard(fw, count_instructions=False, timeout=1.0)
+    with pytest.raises(ProtocolError, match="stopped answering"):
+        run_on_board(fw, samples[:1], transport=board)
+    assert not board.is_open
