@@ -20,7 +20,7 @@ void tinyml_uart_init(void);
 void tinyml_uart_putc(uint8_t c);
 uint8_t tinyml_uart_getc(void);
 
-/* Frame writer used by the main loop and by the fault handler (protocol.md in this folder). */
+/* Frame writer used by the main loop and by the fault handler (layout: devices/mcu/protocol.py). */
 void tinyml_send_frame(uint8_t type, const uint8_t *payload, uint16_t len);
 uint16_t tinyml_crc16(uint16_t crc, const uint8_t *data, uint32_t len);
 
