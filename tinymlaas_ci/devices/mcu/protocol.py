@@ -36,6 +36,7 @@ __all__ = [
     "Session",
     "crc16",
     "decode_frame",
+    "describe_fault",
     "encode_frame",
 ]
 

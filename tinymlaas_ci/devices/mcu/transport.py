@@ -16,6 +16,7 @@ UART, so everything above this module is the same for an emulated and a real boa
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -38,6 +39,7 @@ QEMU = "qemu-system-arm"
 _QEMU_HINT = "install QEMU: apt-get install --no-install-recommends qemu-system-arm"
 
 
+@functools.lru_cache(maxsize=8)
 def qemu_version(binary: str = QEMU) -> str:
     """``qemu-system-arm --version``'s first line; fails with how to install it when missing."""
     path = shutil.which(binary)
