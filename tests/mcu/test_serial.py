@@ -87,3 +87,15 @@ def test_flash_command_placeholders(firmware_for, arm_toolchain):
     fw = firmware_for("mps3-an547")
     board = SerialBoard(fw, port="/dev/ttyACM0", flash_command="pyocd flash -t corstone300 {hex} --base {bin}")
     assert board.flash_argv() == ["pyocd", "flash", "-t", "corstone300", fw.hex, "--base", fw.bin]
+
+
+def test_the_serial_settings_of_a_device_file_reach_the_board(pyserial, board_on_a_pty, mlp, samples):
+    fw, tty = board_on_a_pty
+    run = run_on_board(fw, samples[:3], transport="serial", serial={"port": tty, "baudrate": 115200}, timeout=10)
+    np.testing.assert_array_equal(run.outputs, mlp.reference(samples[:3]))
+    assert run.metrics()["instructions_per_inference"] is None
+
+
+def test_a_serial_device_without_a_port_is_refused(firmware_for, arm_toolchain):
+    with pytest.raises(DeviceError, match="needs 'serial: {port: ...}'"):
+        run_on_board(firmware_for("mps2-an386"), [], transport="serial", serial={"baudrate": 9600})

@@ -88,7 +88,10 @@ class BoardRun:
     outputs: np.ndarray
     """int8 [n, output_size], as the board returned them."""
     instructions: list[int] = field(default_factory=list)
-    """Exact instructions between the markers, per inference (QEMU with the plugin)."""
+    """Exact instructions between the markers, per inference (QEMU with the plugin).
+
+    They include the call of ``tinyml_model_run`` and the begin marker: 12 instructions for a
+    model that returns at once, on every preset."""
     cycles: list[int] = field(default_factory=list)
     """DWT cycles per inference on a real core (empty under QEMU, whose counter reads 0)."""
     clock_mhz: float = 0.0
