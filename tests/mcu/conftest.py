@@ -12,8 +12,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.docker_support import unavailable
+from tests.docker_support import in_ci
 from tests.mcu.fixture_model import make_mlp
+
+def unavailable(reason: str) -> None:
+    """Skip the test (laptop) or fail it (CI) because a tool is missing."""
+    if in_ci():
+        pytest.fail(f"{reason} (in CI a missing tool is a failure)", pytrace=False)
+    pytest.skip(reason)
+
 
 _APT = "apt-get install --no-install-recommends gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.docker_support import unavailable
+from tests.mcu.conftest import unavailable
 from tinymlaas_ci.devices.mcu import get_board, run_on_board
 from tinymlaas_ci.devices.mcu.transport import SerialBoard
 from tinymlaas_ci.errors import DeviceError
