@@ -15,6 +15,7 @@ import pytest
 from tests.docker_support import in_ci
 from tests.mcu.fixture_model import make_mlp
 
+
 def unavailable(reason: str) -> None:
     """Skip the test (laptop) or fail it (CI) because a tool is missing."""
     if in_ci():
