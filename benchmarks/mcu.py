@@ -125,7 +125,7 @@ def main() -> int:
     lines = [
         "# Int8 models on Cortex-M boards (QEMU)",
         "",
-        f"`python benchmarks/mcu.py --samples {args.samples}`"
+        f"`python benchmarks/mcu.py --samples {args.samples} --rounds {args.rounds}`"
         + "".join(f" --model-dir {d}" for d in args.model_dir)
         + f": {args.samples} random int8 inputs per model and board, instructions counted exactly",
         "between the firmware's two marker functions by the QEMU instruction-count plugin (identical",
