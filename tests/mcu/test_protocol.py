@@ -103,3 +103,10 @@ def test_output_status_other_than_zero_is_an_error():
     session = Session(FakeStream(encode_frame(MSG.OUTPUT, payload)), timeout=1.0)
     with pytest.raises(Exception, match="returned -2"):
         session.infer(b"\0")
+
+
+def test_a_sample_larger_than_a_frame_is_refused_before_sending():
+    stream = FakeStream()
+    with pytest.raises(ProtocolError, match="does not fit one frame"):
+        Session(stream, timeout=1.0).infer(b"\0" * 70000)
+    assert stream.written == b""

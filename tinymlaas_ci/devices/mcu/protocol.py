@@ -254,6 +254,12 @@ class Session:
         Cycles are counted only for a marked inference and only on a real core; QEMU has no
         timing model and its counter reads 0.
         """
+        if len(sample) > MAX_PAYLOAD:
+            raise ProtocolError(
+                f"a sample of {len(sample)} bytes does not fit one frame (at most {MAX_PAYLOAD})",
+                device=self.device,
+                hint="under QEMU let the harness preload the samples (preload=True)",
+            )
         payload = self.request(MSG.INFER_MARKED if marked else MSG.INFER, sample, expect=MSG.OUTPUT)
         return self._output(payload)
 

@@ -101,7 +101,11 @@ class _SocketStream:
 
 
 class QemuBoard(BoardConnection):
-    """The firmware running under ``qemu-system-arm -M <board>``."""
+    """The firmware running under ``qemu-system-arm -M <board>``.
+
+    ``work_dir`` receives ``qemu.log``, ``instructions.txt`` (one count per marked inference),
+    ``samples.bin`` (preloaded samples) and the plugin; use one connection per folder at a time.
+    """
 
     def __init__(
         self,
