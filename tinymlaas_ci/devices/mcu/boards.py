@@ -10,7 +10,7 @@ device file) are what make a build realistic, and the linker enforces them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tinymlaas_ci.errors import DeviceError
 
@@ -67,7 +67,6 @@ class Board:
     """Memory outside the budgets where the QEMU transport preloads test samples (see harness)."""
     secure: bool = False
     """The core boots in the Secure state (Armv8-M with TrustZone): secure aliases are used."""
-    qemu_extra: tuple[str, ...] = field(default=())
 
     @property
     def gcc_flags(self) -> list[str]:

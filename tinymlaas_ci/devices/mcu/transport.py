@@ -161,7 +161,6 @@ class QemuBoard(BoardConnection):
             "chardev:uart0",
             "-kernel",
             self.firmware.elf,
-            *self.board.qemu_extra,
         ]
         if samples_path is not None:
             argv += ["-device", f"loader,file={samples_path},addr=0x{self.board.samples.origin:08x},force-raw=on"]
