@@ -37,7 +37,7 @@ def test_outputs_are_bit_identical_to_the_numpy_reference(board, qemu_arm, firmw
     assert len(run.instructions) == len(samples)
     # Each MAC costs at least one instruction and the plain C loop fewer than ten.
     assert mlp.macs < min(run.instructions) <= max(run.instructions) < 10 * mlp.macs
-    assert 0 < run.stack_high_water_bytes < fw.stack_bytes
+    assert 0 < run.stack_before_inference_bytes < run.stack_high_water_bytes < fw.stack_bytes
     metrics = run.metrics()
     assert metrics["ram_bytes"]["total"] == fw.ram_bytes + run.stack_high_water_bytes
     assert metrics["instructions_per_inference"]["n"] == len(samples)

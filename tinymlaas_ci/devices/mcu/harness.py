@@ -95,6 +95,8 @@ class BoardRun:
     cycles: list[int] = field(default_factory=list)
     """DWT cycles per inference on a real core (empty under QEMU, whose counter reads 0)."""
     clock_mhz: float = 0.0
+    stack_before_inference_bytes: int = 0
+    """Stack high-water of the firmware alone (boot and protocol), before the first inference."""
 
     @property
     def predictions(self) -> list[int]:
@@ -136,6 +138,7 @@ class BoardRun:
                 "total": self.ram_bytes,
                 "static": fw.ram_bytes,
                 "stack_high_water": self.stack_high_water_bytes,
+                "stack_before_inference": self.stack_before_inference_bytes,
                 "stack_reserved": fw.stack_bytes,
                 "budget": fw.ram_budget_bytes,
             },
@@ -221,6 +224,7 @@ class _Pass:
     instructions: list[int] = field(default_factory=list)
     cycles: list[int] = field(default_factory=list)
     info: BoardInfo | None = None
+    stack_before: int = 0
     described: dict[str, Any] = field(default_factory=dict)
 
 
@@ -232,7 +236,9 @@ def _run_pass(
         conn.open()
     try:
         session = conn.session
-        _check_same_model(session.info(), firmware, conn.label)
+        before = session.info()
+        _check_same_model(before, firmware, conn.label)
+        acc.stack_before = max(acc.stack_before, before.stack_high_water)
         for index, data in enumerate(items):
             if stored:
                 out, cycles = session.infer_stored(index * firmware.input_size, marked=marked)
@@ -336,4 +342,5 @@ def run_on_board(
         instructions=acc.instructions,
         cycles=acc.cycles,
         clock_mhz=clock,
+        stack_before_inference_bytes=acc.stack_before,
     )
