@@ -6,6 +6,8 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +184,36 @@ def test_a_model_that_never_returns_times_out_and_qemu_is_stopped(qemu_arm, mlp_
     with pytest.raises(ProtocolError, match="stopped answering"):
         run_on_board(fw, samples[:1], transport=board)
     assert not board.is_open
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\nState:\tZ" not in fh.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) for the parent-death signal")
+def test_qemu_dies_with_a_harness_that_is_killed(qemu_arm, firmware_for, tmp_path):
+    script = (
+        "import os, sys\n"
+        "from tinymlaas_ci.devices.mcu import FirmwareInfo\n"
+        "from tinymlaas_ci.devices.mcu.transport import QemuBoard\n"
+        "board = QemuBoard(FirmwareInfo.load(sys.argv[1]), count_instructions=False, work_dir=sys.argv[2])\n"
+        "board.open()\n"
+        "print(board._proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    fw = firmware_for("mps2-an386")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(Path(fw.elf).parent), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)

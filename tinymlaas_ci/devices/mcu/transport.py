@@ -203,10 +203,15 @@ class QemuBoard(BoardConnection):
         if self.samples is not None:
             samples_path = self.work_dir / "samples.bin"
             samples_path.write_bytes(self.samples)
+        argv = self.argv(socket_path, counts_path, plugin, samples_path)
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            # QEMU gets SIGTERM if this process dies without closing it (killed, crashed).
+            argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
         log = open(self.log_path, "wb")  # noqa: SIM115 (handed to the child, closed in close())
         try:
             self._proc = subprocess.Popen(
-                self.argv(socket_path, counts_path, plugin, samples_path),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
