@@ -1,0 +1,551 @@
+r"""The C kernel library written next to every generated model (``kernels.h``).
+
+All kernels are C99 ``static`` functions in one header that ``model.c`` includes, so a
+firmware links exactly the kernels its model uses and the host build can inline and specialise
+them on the model's constant shapes (``TINYML_SPECIALIZE``).
+
+Activations are int8 NCHW; weights int8 ``[OC][IC/groups][KH][KW]`` (one contiguous row of
+``K = IC/groups * KH * KW`` values per output channel). Every convolution and fully connected
+layer is a set of dot products between a weight row and an input column: the column is the
+layer's input itself for a fully connected layer and an im2col copy of the receptive field for a
+convolution, padded with the input zero point. The bias is stored pre-corrected as
+``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
+exactly and padding contributes nothing in real terms.
+
+The dot products have one implementation per instruction set, chosen by the compiler's
+predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
+
+* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8``, the tail by
+  a ``vctp8q`` predicate with zeroing loads;
+* ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33): four int8 values per 32-bit load, split by
+  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``;
+* ``__AVX2__`` (x86-64 Linux devices): 16 int8 values sign-extended to int16 and multiplied
+  pairwise into int32 by ``_mm256_madd_epi16``;
+* otherwise a portable C loop.
+
+Integer sums are exact, so every path gives bit-identical results; the tests check that each
+path matches the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`). ``TINYML_EMULATE_ARM``
+compiles the DSP or MVE path on any host with C definitions of the intrinsics, so the paths'
+loop logic is tested where no Arm core is at hand.
+
+Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``;
+it relies on ``>>`` of a negative ``int32_t`` being an arithmetic shift, which GCC, Clang and
+Arm Compiler guarantee.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KERNELS_H"]
+
+KERNELS_H = r"""/* TinyMLaaS-CI int8 kernels. Generated with the model; see model.c. */
+#ifndef TINYML_KERNELS_H
+#define TINYML_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(TINYML_FORCE_PORTABLE)
+#define TINYML_PATH_NAME "portable"
+#elif (defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)) || defined(TINYML_EMULATE_MVE)
+#define TINYML_USE_MVE 1
+#define TINYML_PATH_NAME "mve"
+#elif (defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP) || defined(TINYML_EMULATE_DSP)
+#define TINYML_USE_DSP 1
+#define TINYML_PATH_NAME "dsp"
+#elif defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define TINYML_USE_AVX2 1
+#define TINYML_USE_VNNI 1
+#define TINYML_PATH_NAME "avx512vnni"
+#elif defined(__AVX2__)
+#define TINYML_USE_AVX2 1
+#define TINYML_PATH_NAME "avx2"
+#else
+#define TINYML_PATH_NAME "portable"
+#endif
+
+#if defined(TINYML_SPECIALIZE) && defined(__GNUC__)
+/* Host builds: inline every kernel into its call so the compiler sees the layer's constants. */
+#define TINYML_KERNEL static inline __attribute__((always_inline))
+#else
+#define TINYML_KERNEL static
+#endif
+
+#if defined(TINYML_USE_DSP)
+#if defined(TINYML_EMULATE_DSP)
+static inline int32_t tinyml_sxtb16(uint32_t x) {
+    uint32_t lo = (uint32_t)(int32_t)(int8_t)(x & 0xffu) & 0xffffu;
+    uint32_t hi = (uint32_t)(int32_t)(int8_t)((x >> 16) & 0xffu) & 0xffffu;
+    return (int32_t)(lo | (hi << 16));
+}
+static inline int32_t tinyml_smlad(int32_t a, int32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff)
+               + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
+}
+#else
+#include <arm_acle.h>
+#define tinyml_sxtb16(x) __sxtb16((int32_t)(x))
+#define tinyml_smlad(a, b, acc) __smlad((a), (b), (acc))
+#endif
+static inline uint32_t tinyml_load32(const int8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4); /* one LDR: unaligned word loads are allowed on Armv7E-M and Armv8-M */
+    return v;
+}
+#define TINYML_ROR8(x) (((x) >> 8) | ((x) << 24))
+#endif
+
+#if defined(TINYML_USE_MVE)
+#if defined(TINYML_EMULATE_MVE)
+typedef struct { int8_t v[16]; } tinyml_s8x16;
+typedef uint16_t tinyml_pred;
+static inline tinyml_pred tinyml_vctp8q(uint32_t n) { return (tinyml_pred)(n >= 16 ? 0xffffu : ((1u << n) - 1u)); }
+static inline tinyml_s8x16 tinyml_vld1q_z_s8(const int8_t *p, tinyml_pred m) {
+    tinyml_s8x16 r;
+    int i;
+    for (i = 0; i < 16; i++) r.v[i] = (m >> i) & 1u ? p[i] : 0;
+    return r;
+}
+static inline int32_t tinyml_vmladavaq_s8(int32_t acc, tinyml_s8x16 a, tinyml_s8x16 b) {
+    int i;
+    for (i = 0; i < 16; i++) acc += (int32_t)a.v[i] * b.v[i];
+    return acc;
+}
+#else
+#include <arm_mve.h>
+typedef int8x16_t tinyml_s8x16;
+typedef mve_pred16_t tinyml_pred;
+#define tinyml_vctp8q(n) vctp8q(n)
+#define tinyml_vld1q_z_s8(p, m) vld1q_z_s8((p), (m))
+#define tinyml_vmladavaq_s8(acc, a, b) vmladavaq_s8((acc), (a), (b))
+#endif
+#endif
+
+#if defined(TINYML_USE_AVX2)
+#include <immintrin.h>
+static inline int32_t tinyml_hsum(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+#define TINYML_AVX_ROW(x16, p) _mm256_madd_epi16((x16), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p))))
+#endif
+
+#if defined(TINYML_USE_VNNI)
+/* Weight-row sums times 128: VPDPBUSD multiplies unsigned by signed bytes, so x is fed as
+ * x + 128 (x ^ 0x80) and 128 * sum(w) is subtracted again. Only this path needs them. */
+#define TINYML_WSUM(name) name
+#else
+#define TINYML_WSUM(name) 0
+#endif
+
+/* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding. */
+static inline int32_t tinyml_requantize(int32_t x, int32_t mult, int32_t shift) {
+    int32_t left = shift > 0 ? shift : 0;
+    int32_t right = shift > 0 ? 0 : -shift;
+    int64_t v = (int64_t)x * ((int64_t)1 << left);
+    int64_t ab, nudge;
+    int32_t high, mask, rem, threshold;
+    if (v > INT32_MAX) v = INT32_MAX;
+    if (v < INT32_MIN) v = INT32_MIN;
+    ab = v * (int64_t)mult;
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    high = (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
+    mask = (int32_t)(((int64_t)1 << right) - 1);
+    rem = high & mask;
+    threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+    return (high >> right) + (rem > threshold ? 1 : 0);
+}
+
+static inline int8_t tinyml_clamp(int32_t v, int32_t lo, int32_t hi) {
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* acc[r] += dot(x, w + r * stride) over k values, for r = 0..3. */
+static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int32_t stride, int32_t *acc) {
+    const int8_t *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i = 0;
+#if defined(TINYML_USE_MVE)
+    for (; i < k; i += 16) {
+        tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
+        tinyml_s8x16 xv = tinyml_vld1q_z_s8(x + i, p);
+        a0 = tinyml_vmladavaq_s8(a0, xv, tinyml_vld1q_z_s8(w0 + i, p));
+        a1 = tinyml_vmladavaq_s8(a1, xv, tinyml_vld1q_z_s8(w1 + i, p));
+        a2 = tinyml_vmladavaq_s8(a2, xv, tinyml_vld1q_z_s8(w2 + i, p));
+        a3 = tinyml_vmladavaq_s8(a3, xv, tinyml_vld1q_z_s8(w3 + i, p));
+    }
+#else
+#if defined(TINYML_USE_DSP)
+    for (; i + 4 <= k; i += 4) {
+        uint32_t xw = tinyml_load32(x + i), ww;
+        int32_t xe = tinyml_sxtb16(xw), xo = tinyml_sxtb16(TINYML_ROR8(xw));
+        ww = tinyml_load32(w0 + i);
+        a0 = tinyml_smlad(tinyml_sxtb16(ww), xe, a0);
+        a0 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a0);
+        ww = tinyml_load32(w1 + i);
+        a1 = tinyml_smlad(tinyml_sxtb16(ww), xe, a1);
+        a1 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a1);
+        ww = tinyml_load32(w2 + i);
+        a2 = tinyml_smlad(tinyml_sxtb16(ww), xe, a2);
+        a2 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a2);
+        ww = tinyml_load32(w3 + i);
+        a3 = tinyml_smlad(tinyml_sxtb16(ww), xe, a3);
+        a3 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a3);
+    }
+#elif defined(TINYML_USE_AVX2)
+    if (k >= 16) {
+        __m256i v0 = _mm256_setzero_si256(), v1 = v0, v2 = v0, v3 = v0;
+        for (; i + 16 <= k; i += 16) {
+            __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + i)));
+            v0 = _mm256_add_epi32(v0, TINYML_AVX_ROW(xv, w0 + i));
+            v1 = _mm256_add_epi32(v1, TINYML_AVX_ROW(xv, w1 + i));
+            v2 = _mm256_add_epi32(v2, TINYML_AVX_ROW(xv, w2 + i));
+            v3 = _mm256_add_epi32(v3, TINYML_AVX_ROW(xv, w3 + i));
+        }
+        a0 += tinyml_hsum(v0);
+        a1 += tinyml_hsum(v1);
+        a2 += tinyml_hsum(v2);
+        a3 += tinyml_hsum(v3);
+    }
+#endif
+    for (; i < k; i++) {
+        int32_t xv = x[i];
+        a0 += xv * w0[i];
+        a1 += xv * w1[i];
+        a2 += xv * w2[i];
+        a3 += xv * w3[i];
+    }
+#endif
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* dot(x, w) over k values plus acc. */
+static inline int32_t tinyml_dot1(const int8_t *x, const int8_t *w, int32_t k, int32_t acc) {
+    int32_t i = 0;
+#if defined(TINYML_USE_MVE)
+    for (; i < k; i += 16) {
+        tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
+        acc = tinyml_vmladavaq_s8(acc, tinyml_vld1q_z_s8(x + i, p), tinyml_vld1q_z_s8(w + i, p));
+    }
+#else
+#if defined(TINYML_USE_DSP)
+    for (; i + 4 <= k; i += 4) {
+        uint32_t xw = tinyml_load32(x + i), ww = tinyml_load32(w + i);
+        acc = tinyml_smlad(tinyml_sxtb16(ww), tinyml_sxtb16(xw), acc);
+        acc = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), tinyml_sxtb16(TINYML_ROR8(xw)), acc);
+    }
+#elif defined(TINYML_USE_AVX2)
+    if (k >= 16) {
+        __m256i v = _mm256_setzero_si256();
+        for (; i + 16 <= k; i += 16) {
+            __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + i)));
+            v = _mm256_add_epi32(v, TINYML_AVX_ROW(xv, w + i));
+        }
+        acc += tinyml_hsum(v);
+    }
+#endif
+    for (; i < k; i++) acc += (int32_t)x[i] * w[i];
+#endif
+    return acc;
+}
+
+#if defined(TINYML_USE_VNNI)
+/* Eight dot products of x with rows w, w + k, ..., w + 7k (k values each), as one vector. */
+static inline __m256i tinyml_dot8_vnni(const int8_t *x, const int8_t *w, int32_t k) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    __m256i y0, y1, y2, y3, y4, y5, y6, y7, h0, h1;
+    int32_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m512i xv = _mm512_xor_si512(_mm512_loadu_si512((const void *)(x + i)), flip);
+        a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_loadu_si512((const void *)(w + i)));
+        a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_loadu_si512((const void *)(w + k + i)));
+        a2 = _mm512_dpbusd_epi32(a2, xv, _mm512_loadu_si512((const void *)(w + 2 * k + i)));
+        a3 = _mm512_dpbusd_epi32(a3, xv, _mm512_loadu_si512((const void *)(w + 3 * k + i)));
+        a4 = _mm512_dpbusd_epi32(a4, xv, _mm512_loadu_si512((const void *)(w + 4 * k + i)));
+        a5 = _mm512_dpbusd_epi32(a5, xv, _mm512_loadu_si512((const void *)(w + 5 * k + i)));
+        a6 = _mm512_dpbusd_epi32(a6, xv, _mm512_loadu_si512((const void *)(w + 6 * k + i)));
+        a7 = _mm512_dpbusd_epi32(a7, xv, _mm512_loadu_si512((const void *)(w + 7 * k + i)));
+    }
+    if (i < k) {
+        /* Masked-off weight bytes load as 0, so the x lanes beyond k contribute nothing. */
+        const __mmask64 m = (__mmask64)(~0ULL >> (64 - (k - i)));
+        __m512i xv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x + i), flip);
+        a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_maskz_loadu_epi8(m, w + i));
+        a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_maskz_loadu_epi8(m, w + k + i));
+        a2 = _mm512_dpbusd_epi32(a2, xv, _mm512_maskz_loadu_epi8(m, w + 2 * k + i));
+        a3 = _mm512_dpbusd_epi32(a3, xv, _mm512_maskz_loadu_epi8(m, w + 3 * k + i));
+        a4 = _mm512_dpbusd_epi32(a4, xv, _mm512_maskz_loadu_epi8(m, w + 4 * k + i));
+        a5 = _mm512_dpbusd_epi32(a5, xv, _mm512_maskz_loadu_epi8(m, w + 5 * k + i));
+        a6 = _mm512_dpbusd_epi32(a6, xv, _mm512_maskz_loadu_epi8(m, w + 6 * k + i));
+        a7 = _mm512_dpbusd_epi32(a7, xv, _mm512_maskz_loadu_epi8(m, w + 7 * k + i));
+    }
+#define TINYML_HALF(a) _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64((a), 1))
+    y0 = TINYML_HALF(a0), y1 = TINYML_HALF(a1), y2 = TINYML_HALF(a2), y3 = TINYML_HALF(a3);
+    y4 = TINYML_HALF(a4), y5 = TINYML_HALF(a5), y6 = TINYML_HALF(a6), y7 = TINYML_HALF(a7);
+#undef TINYML_HALF
+    h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(y0, y1), _mm256_hadd_epi32(y2, y3));
+    h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(y4, y5), _mm256_hadd_epi32(y6, y7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+#endif
+
+#if defined(TINYML_USE_AVX2)
+/* tinyml_requantize on eight lanes (the same integer steps, so the same results). */
+static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i m = _mm256_loadu_si256((const __m256i *)mult), s = _mm256_loadu_si256((const __m256i *)shift);
+    const __m256i nudge_pos = _mm256_set1_epi64x((long long)1 << 30);
+    const __m256i nudge_step = _mm256_set1_epi64x(1 - ((long long)1 << 31));
+    const __m256i low31 = _mm256_set1_epi64x(((long long)1 << 31) - 1);
+    __m256i ab[2], high, right, mask, rem, threshold;
+    int32_t h;
+    if (!_mm256_testz_si256(_mm256_cmpgt_epi32(s, zero), _mm256_cmpgt_epi32(s, zero))) {
+        int32_t v[8], r;
+        _mm256_storeu_si256((__m256i *)v, x);
+        for (r = 0; r < 8; r++) v[r] = tinyml_requantize(v[r], mult[r], shift[r]);
+        return _mm256_loadu_si256((const __m256i *)v);
+    }
+    ab[0] = _mm256_mul_epi32(x, m); /* lanes 0, 2, 4, 6 as int64 */
+    ab[1] = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(m, 32));
+    for (h = 0; h < 2; h++) {
+        __m256i t = _mm256_add_epi64(ab[h], _mm256_add_epi64(nudge_pos, _mm256_and_si256(_mm256_cmpgt_epi64(zero, ab[h]), nudge_step)));
+        /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
+        t = _mm256_add_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(zero, t), low31));
+        ab[h] = _mm256_srli_epi64(t, 31);
+    }
+    high = _mm256_blend_epi32(ab[0], _mm256_slli_epi64(ab[1], 32), 0xaa);
+    right = _mm256_sub_epi32(zero, s);
+    mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);
+    rem = _mm256_and_si256(high, mask);
+    threshold = _mm256_sub_epi32(_mm256_srli_epi32(mask, 1), _mm256_cmpgt_epi32(zero, high));
+    return _mm256_sub_epi32(_mm256_srav_epi32(high, right), _mm256_cmpgt_epi32(rem, threshold));
+}
+#endif
+
+/* n outputs dst[r * dst_stride] = clamp(requantize(bias[r] + dot(x, w + r * k)) + out_zp). */
+static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t n, const int32_t *bias,
+                                  const int32_t *wsum, const int32_t *mult, const int32_t *shift, int32_t out_zp,
+                                  int32_t act_min, int32_t act_max, int8_t *dst, int32_t dst_stride) {
+    int32_t o = 0, r;
+#if defined(TINYML_USE_VNNI)
+    const __m256i zp = _mm256_set1_epi32(out_zp), lo = _mm256_set1_epi32(act_min), hi = _mm256_set1_epi32(act_max);
+    for (; o + 8 <= n; o += 8) {
+        int32_t v[8];
+        __m256i acc = tinyml_dot8_vnni(x, w + o * k, k);
+        acc = _mm256_add_epi32(acc, _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(bias + o)),
+                                                     _mm256_loadu_si256((const __m256i *)(wsum + o))));
+        acc = _mm256_add_epi32(tinyml_requantize8(acc, mult + o, shift + o), zp);
+        _mm256_storeu_si256((__m256i *)v, _mm256_min_epi32(_mm256_max_epi32(acc, lo), hi));
+        for (r = 0; r < 8; r++) dst[(o + r) * dst_stride] = (int8_t)v[r];
+    }
+#else
+    (void)wsum;
+#endif
+    for (; o + 4 <= n; o += 4) {
+        int32_t acc[4];
+        for (r = 0; r < 4; r++) acc[r] = bias[o + r];
+        tinyml_dot4(x, w + o * k, k, k, acc);
+        for (r = 0; r < 4; r++) {
+            int32_t v = tinyml_requantize(acc[r], mult[o + r], shift[o + r]) + out_zp;
+            dst[(o + r) * dst_stride] = tinyml_clamp(v, act_min, act_max);
+        }
+    }
+    for (; o < n; o++) {
+        int32_t v = tinyml_requantize(tinyml_dot1(x, w + o * k, k, bias[o]), mult[o], shift[o]) + out_zp;
+        dst[o * dst_stride] = tinyml_clamp(v, act_min, act_max);
+    }
+}
+
+typedef struct {
+    int32_t in_c, in_h, in_w, out_c, out_h, out_w;
+    int32_t kh, kw, sh, sw, pad_t, pad_l, groups;
+    int32_t in_zp, out_zp, act_min, act_max;
+    const int8_t *weight;  /* [out_c][in_c / groups][kh][kw] */
+    const int32_t *bias;   /* bias - in_zp * sum(weight row) */
+    const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
+    const int32_t *mult;
+    const int32_t *shift;
+} tinyml_conv_t;
+
+/* One output position's receptive field of one group, row-major (c, ky, kx), padded with zp. */
+static inline void tinyml_im2col(const tinyml_conv_t *p, const int8_t *in, int32_t icg, int32_t oy, int32_t ox,
+                                 int8_t *col) {
+    int32_t c, ky, kx;
+    int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    int32_t inner = x0 >= 0 && x0 + p->kw <= p->in_w;
+    for (c = 0; c < icg; c++) {
+        const int8_t *plane = in + c * p->in_h * p->in_w;
+        for (ky = 0; ky < p->kh; ky++) {
+            int32_t y = y0 + ky;
+            if (y < 0 || y >= p->in_h) {
+                for (kx = 0; kx < p->kw; kx++) col[kx] = (int8_t)p->in_zp;
+            } else if (inner) {
+                for (kx = 0; kx < p->kw; kx++) col[kx] = plane[y * p->in_w + x0 + kx];
+            } else {
+                for (kx = 0; kx < p->kw; kx++) {
+                    int32_t x = x0 + kx;
+                    col[kx] = (x < 0 || x >= p->in_w) ? (int8_t)p->in_zp : plane[y * p->in_w + x];
+                }
+            }
+            col += p->kw;
+        }
+    }
+}
+
+/* Convolution through im2col: col needs (in_c / groups) * kh * kw bytes. */
+TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+    const int32_t k = icg * p->kh * p->kw, plane = p->out_h * p->out_w;
+    int32_t g, oy, ox;
+    for (g = 0; g < p->groups; g++) {
+        const int8_t *in_g = in + g * icg * p->in_h * p->in_w;
+        const int32_t o = g * ocg;
+        for (oy = 0; oy < p->out_h; oy++) {
+            for (ox = 0; ox < p->out_w; ox++) {
+                tinyml_im2col(p, in_g, icg, oy, ox, col);
+                tinyml_rows_s8(col, p->weight + o * k, k, ocg, p->bias + o, p->wsum ? p->wsum + o : 0, p->mult + o,
+                               p->shift + o, p->out_zp, p->act_min, p->act_max,
+                               out + o * plane + oy * p->out_w + ox, plane);
+            }
+        }
+    }
+}
+
+/* Depthwise convolution (one input channel per group): direct loops, no im2col. */
+TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
+    const int32_t mult = p->out_c / p->in_c, ksize = p->kh * p->kw;
+    int32_t o, oy, ox, ky, kx;
+    for (o = 0; o < p->out_c; o++) {
+        const int8_t *plane = in + (o / mult) * p->in_h * p->in_w;
+        const int8_t *w = p->weight + o * ksize;
+        int8_t *dst = out + o * p->out_h * p->out_w;
+        for (oy = 0; oy < p->out_h; oy++) {
+            int32_t y0 = oy * p->sh - p->pad_t;
+            for (ox = 0; ox < p->out_w; ox++) {
+                int32_t x0 = ox * p->sw - p->pad_l, acc = p->bias[o], v;
+                for (ky = 0; ky < p->kh; ky++) {
+                    int32_t y = y0 + ky;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        int32_t x = x0 + kx;
+                        int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w) ? p->in_zp
+                                                                                      : plane[y * p->in_w + x];
+                        acc += xv * w[ky * p->kw + kx];
+                    }
+                }
+                v = tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp;
+                dst[oy * p->out_w + ox] = tinyml_clamp(v, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+typedef struct {
+    int32_t in_n, out_n, out_zp, act_min, act_max;
+    const int8_t *weight; /* [out_n][in_n] */
+    const int32_t *bias;  /* bias - in_zp * sum(weight row) */
+    const int32_t *wsum;  /* 128 * sum(weight row), for the VNNI path only */
+    const int32_t *mult;
+    const int32_t *shift;
+} tinyml_fc_t;
+
+TINYML_KERNEL void tinyml_fc_s8(const tinyml_fc_t *p, const int8_t *in, int8_t *out) {
+    tinyml_rows_s8(in, p->weight, p->in_n, p->out_n, p->bias, p->wsum, p->mult, p->shift, p->out_zp, p->act_min,
+                   p->act_max, out, 1);
+}
+
+typedef struct {
+    int32_t n, a_zp, b_zp, out_zp, left_shift, act_min, act_max;
+    int32_t a_mult, a_shift, b_mult, b_shift, out_mult, out_shift;
+} tinyml_add_t;
+
+TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+    int32_t i;
+    for (i = 0; i < p->n; i++) {
+        int32_t xa = (int32_t)(((uint32_t)(a[i] - p->a_zp)) << p->left_shift);
+        int32_t xb = (int32_t)(((uint32_t)(b[i] - p->b_zp)) << p->left_shift);
+        int32_t s = tinyml_requantize(xa, p->a_mult, p->a_shift) + tinyml_requantize(xb, p->b_mult, p->b_shift);
+        out[i] = tinyml_clamp(tinyml_requantize(s, p->out_mult, p->out_shift) + p->out_zp, p->act_min, p->act_max);
+    }
+}
+
+typedef struct {
+    int32_t c, in_h, in_w, out_h, out_w, kh, kw, sh, sw, pad_t, pad_l;
+    int32_t in_zp, out_zp, act_min, act_max, count_include_pad;
+    int32_t rescale;        /* maxpool: 0 when the output keeps the input's scale */
+    const int32_t *mult;    /* avgpool: index count - 1; maxpool: one value when rescale */
+    const int32_t *shift;
+} tinyml_pool_t;
+
+TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
+    int32_t c, oy, ox, ky, kx;
+    for (c = 0; c < p->c; c++) {
+        const int8_t *plane = in + c * p->in_h * p->in_w;
+        for (oy = 0; oy < p->out_h; oy++) {
+            for (ox = 0; ox < p->out_w; ox++) {
+                int32_t m = -129, y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+                for (ky = 0; ky < p->kh; ky++) {
+                    int32_t y = y0 + ky;
+                    if (y < 0 || y >= p->in_h) continue;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        int32_t x = x0 + kx;
+                        if (x >= 0 && x < p->in_w && plane[y * p->in_w + x] > m) m = plane[y * p->in_w + x];
+                    }
+                }
+                if (p->rescale) m = tinyml_requantize(m - p->in_zp, p->mult[0], p->shift[0]) + p->out_zp;
+                *out++ = tinyml_clamp(m, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+TINYML_KERNEL void tinyml_avgpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
+    int32_t c, oy, ox, ky, kx;
+    for (c = 0; c < p->c; c++) {
+        const int8_t *plane = in + c * p->in_h * p->in_w;
+        for (oy = 0; oy < p->out_h; oy++) {
+            for (ox = 0; ox < p->out_w; ox++) {
+                int32_t sum = 0, count = 0, y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l, v;
+                for (ky = 0; ky < p->kh; ky++) {
+                    int32_t y = y0 + ky;
+                    if (y < 0 || y >= p->in_h) continue;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        int32_t x = x0 + kx;
+                        if (x >= 0 && x < p->in_w) {
+                            sum += plane[y * p->in_w + x] - p->in_zp;
+                            count++;
+                        }
+                    }
+                }
+                if (p->count_include_pad) count = p->kh * p->kw;
+                v = tinyml_requantize(sum, p->mult[count - 1], p->shift[count - 1]) + p->out_zp;
+                *out++ = tinyml_clamp(v, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+/* Elementwise rescale and clamp over n values. */
+TINYML_KERNEL void tinyml_requantize_s8(int32_t n, const int8_t *in, int8_t *out, int32_t in_zp, int32_t out_zp,
+                                        int32_t mult, int32_t shift, int32_t act_min, int32_t act_max) {
+    int32_t i;
+    for (i = 0; i < n; i++)
+        out[i] = tinyml_clamp(tinyml_requantize(in[i] - in_zp, mult, shift) + out_zp, act_min, act_max);
+}
+
+/* Copy with clamp (a concatenated input that keeps its scale). */
+TINYML_KERNEL void tinyml_clamp_copy_s8(int32_t n, const int8_t *in, int8_t *out, int32_t act_min, int32_t act_max) {
+    int32_t i;
+    if (act_min <= -128 && act_max >= 127) {
+        memcpy(out, in, (size_t)n);
+        return;
+    }
+    for (i = 0; i < n; i++) out[i] = tinyml_clamp(in[i], act_min, act_max);
+}
+
+#endif /* TINYML_KERNELS_H */
+"""
