@@ -1,11 +1,12 @@
 r"""The C kernel library written next to every generated model (``kernels.h``).
 
 All kernels are C99 ``static`` functions in one header that ``model.c`` includes, so a
-firmware links exactly the kernels its model uses and the host build can inline and specialise
-them on the model's constant shapes (``TINYML_SPECIALIZE``).
+firmware links exactly the kernels its model uses (the compiler drops the others).
 
-Activations are int8 NCHW; weights int8 ``[OC][IC/groups][KH][KW]`` (one contiguous row of
-``K = IC/groups * KH * KW`` values per output channel). Every convolution and fully connected
+Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as ``H * W`` pixels of
+``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout and
+are transposed on the way in and out. Weights are int8 ``[OC][KH][KW][IC/groups]`` (one contiguous
+row of ``K = KH * KW * IC/groups`` values per output channel). Every convolution and fully connected
 layer is a set of dot products between a weight row and an input column: the column is the
 layer's input itself for a fully connected layer and an im2col copy of the receptive field for a
 convolution, padded with the input zero point. The bias is stored pre-corrected as
@@ -63,9 +64,9 @@ KERNELS_H = r"""/* TinyMLaaS-CI int8 kernels. Generated with the model; see mode
 #define TINYML_PATH_NAME "portable"
 #endif
 
-#if defined(TINYML_SPECIALIZE) && defined(__GNUC__)
-/* Host builds: inline every kernel into its call so the compiler sees the layer's constants. */
-#define TINYML_KERNEL static inline __attribute__((always_inline))
+#if defined(__GNUC__)
+/* A model uses some kernels only: the others must not warn under -Wall. */
+#define TINYML_KERNEL static __attribute__((unused))
 #else
 #define TINYML_KERNEL static
 #endif
@@ -294,7 +295,30 @@ static inline __m256i tinyml_dot8_vnni(const int8_t *x, const int8_t *w, int32_t
 }
 #endif
 
-#if defined(TINYML_USE_AVX2)
+#if defined(TINYML_USE_VNNI)
+/* tinyml_requantize on eight lanes widened to int64 (the same integer steps, so the same results). */
+static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
+    const __m512i m = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)mult));
+    const __m512i s = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)shift));
+    const __m512i left = _mm512_max_epi64(s, zero), right = _mm512_max_epi64(_mm512_sub_epi64(zero, s), zero);
+    __m512i v = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(x), left), ab, mask, rem, threshold;
+    v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(INT32_MIN)), _mm512_set1_epi64(INT32_MAX));
+    ab = _mm512_mul_epi32(v, m);
+    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero), _mm512_set1_epi64((long long)1 << 30),
+                                                      _mm512_set1_epi64(1 - ((long long)1 << 30))));
+    /* Division by 2^31 truncating toward zero. */
+    ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
+    ab = _mm512_srai_epi64(ab, 31);
+    mask = _mm512_sub_epi64(_mm512_sllv_epi64(one, right), one);
+    rem = _mm512_and_si512(ab, mask);
+    threshold = _mm512_srli_epi64(mask, 1);
+    threshold = _mm512_mask_add_epi64(threshold, _mm512_cmplt_epi64_mask(ab, zero), threshold, one);
+    v = _mm512_srav_epi64(ab, right);
+    v = _mm512_mask_add_epi64(v, _mm512_cmpgt_epi64_mask(rem, threshold), v, one);
+    return _mm512_cvtepi64_epi32(v);
+}
+#elif defined(TINYML_USE_AVX2)
 /* tinyml_requantize on eight lanes (the same integer steps, so the same results). */
 static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
     const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
@@ -340,8 +364,13 @@ static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
         acc = _mm256_add_epi32(acc, _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(bias + o)),
                                                      _mm256_loadu_si256((const __m256i *)(wsum + o))));
         acc = _mm256_add_epi32(tinyml_requantize8(acc, mult + o, shift + o), zp);
-        _mm256_storeu_si256((__m256i *)v, _mm256_min_epi32(_mm256_max_epi32(acc, lo), hi));
-        for (r = 0; r < 8; r++) dst[(o + r) * dst_stride] = (int8_t)v[r];
+        acc = _mm256_min_epi32(_mm256_max_epi32(acc, lo), hi);
+        if (dst_stride == 1) {
+            _mm_storel_epi64((__m128i *)(dst + o), _mm256_cvtepi32_epi8(acc));
+        } else {
+            _mm256_storeu_si256((__m256i *)v, acc);
+            for (r = 0; r < 8; r++) dst[(o + r) * dst_stride] = (int8_t)v[r];
+        }
     }
 #else
     (void)wsum;
@@ -365,80 +394,86 @@ typedef struct {
     int32_t in_c, in_h, in_w, out_c, out_h, out_w;
     int32_t kh, kw, sh, sw, pad_t, pad_l, groups;
     int32_t in_zp, out_zp, act_min, act_max;
-    const int8_t *weight;  /* [out_c][in_c / groups][kh][kw] */
+    const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] */
     const int32_t *bias;   /* bias - in_zp * sum(weight row) */
     const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
     const int32_t *mult;
     const int32_t *shift;
 } tinyml_conv_t;
 
-/* One output position's receptive field of one group, row-major (c, ky, kx), padded with zp. */
-static inline void tinyml_im2col(const tinyml_conv_t *p, const int8_t *in, int32_t icg, int32_t oy, int32_t ox,
+/* One output position's receptive field of group g, ordered (ky, kx, c), padded with in_zp. */
+static inline void tinyml_im2col(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t oy, int32_t ox,
                                  int8_t *col) {
-    int32_t c, ky, kx;
-    int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
-    int32_t inner = x0 >= 0 && x0 + p->kw <= p->in_w;
-    for (c = 0; c < icg; c++) {
-        const int8_t *plane = in + c * p->in_h * p->in_w;
-        for (ky = 0; ky < p->kh; ky++) {
-            int32_t y = y0 + ky;
-            if (y < 0 || y >= p->in_h) {
-                for (kx = 0; kx < p->kw; kx++) col[kx] = (int8_t)p->in_zp;
-            } else if (inner) {
-                for (kx = 0; kx < p->kw; kx++) col[kx] = plane[y * p->in_w + x0 + kx];
-            } else {
-                for (kx = 0; kx < p->kw; kx++) {
-                    int32_t x = x0 + kx;
-                    col[kx] = (x < 0 || x >= p->in_w) ? (int8_t)p->in_zp : plane[y * p->in_w + x];
+    const int32_t icg = p->in_c / p->groups;
+    const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    const int32_t inner = p->groups == 1 && x0 >= 0 && x0 + p->kw <= p->in_w;
+    int32_t ky, kx;
+    for (ky = 0; ky < p->kh; ky++) {
+        const int32_t y = y0 + ky;
+        if (y < 0 || y >= p->in_h) {
+            memset(col, (uint8_t)p->in_zp, (size_t)(p->kw * icg));
+            col += p->kw * icg;
+        } else if (inner) {
+            /* The whole kernel row is in the image: kw pixels of in_c channels are contiguous. */
+            memcpy(col, in + (y * p->in_w + x0) * p->in_c, (size_t)(p->kw * p->in_c));
+            col += p->kw * p->in_c;
+        } else {
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) {
+                    memset(col, (uint8_t)p->in_zp, (size_t)icg);
+                } else {
+                    memcpy(col, in + (y * p->in_w + x) * p->in_c + g * icg, (size_t)icg);
                 }
+                col += icg;
             }
-            col += p->kw;
         }
     }
 }
 
-/* Convolution through im2col: col needs (in_c / groups) * kh * kw bytes. */
+/* Convolution, NHWC in and out, through im2col: col needs (in_c / groups) * kh * kw bytes. */
 TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
-    const int32_t k = icg * p->kh * p->kw, plane = p->out_h * p->out_w;
+    const int32_t k = icg * p->kh * p->kw;
     int32_t g, oy, ox;
-    for (g = 0; g < p->groups; g++) {
-        const int8_t *in_g = in + g * icg * p->in_h * p->in_w;
-        const int32_t o = g * ocg;
-        for (oy = 0; oy < p->out_h; oy++) {
-            for (ox = 0; ox < p->out_w; ox++) {
-                tinyml_im2col(p, in_g, icg, oy, ox, col);
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+            for (g = 0; g < p->groups; g++) {
+                const int32_t o = g * ocg;
+                tinyml_im2col(p, in, g, oy, ox, col);
                 tinyml_rows_s8(col, p->weight + o * k, k, ocg, p->bias + o, p->wsum ? p->wsum + o : 0, p->mult + o,
-                               p->shift + o, p->out_zp, p->act_min, p->act_max,
-                               out + o * plane + oy * p->out_w + ox, plane);
+                               p->shift + o, p->out_zp, p->act_min, p->act_max, dst + o, 1);
             }
         }
     }
 }
 
-/* Depthwise convolution (one input channel per group): direct loops, no im2col. */
+/* Depthwise convolution (one input channel per group), NHWC: direct loops, no im2col. */
 TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t mult = p->out_c / p->in_c, ksize = p->kh * p->kw;
     int32_t o, oy, ox, ky, kx;
-    for (o = 0; o < p->out_c; o++) {
-        const int8_t *plane = in + (o / mult) * p->in_h * p->in_w;
-        const int8_t *w = p->weight + o * ksize;
-        int8_t *dst = out + o * p->out_h * p->out_w;
-        for (oy = 0; oy < p->out_h; oy++) {
-            int32_t y0 = oy * p->sh - p->pad_t;
-            for (ox = 0; ox < p->out_w; ox++) {
-                int32_t x0 = ox * p->sw - p->pad_l, acc = p->bias[o], v;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->sh - p->pad_t;
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->sw - p->pad_l;
+            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+            for (o = 0; o < p->out_c; o++) {
+                const int8_t *w = p->weight + o * ksize;
+                const int32_t c = o / mult;
+                int32_t acc = p->bias[o], v;
                 for (ky = 0; ky < p->kh; ky++) {
-                    int32_t y = y0 + ky;
+                    const int32_t y = y0 + ky;
                     for (kx = 0; kx < p->kw; kx++) {
-                        int32_t x = x0 + kx;
-                        int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w) ? p->in_zp
-                                                                                      : plane[y * p->in_w + x];
+                        const int32_t x = x0 + kx;
+                        const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
+                                               ? p->in_zp
+                                               : in[(y * p->in_w + x) * p->in_c + c];
                         acc += xv * w[ky * p->kw + kx];
                     }
                 }
                 v = tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp;
-                dst[oy * p->out_w + ox] = tinyml_clamp(v, p->act_min, p->act_max);
+                dst[o] = tinyml_clamp(v, p->act_min, p->act_max);
             }
         }
     }
@@ -481,19 +516,23 @@ typedef struct {
     const int32_t *shift;
 } tinyml_pool_t;
 
+/* Max pooling, NHWC. */
 TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
     int32_t c, oy, ox, ky, kx;
-    for (c = 0; c < p->c; c++) {
-        const int8_t *plane = in + c * p->in_h * p->in_w;
-        for (oy = 0; oy < p->out_h; oy++) {
-            for (ox = 0; ox < p->out_w; ox++) {
-                int32_t m = -129, y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+            for (c = 0; c < p->c; c++) {
+                int32_t m = -129;
                 for (ky = 0; ky < p->kh; ky++) {
-                    int32_t y = y0 + ky;
+                    const int32_t y = y0 + ky;
                     if (y < 0 || y >= p->in_h) continue;
                     for (kx = 0; kx < p->kw; kx++) {
-                        int32_t x = x0 + kx;
-                        if (x >= 0 && x < p->in_w && plane[y * p->in_w + x] > m) m = plane[y * p->in_w + x];
+                        const int32_t x = x0 + kx;
+                        if (x >= 0 && x < p->in_w) {
+                            const int32_t v = in[(y * p->in_w + x) * p->c + c];
+                            m = v > m ? v : m;
+                        }
                     }
                 }
                 if (p->rescale) m = tinyml_requantize(m - p->in_zp, p->mult[0], p->shift[0]) + p->out_zp;
@@ -503,20 +542,21 @@ TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, i
     }
 }
 
+/* Average pooling, NHWC: sum(x - zp) rescaled by s_in / (s_out * count). */
 TINYML_KERNEL void tinyml_avgpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
     int32_t c, oy, ox, ky, kx;
-    for (c = 0; c < p->c; c++) {
-        const int8_t *plane = in + c * p->in_h * p->in_w;
-        for (oy = 0; oy < p->out_h; oy++) {
-            for (ox = 0; ox < p->out_w; ox++) {
-                int32_t sum = 0, count = 0, y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l, v;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+            for (c = 0; c < p->c; c++) {
+                int32_t sum = 0, count = 0, v;
                 for (ky = 0; ky < p->kh; ky++) {
-                    int32_t y = y0 + ky;
+                    const int32_t y = y0 + ky;
                     if (y < 0 || y >= p->in_h) continue;
                     for (kx = 0; kx < p->kw; kx++) {
-                        int32_t x = x0 + kx;
+                        const int32_t x = x0 + kx;
                         if (x >= 0 && x < p->in_w) {
-                            sum += plane[y * p->in_w + x] - p->in_zp;
+                            sum += in[(y * p->in_w + x) * p->c + c] - p->in_zp;
                             count++;
                         }
                     }
@@ -527,6 +567,19 @@ TINYML_KERNEL void tinyml_avgpool_s8(const tinyml_pool_t *p, const int8_t *in, i
             }
         }
     }
+}
+
+/* (C, H, W) planes to (H, W, C) pixels, and back. */
+TINYML_KERNEL void tinyml_chw_to_hwc(int32_t c, int32_t hw, const int8_t *in, int8_t *out) {
+    int32_t i, j;
+    for (i = 0; i < hw; i++)
+        for (j = 0; j < c; j++) out[i * c + j] = in[j * hw + i];
+}
+
+TINYML_KERNEL void tinyml_hwc_to_chw(int32_t c, int32_t hw, const int8_t *in, int8_t *out) {
+    int32_t i, j;
+    for (j = 0; j < c; j++)
+        for (i = 0; i < hw; i++) out[j * hw + i] = in[i * c + j];
 }
 
 /* Elementwise rescale and clamp over n values. */
