@@ -158,6 +158,7 @@ class _Parser:
             )
         sample_shape = tuple(int(d) for d in dims[1:])
         quant_in = None
+        float_views: dict[str, tuple[onnx.NodeProto, tuple[int, ...]]] = {}
 
         # Checked first, in one pass, so that nothing is produced for an unsupported model.
         for node in self.graph.node:
@@ -178,10 +179,20 @@ class _Parser:
                 if src == graph_in.name:
                     self.tensors[out] = ir.QTensor(out, sample_shape, scale, zp)
                     quant_in = out
+                elif src in float_views:
+                    # The input is reshaped before it is quantized; quantizing commutes with it.
+                    quant_in = out + ".input"
+                    self.tensors[quant_in] = ir.QTensor(quant_in, sample_shape, scale, zp)
+                    self.tensors[out] = ir.QTensor(out, float_views[src][1], scale, zp)
+                    self.ops.append(ir.Reshape(float_views[src][0].name or "Reshape", float_views[src][0].op_type, [quant_in], out))
                 elif src in self.pending:
                     self.finish(node, self.pending.pop(src), out, scale, zp)
                 else:
                     raise self.fail(node, f"quantizes {src!r}, which no supported operator produces")
+            elif op in ("Reshape", "Flatten") and node.input[0] in (graph_in.name, *float_views) and not self.tensors:
+                src = node.input[0]
+                shape = sample_shape if src == graph_in.name else float_views[src][1]
+                float_views[node.output[0]] = (node, self.reshaped(node, shape))
             elif op in ("Relu", "Clip") and node.input[0] in self.pending:
                 lo, hi = self.clip_range(node)
                 spec = self.pending.pop(node.input[0])
@@ -290,25 +301,7 @@ class _Parser:
             spec.update(a=a, b=b)
         elif op in ("Reshape", "Flatten"):
             x = self.act(node, node.input[0])
-            if op == "Flatten":
-                axis = int(attrs.get("axis", 1))
-                if axis != 1:
-                    raise self.fail(node, f"Flatten axis {axis} is not supported (only 1, keeping the batch)")
-                shape = (x.size,)
-            else:
-                target = [int(v) for v in self.scalar(node, node.input[1]).reshape(-1)]
-                if not target or target[0] not in (0, 1, -1):
-                    raise self.fail(node, f"Reshape to {target} changes the batch axis")
-                rest = [x.shape[i - 1] if v == 0 else v for i, v in enumerate(target) if i > 0]
-                if rest.count(-1) > 1:
-                    raise self.fail(node, f"Reshape to {target} has more than one -1")
-                if -1 in rest:
-                    known = math.prod(v for v in rest if v != -1)
-                    rest[rest.index(-1)] = x.size // max(known, 1)
-                if math.prod(rest) != x.size:
-                    raise self.fail(node, f"Reshape of {x.shape} to {target} changes the number of elements")
-                shape = tuple(rest)
-            spec.update(x=x, shape=shape)
+            spec.update(x=x, shape=self.reshaped(node, x.shape))
         elif op == "Concat":
             xs = [self.act(node, n) for n in node.input]
             rank = len(xs[0].shape)
@@ -325,6 +318,27 @@ class _Parser:
             spec["x"] = self.act(node, node.input[0])
             spec["lo"], spec["hi"] = self.clip_range(node)
         return spec
+
+    def reshaped(self, node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The sample shape after a Reshape or Flatten of a ``shape`` sample (batch kept)."""
+        size = math.prod(shape)
+        if node.op_type == "Flatten":
+            axis = int(_attrs(node).get("axis", 1))
+            if axis != 1:
+                raise self.fail(node, f"Flatten axis {axis} is not supported (only 1, keeping the batch)")
+            return (size,)
+        target = [int(v) for v in self.scalar(node, node.input[1]).reshape(-1)]
+        if not target or target[0] not in (0, 1, -1):
+            raise self.fail(node, f"Reshape to {target} changes the batch axis")
+        rest = [shape[i - 1] if v == 0 else v for i, v in enumerate(target) if i > 0]
+        if rest.count(-1) > 1:
+            raise self.fail(node, f"Reshape to {target} has more than one -1")
+        if -1 in rest:
+            known = math.prod(v for v in rest if v != -1)
+            rest[rest.index(-1)] = size // max(known, 1)
+        if math.prod(rest) != size:
+            raise self.fail(node, f"Reshape of {shape} to {target} changes the number of elements")
+        return tuple(rest)
 
     def check_weights(self, node, w, ws, wzp, channels: int) -> None:
         import numpy as np
