@@ -71,9 +71,7 @@ def build(onnx_path: Path, tmp: Path, paths=("native",)):
 
     graph = load_graph(onnx_path)
     info = generate_from_graph(graph, tmp / "c")
-    models = {
-        name: CModel(build_shared(tmp / "c", tmp / f"lib-{name}.so", flags=PATHS[name])) for name in paths
-    }
+    models = {name: CModel(build_shared(tmp / "c", tmp / f"lib-{name}.so", flags=PATHS[name])) for name in paths}
     return graph, info, models
 
 
@@ -96,5 +94,7 @@ def assert_bit_exact(graph, models, n: int = 8, seed: int = 1) -> np.ndarray:
         got = model.run_int8(xs)
         assert got.shape == want.shape
         bad = np.argwhere(got != want)
-        assert not len(bad), f"{name}: {len(bad)} outputs differ, first at {bad[0].tolist()}: {got[tuple(bad[0])]} != {want[tuple(bad[0])]}"
+        if len(bad):
+            at = tuple(bad[0])
+            raise AssertionError(f"{name}: {len(bad)} outputs differ, first at {list(at)}: {got[at]} != {want[at]}")
     return want

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,7 +48,7 @@ def test_a_chain_needs_only_its_largest_input_output_pair(sizes):
     # Layer i reads tensor i and writes tensor i + 1: tensor i is live at steps i - 1 and i.
     chain = [Buffer(f"t{i}", s, i - 1, i) for i, s in enumerate(sizes)]
     p = plan(chain, align=1)
-    assert p.size == max(a + b for a, b in zip(sizes, sizes[1:]))
+    assert p.size == max(a + b for a, b in itertools.pairwise(sizes))
     assert _overlaps(chain, p.offsets) == []
 
 

@@ -41,7 +41,7 @@ def digits(tmp_path_factory):
 
 
 def test_c_agrees_with_onnx_runtime_int8_on_the_test_split(digits):
-    data, compiled, info, out = digits
+    data, compiled, _info, out = digits
     x, y = measure.eval_split(data, "test")
     ort = load_session(compiled.deployed, threads=1)
     c = load_c_session(out / "c")
@@ -58,7 +58,7 @@ def test_c_agrees_with_onnx_runtime_int8_on_the_test_split(digits):
 
 
 def test_the_compiled_model_is_bit_exact_and_small(digits):
-    data, compiled, info, out = digits
+    _data, compiled, info, out = digits
     graph = load_graph(compiled.deployed)
     model = CModel(build_shared(out / "c", out / "portable.so", flags=["-O2", "-DTINYML_FORCE_PORTABLE"]))
     assert_bit_exact(graph, {"native": CModel(out / "c" / "libtinyml_model.so"), "portable": model}, n=16)

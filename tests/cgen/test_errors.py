@@ -24,7 +24,9 @@ class WithSigmoid(nn.Module):
 def test_an_unsupported_operator_names_the_node_and_writes_nothing(tmp_path):
     path = quantized(WithSigmoid(), (2, 6, 6), tmp_path)
     out = tmp_path / "c"
-    with pytest.raises(TinymlError, match=r"node '[^']*Sigmoid[^']*' \(Sigmoid\): operator Sigmoid is not supported") as err:
+    with pytest.raises(
+        TinymlError, match=r"node '[^']*Sigmoid[^']*' \(Sigmoid\): operator Sigmoid is not supported"
+    ) as err:
         generate_c(path, out)
     assert "Conv" in err.value.hint and "Concat" in err.value.hint
     assert not out.exists()
@@ -60,8 +62,12 @@ def test_uint8_activations_are_refused(tmp_path):
             return None if x is None else {"input": x}
 
     quantize_static(
-        str(fp32), str(tmp_path / "u8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        str(fp32),
+        str(tmp_path / "u8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
     )
     with pytest.raises(TinymlError, match="quantized to uint8, the C kernels need int8") as err:
         generate_c(tmp_path / "u8.onnx", tmp_path / "c")

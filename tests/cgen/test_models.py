@@ -30,7 +30,7 @@ def net(request, tmp_path_factory):
 
 
 def test_every_kernel_path_matches_the_reference(net):
-    name, graph, info, models, _ = net
+    _name, graph, _info, models, _ = net
     want = assert_bit_exact(graph, models, n=3)
     assert np.ptp(want.astype(int)) > 0
     assert {m.kernel_path for m in models.values()} >= {"portable", "dsp", "mve"}
@@ -54,7 +54,7 @@ def test_info_counts_what_the_model_holds(net):
 
 
 def test_a_chain_model_needs_exactly_the_lower_bound(net):
-    name, graph, info, *_ = net
+    name, _graph, info, *_ = net
     # Without residual branches a network is a chain of layers: the plan reaches the lower bound.
     if name != "resnet8":
         assert info.arena_bytes == info.arena_lower_bound
@@ -77,7 +77,7 @@ def test_generated_code_compiles_for_cortex_m(net, tmp_path, cpu, flags, path):
         from tests.docker_support import unavailable
 
         unavailable("arm-none-eabi-gcc is not installed: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
-    name, graph, info, models, tmp = net
+    _name, _graph, info, _models, tmp = net
     obj = tmp_path / "model.o"
     cmd = [gcc, f"-mcpu={cpu}", "-mthumb", *flags, "-O2", "-std=c99", "-Wall", "-Wextra", "-Werror"]
     subprocess.run([*cmd, "-c", str(tmp / "c" / "model.c"), "-o", str(obj)], check=True)

@@ -100,7 +100,7 @@ class LinearNet(nn.Module):
 )
 def test_gemm_after_flatten(tmp_path_factory, c, hw, n_out, bias, act, calib):
     tmp = tmp_path_factory.mktemp("gemm")
-    graph, info = check(LinearNet(c * hw * hw, n_out, bias, act), (c, hw, hw), tmp, calib)
+    _graph, info = check(LinearNet(c * hw * hw, n_out, bias, act), (c, hw, hw), tmp, calib)
     assert info.ops[-1]["kernel"] == "fc" and info.macs == c * hw * hw * n_out
 
 
@@ -205,7 +205,13 @@ class ClipNet(nn.Module):
 
 
 @SETTINGS
-@given(c=st.integers(1, 4), hw=st.integers(3, 7), lo=st.sampled_from([-0.5, 0.0, 0.1]), hi=st.sampled_from([0.3, 1.0, 6.0]), calib=RANGES)
+@given(
+    c=st.integers(1, 4),
+    hw=st.integers(3, 7),
+    lo=st.sampled_from([-0.5, 0.0, 0.1]),
+    hi=st.sampled_from([0.3, 1.0, 6.0]),
+    calib=RANGES,
+)
 def test_clip_and_flatten(tmp_path_factory, c, hw, lo, hi, calib):
     tmp = tmp_path_factory.mktemp("clip")
     check(ClipNet(c, lo, hi), (c, hw, hw), tmp, calib)

@@ -305,7 +305,8 @@ static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const i
     __m512i v = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(x), left), ab, mask, rem, threshold;
     v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(INT32_MIN)), _mm512_set1_epi64(INT32_MAX));
     ab = _mm512_mul_epi32(v, m);
-    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero), _mm512_set1_epi64((long long)1 << 30),
+    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero),
+                                                      _mm512_set1_epi64((long long)1 << 30),
                                                       _mm512_set1_epi64(1 - ((long long)1 << 30))));
     /* Division by 2^31 truncating toward zero. */
     ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
@@ -337,7 +338,8 @@ static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const i
     ab[0] = _mm256_mul_epi32(x, m); /* lanes 0, 2, 4, 6 as int64 */
     ab[1] = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(m, 32));
     for (h = 0; h < 2; h++) {
-        __m256i t = _mm256_add_epi64(ab[h], _mm256_add_epi64(nudge_pos, _mm256_and_si256(_mm256_cmpgt_epi64(zero, ab[h]), nudge_step)));
+        __m256i nudge = _mm256_add_epi64(nudge_pos, _mm256_and_si256(_mm256_cmpgt_epi64(zero, ab[h]), nudge_step));
+        __m256i t = _mm256_add_epi64(ab[h], nudge);
         /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
         t = _mm256_add_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(zero, t), low31));
         ab[h] = _mm256_srli_epi64(t, 31);

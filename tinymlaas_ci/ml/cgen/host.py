@@ -110,9 +110,7 @@ def build_shared(
     model_dir = Path(model_dir)
     for name in ("model.h", "model.c", "kernels.h"):
         if not (model_dir / name).is_file():
-            raise TinymlError(
-                f"{model_dir / name} does not exist", hint="generate the C model first (generate_c)"
-            )
+            raise TinymlError(f"{model_dir / name} does not exist", hint="generate the C model first (generate_c)")
     cc = cc or compiler()
     out = Path(out) if out is not None else model_dir / "libtinyml_model.so"
     host_c = model_dir / "host.c"
@@ -155,7 +153,9 @@ class CModel:
         self.output_zero_point = ctypes.c_int.in_dll(lib, "tinyml_output_zero_point").value
         self.macs = ctypes.c_ulong.in_dll(lib, "tinyml_macs").value
         self.weights_bytes = ctypes.c_ulong.in_dll(lib, "tinyml_weights_bytes").value
-        self.kernel_path = ctypes.c_char_p(ctypes.addressof(ctypes.c_char.in_dll(lib, "tinyml_kernel_path"))).value.decode()
+        self.kernel_path = ctypes.c_char_p(
+            ctypes.addressof(ctypes.c_char.in_dll(lib, "tinyml_kernel_path"))
+        ).value.decode()
         self._f32 = lib.tinyml_host_run_f32
         self._s8 = lib.tinyml_host_run_s8
         # Per-sample calls dominate on small models: one persistent sample buffer per input

@@ -83,9 +83,7 @@ class _Parser:
 
         self.source = source
         self.graph = model.graph
-        self.init: dict[str, np.ndarray] = {
-            i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer
-        }
+        self.init: dict[str, np.ndarray] = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         for node in model.graph.node:
             if node.op_type == "Constant":
                 value = _attrs(node).get("value")
@@ -108,7 +106,9 @@ class _Parser:
 
     def scalar(self, node: onnx.NodeProto, name: str) -> np.ndarray:
         if name not in self.init:
-            raise self.fail(node, f"input {name!r} must be a constant", hint="re-export the model with constant folding")
+            raise self.fail(
+                node, f"input {name!r} must be a constant", hint="re-export the model with constant folding"
+            )
         return self.init[name]
 
     def qparams(self, node: onnx.NodeProto) -> tuple[float, int]:
@@ -184,7 +184,9 @@ class _Parser:
                     quant_in = out + ".input"
                     self.tensors[quant_in] = ir.QTensor(quant_in, sample_shape, scale, zp)
                     self.tensors[out] = ir.QTensor(out, float_views[src][1], scale, zp)
-                    self.ops.append(ir.Reshape(float_views[src][0].name or "Reshape", float_views[src][0].op_type, [quant_in], out))
+                    self.ops.append(
+                        ir.Reshape(float_views[src][0].name or "Reshape", float_views[src][0].op_type, [quant_in], out)
+                    )
                 elif src in self.pending:
                     self.finish(node, self.pending.pop(src), out, scale, zp)
                 else:
@@ -278,9 +280,11 @@ class _Parser:
             x = self.act(node, node.input[0])
             w, ws, wzp, _axis = self.weight(node, node.input[1])
             if op == "Gemm":
-                if int(attrs.get("transA", 0)) or float(attrs.get("alpha", 1.0)) != 1.0 or float(
-                    attrs.get("beta", 1.0)
-                ) != 1.0:
+                if (
+                    int(attrs.get("transA", 0))
+                    or float(attrs.get("alpha", 1.0)) != 1.0
+                    or float(attrs.get("beta", 1.0)) != 1.0
+                ):
                     raise self.fail(node, "only Gemm with transA=0, alpha=1, beta=1 is supported")
                 trans_b = bool(int(attrs.get("transB", 0)))
             else:
@@ -312,7 +316,9 @@ class _Parser:
             axis -= 1
             for x in xs:
                 if len(x.shape) != rank or any(x.shape[i] != xs[0].shape[i] for i in range(rank) if i != axis):
-                    raise self.fail(node, f"inputs of shapes {[t.shape for t in xs]} cannot be concatenated on axis {axis + 1}")
+                    raise self.fail(
+                        node, f"inputs of shapes {[t.shape for t in xs]} cannot be concatenated on axis {axis + 1}"
+                    )
             spec.update(xs=xs, axis=axis)
         elif op in ("Relu", "Clip"):
             spec["x"] = self.act(node, node.input[0])

@@ -38,7 +38,7 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int
 def _conv(op: ir.Conv, x: np.ndarray, tin: ir.QTensor, tout: ir.QTensor) -> np.ndarray:
     import numpy as np
 
-    c, _h, _w = op.in_shape
+    _c, _h, _w = op.in_shape
     oc, icg, kh, kw = op.weight.shape
     _, oh, ow = op.out_shape
     pt, pl, pb, pr = op.pads
@@ -110,7 +110,11 @@ def _concat(op: ir.Concat, xs: list[np.ndarray], tins: list[ir.QTensor], tout: i
         if rescale is None:
             parts.append(np.clip(x.astype(np.int64), op.act_min, op.act_max))
         else:
-            parts.append(np.clip(requantize(x.astype(np.int64) - t.zero_point, *rescale) + tout.zero_point, op.act_min, op.act_max))
+            parts.append(
+                np.clip(
+                    requantize(x.astype(np.int64) - t.zero_point, *rescale) + tout.zero_point, op.act_min, op.act_max
+                )
+            )
     return np.concatenate(parts, axis=op.axis).astype(np.int8)
 
 
