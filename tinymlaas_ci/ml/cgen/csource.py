@@ -297,10 +297,10 @@ static inline __m256i tinyml_dot8_vnni(const int8_t *x, const int8_t *w, int32_t
 
 #if defined(TINYML_USE_VNNI)
 /* tinyml_requantize on eight lanes widened to int64 (the same integer steps, so the same results). */
-static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
+static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift) {
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
-    const __m512i m = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)mult));
-    const __m512i s = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)shift));
+    const __m512i m = _mm512_cvtepi32_epi64(mult);
+    const __m512i s = _mm512_cvtepi32_epi64(shift);
     const __m512i left = _mm512_max_epi64(s, zero), right = _mm512_max_epi64(_mm512_sub_epi64(zero, s), zero);
     __m512i v = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(x), left), ab, mask, rem, threshold;
     v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(INT32_MIN)), _mm512_set1_epi64(INT32_MAX));
@@ -318,6 +318,21 @@ static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const i
     v = _mm512_srav_epi64(ab, right);
     v = _mm512_mask_add_epi64(v, _mm512_cmpgt_epi64_mask(rem, threshold), v, one);
     return _mm512_cvtepi64_epi32(v);
+}
+
+static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
+    return tinyml_requantize8v(x, _mm256_loadu_si256((const __m256i *)mult), _mm256_loadu_si256((const __m256i *)shift));
+}
+
+/* Eight int8 values widened to int32, minus the zero point. */
+static inline __m256i tinyml_load8_centered(const int8_t *p, int32_t zp) {
+    return _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)), _mm256_set1_epi32(zp));
+}
+
+/* Clamp eight int32 lanes and store them as int8. */
+static inline void tinyml_store8(int8_t *p, __m256i v, int32_t lo, int32_t hi) {
+    v = _mm256_min_epi32(_mm256_max_epi32(v, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
+    _mm_storel_epi64((__m128i *)p, _mm256_cvtepi32_epi8(v));
 }
 #elif defined(TINYML_USE_AVX2)
 /* tinyml_requantize on eight lanes (the same integer steps, so the same results). */
@@ -501,8 +516,20 @@ typedef struct {
 } tinyml_add_t;
 
 TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
-    int32_t i;
-    for (i = 0; i < p->n; i++) {
+    int32_t i = 0;
+#if defined(TINYML_USE_VNNI)
+    const __m256i am = _mm256_set1_epi32(p->a_mult), as = _mm256_set1_epi32(p->a_shift);
+    const __m256i bm = _mm256_set1_epi32(p->b_mult), bs = _mm256_set1_epi32(p->b_shift);
+    const __m256i om = _mm256_set1_epi32(p->out_mult), os = _mm256_set1_epi32(p->out_shift);
+    for (; i + 8 <= p->n; i += 8) {
+        __m256i xa = _mm256_slli_epi32(tinyml_load8_centered(a + i, p->a_zp), p->left_shift);
+        __m256i xb = _mm256_slli_epi32(tinyml_load8_centered(b + i, p->b_zp), p->left_shift);
+        __m256i sum = _mm256_add_epi32(tinyml_requantize8v(xa, am, as), tinyml_requantize8v(xb, bm, bs));
+        sum = _mm256_add_epi32(tinyml_requantize8v(sum, om, os), _mm256_set1_epi32(p->out_zp));
+        tinyml_store8(out + i, sum, p->act_min, p->act_max);
+    }
+#endif
+    for (; i < p->n; i++) {
         int32_t xa = (int32_t)(((uint32_t)(a[i] - p->a_zp)) << p->left_shift);
         int32_t xb = (int32_t)(((uint32_t)(b[i] - p->b_zp)) << p->left_shift);
         int32_t s = tinyml_requantize(xa, p->a_mult, p->a_shift) + tinyml_requantize(xb, p->b_mult, p->b_shift);
@@ -587,8 +614,14 @@ TINYML_KERNEL void tinyml_hwc_to_chw(int32_t c, int32_t hw, const int8_t *in, in
 /* Elementwise rescale and clamp over n values. */
 TINYML_KERNEL void tinyml_requantize_s8(int32_t n, const int8_t *in, int8_t *out, int32_t in_zp, int32_t out_zp,
                                         int32_t mult, int32_t shift, int32_t act_min, int32_t act_max) {
-    int32_t i;
-    for (i = 0; i < n; i++)
+    int32_t i = 0;
+#if defined(TINYML_USE_VNNI)
+    const __m256i m = _mm256_set1_epi32(mult), s = _mm256_set1_epi32(shift), zp = _mm256_set1_epi32(out_zp);
+    for (; i + 8 <= n; i += 8)
+        tinyml_store8(out + i, _mm256_add_epi32(tinyml_requantize8v(tinyml_load8_centered(in + i, in_zp), m, s), zp),
+                      act_min, act_max);
+#endif
+    for (; i < n; i++)
         out[i] = tinyml_clamp(tinyml_requantize(in[i] - in_zp, mult, shift) + out_zp, act_min, act_max);
 }
 
