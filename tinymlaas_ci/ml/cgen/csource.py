@@ -136,8 +136,10 @@ static inline int32_t tinyml_hsum(__m256i v) {
 /* Weight-row sums times 128: VPDPBUSD multiplies unsigned by signed bytes, so x is fed as
  * x + 128 (x ^ 0x80) and 128 * sum(w) is subtracted again. Only this path needs them. */
 #define TINYML_WSUM(name) name
+#define TINYML_VNNI_W(name) name
 #else
 #define TINYML_WSUM(name) 0
+#define TINYML_VNNI_W(name) 0
 #endif
 
 /* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding. */
@@ -297,7 +299,7 @@ static inline __m256i tinyml_dot8_vnni(const int8_t *x, const int8_t *w, int32_t
 
 #if defined(TINYML_USE_VNNI)
 /* tinyml_requantize on eight lanes widened to int64 (the same integer steps, so the same results). */
-static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift) {
+static inline __m256i tinyml_requantize8_wide(__m256i x, __m256i mult, __m256i shift) {
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
     const __m512i m = _mm512_cvtepi32_epi64(mult);
     const __m512i s = _mm512_cvtepi32_epi64(shift);
@@ -318,6 +320,47 @@ static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift
     v = _mm512_srav_epi64(ab, right);
     v = _mm512_mask_add_epi64(v, _mm512_cmpgt_epi64_mask(rem, threshold), v, one);
     return _mm512_cvtepi64_epi32(v);
+}
+
+/* The high 32 bits of 2 * a * m for the int32 values in the even lanes, as in tinyml_requantize. */
+static inline __m512i tinyml_srdhm_even(__m512i a, __m512i m) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i ab = _mm512_mul_epi32(a, m);
+    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero),
+                                                      _mm512_set1_epi64((long long)1 << 30),
+                                                      _mm512_set1_epi64(1 - ((long long)1 << 30))));
+    /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
+    ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
+    return _mm512_srli_epi64(ab, 31);
+}
+
+/* tinyml_requantize on sixteen int32 lanes. */
+static inline __m512i tinyml_requantize16(__m512i x, __m512i mult, __m512i shift) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    __m512i high, right, mask, rem, threshold, v;
+    if (_mm512_cmpgt_epi32_mask(shift, zero)) {
+        /* Some factor is >= 1 and needs a saturating left shift first: the int64 route. */
+        __m256i lo = tinyml_requantize8_wide(_mm512_castsi512_si256(x), _mm512_castsi512_si256(mult),
+                                             _mm512_castsi512_si256(shift));
+        __m256i hi = tinyml_requantize8_wide(_mm512_extracti64x4_epi64(x, 1), _mm512_extracti64x4_epi64(mult, 1),
+                                             _mm512_extracti64x4_epi64(shift, 1));
+        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    }
+    high = _mm512_mask_blend_epi32((__mmask16)0xaaaa, tinyml_srdhm_even(x, mult),
+                                   _mm512_slli_epi64(tinyml_srdhm_even(_mm512_srli_epi64(x, 32),
+                                                                       _mm512_srli_epi64(mult, 32)), 32));
+    right = _mm512_sub_epi32(zero, shift);
+    mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+    rem = _mm512_and_si512(high, mask);
+    threshold = _mm512_srli_epi32(mask, 1);
+    threshold = _mm512_mask_add_epi32(threshold, _mm512_cmplt_epi32_mask(high, zero), threshold, one);
+    v = _mm512_srav_epi32(high, right);
+    return _mm512_mask_add_epi32(v, _mm512_cmpgt_epi32_mask(rem, threshold), v, one);
+}
+
+static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift) {
+    return _mm512_castsi512_si256(tinyml_requantize16(_mm512_zextsi256_si512(x), _mm512_zextsi256_si512(mult),
+                                                      _mm512_zextsi256_si512(shift)));
 }
 
 static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
@@ -416,6 +459,7 @@ typedef struct {
     const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
     const int32_t *mult;
     const int32_t *shift;
+    const int8_t *wq;      /* VNNI path: [groups][ceil(K / 4)][out_c / groups rounded up to 16][4] */
 } tinyml_conv_t;
 
 /* One output position's receptive field of group g, ordered (ky, kx, c), padded with in_zp. */
@@ -448,11 +492,123 @@ static inline void tinyml_im2col(const tinyml_conv_t *p, const int8_t *in, int32
     }
 }
 
-/* Convolution, NHWC in and out, through im2col: col needs (in_c / groups) * kh * kw bytes. */
+#if defined(TINYML_USE_VNNI)
+/* n bytes of int8 as uint8 (x + 128), 64 at a time. */
+static inline void tinyml_copy_flip(uint8_t *dst, const int8_t *src, int32_t n) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (; n >= 64; n -= 64, src += 64, dst += 64)
+        _mm512_storeu_si512((void *)dst, _mm512_xor_si512(_mm512_loadu_si512((const void *)src), flip));
+    if (n > 0) {
+        const __mmask64 m = (__mmask64)(~0ULL >> (64 - n));
+        _mm512_mask_storeu_epi8(dst, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, src), flip));
+    }
+}
+
+/* tinyml_im2col as uint8 (x + 128), the column zero-padded to a multiple of 4 bytes. */
+static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t oy, int32_t ox,
+                                    uint8_t *col) {
+    const int32_t icg = p->in_c / p->groups;
+    const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    const int32_t inner = p->groups == 1 && x0 >= 0 && x0 + p->kw <= p->in_w;
+    int32_t k = icg * p->kh * p->kw;
+    const uint8_t pad = (uint8_t)(p->in_zp + 128);
+    uint8_t *c = col;
+    int32_t ky, kx;
+    for (ky = 0; ky < p->kh; ky++) {
+        const int32_t y = y0 + ky;
+        if (y < 0 || y >= p->in_h) {
+            memset(c, pad, (size_t)(p->kw * icg));
+            c += p->kw * icg;
+        } else if (inner) {
+            tinyml_copy_flip(c, in + (y * p->in_w + x0) * p->in_c, p->kw * p->in_c);
+            c += p->kw * p->in_c;
+        } else {
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) {
+                    memset(c, pad, (size_t)icg);
+                } else {
+                    tinyml_copy_flip(c, in + (y * p->in_w + x) * p->in_c + g * icg, icg);
+                }
+                c += icg;
+            }
+        }
+    }
+    for (; k % 4; k++) col[k] = 0;
+}
+
+/* Requantize, clamp and store outputs o .. o + n - 1 (n <= 16) held in the lanes of acc. */
+static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_t o, int32_t n, int8_t *dst) {
+    const __mmask16 m = (__mmask16)(n >= 16 ? 0xffffu : ((1u << n) - 1u));
+    __m512i mult, shift, v;
+    acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, p->bias + o));
+    acc = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, p->wsum + o));
+    mult = _mm512_maskz_loadu_epi32(m, p->mult + o);
+    shift = _mm512_maskz_loadu_epi32(m, p->shift + o);
+    v = _mm512_add_epi32(tinyml_requantize16(acc, mult, shift), _mm512_set1_epi32(p->out_zp));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(p->act_min)), _mm512_set1_epi32(p->act_max));
+    _mm_mask_storeu_epi8(dst + o, m, _mm512_cvtepi32_epi8(v));
+}
+
+/* Convolution with output channels in vector lanes: per 4 column bytes, one VPDPBUSD per 16
+ * channels against the interleaved weights wq; no horizontal sums. */
+static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out, uint8_t *col) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+    const int32_t kq = (icg * p->kh * p->kw + 3) / 4, ocp = (ocg + 15) & ~15;
+    int32_t g, oy, ox, b, q;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+            for (g = 0; g < p->groups; g++) {
+                const int8_t *wg = p->wq + (size_t)g * kq * ocp * 4;
+                tinyml_im2col_u8(p, in, g, oy, ox, col);
+                for (b = 0; b < ocp; b += 32) {
+                    const int32_t two = b + 16 < ocp;
+                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, c0 = a0, c1 = a0;
+                    int32_t x0, x1;
+                    for (q = 0; q + 2 <= kq; q += 2) {
+                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4, *w1 = w0 + ocp * 4;
+                        __m512i v0, v1;
+                        memcpy(&x0, col + 4 * q, 4);
+                        memcpy(&x1, col + 4 * q + 4, 4);
+                        v0 = _mm512_set1_epi32(x0);
+                        v1 = _mm512_set1_epi32(x1);
+                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
+                        a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512((const void *)w1));
+                        if (two) {
+                            c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
+                            c1 = _mm512_dpbusd_epi32(c1, v1, _mm512_loadu_si512((const void *)(w1 + 64)));
+                        }
+                    }
+                    if (q < kq) {
+                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4;
+                        __m512i v0;
+                        memcpy(&x0, col + 4 * q, 4);
+                        v0 = _mm512_set1_epi32(x0);
+                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
+                        if (two) c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
+                    }
+                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst);
+                    if (two) tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* Convolution, NHWC in and out, through im2col: col needs (in_c / groups) * kh * kw bytes,
+ * rounded up to a multiple of 4. */
 TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t k = icg * p->kh * p->kw;
     int32_t g, oy, ox;
+#if defined(TINYML_USE_VNNI)
+    if (p->wq) {
+        tinyml_conv_vnni(p, in, out, (uint8_t *)col);
+        return;
+    }
+#endif
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
             int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
@@ -518,15 +674,20 @@ typedef struct {
 TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
     int32_t i = 0;
 #if defined(TINYML_USE_VNNI)
-    const __m256i am = _mm256_set1_epi32(p->a_mult), as = _mm256_set1_epi32(p->a_shift);
-    const __m256i bm = _mm256_set1_epi32(p->b_mult), bs = _mm256_set1_epi32(p->b_shift);
-    const __m256i om = _mm256_set1_epi32(p->out_mult), os = _mm256_set1_epi32(p->out_shift);
-    for (; i + 8 <= p->n; i += 8) {
-        __m256i xa = _mm256_slli_epi32(tinyml_load8_centered(a + i, p->a_zp), p->left_shift);
-        __m256i xb = _mm256_slli_epi32(tinyml_load8_centered(b + i, p->b_zp), p->left_shift);
-        __m256i sum = _mm256_add_epi32(tinyml_requantize8v(xa, am, as), tinyml_requantize8v(xb, bm, bs));
-        sum = _mm256_add_epi32(tinyml_requantize8v(sum, om, os), _mm256_set1_epi32(p->out_zp));
-        tinyml_store8(out + i, sum, p->act_min, p->act_max);
+    const __m512i am = _mm512_set1_epi32(p->a_mult), as = _mm512_set1_epi32(p->a_shift);
+    const __m512i bm = _mm512_set1_epi32(p->b_mult), bs = _mm512_set1_epi32(p->b_shift);
+    const __m512i om = _mm512_set1_epi32(p->out_mult), os = _mm512_set1_epi32(p->out_shift);
+    const __m512i azp = _mm512_set1_epi32(p->a_zp), bzp = _mm512_set1_epi32(p->b_zp), ozp = _mm512_set1_epi32(p->out_zp);
+    for (; i + 16 <= p->n; i += 16) {
+        __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
+        __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
+        __m512i sum;
+        xa = _mm512_sllv_epi32(_mm512_sub_epi32(xa, azp), _mm512_set1_epi32(p->left_shift));
+        xb = _mm512_sllv_epi32(_mm512_sub_epi32(xb, bzp), _mm512_set1_epi32(p->left_shift));
+        sum = _mm512_add_epi32(tinyml_requantize16(xa, am, as), tinyml_requantize16(xb, bm, bs));
+        sum = _mm512_add_epi32(tinyml_requantize16(sum, om, os), ozp);
+        sum = _mm512_min_epi32(_mm512_max_epi32(sum, _mm512_set1_epi32(p->act_min)), _mm512_set1_epi32(p->act_max));
+        _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(sum));
     }
 #endif
     for (; i < p->n; i++) {

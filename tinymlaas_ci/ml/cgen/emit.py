@@ -122,7 +122,7 @@ def layout(graph: ir.Graph) -> Layout:
 
 def _scratch_bytes(op: ir.Op) -> int:
     if isinstance(op, ir.Conv) and not op.depthwise:
-        return int(prod(op.weight.shape[1:]))
+        return (int(prod(op.weight.shape[1:])) + 3) // 4 * 4
     return 0
 
 
@@ -211,6 +211,8 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
         decls.append(_array("int8_t", f"{tag}_w", _conv_weights(op)))
         decls.append(_array("int32_t", f"{tag}_b", _effective_bias(op, x.zero_point)))
         decls.append(_wsum(tag, op))
+        if not op.depthwise:
+            decls.append(_vnni_weights(tag, op))
         decls.append(_array("int32_t", f"{tag}_m", op.multiplier))
         decls.append(_array("int32_t", f"{tag}_s", op.shift))
         c, h, w = op.in_shape
@@ -219,7 +221,8 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
         decls.append(
             f"static const tinyml_conv_t {tag} = {{{c}, {h}, {w}, {oc}, {oh}, {ow}, {kh}, {kw}, "
             f"{op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}, {op.groups}, "
-            f"{x.zero_point}, {y.zero_point}, {clamp}, {tag}_w, {tag}_b, TINYML_WSUM({tag}_ws), {tag}_m, {tag}_s}};\n\n"
+            f"{x.zero_point}, {y.zero_point}, {clamp}, {tag}_w, {tag}_b, TINYML_WSUM({tag}_ws), {tag}_m, {tag}_s, "
+            f"{'0' if op.depthwise else f'TINYML_VNNI_W({tag}_wq)'}}};\n\n"
         )
         if op.depthwise:
             call = f"    tinyml_depthwise_s8(&{tag}, {ptr(0)}, {ptr(-1)});"
@@ -300,6 +303,20 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
     else:  # pragma: no cover - every IR operator is handled above
         raise TypeError(type(op).__name__)
     return "".join(decls), call
+
+
+def _vnni_weights(tag: str, op: ir.Conv) -> str:
+    """The weights interleaved for the AVX-512 VNNI convolution: ``[G][ceil(K/4)][OCg up to 16][4]``."""
+    import numpy as np
+
+    groups = op.groups
+    w = _conv_weights(op).reshape(groups, op.weight.shape[0] // groups, -1)  # G, OCg, K
+    _, ocg, k = w.shape
+    kq, ocp = (k + 3) // 4, (ocg + 15) // 16 * 16
+    padded = np.zeros((groups, ocp, kq * 4), np.int8)
+    padded[:, :ocg, :k] = w
+    inter = padded.reshape(groups, ocp, kq, 4).transpose(0, 2, 1, 3)
+    return "#if defined(TINYML_USE_VNNI)\n" + _array("int8_t", f"{tag}_wq", inter) + "#endif\n"
 
 
 def _model_c(graph: ir.Graph, lay: Layout) -> str:
