@@ -504,13 +504,12 @@ static inline void tinyml_copy_flip(uint8_t *dst, const int8_t *src, int32_t n) 
     }
 }
 
-/* tinyml_im2col as uint8 (x + 128), the column zero-padded to a multiple of 4 bytes. */
+/* tinyml_im2col as uint8 (x + 128); the caller zeroes the column up to a multiple of 4 bytes. */
 static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t oy, int32_t ox,
                                     uint8_t *col) {
     const int32_t icg = p->in_c / p->groups;
     const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
     const int32_t inner = p->groups == 1 && x0 >= 0 && x0 + p->kw <= p->in_w;
-    int32_t k = icg * p->kh * p->kw;
     const uint8_t pad = (uint8_t)(p->in_zp + 128);
     uint8_t *c = col;
     int32_t ky, kx;
@@ -534,7 +533,6 @@ static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, in
             }
         }
     }
-    for (; k % 4; k++) col[k] = 0;
 }
 
 /* Requantize, clamp and store outputs o .. o + n - 1 (n <= 16) held in the lanes of acc. */
@@ -551,45 +549,76 @@ static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_
 }
 
 /* Convolution with output channels in vector lanes: per 4 column bytes, one VPDPBUSD per 16
- * channels against the interleaved weights wq; no horizontal sums. */
-static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out, uint8_t *col) {
+ * channels against the interleaved weights wq, no horizontal sums. Two output positions share
+ * each weight load; even and odd column words go to separate accumulators so that the
+ * multiply-accumulate chains overlap. */
+static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t kq = (icg * p->kh * p->kw + 3) / 4, ocp = (ocg + 15) & ~15;
+    const size_t step = (size_t)ocp * 4;
+    uint8_t col[2][4 * kq];
     int32_t g, oy, ox, b, q;
+    /* The columns' last partial group of 4 bytes: zero once, im2col never writes there. */
+    for (q = icg * p->kh * p->kw; q < 4 * kq; q++) col[0][q] = col[1][q] = 0;
     for (oy = 0; oy < p->out_h; oy++) {
-        for (ox = 0; ox < p->out_w; ox++) {
-            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+        for (ox = 0; ox < p->out_w; ox += 2) {
+            const int32_t pair = ox + 1 < p->out_w;
+            int8_t *dst0 = out + (oy * p->out_w + ox) * p->out_c, *dst1 = dst0 + p->out_c;
             for (g = 0; g < p->groups; g++) {
-                const int8_t *wg = p->wq + (size_t)g * kq * ocp * 4;
-                tinyml_im2col_u8(p, in, g, oy, ox, col);
+                const int8_t *wg = p->wq + (size_t)g * kq * step;
+                tinyml_im2col_u8(p, in, g, oy, ox, col[0]);
+                if (pair) tinyml_im2col_u8(p, in, g, oy, ox + 1, col[1]);
                 for (b = 0; b < ocp; b += 32) {
                     const int32_t two = b + 16 < ocp;
-                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, c0 = a0, c1 = a0;
-                    int32_t x0, x1;
-                    for (q = 0; q + 2 <= kq; q += 2) {
-                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4, *w1 = w0 + ocp * 4;
-                        __m512i v0, v1;
-                        memcpy(&x0, col + 4 * q, 4);
-                        memcpy(&x1, col + 4 * q + 4, 4);
-                        v0 = _mm512_set1_epi32(x0);
-                        v1 = _mm512_set1_epi32(x1);
-                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
-                        a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512((const void *)w1));
+                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, e0 = a0, e1 = a0;
+                    __m512i c0 = a0, c1 = a0, f0 = a0, f1 = a0;
+                    const int8_t *w = wg + (size_t)b * 4;
+                    const uint8_t *x = col[0], *y = col[pair];
+                    for (q = 0; q + 2 <= kq; q += 2, w += 2 * step, x += 8, y += 8) {
+                        int32_t xw[2], yw[2];
+                        __m512i u0, u1, v0, v1, w0, w1;
+                        memcpy(xw, x, 8);
+                        memcpy(yw, y, 8);
+                        u0 = _mm512_set1_epi32(xw[0]);
+                        u1 = _mm512_set1_epi32(xw[1]);
+                        v0 = _mm512_set1_epi32(yw[0]);
+                        v1 = _mm512_set1_epi32(yw[1]);
+                        w0 = _mm512_loadu_si512((const void *)w);
+                        w1 = _mm512_loadu_si512((const void *)(w + step));
+                        a0 = _mm512_dpbusd_epi32(a0, u0, w0);
+                        a1 = _mm512_dpbusd_epi32(a1, u1, w1);
+                        e0 = _mm512_dpbusd_epi32(e0, v0, w0);
+                        e1 = _mm512_dpbusd_epi32(e1, v1, w1);
                         if (two) {
-                            c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
-                            c1 = _mm512_dpbusd_epi32(c1, v1, _mm512_loadu_si512((const void *)(w1 + 64)));
+                            w0 = _mm512_loadu_si512((const void *)(w + 64));
+                            w1 = _mm512_loadu_si512((const void *)(w + step + 64));
+                            c0 = _mm512_dpbusd_epi32(c0, u0, w0);
+                            c1 = _mm512_dpbusd_epi32(c1, u1, w1);
+                            f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                            f1 = _mm512_dpbusd_epi32(f1, v1, w1);
                         }
                     }
                     if (q < kq) {
-                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4;
-                        __m512i v0;
-                        memcpy(&x0, col + 4 * q, 4);
-                        v0 = _mm512_set1_epi32(x0);
-                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
-                        if (two) c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
+                        int32_t xw, yw;
+                        __m512i w0 = _mm512_loadu_si512((const void *)w), u0, v0;
+                        memcpy(&xw, x, 4);
+                        memcpy(&yw, y, 4);
+                        u0 = _mm512_set1_epi32(xw);
+                        v0 = _mm512_set1_epi32(yw);
+                        a0 = _mm512_dpbusd_epi32(a0, u0, w0);
+                        e0 = _mm512_dpbusd_epi32(e0, v0, w0);
+                        if (two) {
+                            w0 = _mm512_loadu_si512((const void *)(w + 64));
+                            c0 = _mm512_dpbusd_epi32(c0, u0, w0);
+                            f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                        }
                     }
-                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst);
-                    if (two) tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst);
+                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst0);
+                    if (pair) tinyml_vnni_out16(p, _mm512_add_epi32(e0, e1), g * ocg + b, ocg - b, dst1);
+                    if (two) {
+                        tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst0);
+                        if (pair) tinyml_vnni_out16(p, _mm512_add_epi32(f0, f1), g * ocg + b + 16, ocg - b - 16, dst1);
+                    }
                 }
             }
         }
@@ -605,7 +634,9 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
     int32_t g, oy, ox;
 #if defined(TINYML_USE_VNNI)
     if (p->wq) {
-        tinyml_conv_vnni(p, in, out, (uint8_t *)col);
+        /* This path keeps its two columns on the stack. */
+        tinyml_conv_vnni(p, in, out);
+        (void)col;
         return;
     }
 #endif
