@@ -737,54 +737,84 @@ typedef struct {
     const int32_t *shift;
 } tinyml_pool_t;
 
-/* Max pooling, NHWC. */
+/* n values v[i] -> dst[i] = clamp(requantize(v[i], mult, shift) + zp), one factor for all. */
+static inline void tinyml_requantize_block(const int32_t *v, int32_t n, int32_t mult, int32_t shift, int32_t zp,
+                                           int32_t lo, int32_t hi, int8_t *dst) {
+    int32_t i = 0;
+#if defined(TINYML_USE_VNNI)
+    const __m512i m = _mm512_set1_epi32(mult), s = _mm512_set1_epi32(shift), z = _mm512_set1_epi32(zp);
+    for (; i + 16 <= n; i += 16) {
+        __m512i r = _mm512_add_epi32(tinyml_requantize16(_mm512_loadu_si512((const void *)(v + i)), m, s), z);
+        r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(r));
+    }
+#endif
+    for (; i < n; i++) dst[i] = tinyml_clamp(tinyml_requantize(v[i], mult, shift) + zp, lo, hi);
+}
+
+#define TINYML_POOL_CHUNK 64
+
+/* Max pooling, NHWC: channels innermost, 64 at a time. */
 TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
-    int32_t c, oy, ox, ky, kx;
+    int32_t c0, oy, ox, ky, kx, j;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
-            for (c = 0; c < p->c; c++) {
-                int32_t m = -129;
+            int8_t *dst = out + (oy * p->out_w + ox) * p->c;
+            for (c0 = 0; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
+                const int32_t n = p->c - c0 < TINYML_POOL_CHUNK ? p->c - c0 : TINYML_POOL_CHUNK;
+                int32_t m[TINYML_POOL_CHUNK];
+                for (j = 0; j < n; j++) m[j] = -128;
                 for (ky = 0; ky < p->kh; ky++) {
                     const int32_t y = y0 + ky;
                     if (y < 0 || y >= p->in_h) continue;
                     for (kx = 0; kx < p->kw; kx++) {
                         const int32_t x = x0 + kx;
-                        if (x >= 0 && x < p->in_w) {
-                            const int32_t v = in[(y * p->in_w + x) * p->c + c];
-                            m = v > m ? v : m;
-                        }
+                        const int8_t *px;
+                        if (x < 0 || x >= p->in_w) continue;
+                        px = in + (y * p->in_w + x) * p->c + c0;
+                        for (j = 0; j < n; j++) m[j] = px[j] > m[j] ? px[j] : m[j];
                     }
                 }
-                if (p->rescale) m = tinyml_requantize(m - p->in_zp, p->mult[0], p->shift[0]) + p->out_zp;
-                *out++ = tinyml_clamp(m, p->act_min, p->act_max);
+                if (p->rescale) {
+                    for (j = 0; j < n; j++) m[j] -= p->in_zp;
+                    tinyml_requantize_block(m, n, p->mult[0], p->shift[0], p->out_zp, p->act_min, p->act_max, dst + c0);
+                } else {
+                    for (j = 0; j < n; j++) dst[c0 + j] = tinyml_clamp(m[j], p->act_min, p->act_max);
+                }
             }
         }
     }
 }
 
-/* Average pooling, NHWC: sum(x - zp) rescaled by s_in / (s_out * count). */
+/* Average pooling, NHWC: sum(x - zp) rescaled by s_in / (s_out * count), channels innermost. */
 TINYML_KERNEL void tinyml_avgpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
-    int32_t c, oy, ox, ky, kx;
+    int32_t c0, oy, ox, ky, kx, j;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
-            for (c = 0; c < p->c; c++) {
-                int32_t sum = 0, count = 0, v;
+            int8_t *dst = out + (oy * p->out_w + ox) * p->c;
+            for (c0 = 0; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
+                const int32_t n = p->c - c0 < TINYML_POOL_CHUNK ? p->c - c0 : TINYML_POOL_CHUNK;
+                int32_t sum[TINYML_POOL_CHUNK], count = 0;
+                for (j = 0; j < n; j++) sum[j] = 0;
                 for (ky = 0; ky < p->kh; ky++) {
                     const int32_t y = y0 + ky;
                     if (y < 0 || y >= p->in_h) continue;
                     for (kx = 0; kx < p->kw; kx++) {
                         const int32_t x = x0 + kx;
-                        if (x >= 0 && x < p->in_w) {
-                            sum += in[(y * p->in_w + x) * p->c + c] - p->in_zp;
-                            count++;
-                        }
+                        const int8_t *px;
+                        if (x < 0 || x >= p->in_w) continue;
+                        px = in + (y * p->in_w + x) * p->c + c0;
+                        for (j = 0; j < n; j++) sum[j] += px[j];
+                        count++;
                     }
                 }
+                /* The zero point once per element summed: sum(x - zp) = sum(x) - count * zp. */
+                for (j = 0; j < n; j++) sum[j] -= count * p->in_zp;
                 if (p->count_include_pad) count = p->kh * p->kw;
-                v = tinyml_requantize(sum, p->mult[count - 1], p->shift[count - 1]) + p->out_zp;
-                *out++ = tinyml_clamp(v, p->act_min, p->act_max);
+                tinyml_requantize_block(sum, n, p->mult[count - 1], p->shift[count - 1], p->out_zp, p->act_min,
+                                        p->act_max, dst + c0);
             }
         }
     }
