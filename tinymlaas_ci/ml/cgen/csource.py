@@ -364,7 +364,8 @@ static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift
 }
 
 static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
-    return tinyml_requantize8v(x, _mm256_loadu_si256((const __m256i *)mult), _mm256_loadu_si256((const __m256i *)shift));
+    const __m256i m = _mm256_loadu_si256((const __m256i *)mult), s = _mm256_loadu_si256((const __m256i *)shift);
+    return tinyml_requantize8v(x, m, s);
 }
 
 /* Eight int8 values widened to int32, minus the zero point. */
@@ -708,7 +709,8 @@ TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const i
     const __m512i am = _mm512_set1_epi32(p->a_mult), as = _mm512_set1_epi32(p->a_shift);
     const __m512i bm = _mm512_set1_epi32(p->b_mult), bs = _mm512_set1_epi32(p->b_shift);
     const __m512i om = _mm512_set1_epi32(p->out_mult), os = _mm512_set1_epi32(p->out_shift);
-    const __m512i azp = _mm512_set1_epi32(p->a_zp), bzp = _mm512_set1_epi32(p->b_zp), ozp = _mm512_set1_epi32(p->out_zp);
+    const __m512i azp = _mm512_set1_epi32(p->a_zp), bzp = _mm512_set1_epi32(p->b_zp);
+    const __m512i ozp = _mm512_set1_epi32(p->out_zp);
     for (; i + 16 <= p->n; i += 16) {
         __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
         __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
