@@ -557,61 +557,94 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t kq = (icg * p->kh * p->kw + 3) / 4, ocp = (ocg + 15) & ~15;
     const size_t step = (size_t)ocp * 4;
+    /* Without groups and with whole 4-byte words per kernel row, the kernel rows are read in
+     * place from a zero-point-padded uint8 copy of the input: no im2col per position. */
+    const int32_t direct = p->groups == 1 && (p->kw * p->in_c) % 4 == 0;
+    const int32_t ph = direct ? (p->out_h - 1) * p->sh + p->kh : 1;
+    const int32_t pw = direct ? (p->out_w - 1) * p->sw + p->kw : 1;
+    const int32_t nseg = direct ? p->kh : 1, words = direct ? p->kw * p->in_c / 4 : kq;
+    const size_t seg_stride = direct ? (size_t)pw * p->in_c : 0;
     uint8_t col[2][4 * kq];
-    int32_t g, oy, ox, b, q;
+    uint8_t padded[direct ? ph * pw * p->in_c : 1];
+    int32_t g, oy, ox, b, q, seg;
     /* The columns' last partial group of 4 bytes: zero once, im2col never writes there. */
     for (q = icg * p->kh * p->kw; q < 4 * kq; q++) col[0][q] = col[1][q] = 0;
+    if (direct) {
+        const uint8_t pad = (uint8_t)(p->in_zp + 128);
+        int32_t y;
+        for (y = 0; y < ph; y++) {
+            uint8_t *row = padded + (size_t)y * pw * p->in_c;
+            const int32_t iy = y - p->pad_t;
+            const int32_t left = p->pad_l < pw ? p->pad_l : pw;
+            int32_t mid = pw - left < p->in_w ? pw - left : p->in_w;
+            if (iy < 0 || iy >= p->in_h) mid = 0;
+            memset(row, pad, (size_t)left * p->in_c);
+            if (mid > 0) tinyml_copy_flip(row + left * p->in_c, in + (size_t)iy * p->in_w * p->in_c, mid * p->in_c);
+            memset(row + (left + mid) * p->in_c, pad, (size_t)(pw - left - mid) * p->in_c);
+        }
+    }
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox += 2) {
             const int32_t pair = ox + 1 < p->out_w;
             int8_t *dst0 = out + (oy * p->out_w + ox) * p->out_c, *dst1 = dst0 + p->out_c;
             for (g = 0; g < p->groups; g++) {
                 const int8_t *wg = p->wq + (size_t)g * kq * step;
-                tinyml_im2col_u8(p, in, g, oy, ox, col[0]);
-                if (pair) tinyml_im2col_u8(p, in, g, oy, ox + 1, col[1]);
+                const uint8_t *x0, *y0;
+                if (direct) {
+                    x0 = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
+                    y0 = pair ? x0 + (size_t)p->sw * p->in_c : x0;
+                } else {
+                    tinyml_im2col_u8(p, in, g, oy, ox, col[0]);
+                    if (pair) tinyml_im2col_u8(p, in, g, oy, ox + 1, col[1]);
+                    x0 = col[0];
+                    y0 = col[pair];
+                }
                 for (b = 0; b < ocp; b += 32) {
                     const int32_t two = b + 16 < ocp;
                     __m512i a0 = _mm512_setzero_si512(), a1 = a0, e0 = a0, e1 = a0;
                     __m512i c0 = a0, c1 = a0, f0 = a0, f1 = a0;
                     const int8_t *w = wg + (size_t)b * 4;
-                    const uint8_t *x = col[0], *y = col[pair];
-                    for (q = 0; q + 2 <= kq; q += 2, w += 2 * step, x += 8, y += 8) {
-                        int32_t xw[2], yw[2];
-                        __m512i u0, u1, v0, v1, w0, w1;
-                        memcpy(xw, x, 8);
-                        memcpy(yw, y, 8);
-                        u0 = _mm512_set1_epi32(xw[0]);
-                        u1 = _mm512_set1_epi32(xw[1]);
-                        v0 = _mm512_set1_epi32(yw[0]);
-                        v1 = _mm512_set1_epi32(yw[1]);
-                        w0 = _mm512_loadu_si512((const void *)w);
-                        w1 = _mm512_loadu_si512((const void *)(w + step));
-                        a0 = _mm512_dpbusd_epi32(a0, u0, w0);
-                        a1 = _mm512_dpbusd_epi32(a1, u1, w1);
-                        e0 = _mm512_dpbusd_epi32(e0, v0, w0);
-                        e1 = _mm512_dpbusd_epi32(e1, v1, w1);
-                        if (two) {
-                            w0 = _mm512_loadu_si512((const void *)(w + 64));
-                            w1 = _mm512_loadu_si512((const void *)(w + step + 64));
-                            c0 = _mm512_dpbusd_epi32(c0, u0, w0);
-                            c1 = _mm512_dpbusd_epi32(c1, u1, w1);
-                            f0 = _mm512_dpbusd_epi32(f0, v0, w0);
-                            f1 = _mm512_dpbusd_epi32(f1, v1, w1);
+                    for (seg = 0; seg < nseg; seg++) {
+                        const uint8_t *x = x0 + seg * seg_stride, *y = y0 + seg * seg_stride;
+                        for (q = 0; q + 2 <= words; q += 2, w += 2 * step, x += 8, y += 8) {
+                            int32_t xw[2], yw[2];
+                            __m512i u0, u1, v0, v1, w0, w1;
+                            memcpy(xw, x, 8);
+                            memcpy(yw, y, 8);
+                            u0 = _mm512_set1_epi32(xw[0]);
+                            u1 = _mm512_set1_epi32(xw[1]);
+                            v0 = _mm512_set1_epi32(yw[0]);
+                            v1 = _mm512_set1_epi32(yw[1]);
+                            w0 = _mm512_loadu_si512((const void *)w);
+                            w1 = _mm512_loadu_si512((const void *)(w + step));
+                            a0 = _mm512_dpbusd_epi32(a0, u0, w0);
+                            a1 = _mm512_dpbusd_epi32(a1, u1, w1);
+                            e0 = _mm512_dpbusd_epi32(e0, v0, w0);
+                            e1 = _mm512_dpbusd_epi32(e1, v1, w1);
+                            if (two) {
+                                w0 = _mm512_loadu_si512((const void *)(w + 64));
+                                w1 = _mm512_loadu_si512((const void *)(w + step + 64));
+                                c0 = _mm512_dpbusd_epi32(c0, u0, w0);
+                                c1 = _mm512_dpbusd_epi32(c1, u1, w1);
+                                f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                                f1 = _mm512_dpbusd_epi32(f1, v1, w1);
+                            }
                         }
-                    }
-                    if (q < kq) {
-                        int32_t xw, yw;
-                        __m512i w0 = _mm512_loadu_si512((const void *)w), u0, v0;
-                        memcpy(&xw, x, 4);
-                        memcpy(&yw, y, 4);
-                        u0 = _mm512_set1_epi32(xw);
-                        v0 = _mm512_set1_epi32(yw);
-                        a0 = _mm512_dpbusd_epi32(a0, u0, w0);
-                        e0 = _mm512_dpbusd_epi32(e0, v0, w0);
-                        if (two) {
-                            w0 = _mm512_loadu_si512((const void *)(w + 64));
-                            c0 = _mm512_dpbusd_epi32(c0, u0, w0);
-                            f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                        if (q < words) {
+                            int32_t xw, yw;
+                            __m512i w0 = _mm512_loadu_si512((const void *)w), u0, v0;
+                            memcpy(&xw, x, 4);
+                            memcpy(&yw, y, 4);
+                            u0 = _mm512_set1_epi32(xw);
+                            v0 = _mm512_set1_epi32(yw);
+                            a0 = _mm512_dpbusd_epi32(a0, u0, w0);
+                            e0 = _mm512_dpbusd_epi32(e0, v0, w0);
+                            if (two) {
+                                w0 = _mm512_loadu_si512((const void *)(w + 64));
+                                c0 = _mm512_dpbusd_epi32(c0, u0, w0);
+                                f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                            }
+                            w += step;
                         }
                     }
                     tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst0);
