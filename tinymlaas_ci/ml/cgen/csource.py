@@ -3,35 +3,46 @@ r"""The C kernel library written next to every generated model (``kernels.h``).
 All kernels are C99 ``static`` functions in one header that ``model.c`` includes, so a
 firmware links exactly the kernels its model uses (the compiler drops the others).
 
-Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as ``H * W`` pixels of
-``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout and
-are transposed on the way in and out. Weights are int8 ``[OC][KH][KW][IC/groups]`` (one contiguous
-row of ``K = KH * KW * IC/groups`` values per output channel). Every convolution and fully connected
-layer is a set of dot products between a weight row and an input column: the column is the
-layer's input itself for a fully connected layer and an im2col copy of the receptive field for a
-convolution, padded with the input zero point. The bias is stored pre-corrected as
-``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
-exactly and padding contributes nothing in real terms.
+Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as ``H * W`` pixels
+of ``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout
+and are transposed on the way in and out when the two orders differ. Weights are int8
+``[OC][KH][KW][IC/groups]``: one contiguous row of ``K = KH * KW * IC/groups`` values per output
+channel. Every convolution and fully connected layer is a set of dot products between a weight
+row and an input column: the layer's input itself for a fully connected layer, an im2col copy of
+the receptive field (padded with the input zero point) for a convolution. The bias is stored
+pre-corrected as ``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals
+``bias + sum(w * (x - zp_in))`` exactly and padding contributes nothing in real terms.
+Depthwise convolution, pooling, Add and the layout changes are direct loops.
 
-The dot products have one implementation per instruction set, chosen by the compiler's
-predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
+The dot products have one implementation per instruction set, chosen at compile time by the
+target's predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
 
-* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8``, the tail by
-  a ``vctp8q`` predicate with zeroing loads;
+* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8`` from
+  ``<arm_mve.h>``, the tail by a ``vctp8q`` predicate with zeroing loads;
 * ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33): four int8 values per 32-bit load, split by
-  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``;
-* ``__AVX2__`` (x86-64 Linux devices): 16 int8 values sign-extended to int16 and multiplied
-  pairwise into int32 by ``_mm256_madd_epi16``;
+  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``
+  (``<arm_acle.h>``), four weight rows per column load;
+* ``__AVX512VNNI__`` with AVX-512 BW/VL (x86-64 hosts): convolutions keep 16 output channels in
+  the lanes of a vector and accumulate with ``VPDPBUSD`` against a second, interleaved copy of the
+  weights (``[G][K/4][OC/G rounded up to 16][4]``, emitted only for this path). ``VPDPBUSD``
+  multiplies unsigned by signed bytes, so activations are fed as ``x + 128`` and
+  ``128 * sum(w)`` (also emitted only for this path) is subtracted. When a kernel row is a whole
+  number of 4-byte words the rows are read in place from a zero-point-padded copy of the input
+  instead of an im2col column. Requantization, Add and pooling run 16 lanes at a time;
+* ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
+  ``_mm256_madd_epi16``;
 * otherwise a portable C loop.
 
-Integer sums are exact, so every path gives bit-identical results; the tests check that each
-path matches the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`). ``TINYML_EMULATE_ARM``
-compiles the DSP or MVE path on any host with C definitions of the intrinsics, so the paths'
-loop logic is tested where no Arm core is at hand.
+Integer sums are exact, so every path gives bit-identical results: the tests build each path and
+compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on the host and
+(DSP, MVE) bare-metal under QEMU. ``TINYML_EMULATE_DSP`` / ``TINYML_EMULATE_MVE`` compile the Arm
+paths on any host with C definitions of the intrinsics, so their loop logic is also tested
+where no Arm toolchain is at hand.
 
 Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``;
 it relies on ``>>`` of a negative ``int32_t`` being an arithmetic shift, which GCC, Clang and
-Arm Compiler guarantee.
+Arm Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
+padded input copy on the stack (host builds only).
 """
 
 from __future__ import annotations
