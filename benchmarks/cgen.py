@@ -262,7 +262,9 @@ def markdown(results: list[tuple[str, dict]], mach: dict, args, flash: list[dict
         "  ONNX Runtime's int8 kernels round differently in places, so the two may disagree by one",
         "  quantization step on some logits; the agreement column counts identical top-1 predictions.",
         "- The machine is shared; ratios measured in the same interleaved run are what to compare, the",
-        "  absolute microseconds move with the load.",
+        "  absolute microseconds move with the load. Under heavy load (see the load average above) the",
+        "  wall-clock ratio swings from run to run, mostly with how often each runtime is descheduled;",
+        "  the CPU-time ratio is the stable one.",
         "",
     ]
     if flash:
