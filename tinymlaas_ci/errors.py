@@ -170,6 +170,26 @@ class FileSystemError(TinymlError, OSError):
 _NAME_MAX = 255
 
 
+def _open_file_in(exc: BaseException) -> str | None:
+    """The file a failed ``write`` was writing to. ``write`` and ``flush`` raise an OSError that
+    names no file (``[Errno 28] No space left on device``); the file object is a local variable
+    of one of the frames the exception passed through, innermost first."""
+    import io
+
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, io.IOBase):
+                name = getattr(value, "name", None)
+                if isinstance(name, (str, bytes)) and name:
+                    return os.fsdecode(name)
+    return None
+
+
 def _longest_part(path: str) -> tuple[str, int]:
     parts = [p for p in path.replace("\\", "/").split("/") if p]
     part = max(parts, key=lambda p: len(p.encode("utf-8", "surrogateescape")), default="")
@@ -190,6 +210,8 @@ def os_error(exc: OSError, *, path: str | os.PathLike | None = None, doing: str 
     if isinstance(exc, FileSystemError):
         return exc
     where = exc.filename if exc.filename is not None else path
+    if where is None:
+        where = _open_file_in(exc)
     where = os.fsdecode(where) if where is not None else None
     shown = _shown(where) if where is not None else "a file"
     code = exc.errno

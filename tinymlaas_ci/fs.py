@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tinymlaas_ci.errors import os_error
+
 __all__ = [
     "FILE_MODE",
     "atomic_write_bytes",
@@ -43,8 +45,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = FILE
     0600 and unreadable by a web server or another user.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise os_error(exc, path=path, doing=f"writing {path.name}") from exc
     try:
         os.fchmod(fd, mode & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -52,11 +57,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = FILE
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            # The temporary name means nothing to the reader: the error names the real path.
+            exc.filename = str(path)
+            raise os_error(exc, path=path, doing=f"writing {path.name}") from exc
         raise
 
 

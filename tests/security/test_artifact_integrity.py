@@ -27,9 +27,22 @@ from tests.security.hostile_models import add_hostile_run
 
 def _run(root: Path, run: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--select", run,
-         "--work-dir", str(root / ".work"), *args],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(root),
+            "run",
+            "--select",
+            run,
+            "--work-dir",
+            str(root / ".work"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
