@@ -4,7 +4,9 @@ the compile stage, where the model's own code runs) tries to change what the run
 The model always answers class 0. Its ``__setstate__`` rewrites the fetch stage's
 ``dataset.npz`` so that every label is 0 — which would make it score accuracy 1.0 — and, in
 the ``forge-record`` variant, also rewrites ``fetch/outputs.json`` with the forged file's
-sha256, so that a check against the on-disk record alone would pass. It then carries on, so
+sha256, so that a check against the on-disk record alone would pass; in the ``compile``
+variant it leaves fetch alone and makes the compile stage itself record a forged dataset in
+its own folder as the evaluation data. It then carries on, so
 the run goes on as if nothing happened; what it managed is written to ``compile/tamper.txt``.
 """
 
@@ -81,6 +83,30 @@ EVIL_MODULE = textwrap.dedent(
             pass
 
 
+    def _forge_own_record():
+        """Leave fetch alone; instead make this compile stage claim that the evaluation data is a
+        forged copy in its own folder (which it may write), by patching what it records."""
+        import numpy as np
+        from tinymlaas_ci.stages import contract
+
+        volume = Path(sys.argv[1])
+        with np.load(volume / "fetch" / "dataset.npz") as z:
+            arrays = {{k: (np.zeros_like(z[k]) if k.startswith("y_") else z[k]) for k in z.files}}
+        forged = volume / "compile" / "forged.npz"
+        np.savez(forged, **arrays)
+        original = contract.StageContext.outputs
+
+        def outputs(self):
+            out = original(self)
+            art = self.add_artifact("dataset", forged)
+            out.artifacts["dataset"] = art
+            out.records["dataset"] = art.model_dump()
+            return out
+
+        contract.StageContext.outputs = outputs
+        (volume / "compile" / "tamper.txt").write_text("own record: forged")
+
+
     class ConstantNet(nn.Module):
         """Always class 0."""
 
@@ -96,7 +122,10 @@ EVIL_MODULE = textwrap.dedent(
 
         def __setstate__(self, state):
             super().__setstate__(state)
-            _tamper()
+            if FORGE_RECORD == "compile":
+                _forge_own_record()
+            else:
+                _tamper()
     '''
 )
 
@@ -116,9 +145,11 @@ SPEC = textwrap.dedent(
 RUN = "evil/steal"
 
 
-def add_hostile_run(root: Path, *, forge_record: bool = False) -> str:
+def add_hostile_run(root: Path, *, forge_record: bool | str = False) -> str:
     """Write the hostile model (``uploads/evil/``) and its run spec into the repository ``root``;
-    returns the run id."""
+    returns the run id. ``forge_record``: False rewrites fetch's dataset only, True also fetch's
+    ``outputs.json``, ``"compile"`` leaves fetch alone and makes the compile stage record a
+    forged dataset of its own as the one to evaluate on."""
     import torch
 
     folder = root / "uploads" / "evil"

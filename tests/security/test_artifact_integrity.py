@@ -136,3 +136,36 @@ def test_docker_sandbox_refuses_a_model_that_rewrites_its_evaluation_data(tmp_pa
     result = _outcome(root, run)
     assert result["status"] == "succeeded"
     assert result["metrics"]["accuracy"] < 0.3
+
+
+def _forged_compile_record(root: Path, *args: str) -> None:
+    run = add_hostile_run(root, forge_record="compile")
+    proc = _run(root, run, *args)
+    volume = root / ".work" / run
+    assert (volume / "compile" / "tamper.txt").read_text() == "own record: forged"
+    compiled = json.loads((volume / "compile" / "outputs.json").read_text())
+    assert compiled["records"]["dataset"]["path"] == "compile/forged.npz"  # the lie was told...
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = _outcome(root, run)
+    # ...and not believed: install and infer take the dataset from fetch's recorded outputs.
+    assert result["status"] == "succeeded"
+    assert result["metrics"]["accuracy"] < 0.3
+
+
+def test_a_compile_stage_cannot_choose_the_evaluation_data(tmp_path):
+    _forged_compile_record(copy_example(tmp_path))
+
+
+@pytest.mark.docker
+def test_a_compile_stage_cannot_choose_the_evaluation_data_in_docker(tmp_path, docker_engine):
+    import docker
+
+    from tinymlaas_ci.engine.images import STAGE_IMAGE
+
+    try:
+        docker_engine.client.images.get(STAGE_IMAGE)
+    except docker.errors.ImageNotFound:
+        from tests.docker_support import unavailable
+
+        unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
+    _forged_compile_record(copy_example(tmp_path), "--executor", "docker")
