@@ -29,9 +29,16 @@ before the process umask is applied: the same as ``open(path, "w")`` gives."""
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; set it straight back. Not thread-safe in
-    # theory, but both calls happen with the GIL held and change nothing in between.
-    mask = os.umask(0o022)
+    # Linux tells the umask without changing it; elsewhere os.umask must set it to read it,
+    # and it is set back at once (to a value no more permissive than the usual 022 meanwhile).
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
