@@ -165,7 +165,9 @@ class StageConfig(_File):
     device: DeviceSpec
     """The device spec."""
     inputs: dict[str, StageOutputs] = Field(default_factory=dict)
-    """The outputs of the stages this one needs, by stage name."""
+    """The outputs of the stages this one needs, and of the stages those need, by stage name,
+    as the engine read them when each finished. A stage checks every artifact it reads against
+    the sha256 recorded here."""
 
 
 def _write(path: Path, model: BaseModel, *, exclude_none: bool = False) -> None:
