@@ -98,9 +98,8 @@ def description_problems(text: str) -> list[tuple[str, str]]:
     """What makes ``text`` unfit as a description, as ``(message, hint)`` pairs; empty when fine."""
     problems: list[tuple[str, str]] = []
     if len(text) > MAX_DESCRIPTION:
-        problems.append(
-            (f"is {len(text)} characters long; at most {MAX_DESCRIPTION} are shown", "shorten it; link to a longer text")
-        )
+        too_long = f"is {len(text)} characters long; at most {MAX_DESCRIPTION} are shown"
+        problems.append((too_long, "shorten it; link to a longer text"))
     bad_chars = sorted(
         {
             ch
