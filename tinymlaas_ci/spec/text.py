@@ -166,7 +166,7 @@ def address_problem(address: str) -> tuple[str, str] | None:
     if address.count("@") != 1:
         return ("it needs exactly one '@'", hint)
     local, domain = address.split("@")
-    if any(ch in local for ch in ",;<>()[]\\\":"):
+    if any(ch in local for ch in ',;<>()[]\\":'):
         return ("a list, a display name or a quoted part is not allowed", hint)
     if not local or len(local) > 64 or not _DOT_ATOM.match(local):
         return ("the name before the '@' is invalid", hint)
