@@ -41,6 +41,14 @@ def _git_blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _corrupted(data: bytes) -> bytes:
+    """The same number of bytes, one of them flipped (or one byte, for an empty file)."""
+    if not data:
+        return b"\0"
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
 @dataclass
 class FakeRepo:
     """One repository on the fake Hub: commits (full file trees), branches and tags."""
@@ -53,6 +61,9 @@ class FakeRepo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     large: set[str] = field(default_factory=set)
+    corrupt: set[str] = field(default_factory=set)
+    """Paths whose bytes are served altered (same length; the headers and the tree listing still
+    announce the true hashes), like a corrupting mirror or a tampering proxy would."""
     _counter: int = 0
 
     def commit(
@@ -402,9 +413,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         data = tree[file_path]
+        served = _corrupted(data) if file_path in repo.corrupt else data
         if file_path in repo.large:
             digest = hashlib.sha256(data).hexdigest()
-            self.fake.blobs[digest] = data
+            self.fake.blobs[digest] = served
             location = f"{self.fake.cdn_endpoint}/blobs/{digest}?sig={quote(repo_id, safe='')}"
             self.send_response(302)
             for k, v in {
@@ -420,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(
             200,
-            data,
+            served,
             {"X-Repo-Commit": sha, "ETag": f'"{_git_blob_sha(data)}"'},
             content_type="application/octet-stream",
         )

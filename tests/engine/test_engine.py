@@ -184,9 +184,11 @@ class _InProcessExecutor:
             write_error(folder, ErrorRecord(stage=call.stage, message="told to fail", hint="do not"))
             return ExecOutcome(returncode=1, executor=self.name)
         (folder / "data.txt").write_text(f"{call.stage}:{sorted(config.inputs)}:{config.spec.measure.warmup}")
+        from tinymlaas_ci.fs import sha256_file
         from tinymlaas_ci.stages.contract import Artifact
 
-        art = Artifact(path=f"{call.stage}/data.txt", sha256="0" * 64, bytes=(folder / "data.txt").stat().st_size)
+        data = folder / "data.txt"
+        art = Artifact(path=f"{call.stage}/data.txt", sha256=sha256_file(data), bytes=data.stat().st_size)
         write(folder, StageOutputs(stage=call.stage, artifacts={"data": art}, metrics={}, records={}))
         return ExecOutcome(returncode=0, executor=self.name)
 
@@ -205,8 +207,9 @@ def test_engine_runs_a_plan_with_an_injected_executor(tmp_path):
     [outcome] = engine.execute(plan(repo))
     assert outcome.status == "succeeded", out.getvalue()
     assert fake.calls == ["prepare", "install", "infer"]
-    # Each stage saw its upstream outputs and the run spec with its defaults filled in.
-    assert (root / ".work/p/r1/infer/data.txt").read_text() == "infer:['install']:20"
+    # Each stage saw its upstream outputs (those it needs, and theirs) and the run spec with its
+    # defaults filled in.
+    assert (root / ".work/p/r1/infer/data.txt").read_text() == "infer:['install', 'prepare']:20"
     assert "prepare for p/r1 on host" in (root / ".work/p/r1/prepare/log.txt").read_text()
     assert [s["executor"] for s in outcome.stages] == ["in-process"] * 3
 

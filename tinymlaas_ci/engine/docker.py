@@ -7,8 +7,9 @@ The sandbox (DESIGN section 3) is what makes it safe to unpickle an uploaded mod
 * every capability dropped and ``no-new-privileges``;
 * a non-root user (1000:1000, or the caller's uid:gid when the runner is not root);
 * memory (no extra swap) and CPU limits, and a bound on the number of processes;
-* the run volume at ``/run`` (read-write; the stage writes only its own folder) and the
-  repository at ``/repo`` (read-only).
+* the run volume at ``/run`` read-only, with only the stage's own folder ``/run/<stage>``
+  mounted writable over it, and the repository at ``/repo`` (read-only); earlier stages'
+  folders also belong to the runner, not to the sandbox user.
 
 Bind mounts name paths on the engine's machine: the volume and the repository must be
 visible there, which they are for the local engine and for a runner that sits next to its
@@ -99,10 +100,7 @@ class DockerExecutor:
             # The same working directory as the local executor (the repository), so a user
             # stage's relative paths mean the same under both executors.
             "working_dir": REPO_MOUNT,
-            "volumes": {
-                str(volume): {"bind": VOLUME_MOUNT, "mode": "rw"},
-                str(repo): {"bind": REPO_MOUNT, "mode": "ro"},
-            },
+            "volumes": self.mounts(volume, repo, call.stage),
             "network_mode": "host" if call.network else "none",
             "read_only": True,
             "tmpfs": {"/tmp": f"size={TMPFS_SIZE}"},
@@ -159,6 +157,22 @@ class DockerExecutor:
         client = self._client(host)
         image_ref = call.image or self.default_image
         return "docker:" + self._image(client, image_ref, host, call).id
+
+    @staticmethod
+    def mounts(volume: Path, repo: Path, stage: str) -> dict[str, dict[str, str]]:
+        """The bind mounts of a stage: the run volume read-only at ``/run`` with only the
+        stage's own folder writable on top of it, and the repository read-only at ``/repo``.
+        So no stage, whatever code a model runs in it, can change an earlier stage's outputs
+        (the dataset it will be graded on, a recorded digest), even when it runs as the uid that
+        owns them."""
+        stage_dir = (volume / stage).resolve()
+        if stage_dir.parent != volume.resolve():
+            raise ExecutorError(f"stage name {stage!r} is not a folder of the run volume")
+        return {
+            str(volume): {"bind": VOLUME_MOUNT, "mode": "ro"},
+            str(stage_dir): {"bind": f"{VOLUME_MOUNT}/{stage}", "mode": "rw"},
+            str(repo): {"bind": REPO_MOUNT, "mode": "ro"},
+        }
 
     @staticmethod
     def sandbox_user() -> tuple[int, int]:
@@ -222,10 +236,16 @@ class DockerExecutor:
                     if (st.st_uid, st.st_gid) != (uid, gid):
                         os.lchown(path, uid, gid)
                     continue
+                # Outside its own folder the sandbox user owns nothing: a folder an earlier stage
+                # wrote as that user goes back to the runner.
+                if st.st_uid == uid or st.st_gid == gid:
+                    os.lchown(path, os.getuid(), os.getgid())
                 # Readable (and searchable, for folders) by the sandbox user; never writable.
                 want = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
-                if st.st_mode & want != want:
-                    os.chmod(path, stat.S_IMODE(st.st_mode) | want)
+                mode = stat.S_IMODE(st.st_mode)
+                new_mode = (mode | want) & ~(stat.S_IWGRP | stat.S_IWOTH)
+                if new_mode != mode:
+                    os.chmod(path, new_mode)
 
     @staticmethod
     def _stream(output, sink: LineSink) -> None:

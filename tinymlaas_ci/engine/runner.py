@@ -14,6 +14,7 @@ import ast
 import hashlib
 import json
 import os
+import stat
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -42,11 +43,21 @@ from tinymlaas_ci.stages.contract import (
     error_record,
     read_error,
     read_outputs,
+    verify_artifact,
     write_error,
     write_stage_config,
 )
 
-__all__ = ["DEVICE_STAGES", "PASSED_ENV", "Engine", "RunOptions", "RunOutcome", "code_digest", "stage_modules"]
+__all__ = [
+    "DEVICE_STAGES",
+    "PASSED_ENV",
+    "Engine",
+    "RunOptions",
+    "RunOutcome",
+    "code_digest",
+    "seal_stage",
+    "stage_modules",
+]
 
 DEVICE_STAGES = ("install", "infer")
 """Stages that use the device (the built-in ones, or a user's stage with one of these names):
@@ -145,6 +156,35 @@ def code_digest() -> str:
             h.update(path.read_bytes())
         _CODE_DIGEST = "local:" + h.hexdigest()[:16]
     return _CODE_DIGEST
+
+
+def seal_stage(stage_dir: Path) -> None:
+    """Make a finished stage's folder read-only to every later stage.
+
+    Every file loses its write bits; folders lose group and other write. When the runner is
+    root, everything is given back to it, so a sandboxed stage (another uid) can neither write
+    nor replace a file of an earlier stage. A stage running as the runner's own user could undo
+    modes, which is why the Docker executor also mounts upstream folders read-only and every
+    stage checks the sha256 of what it reads. Symbolic links are neither followed nor changed.
+    """
+    uid, gid = os.getuid(), os.getgid()
+    for root, dirs, files in os.walk(stage_dir):
+        folder = Path(root)
+        for path in (folder, *(folder / n for n in files), *(folder / n for n in dirs)):
+            try:
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                if uid == 0 and (st.st_uid, st.st_gid) != (uid, gid):
+                    os.lchown(path, uid, gid)
+                mode = stat.S_IMODE(st.st_mode)
+                want = mode & ~(stat.S_IWGRP | stat.S_IWOTH)
+                if not stat.S_ISDIR(st.st_mode):
+                    want &= ~stat.S_IWUSR
+                if want != mode:
+                    os.chmod(path, want)
+            except FileNotFoundError:
+                continue
 
 
 def _digest(obj: Any) -> str:
@@ -283,7 +323,8 @@ class Engine:
         previous = volume.status(stage.name)
         if not opts.force and previous.status == "generated" and previous.cache_key == key:
             out = self._outputs(volume, stage.name)
-            if out is not None and self._intact(volume, previous):
+            if out is not None and self._intact(volume, previous) and self._as_recorded(out, previous):
+                seal_stage(volume.stage_dir(stage.name))
                 previous.cache_hit = True
                 self.progress.stage_finished(run.id, stage.name, "cached", None, f"key {key[:8]}")
                 return self._record_from(previous, cache_hit=True), out
@@ -296,8 +337,21 @@ class Engine:
                 timeout=opts.lock_timeout,
                 on_wait=self.progress.message,
             )
+        inputs = self._inputs(run, stage, outputs)
+        if stage.builtin is None:
+            # A stage of one's own reads stage.json as plain JSON and cannot be trusted to check
+            # what it reads; the engine checks its inputs for it.
+            try:
+                for out in inputs.values():
+                    for name, art in out.artifacts.items():
+                        verify_artifact(volume.root, art, owner=out.stage, key=name)
+            except TinymlError as exc:
+                self.progress.stage_finished(run.id, stage.name, "failed", None, str(exc).splitlines()[0])
+                volume.reset_stage(stage.name)
+                self._write_error(volume, stage.name, exc)
+                return self._record(volume, stage, "failed"), None
         with lock:
-            return self._run_stage(run, device, volume, stage, upstream, call, executor, key)
+            return self._run_stage(run, device, volume, stage, inputs, call, executor, key)
 
     def _run_stage(
         self,
@@ -407,6 +461,8 @@ class Engine:
                     ),
                 )
         volume.write_status(status)
+        if out is not None:
+            seal_stage(stage_dir)
         note = ""
         if out is None:
             err = read_error(stage_dir)
@@ -491,6 +547,30 @@ class Engine:
             if st.st_size != recorded.size or st.st_mtime_ns != recorded.mtime_ns:
                 return False
         return True
+
+    @staticmethod
+    def _as_recorded(out: StageOutputs, status: StageStatus) -> bool:
+        """The outputs.json of a cached stage lists the artifacts, with the sha256, that its
+        status recorded when the stage finished: an edited outputs.json is not reused."""
+        listed = {a.path: a.sha256 for a in out.artifacts.values()}
+        recorded = {rel: st.sha256 for rel, st in status.artifacts.items()}
+        return listed == recorded
+
+    @staticmethod
+    def _inputs(run: PlannedRun, stage: PlannedStage, outputs: dict[str, StageOutputs]) -> dict[str, StageOutputs]:
+        """The outputs a stage is given: those of the stages it needs, then of the stages those
+        need, and so on. So the install stage knows the fetch stage's recorded dataset digest and
+        never has to take the compile stage's (model-controlled) word for it."""
+        by_name = {s.name: s for s in run.stages}
+        order: list[str] = []
+        todo = list(stage.needs)
+        while todo:
+            name = todo.pop(0)
+            if name in order or name not in by_name:
+                continue
+            order.append(name)
+            todo.extend(by_name[name].needs)
+        return {n: outputs[n] for n in order if n in outputs}
 
     @staticmethod
     def _write_error(volume: RunVolume, stage: str, exc: TinymlError) -> None:

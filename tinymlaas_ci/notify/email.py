@@ -7,12 +7,18 @@ Settings come from the environment (the workflow passes them from repository sec
 ``TINYMLAAS_SMTP_PORT``        port (default 587 for ``starttls``, 465 for ``ssl``, 25 for ``none``)
 ``TINYMLAAS_SMTP_USER``        login user (no login when unset)
 ``TINYMLAAS_SMTP_PASSWORD``    login password; never printed, logged or put in an error
-``TINYMLAAS_SMTP_SECURITY``    ``starttls`` (default), ``ssl`` or ``none``
+``TINYMLAAS_SMTP_SECURITY``    ``starttls`` (default), ``ssl`` or ``none`` (needs ``ALLOW_INSECURE``)
+``TINYMLAAS_SMTP_ALLOW_INSECURE``  ``1`` to allow ``none``: mail and password in clear text
 ``TINYMLAAS_SMTP_FROM``        sender address (default: the user, else ``tinymlaas@<host>``)
 ``TINYMLAAS_SMTP_CA_FILE``     PEM file of CAs to trust instead of the system's (private servers)
 ``TINYMLAAS_SMTP_TIMEOUT``     seconds to wait for the server (default 30)
 ``TINYMLAAS_SITE_URL``         the published site, for the link to the run's page
 =============================  ==========================================================
+
+Without TLS the password would cross the network in clear text, so ``security: none`` is
+refused unless ``TINYMLAAS_SMTP_ALLOW_INSECURE`` is set (a relay on the same machine), and then
+every send warns. ``starttls`` never falls back: a server that does not offer STARTTLS gets no
+password. Recipients are checked to be single plain addresses before anything is sent.
 
 A mail that cannot be sent raises :class:`~tinymlaas_ci.errors.NotifyError`; the caller reports
 it and goes on. Notifications never change a run's result. ``smtplib`` and ``ssl`` errors are
@@ -25,6 +31,7 @@ import base64
 import os
 import smtplib
 import ssl
+import warnings
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,13 +45,16 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from tinymlaas_ci.errors import NotifyError
 from tinymlaas_ci.results.metrics import METRICS, metric_values
+from tinymlaas_ci.spec.text import address_problem
 
 __all__ = [
     "ENV_PREFIX",
     "SECURITY_MODES",
+    "InsecureSmtpWarning",
     "RunReport",
     "SmtpSettings",
     "build_message",
+    "check_recipients",
     "send_message",
     "subject_for",
 ]
@@ -104,6 +114,9 @@ class SmtpSettings(BaseSettings):
     """PEM file of CAs to trust instead of the system's."""
     timeout: float = 30.0
     """Seconds to wait for the server."""
+    allow_insecure: bool = False
+    """Allow ``security: none``: mail, login and password then cross the network in clear
+    text. Only for a relay on the same machine or a network you trust; every send warns."""
 
     @classmethod
     def settings_customise_sources(
@@ -166,7 +179,21 @@ class SmtpSettings(BaseSettings):
             raise _fail("TIMEOUT", f"={value!r} is not a positive number of seconds", "e.g. 30")
         return timeout
 
-    @field_validator("host", "user", "sender", "ca_file", "security", "port", "timeout", mode="before")
+    @field_validator("allow_insecure", mode="before")
+    @classmethod
+    def _allow_insecure(cls, value: Any) -> bool:
+        if value is None or isinstance(value, bool):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("", "0", "false", "no", "off"):
+            return False
+        raise _fail("ALLOW_INSECURE", f"={value!r} is not a yes/no value", "set it to 1 (allow) or 0 (refuse)")
+
+    @field_validator(
+        "host", "user", "sender", "ca_file", "security", "port", "timeout", "allow_insecure", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         # Defined after the other validators so that it runs before them (pydantic runs "before"
@@ -194,6 +221,14 @@ class SmtpSettings(BaseSettings):
         if self.user and not self.password:
             raise _fail(
                 "USER", f" is set but {ENV_PREFIX}PASSWORD is not", f"set {ENV_PREFIX}PASSWORD from a repository secret"
+            )
+        if self.security == "none" and not self.allow_insecure:
+            what = "the login and password" if self.user else "every mail"
+            raise _fail(
+                "SECURITY",
+                f"=none would send {what} in clear text",
+                f"use starttls (port 587) or ssl (port 465); for a relay on this machine, set "
+                f"{ENV_PREFIX}ALLOW_INSECURE=1 to allow it",
             )
         # Defaults that depend on other settings; the model is frozen, so they are set once here.
         if not self.port:
@@ -225,7 +260,10 @@ class SmtpSettings(BaseSettings):
     def describe(self) -> str:
         """Where mail goes, for messages: host, port, security and user; never the password."""
         who = f"{self.user}@" if self.user else ""
-        return f"smtp://{who}{self.host}:{self.port} ({self.security})"
+        security = self.security
+        if security == "none":
+            security = "none: NO TLS, mail" + (" and password" if self.user else "") + " in clear text"
+        return f"smtp://{who}{self.host}:{self.port} ({security})"
 
     def secrets(self) -> list[str]:
         """Texts that must never appear in output: the password and the forms AUTH sends it in."""
@@ -363,6 +401,7 @@ def _render(name: str, report: RunReport) -> str:
 
 def build_message(report: RunReport, sender: str) -> EmailMessage:
     """The email for one run: a plain-text part and an HTML part with the same facts."""
+    check_recipients(report.recipients)
     msg = EmailMessage()
     msg["Subject"] = subject_for(report)
     msg["From"] = sender
@@ -379,6 +418,27 @@ def build_message(report: RunReport, sender: str) -> EmailMessage:
 # -- sending ----------------------------------------------------------------------------------
 
 
+class InsecureSmtpWarning(UserWarning):
+    """Mail is sent without TLS because ``TINYMLAAS_SMTP_ALLOW_INSECURE`` allows it."""
+
+
+def check_recipients(recipients: Sequence[str]) -> None:
+    """Refuse anything but single plain addresses (:func:`tinymlaas_ci.spec.text.address_problem`):
+    ``a,b,c@x.yz`` is not three recipients, and markup is not an address."""
+    bad = []
+    for address in recipients:
+        problem = address_problem(address)
+        if problem is not None:
+            bad.append(f"{address!r} ({problem[0]})")
+    if not recipients:
+        raise NotifyError("no recipients", hint="add addresses to the run spec's notify list")
+    if bad:
+        raise NotifyError(
+            f"not sent: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not an email address",
+            hint="write one address per notify entry, as name@example.com",
+        )
+
+
 def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else ssl.create_default_context()
 
@@ -387,6 +447,15 @@ def send_message(settings: SmtpSettings, msg: EmailMessage, recipients: Sequence
     """Send ``msg`` to ``recipients``. Any failure is one :class:`NotifyError` whose text never
     holds the password."""
     where = settings.describe()
+    check_recipients(recipients)
+    if settings.security == "none":
+        warnings.warn(
+            f"sending mail to {settings.host}:{settings.port} without TLS"
+            + (" (the password too)" if settings.user else "")
+            + f", because {ENV_PREFIX}ALLOW_INSECURE is set",
+            InsecureSmtpWarning,
+            stacklevel=2,
+        )
     # ``from None`` below: the chained smtplib exception adds nothing the message lacks, and a
     # traceback printed by a caller must not carry the SMTP dialogue.
     try:

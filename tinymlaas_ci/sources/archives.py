@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from tinymlaas_ci.errors import ArchiveError
+from tinymlaas_ci.errors import ArchiveError, TinymlError, os_error
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -162,6 +162,25 @@ def _write_member(
 ) -> int:
     """Stream one member into ``root/rel``; returns the bytes written. Counts real bytes."""
     target = root.joinpath(*rel.parts)
+    try:
+        return _stream_member(limits, root, target, src, member, declared, lying_ok, total)
+    except OSError as exc:
+        if isinstance(exc, TinymlError):
+            raise
+        told = os_error(exc, path=target, doing=f"extracting member {member!r} of archive {limits.archive.name!r}")
+        raise ArchiveError(told.message, source=str(limits.archive), hint=told.hint) from exc
+
+
+def _stream_member(
+    limits: _Limits,
+    root: Path,
+    target: Path,
+    src: BinaryIO,
+    member: str,
+    declared: int,
+    lying_ok: bool,
+    total: int,
+) -> int:
     # Parents are created by us only and never through a symlink: the folder is fresh and no
     # link members are accepted, so a resolved parent must still lie under root.
     if target.parent not in limits.checked_dirs:
@@ -332,6 +351,16 @@ def extract_archive(
         raise ArchiveError(f"archive {str(archive)!r} does not exist", source=str(archive))
     limits = _Limits(archive, max_members, max_bytes, max_ratio, ratio_floor)
     dest = Path(dest)
+    try:
+        return _extract_into(archive, fmt, limits, dest, log)
+    except OSError as exc:
+        if isinstance(exc, TinymlError):
+            raise
+        told = os_error(exc, path=dest, doing=f"extracting archive {archive.name!r}")
+        raise ArchiveError(told.message, source=str(archive), hint=told.hint) from exc
+
+
+def _extract_into(archive: Path, fmt: str, limits: _Limits, dest: Path, log: Callable[[str], None] | None) -> Extracted:
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
     try:

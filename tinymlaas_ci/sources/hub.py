@@ -21,21 +21,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub import errors as hf_errors
 
-from tinymlaas_ci.errors import SourceError
+from tinymlaas_ci.errors import IntegrityError, SourceError, os_error
 from tinymlaas_ci.fs import sha256_file
 
 __all__ = [
     "HubFile",
     "HubSnapshot",
+    "announced_file_hash",
     "download_file",
     "download_snapshot",
     "hub_endpoint",
     "hub_token",
     "list_repo_files",
     "resolve_revision",
+    "verify_hub_file",
 ]
 
 _REPO_TYPES = ("model", "dataset")
@@ -181,14 +183,18 @@ def _hub_error(
     )
 
 
-@contextlib.contextmanager
-def _mapped(**where) -> Iterator[None]:
-    vendor = (
+def _vendor_errors() -> tuple[type[BaseException], ...]:
+    return (
         hf_errors.HfHubHTTPError,
         hf_errors.EntryNotFoundError,
         hf_errors.OfflineModeIsEnabled,
         hf_errors.FileMetadataError,
     ) + _network_errors()
+
+
+@contextlib.contextmanager
+def _mapped(**where) -> Iterator[None]:
+    vendor = _vendor_errors()
     try:
         yield
     except SourceError:
@@ -303,7 +309,14 @@ def download_file(
             token=token,
             available=available,
         ) from exc
+    except ValueError as exc:  # the client refuses a name that would escape dest ('../x', '/x')
+        raise _bad_name(exc, repo, repo_type, commit, file) from exc
+    except OSError as exc:  # disk full, name too long, permission denied
+        raise os_error(exc, path=dest, doing=f"downloading {_where(repo, repo_type, commit, file)}") from exc
     path = Path(path)
+    with _mapped(repo=repo, repo_type=repo_type, revision=revision, file=file, endpoint=endpoint, token=token):
+        announced = announced_file_hash(repo, file, commit, repo_type=repo_type, token=token, endpoint=endpoint)
+    digest = verify_hub_file(path, announced, repo=repo, repo_type=repo_type, commit=commit, file=file)
     return HubFile(
         repo=repo,
         repo_type=repo_type,
@@ -311,7 +324,7 @@ def download_file(
         commit=commit,
         file=file,
         path=path,
-        sha256=sha256_file(path),
+        sha256=digest,
         bytes=path.stat().st_size,
     )
 
@@ -337,15 +350,24 @@ def download_snapshot(
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     with _mapped(repo=repo, repo_type=repo_type, revision=revision, endpoint=endpoint, token=token):
-        snapshot_download(
-            repo,
-            repo_type=repo_type,
-            revision=commit,
-            local_dir=dest,
-            endpoint=endpoint,
-            token=token if token is not None else False,
-            allow_patterns=allow_patterns,
-        )
+        announced = _announced_tree(repo, commit, repo_type=repo_type, token=token, endpoint=endpoint)
+        try:
+            snapshot_download(
+                repo,
+                repo_type=repo_type,
+                revision=commit,
+                local_dir=dest,
+                endpoint=endpoint,
+                token=token if token is not None else False,
+                allow_patterns=allow_patterns,
+            )
+        except ValueError as exc:  # a listed name that would escape dest ('../x', '/x')
+            bad = next((n for n in announced if not _safe_repo_path(n)), None)
+            raise _bad_name(exc, repo, repo_type, commit, bad) from exc
+        except OSError as exc:
+            if isinstance(exc, _vendor_errors()):
+                raise  # mapped by _mapped, with the repo and what to do
+            raise os_error(exc, path=dest, doing=f"downloading {_where(repo, repo_type, commit)}") from exc
     files: list[str] = []
     digest = hashlib.sha256()
     total = 0
@@ -353,8 +375,16 @@ def download_snapshot(
         rel = path.relative_to(dest).as_posix()
         if rel.startswith(".cache/"):
             continue  # the client's own bookkeeping, not repo content
+        if rel not in announced:
+            raise IntegrityError(
+                f"{_where(repo, repo_type, commit, rel)} was downloaded but the Hub does not list it at that commit",
+                path=str(path),
+                hint="the Hub (or a proxy in between) served files the repository does not have; retry, "
+                "and check HF_ENDPOINT",
+            )
         files.append(rel)
-        digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
+        sha = verify_hub_file(path, announced[rel], repo=repo, repo_type=repo_type, commit=commit, file=rel)
+        digest.update(f"{rel}\0{sha}\n".encode())
         total += path.stat().st_size
     return HubSnapshot(
         repo=repo,
@@ -366,3 +396,94 @@ def download_snapshot(
         sha256=digest.hexdigest(),
         bytes=total,
     )
+
+
+def _safe_repo_path(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return bool(name) and ".." not in parts and not name.startswith(("/", "\\")) and ":" not in parts[0]
+
+
+def _bad_name(exc: ValueError, repo: str, repo_type: str, commit: str, file: str | None) -> SourceError:
+    name = f" {file!r}" if file else ""
+    return SourceError(
+        f"{_where(repo, repo_type, commit)} lists a file{name} whose name is not a plain relative path "
+        f"(it would be written outside the download folder): {exc}",
+        source=repo,
+        hint="ask the repository's owner to rename the file; nothing of the repository was used",
+    )
+
+
+def announced_file_hash(
+    repo: str,
+    file: str,
+    commit: str,
+    *,
+    repo_type: str = "model",
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> str | None:
+    """The hash the Hub announces for ``file`` at ``commit``: the ``X-Linked-Etag`` of an LFS
+    (or Xet) file, which is its sha256, else the ``ETag``, which for a file kept in git is its
+    git blob sha1. ``None`` when the Hub sends neither."""
+    url = hf_hub_url(repo, file, repo_type=repo_type, revision=commit, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, token=token if token is not None else False)
+    return (meta.etag or "").strip().strip('"').lower() or None
+
+
+def _announced_tree(
+    repo: str, commit: str, *, repo_type: str, token: str | None, endpoint: str | None
+) -> dict[str, str | None]:
+    """path -> announced hash of every file of ``repo`` at ``commit``, from the tree listing:
+    the LFS sha256 where the file is in LFS, else the git blob sha1."""
+    from huggingface_hub.hf_api import RepoFile
+
+    announced: dict[str, str | None] = {}
+    for entry in _api(endpoint, token).list_repo_tree(repo, revision=commit, repo_type=repo_type, recursive=True):
+        if isinstance(entry, RepoFile):
+            lfs = getattr(entry, "lfs", None)
+            sha = getattr(lfs, "sha256", None) if lfs is not None else None
+            announced[entry.path] = (sha or entry.blob_id or "").lower() or None
+    return announced
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_hub_file(path: Path, announced: str | None, *, repo: str, repo_type: str, commit: str, file: str) -> str:
+    """Check a downloaded file against the hash the Hub announced for it; returns its sha256.
+
+    A 64-hex hash is the file's sha256 (LFS and Xet files); a 40-hex one is its git blob sha1
+    (``sha1("blob <size>\\0" + bytes)``, files kept in git). A file whose bytes do not match, or
+    for which the Hub announced no hash we can check, is an :class:`IntegrityError` naming the
+    file and the repository: corrupted or substituted bytes are never used.
+    """
+    where = _where(repo, repo_type, commit, file)
+    try:
+        sha256 = sha256_file(path)
+        value = (announced or "").lower()
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            kind, actual = "sha256", sha256
+        elif len(value) == 40 and all(c in "0123456789abcdef" for c in value):
+            kind, actual = "git blob sha1", _git_blob_sha1(path)
+        else:
+            raise IntegrityError(
+                f"the Hub announced no checkable hash for {where} (ETag {announced!r}), so the download "
+                "cannot be verified",
+                path=str(path),
+                hint="check HF_ENDPOINT: a Hugging Face Hub sends the sha256 (LFS) or git blob sha1 of every file",
+            )
+    except OSError as exc:
+        raise os_error(exc, path=path, doing=f"checking the download of {where}") from exc
+    if actual != value:
+        raise IntegrityError(
+            f"{where}: the downloaded bytes do not match the {kind} the Hub announced "
+            f"({actual} instead of {value}); the file was corrupted or substituted on the way",
+            path=str(path),
+            hint="retry the run; if it persists, check HF_ENDPOINT and any proxy between the runner and the Hub",
+        )
+    return sha256

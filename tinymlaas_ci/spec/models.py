@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,6 +22,7 @@ from pydantic import (
 )
 
 from tinymlaas_ci.hostinfo import Arch
+from tinymlaas_ci.spec.text import address_problem, description_problems
 
 __all__ = [
     "BUILTIN_STAGES",
@@ -57,7 +59,6 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 NAME_RULE = "use 1 to 63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
 """How to fix a project, run, device or pipeline name that does not match :data:`NAME_PATTERN`."""
 _NAME_RE = re.compile(NAME_PATTERN)
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
@@ -108,6 +109,18 @@ class _Spec(BaseModel):
         str_strip_whitespace=True,
         validate_default=True,
     )
+
+
+def _safe_description(value: str) -> str:
+    """A description is shown on the website, in email and in PR comments: plain text or safe
+    Markdown only (:func:`tinymlaas_ci.spec.text.description_problems`)."""
+    problems = description_problems(value)
+    if problems:
+        raise LocatedError([((), f"the description {message}", hint) for message, hint in problems])
+    return value
+
+
+Description = Annotated[str, AfterValidator(_safe_description)]
 
 
 class Quantization(str, Enum):
@@ -328,8 +341,9 @@ class RunSpec(_Spec):
     """Version of this file format. Always ``1``."""
     name: Name | None = None
     """Run name, unique in its project. Defaults to the file name without ``.yaml``."""
-    description: str = ""
-    """Free text shown on the website."""
+    description: Description = ""
+    """Free text shown on the website, in email and in the PR comment: plain text, or Markdown
+    with links to absolute http, https or mailto URLs only (no HTML, no images)."""
     model: ModelSource
     """The model to deploy."""
     dataset: DatasetSource
@@ -349,7 +363,8 @@ class RunSpec(_Spec):
     resources: Resources = Resources()
     """Memory and CPU limits for stage containers (override the device's)."""
     notify: list[str] = Field(default_factory=list, max_length=100)
-    """Email addresses told when the run succeeds or fails."""
+    """Email addresses told when the run succeeds or fails: one plain address per entry
+    (``name@example.com``, no display names or lists)."""
     matrix: dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]] | None = None
     """A sweep: dotted field path -> list of values. One run per combination, named from the values."""
 
@@ -368,11 +383,11 @@ class RunSpec(_Spec):
     @field_validator("notify")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
-        bad = [
-            ((i,), f"{v!r} is not an email address", "write it as name@example.com")
-            for i, v in enumerate(value)
-            if not _EMAIL_RE.match(v)
-        ]
+        bad = []
+        for i, v in enumerate(value):
+            problem = address_problem(v)
+            if problem is not None:
+                bad.append(((i,), f"{v!r} is not an email address: {problem[0]}", problem[1]))
         if bad:
             raise LocatedError(bad)
         return value
@@ -417,8 +432,9 @@ class _DeviceBase(_Spec):
     """Version of this file format. Always ``1``."""
     name: Name | None = None
     """Device name. Defaults to the file name without ``.yaml``."""
-    description: str = ""
-    """Free text shown on the website."""
+    description: Description = ""
+    """Free text shown on the website: plain text, or Markdown with links to absolute http,
+    https or mailto URLs only (no HTML, no images)."""
     arch: Arch = "amd64"
     """CPU architecture."""
     runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
@@ -505,8 +521,8 @@ class PipelineSpec(_Spec):
     """Version of this file format. Always ``1``."""
     name: Name | None = None
     """Pipeline name. Defaults to the file name without ``.yaml``."""
-    description: str = ""
-    """Free text."""
+    description: Description = ""
+    """Free text: plain text, or Markdown with links to absolute http, https or mailto URLs only."""
     stages: list[StageSpec] = Field(min_length=1, max_length=64)
     """The stages, in any order; ``needs`` gives the graph."""
 

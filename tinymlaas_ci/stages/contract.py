@@ -42,12 +42,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.errors import IntegrityError, TinymlError, os_error
 from tinymlaas_ci.fs import atomic_write_json, is_within, sha256_file
 from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, RunSpec, SshDevice
 
@@ -67,6 +67,7 @@ __all__ = [
     "read_outputs",
     "read_stage_config",
     "stage_main",
+    "verify_artifact",
     "write_error",
     "write_outputs",
     "write_stage_config",
@@ -164,7 +165,9 @@ class StageConfig(_File):
     device: DeviceSpec
     """The device spec."""
     inputs: dict[str, StageOutputs] = Field(default_factory=dict)
-    """The outputs of the stages this one needs, by stage name."""
+    """The outputs of the stages this one needs, and of the stages those need, by stage name,
+    as the engine read them when each finished. A stage checks every artifact it reads against
+    the sha256 recorded here."""
 
 
 def _write(path: Path, model: BaseModel, *, exclude_none: bool = False) -> None:
@@ -225,14 +228,52 @@ def read_error(stage_dir: Path) -> ErrorRecord | None:
 
 def error_record(stage: str, exc: BaseException, *, type_: str | None = None) -> ErrorRecord:
     """The error record of ``exc``: a :class:`TinymlError` says what and how to fix it; anything
-    else also keeps the end of its traceback."""
+    else also keeps the end of its traceback. A raw :class:`OSError` (disk full, name too long,
+    permission denied) is told with its path and a hint (:func:`~tinymlaas_ci.errors.os_error`)."""
+    told: BaseException = os_error(exc) if isinstance(exc, OSError) and not isinstance(exc, TinymlError) else exc
     return ErrorRecord(
         stage=stage,
         type=type_ or type(exc).__name__,
-        message=getattr(exc, "message", None) or str(exc) or type(exc).__name__,
-        hint=getattr(exc, "hint", None),
+        message=getattr(told, "message", None) or str(told) or type(exc).__name__,
+        hint=getattr(told, "hint", None),
         traceback=None if isinstance(exc, TinymlError) else "".join(traceback.format_exception(exc))[-4000:],
     )
+
+
+def verify_artifact(volume: Path, art: Artifact, *, owner: str, key: str | None = None) -> Path:
+    """Check that the file of ``art`` still has the recorded size and sha256; returns its path.
+
+    ``owner`` is the stage that produced it, for the message. A file that changed after its
+    stage finished means something rewrote it (a model's code under the local executor, a
+    leftover process, a hand edit): nothing may use it, since results computed from it would
+    not describe the recorded inputs.
+    """
+    path = volume / art.path
+    what = f"artifact {key!r} of stage {owner!r}" if key else f"an output of stage {owner!r}"
+    if not is_within(path, volume):
+        raise IntegrityError(f"{what} names {art.path!r}, which is outside the run volume", path=art.path)
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise IntegrityError(
+                f"input {art.path} ({what}) is missing or not a regular file",
+                path=art.path,
+                hint=f"re-run the run with --force so that stage {owner!r} produces it again",
+            )
+        size = path.stat().st_size
+        digest = sha256_file(path) if size == art.bytes else None
+    except OSError as exc:
+        raise os_error(exc, path=path, doing=f"checking input {art.path}") from exc
+    if size != art.bytes or digest != art.sha256:
+        found = f"{size} bytes" if size != art.bytes else f"sha256 {digest}"
+        recorded = f"{art.bytes} bytes" if size != art.bytes else f"sha256 {art.sha256}"
+        raise IntegrityError(
+            f"input {art.path} ({what}) changed after stage {owner!r} finished: it has {found}, "
+            f"but {recorded} was recorded; refusing to use it",
+            path=art.path,
+            hint="something rewrote a finished stage's output (a model's code can, under the local executor, "
+            "which cannot sandbox); re-run with --force, and use --executor docker for models you do not trust",
+        )
+    return path
 
 
 @dataclass
@@ -245,6 +286,7 @@ class StageContext:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
+    _verified: set[str] = field(default_factory=set, repr=False)
 
     @property
     def dir(self) -> Path:
@@ -288,18 +330,48 @@ class StageContext:
         )
 
     def volume_path(self, rel: str) -> Path:
-        """A path named relative to the run volume, checked to lie inside it."""
+        """A path named relative to the run volume, checked to lie inside it. When it is an
+        artifact of an input stage, its recorded sha256 is checked too (:meth:`verify_input`)."""
         path = self.volume / rel
         if not is_within(path, self.volume):
             raise TinymlError(f"artifact path {rel!r} escapes the run volume")
+        wanted = PurePosixPath(rel).as_posix()
+        for name, outputs in self.inputs.items():
+            if any(PurePosixPath(a.path).as_posix() == wanted for a in outputs.artifacts.values()):
+                self.verify_input(name)
         return path
 
     def input_path(self, builtin: str, artifact: str) -> Path:
-        """Path of an upstream artifact, checked to lie inside the run volume."""
-        art = self.upstream(builtin).artifacts.get(artifact)
+        """Path of an upstream artifact, checked to lie inside the run volume and to have the
+        sha256 its stage recorded: every artifact of that stage is checked the first time one
+        is asked for (a bundle's files are read together), so a file rewritten after its stage
+        finished fails this stage with a message naming the file."""
+        outputs = self.upstream(builtin)
+        art = outputs.artifacts.get(artifact)
         if art is None:
             raise TinymlError(f"upstream stage {builtin!r} produced no artifact {artifact!r}")
-        return self.volume_path(art.path)
+        path = self.volume_path(art.path)
+        self.verify_input(outputs.stage)
+        return path
+
+    def verify_input(self, stage: str) -> None:
+        """Check every artifact of input stage ``stage`` against its recorded size and sha256
+        (once per stage); raises :class:`~tinymlaas_ci.errors.IntegrityError` naming the file."""
+        if stage in self._verified:
+            return
+        outputs = self.inputs.get(stage)
+        if outputs is None:
+            outputs = next((o for o in self.inputs.values() if o.stage == stage), None)
+        if outputs is None:
+            raise TinymlError(f"stage {self.name!r} has no input stage {stage!r}")
+        for key, art in outputs.artifacts.items():
+            verify_artifact(self.volume, art, owner=outputs.stage, key=key)
+        self._verified.add(stage)
+
+    def verify_inputs(self) -> None:
+        """Check every artifact of every input stage (:meth:`verify_input`)."""
+        for name in self.inputs:
+            self.verify_input(name)
 
     def path(self, *parts: str) -> Path:
         """A path inside this stage's own folder (the only place it may write)."""
