@@ -149,6 +149,24 @@ class RunView:
         return None
 
     @property
+    def size_ratio(self) -> float | None:
+        """How many times smaller than the baseline run when there is one, else the recorded
+        compression ratio (the same number the recommendation uses)."""
+        base = self.baseline
+        if base is not None and base.size and self.size:
+            return base.size / self.size
+        return self.ratio
+
+    @property
+    def accuracy_delta(self) -> float | None:
+        """Accuracy minus the baseline's: against the project's baseline run when there is one
+        (what the recommendation compares with), else the baseline the run measured itself;
+        None for a baseline run."""
+        if self.is_baseline:
+            return None
+        return self.vs_baseline()["accuracy"]
+
+    @property
     def speedup(self) -> float | None:
         """How many times faster than the uncompressed baseline (above 1: faster).
 
@@ -429,6 +447,11 @@ class ProjectView:
     @property
     def measured(self) -> list[RunView]:
         return [r for r in self.runs if r.result.metrics is not None]
+
+    @property
+    def recommended(self) -> set[str]:
+        """Slugs of the runs recommended on some device."""
+        return {d.recommendation.run.slug for d in self.devices if d.recommendation and d.recommendation.run}
 
     @property
     def latest(self) -> str:
