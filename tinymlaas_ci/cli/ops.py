@@ -290,12 +290,20 @@ def _register_init(subparsers) -> None:
         "init",
         help="scaffold a new repository (runs, devices, pipelines, workflows, an example)",
         description="Create a repository that validates and plans at once: runs/example with a small model "
-        "and dataset, devices/host.yaml, pipelines/default.yaml, schemas/, .github/workflows/, .gitignore and "
-        "a README; 'git init' when DIR is not in a git repository yet.",
+        "and dataset, devices/host.yaml, pipelines/default.yaml, schemas/, a site/ that 'tinymlaas site build' "
+        "builds, .github/workflows/, tinymlaas.yaml (what the workflows install), editor settings, .gitignore "
+        "and a README; 'git init' when DIR is not in a git repository yet.",
     )
     p.add_argument("dir", metavar="DIR", type=Path, help="folder to create (new or empty)")
     p.add_argument(
         "--force", action="store_true", help="add the files to a non-empty DIR; existing files are never overwritten"
+    )
+    p.add_argument(
+        "--install",
+        metavar="REQUIREMENT",
+        default=None,
+        help="what the workflows install, written to tinymlaas.yaml: a pip requirement for tinymlaas-ci "
+        "(default: this exact release; or 'tinymlaas-ci @ https://.../x.whl', 'tinymlaas-ci @ git+https://...')",
     )
     p.set_defaults(func=cmd_init)
 
@@ -303,7 +311,7 @@ def _register_init(subparsers) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from tinymlaas_ci.init.scaffold import init_repo
 
-    report = init_repo(args.dir, force=args.force)
+    report = init_repo(args.dir, force=args.force, install=args.install)
     for rel in report.written:
         print(f"  wrote {rel}")
     for rel in report.skipped:
