@@ -16,11 +16,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from tinymlaas_ci.hostinfo import Arch
+from tinymlaas_ci.hostinfo import ARCH_ALIASES, ARCHES, Arch, arch_hint, canonical_arch
 
 __all__ = [
     "BUILTIN_STAGES",
@@ -419,8 +420,12 @@ class _DeviceBase(_Spec):
     """Device name. Defaults to the file name without ``.yaml``."""
     description: str = ""
     """Free text shown on the website."""
-    arch: Arch = "amd64"
-    """CPU architecture."""
+    arch: Annotated[
+        Arch,
+        WithJsonSchema({"type": "string", "enum": sorted({*ARCHES, *ARCH_ALIASES})}),
+    ] = "amd64"
+    """CPU architecture: ``amd64``, ``arm64``, ``armv7``, ``riscv64``, ``x86`` or ``other``; the names
+    ``uname -m`` prints are accepted too (``x86_64`` is ``amd64``, ``aarch64`` is ``arm64``)."""
     runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
     """Labels of the GitHub Actions runner attached to this device."""
     memory_mb: int | None = Field(default=None, ge=1)
@@ -431,6 +436,16 @@ class _DeviceBase(_Spec):
     """CPUs available to stages on this device."""
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _arch_alias(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        known = canonical_arch(value)
+        if known is None:
+            raise LocatedError.at((), f"{value!r} is not one of: {', '.join(ARCHES)}", arch_hint(value))
+        return known
 
 
 class LocalDevice(_DeviceBase):
