@@ -101,6 +101,14 @@ def suggest(word: str, choices: Iterable[str], shown: Callable[[str], str] = str
     return "did you mean " + " or ".join(repr(shown(c)) for c in close) + "?"
 
 
+def _matrix_key_schema(schema: dict[str, Any]) -> None:
+    """Matrix keys in the JSON Schema: only the dotted keys a sweep accepts (an editor then
+    underlines a typo such as ``compression.quantisation``)."""
+    from tinymlaas_ci.spec.repo import sweepable_keys  # the one rule, defined next to the check
+
+    schema["propertyNames"] = {"enum": sweepable_keys()}
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -351,7 +359,13 @@ class RunSpec(_Spec):
     """Memory and CPU limits for stage containers (override the device's)."""
     notify: list[str] = Field(default_factory=list, max_length=100)
     """Email addresses told when the run succeeds or fails."""
-    matrix: dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]] | None = None
+    matrix: (
+        Annotated[
+            dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]],
+            Field(json_schema_extra=lambda schema: _matrix_key_schema(schema)),
+        ]
+        | None
+    ) = None
     """A sweep: dotted field path -> list of values. One run per combination, named from the values."""
 
     model_config = ConfigDict(populate_by_name=True)
