@@ -49,6 +49,7 @@ def test_hostile_text_is_escaped_in_the_html(hostile_site: Path):
         assert 'href="javascript:' not in html.lower()
         assert "<img src=x" not in html and 'onerror="alert' not in html
         assert "<script>alert" not in html
+        assert "\x1b" not in html  # terminal colour codes of a tool's message are not shown
 
 
 @pytest.mark.parametrize("page", ["projects/digits/runs/cnn-fp16.html", "projects/vww/runs/mobilenet-static-int8.html"])

@@ -89,6 +89,8 @@ def date(text: str | None) -> str:
     return f"{m.group(1)} {m.group(2)}{tz}"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+"""Terminal colour and cursor codes: a tool's error message may carry them; a page shows none."""
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")
 """What Python-Markdown (with the tables extension) lets a backslash escape; ``<`` and ``>`` are
 HTML-escaped instead."""
@@ -105,7 +107,7 @@ def text(value: Any):
 
     if value is None:
         return Markup("")
-    one_line = " ".join(str(value).split())
+    one_line = " ".join(_ANSI.sub("", str(value)).split())
     # Markdown escapes first, HTML escapes second: an entity like &#34; must stay whole.
     return Markup(escape(_MD_SPECIAL.sub(r"\\\1", one_line)))
 
