@@ -13,7 +13,7 @@ from conftest import make_repo
 HOSTILE = {
     "description": '[x](javascript:alert(1)) ![i](x" onerror="alert(2)") <img src=x onerror=alert(3)> **bold**',
     "label": "[y](javascript:alert(4))",
-    "error": '![e](x" onerror="alert(5)") <script>alert(6)</script>',
+    "error": "\x1b[1;31mExportError\x1b[0m " + '![e](x" onerror="alert(5)") <script>alert(6)</script>',
 }
 
 
