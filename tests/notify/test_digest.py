@@ -69,3 +69,19 @@ def test_dry_run_shows_the_digest(notify_repo):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("--- would send to") == 4
     assert "Subject: [tinymlaas] 4 runs: 1 gates failed, 3 succeeded" in proc.stdout
+
+
+def test_a_recorded_gate_failure_is_not_mailed_again(notify_repo, smtp_starttls):
+    """``tinymlaas run`` reports a run whose committed result failed its gates as gates-failed
+    without running it; nobody is told again."""
+    outcomes = json.loads((notify_repo / "outcomes" / "host.json").read_text())
+    outcomes["outcomes"][0].update(
+        status="gates-failed",
+        message="recorded result runs/digits/results/cnn-static-int8.json failed its gates; change the spec, "
+        "or --force to measure again",
+    )
+    (notify_repo / "outcomes" / "host.json").write_text(json.dumps(outcomes))
+    proc = notify(notify_repo, smtp_starttls.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "digits/cnn-static-int8: gates-failed in its recorded result" in proc.stdout
+    assert [sorted(e.rcpt_tos) for e in smtp_starttls.messages] == [["oncall@example.com"]]

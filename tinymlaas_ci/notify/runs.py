@@ -32,8 +32,20 @@ from tinymlaas_ci.notify.email import (
 from tinymlaas_ci.results.layout import result_path
 from tinymlaas_ci.results.outcomes import Outcome
 
-__all__ = ["NOTIFY_STATUSES", "Digest", "SendReport", "build_digest", "collect_reports", "digests", "send_reports"]
+__all__ = [
+    "NOTIFY_STATUSES",
+    "RECORDED_PREFIX",
+    "Digest",
+    "SendReport",
+    "build_digest",
+    "collect_reports",
+    "digests",
+    "send_reports",
+]
 
+RECORDED_PREFIX = "recorded result"
+"""How the engine's message for a run skipped because its committed result already failed its
+gates begins (``tinymlaas run`` reports such a run as ``gates-failed`` without running it)."""
 NOTIFY_STATUSES = ("succeeded", "gates-failed", "failed")
 """Outcomes that mail is sent about; ``up-to-date`` and ``not-run`` runs did not run."""
 
@@ -100,6 +112,10 @@ def collect_reports(
         run_id, status = outcome.run, outcome.status
         if status not in NOTIFY_STATUSES:
             notes.append(f"{run_id}: {status}, nothing to tell")
+            continue
+        if status == "gates-failed" and (outcome.message or "").startswith(RECORDED_PREFIX):
+            # Not measured by this run command: the verdict of a committed result, told when it was new.
+            notes.append(f"{run_id}: gates-failed in its recorded result, told when it was measured")
             continue
         if run_id in seen:
             continue
