@@ -73,3 +73,48 @@ def test_status_works_when_the_specs_do_not(tmp_path):
     (root / "runs" / "p" / "a.yaml").write_text("schema: 1\nmodel: [broken\n")
     [row] = json.loads(cli("status", "--work-dir", str(root / ".work"), "--format", "json", cwd=root).stdout)
     assert [s["stage"] for s in row["stages"]] == ["fetch", "compile", "infer"]  # built-in order
+
+
+def test_ctrl_c_in_the_runner_marks_the_stage_it_stopped(tmp_path):
+    """The runner marks the stage it was in as failed with no exit code when Ctrl-C stops it."""
+    root = _repo(tmp_path / "repo")
+    _volume(root / ".work", "failed", None)
+    [row] = json.loads(cli("status", "--work-dir", str(root / ".work"), "--format", "json", cwd=root).stdout)
+    assert ("compile", "interrupted") in [(s["stage"], s["status"]) for s in row["stages"]]
+    assert row["result"] == "interrupted"
+
+
+def test_real_ctrl_c_during_a_stage(tmp_path):
+    """A finished run, edited and run again, stopped by Ctrl-C (SIGINT to its process group) in
+    its first stage: status says interrupted there, and never succeeded for the run."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.engine.fakerepo import make_repo
+
+    root = make_repo(tmp_path / "fake", sleep=0.0)
+    work = str(root / ".work")
+    assert cli("run", "--work-dir", work, cwd=root).returncode == 0
+    pipe = root / "pipelines/fake.yaml"
+    pipe.write_text(pipe.read_text().replace("sleep: 0.0", "sleep: 30"))
+    marker = root / ".work/p/r1/prepare/started"
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", work],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    [row] = json.loads(cli("status", "--work-dir", work, "--format", "json", cwd=root).stdout)
+    stages = [(s["stage"], s["status"]) for s in row["stages"]]
+    assert [s for s, _ in stages] == ["prepare", "install", "infer"]
+    assert stages[0] == ("prepare", "interrupted"), stages
+    assert row["result"] == "interrupted"

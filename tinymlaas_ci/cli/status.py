@@ -1,8 +1,9 @@
 """``tinymlaas status``: each run volume's stages in pipeline order, and a run state that agrees
 with them.
 
-A stage still marked ``running`` whose runner process is gone, or one that ended by SIGINT or
-SIGTERM (Ctrl-C, a cancelled job), is ``interrupted``. The run's state comes from its stages
+A stage still marked ``running`` whose runner process is gone, one that ended by SIGINT or
+SIGTERM (a cancelled job), or one the runner marked failed when Ctrl-C stopped it (no exit code,
+no ``error.json``) is ``interrupted``. The run's state comes from its stages
 first: a run with a failed, interrupted or running stage is never shown as ``succeeded`` because
 an older ``result.json`` from an earlier attempt is still in the volume.
 """
@@ -63,7 +64,11 @@ def stage_rows(volume, run_dir: Path, pipeline_order: dict[str, list[str]], run_
         state = st.status
         if state == "running" and st.pid and not _alive(st.pid):
             state = "interrupted"  # its runner died (Ctrl-C, crash or kill -9); the next run redoes it
-        elif state == "failed" and st.returncode in _INTERRUPT_CODES:
+        elif state == "failed" and (
+            st.returncode in _INTERRUPT_CODES
+            # Ctrl-C in the runner: the stage was marked failed with no exit code and no error.json.
+            or (st.returncode is None and not (run_dir / name / "error.json").exists())
+        ):
             state = "interrupted"
         rows.append(
             {
