@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -35,8 +36,13 @@ __all__ = [
 _MAX_MESSAGE = 2000
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+"""Terminal colour and cursor codes. Vendor messages carry them (the ONNX exporter colours its
+errors); in error.json, a result file, an email or a web page they are only noise."""
+
+
 def _bounded(text: str, limit: int = _MAX_MESSAGE) -> str:
-    text = str(text)
+    text = _ANSI.sub("", str(text))
     return text if len(text) <= limit else text[: limit - 15] + " ... (truncated)"
 
 

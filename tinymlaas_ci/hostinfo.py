@@ -9,7 +9,16 @@ import platform
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-__all__ = ["RELEVANT_FLAGS", "arch", "cpu_info", "memory_mb", "normalise_arch"]
+__all__ = [
+    "ARCH_ALIASES",
+    "RELEVANT_FLAGS",
+    "arch",
+    "arch_hint",
+    "canonical_arch",
+    "cpu_info",
+    "memory_mb",
+    "normalise_arch",
+]
 
 RELEVANT_FLAGS = (
     "sse4_1",
@@ -52,6 +61,33 @@ _ARCHES: dict[str, Arch] = {
     "i686": "x86",
     "x86": "x86",
 }
+
+
+ARCH_ALIASES: dict[str, Arch] = _ARCHES
+"""Every spelling of an architecture that a device spec accepts (what ``uname -m``, Docker and
+Debian print) -> the name the spec uses. The one table: probing and spec checks both use it."""
+
+
+def canonical_arch(value: str) -> str | None:
+    """``value`` as a device spec's ``arch`` (``x86_64`` -> ``amd64``), or None when unknown."""
+    low = str(value).strip().lower()
+    if low in ARCHES:
+        return low
+    return _ARCHES.get(low)
+
+
+def arch_hint(value: str) -> str:
+    """A hint for an unknown ``arch``: the architecture of the nearest known *spelling*, so a typo
+    of ``x86_64`` suggests ``amd64`` (what it means), never ``x86`` (another architecture)."""
+    import difflib
+
+    spellings = sorted({*ARCHES, *_ARCHES} - {"other"})
+    close = difflib.get_close_matches(str(value).strip().lower(), spellings, n=1, cutoff=0.6)
+    if close:
+        target = canonical_arch(close[0])
+        also = f" ({close[0]})" if close[0] != target else ""
+        return f"did you mean {target!r}{also}?"
+    return "the names uname -m prints work too, e.g. x86_64 (amd64) and aarch64 (arm64)"
 
 
 def cpu_info(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:

@@ -118,7 +118,9 @@ def test_pr_comment_shows_spec_changes_and_committed_metrics(repo):
 def test_pr_comment_for_an_unchanged_run_shows_no_diff(repo):
     md = pr_comment(repo, "main")
     assert "Nothing would run after merge: every run is up to date." in md
-    assert "1 up-to-date run(s)" in md
+    # The base result failed its gates and the spec is unchanged: the verdict stands.
+    assert "| `digits/cnn-static-int8` | `host` | ❌ gates failed (recorded) |" in md
+    assert "up-to-date run(s)" not in md
     assert "### Against" not in md
 
 
@@ -371,8 +373,8 @@ def test_pr_comment_says_what_each_new_or_changed_run_is(repo):
         "| 🆕 new | model hf:owner/digits-cnn@\u200bv2 · data hf:owner/digits@\u200bmain (validation) · "
         "dynamic-int8, 50% pruned · gates min\\_accuracy ≥ 0.9, max\\_latency\\_p95\\_ms ≤ 2.5 |"
     )
-    # An up-to-date run is listed without it.
-    assert "| `digits/cnn-static-int8` | `host` | self-hosted, tinymlaas, host |\n" in md
+    # An unchanged run is listed without it, with its recorded verdict (its result failed a gate).
+    assert "| `digits/cnn-static-int8` | `host` | ❌ gates failed (recorded) |\n" in md
 
 
 def test_report_aliases_and_github_commands_write_the_same(repo):

@@ -164,9 +164,10 @@ def test_links_work_from_file_urls(browser, built_site):
     page = _Page(browser)
     try:
         p = page.open((out / "index.html").as_uri())
-        p.click("text=digits/cnn-none")  # a headline card links to a run page
+        # The landing page's recommendation for digits links to the run to deploy.
+        p.click(".tm-recommend-project .tm-recommend a >> nth=0")
         p.wait_for_load_state("load")
-        assert p.url.endswith("projects/digits/runs/cnn-none.html")
+        assert p.url.endswith("projects/digits/runs/cnn-static-int8.html")
         p.wait_for_function("document.querySelectorAll('.tm-chart[data-rendered] svg.main-svg').length >= 3")
         p.click("article >> text=digits >> nth=0")
         p.wait_for_load_state("load")

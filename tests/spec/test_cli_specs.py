@@ -158,7 +158,7 @@ def test_plan_json_structure(demo: Path):
     assert run["source"] == "runs/demo/cnn.yaml" and run["result"] == "runs/demo/results/cnn-fp16.json"
     assert [s["name"] for s in run["stages"]] == ["fetch", "compile", "install", "infer"]
     assert all(len(s["key"]) == 64 for s in run["stages"]) and len(run["spec_hash"]) == 64
-    assert plan["summary"] == {"total": 3, "new": 3, "changed": 0, "up-to-date": 0}
+    assert plan["summary"] == {"total": 3, "new": 3, "changed": 0, "up-to-date": 0, "gates-failed": 0}
     assert plan["matrix"] == {
         "include": [
             {
@@ -180,7 +180,7 @@ def test_plan_statuses_against_committed_results(demo: Path):
         "demo/cnn-fp16": "new",
         "demo/small": "changed",
     }
-    assert plan["summary"] == {"total": 3, "new": 1, "changed": 1, "up-to-date": 1}
+    assert plan["summary"] == {"total": 3, "new": 1, "changed": 1, "up-to-date": 1, "gates-failed": 0}
     assert plan["matrix"]["include"][0]["runs"] == ["demo/cnn-fp16", "demo/small"]
 
     pending = _plan_json(demo, "--pending")

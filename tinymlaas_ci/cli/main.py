@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "tinymlaas_ci.cli.site",  # site build, site serve
     "tinymlaas_ci.cli.gitops",  # results commit, github pr-comment|job-summary
     "tinymlaas_ci.cli.ops",  # notify, export, device, init
+    "tinymlaas_ci.cli.compare",  # compare
+    "tinymlaas_ci.cli.new",  # new
 )
 
 

@@ -67,8 +67,8 @@ def _annotate(level: str, text: str) -> None:
 def cmd_notify(args) -> int:
     from tinymlaas_ci.cli.common import repo_root
     from tinymlaas_ci.errors import NotifyError
-    from tinymlaas_ci.notify.email import SmtpSettings, build_message
-    from tinymlaas_ci.notify.runs import collect_reports, send_reports
+    from tinymlaas_ci.notify.email import SmtpSettings
+    from tinymlaas_ci.notify.runs import build_digest, collect_reports, digests, send_reports
     from tinymlaas_ci.results.outcomes import read_outcomes
 
     root = repo_root(args)
@@ -79,21 +79,23 @@ def cmd_notify(args) -> int:
     if not reports:
         print(f"no emails to send ({len(outcomes)} outcomes)")
         return 0
+    messages = digests(reports)  # one per recipient: a digest when several runs concern them
     if args.dry_run:
-        for report in reports:
-            msg = build_message(report, "tinymlaas@localhost")
-            print(f"--- would send to {', '.join(report.recipients)}\nSubject: {msg['Subject']}\n")
+        for digest in messages:
+            msg = build_digest(digest, "tinymlaas@localhost")
+            print(f"--- would send to {', '.join(digest.recipients)}\nSubject: {msg['Subject']}\n")
             print(msg.get_body(preferencelist=("plain",)).get_content())
-        print(f"dry run: {len(reports)} emails not sent")
+        print(f"dry run: {len(messages)} emails not sent")
         return 0
     try:
         settings = SmtpSettings.from_env()
     except NotifyError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        for report in reports:
-            print(f"✗ not sent: {report.run_id} ({report.status}) to {', '.join(report.recipients)}", file=sys.stderr)
-        _annotate("warning", f"{len(reports)} emails not sent: {exc.message}")
-        print(f"{len(reports)} of {len(reports)} emails failed (run results are unchanged)", file=sys.stderr)
+        for digest in messages:
+            runs = ", ".join(digest.run_ids)
+            print(f"✗ not sent: {runs} to {', '.join(digest.recipients)}", file=sys.stderr)
+        _annotate("warning", f"{len(messages)} emails not sent: {exc.message}")
+        print(f"{len(messages)} of {len(messages)} emails failed (run results are unchanged)", file=sys.stderr)
         return 0
 
     def show(entry) -> None:
@@ -107,7 +109,7 @@ def cmd_notify(args) -> int:
             )
             _annotate("warning", f"email about {entry.run_id} not sent: {entry.error.splitlines()[0]}")
 
-    print(f"sending {len(reports)} emails via {settings.describe()}")
+    print(f"sending {len(messages)} emails via {settings.describe()}")
     done = send_reports(reports, settings, on_send=show)
     failed = sum(not e.ok for e in done)
     if failed:
@@ -290,12 +292,20 @@ def _register_init(subparsers) -> None:
         "init",
         help="scaffold a new repository (runs, devices, pipelines, workflows, an example)",
         description="Create a repository that validates and plans at once: runs/example with a small model "
-        "and dataset, devices/host.yaml, pipelines/default.yaml, schemas/, .github/workflows/, .gitignore and "
-        "a README; 'git init' when DIR is not in a git repository yet.",
+        "and dataset, devices/host.yaml, pipelines/default.yaml, schemas/, a site/ that 'tinymlaas site build' "
+        "builds, .github/workflows/, tinymlaas.yaml (what the workflows install), editor settings, .gitignore "
+        "and a README; 'git init' when DIR is not in a git repository yet.",
     )
     p.add_argument("dir", metavar="DIR", type=Path, help="folder to create (new or empty)")
     p.add_argument(
         "--force", action="store_true", help="add the files to a non-empty DIR; existing files are never overwritten"
+    )
+    p.add_argument(
+        "--install",
+        metavar="REQUIREMENT",
+        default=None,
+        help="what the workflows install, written to tinymlaas.yaml: a pip requirement for tinymlaas-ci "
+        "(default: this exact release; or 'tinymlaas-ci @ https://.../x.whl', 'tinymlaas-ci @ git+https://...')",
     )
     p.set_defaults(func=cmd_init)
 
@@ -303,7 +313,7 @@ def _register_init(subparsers) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from tinymlaas_ci.init.scaffold import init_repo
 
-    report = init_repo(args.dir, force=args.force)
+    report = init_repo(args.dir, force=args.force, install=args.install)
     for rel in report.written:
         print(f"  wrote {rel}")
     for rel in report.skipped:

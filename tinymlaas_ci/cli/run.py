@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -153,67 +152,7 @@ def _summary(outcomes, args) -> None:
         print(f"resume with: {' '.join(shlex.quote(c) for c in cmd)}  (finished stages are reused)", file=sys.stderr)
 
 
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cmd_status(args) -> int:
-    import fnmatch
+    from tinymlaas_ci.cli.status import cmd_status as show_status
 
-    from tinymlaas_ci.engine.volume import RunVolume, default_work_dir
-
-    root = repo_root(args)
-    work = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(root)
-    rows = []
-    if work.is_dir():
-        for project in sorted(p for p in work.iterdir() if p.is_dir()):
-            for run in sorted(p for p in project.iterdir() if p.is_dir()):
-                run_id = f"{project.name}/{run.name}"
-                if args.runs and not any(
-                    fnmatch.fnmatchcase(run_id, pat) or fnmatch.fnmatchcase(run.name, pat) or project.name == pat
-                    for pat in args.runs
-                ):
-                    continue
-                volume = RunVolume(work, project.name, run.name)
-                stages = []
-                for stage_dir in sorted(
-                    (d for d in run.iterdir() if (d / "status.json").exists()),
-                    key=lambda d: volume.status(d.name).started_at or "",
-                ):
-                    st = volume.status(stage_dir.name)
-                    state = st.status
-                    if state == "running" and st.pid and not _alive(st.pid):
-                        state = "interrupted"  # its runner died (crash or kill -9); the next run redoes it
-                    stages.append(
-                        {
-                            "stage": st.stage,
-                            "status": state,
-                            "duration_s": st.duration_s,
-                            "started_at": st.started_at,
-                            "cache_key": st.cache_key,
-                        }
-                    )
-                result = volume.read_json(".", "result.json") if (run / "result.json").exists() else None
-                rows.append({"run": run_id, "stages": stages, "result": result.get("status") if result else None})
-    if args.format == "json":
-        print(json.dumps(rows, indent=2, sort_keys=True))
-        return 0
-    if not rows:
-        print(f"no run volumes under {work}" + (" matching " + " ".join(args.runs) if args.runs else ""))
-        return 0
-    width = max(len(r["run"]) for r in rows)
-    for r in rows:
-        cells = []
-        for s in r["stages"]:
-            took = f" {s['duration_s']:.1f}s" if s["duration_s"] is not None else ""
-            cells.append(f"{s['stage']}:{s['status']}{took}")
-        print(f"{r['run'].ljust(width)}  {(r['result'] or '-'):<12}  {'  '.join(cells)}")
-    return 0
+    return show_status(args)

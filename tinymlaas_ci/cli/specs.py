@@ -159,7 +159,7 @@ def cmd_plan(args) -> int:
     if args.pending:
         from tinymlaas_ci.plan import Plan
 
-        result = Plan(tuple(r for r in result.runs if r.status != "up-to-date"))
+        result = Plan(tuple(r for r in result.runs if r.pending))
     if args.format == "json":
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif args.format == "markdown":
@@ -180,7 +180,10 @@ def plan_text(result) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
     s = result.to_json()["summary"]
-    lines.append(f"\n{_n(s['total'], 'run')}: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date")
+    failed = f", {s['gates-failed']} with failed gates (recorded)" if s["gates-failed"] else ""
+    lines.append(
+        f"\n{_n(s['total'], 'run')}: {s['new']} new, {s['changed']} changed, {s['up-to-date']} up to date{failed}"
+    )
     return "\n".join(lines)
 
 

@@ -255,6 +255,14 @@ class Engine:
                 outcomes.append(RunOutcome(run.id, "up-to-date", result_path=run.result_path))
                 self.progress.message(f"= {run.id}: up to date ({run.result_path})")
                 continue
+            if run.status == "gates-failed" and not self.options.force:
+                # The committed result of this very spec failed its gates: that verdict stands.
+                message = (
+                    f"recorded result {run.result_path} failed its gates; change the spec, or --force to measure again"
+                )
+                outcomes.append(RunOutcome(run.id, "gates-failed", result_path=run.result_path, message=message))
+                self.progress.message(f"= {run.id}: gates failed in its recorded result ({run.result_path})")
+                continue
             outcome = self.execute_run(run)
             outcomes.append(outcome)
             if outcome.status == "failed" and not self.options.keep_going:

@@ -25,7 +25,12 @@ STATUS = {
     "not-run": "⏭️ not run",
 }
 """A run outcome (or a result's status) as a table cell."""
-PLAN_STATUS = {"new": "🆕 new", "changed": "✏️ changed", "up-to-date": "✅ up to date"}
+PLAN_STATUS = {
+    "new": "🆕 new",
+    "changed": "✏️ changed",
+    "up-to-date": "✅ up to date",
+    "gates-failed": "❌ gates failed (recorded)",
+}
 """A planned run's status as a table cell."""
 
 _NO_MENTION = "@\u200b"

@@ -119,11 +119,12 @@ def pr_comment(root: str | Path, base: str | None) -> str:
     commit = rev_parse(root, base) if base else None
     context["base_missing"] = bool(base) and commit is None
     context["base_label"] = f"{code(base)} ({commit[:8]})" if commit else (code(base) if base else "")
-    pending = [r for r in the_plan.runs if r.status != "up-to-date"]
+    pending = [r for r in the_plan.runs if r.pending]
     context.update(
         plan=the_plan,
         summary=the_plan.to_json()["summary"],
         pending=[(r, describe_run(r.spec)) for r in pending],
+        gates_failed=[r for r in the_plan.runs if r.status == "gates-failed"],
         up_to_date=[r for r in the_plan.runs if r.status == "up-to-date"],
     )
     if commit:

@@ -4,15 +4,19 @@
 workflow downloads them from every device as ``outcomes/<device>.json``. For each run that
 succeeded, failed a gate or failed, this module finds its result (the committed file; for a
 failed run the run volume's ``result.json`` when the volume is on this machine), its ``notify``
-list (from the result's spec, else from the spec file) and the links, and sends one message.
+list (from the result's spec, else from the spec file) and the links. Each recipient gets one
+message per run command: the run's own message when only one run concerns them, else a digest
+of all their runs (:func:`digests`), so a sweep of twelve runs is one email, not twelve.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +32,20 @@ from tinymlaas_ci.notify.email import (
 from tinymlaas_ci.results.layout import result_path
 from tinymlaas_ci.results.outcomes import Outcome
 
-__all__ = ["NOTIFY_STATUSES", "SendReport", "collect_reports", "send_reports"]
+__all__ = [
+    "NOTIFY_STATUSES",
+    "RECORDED_PREFIX",
+    "Digest",
+    "SendReport",
+    "build_digest",
+    "collect_reports",
+    "digests",
+    "send_reports",
+]
 
+RECORDED_PREFIX = "recorded result"
+"""How the engine's message for a run skipped because its committed result already failed its
+gates begins (``tinymlaas run`` reports such a run as ``gates-failed`` without running it)."""
 NOTIFY_STATUSES = ("succeeded", "gates-failed", "failed")
 """Outcomes that mail is sent about; ``up-to-date`` and ``not-run`` runs did not run."""
 
@@ -97,6 +113,10 @@ def collect_reports(
         if status not in NOTIFY_STATUSES:
             notes.append(f"{run_id}: {status}, nothing to tell")
             continue
+        if status == "gates-failed" and (outcome.message or "").startswith(RECORDED_PREFIX):
+            # Not measured by this run command: the verdict of a committed result, told when it was new.
+            notes.append(f"{run_id}: gates-failed in its recorded result, told when it was measured")
+            continue
         if run_id in seen:
             continue
         seen.add(run_id)
@@ -132,10 +152,90 @@ def _notify_lists(root: Path) -> dict[str, list[str]]:
 
 
 @dataclass
+class Digest:
+    """One message: the runs it is about and who gets it (each recipient is in one digest)."""
+
+    recipients: list[str]
+    reports: list[RunReport]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.reports]
+
+
+def digests(reports: list[RunReport]) -> list[Digest]:
+    """Group the reports into one message per recipient: every recipient's runs, in run order.
+    Recipients told about exactly the same runs share one message."""
+    per_person: dict[str, list[int]] = {}
+    for index, report in enumerate(reports):
+        for person in report.recipients:
+            runs = per_person.setdefault(person, [])
+            if index not in runs:
+                runs.append(index)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for person, runs in per_person.items():
+        groups.setdefault(tuple(runs), []).append(person)
+    return [Digest(people, [reports[i] for i in runs]) for runs, people in groups.items()]
+
+
+_STATUS_WORDS = {"succeeded": "succeeded", "gates-failed": "gates failed", "failed": "failed"}
+
+
+def _digest_subject(reports: list[RunReport]) -> str:
+    counts: dict[str, int] = {}
+    for r in reports:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = [f"{counts[s]} {_STATUS_WORDS[s]}" for s in ("failed", "gates-failed", "succeeded") if s in counts]
+    return f"[tinymlaas] {len(reports)} runs: " + ", ".join(parts)
+
+
+def _html_body(msg: EmailMessage) -> str:
+    html = msg.get_body(preferencelist=("html",)).get_content()
+    found = re.search(r"<body[^>]*>(.*)</body>", html, re.DOTALL | re.IGNORECASE)
+    return found.group(1) if found else html
+
+
+def build_digest(digest: Digest, sender: str) -> EmailMessage:
+    """The message of one :class:`Digest`: a single run's own email, or for several runs a
+    summary line per run followed by each run's full report (text and HTML parts)."""
+    if len(digest.reports) == 1:
+        return build_message(replace(digest.reports[0], recipients=digest.recipients), sender)
+    parts = [build_message(replace(r, recipients=digest.recipients), sender) for r in digest.reports]
+    subject = _digest_subject(digest.reports)
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = sender
+    msg["To"] = ", ".join(digest.recipients)
+    msg["Date"] = parts[0]["Date"]
+    msg["Message-ID"] = parts[0]["Message-ID"]
+    msg["X-Tinymlaas-Runs"] = ", ".join(digest.run_ids)
+    lines = [subject.removeprefix("[tinymlaas] "), ""]
+    lines += [f"  {subject_for(r).removeprefix('[tinymlaas] ')}" for r in digest.reports]
+    text = "\n".join(lines) + "\n"
+    for part in parts:
+        body = part.get_body(preferencelist=("plain",)).get_content()
+        text += "\n" + "=" * 72 + "\n" + body.split("\n-- \n")[0].rstrip() + "\n"
+    text += "\n-- \nSent by tinymlaas notify: one message for all the runs of this run command.\n"
+    msg.set_content(text)
+    from html import escape
+
+    items = "".join(f"<li>{escape(subject_for(r).removeprefix('[tinymlaas] '))}</li>" for r in digest.reports)
+    sections = "<hr>".join(_html_body(p).split('<p style="color:#666">Sent by')[0] for p in parts)
+    msg.add_alternative(
+        f'<!DOCTYPE html><html><body style="font-family:sans-serif"><h2>{escape(lines[0])}</h2><ul>{items}</ul>'
+        f'<hr>{sections}<p style="color:#666">Sent by tinymlaas notify: one message for all the runs of this '
+        "run command.</p></body></html>",
+        subtype="html",
+    )
+    return msg
+
+
+@dataclass
 class SendReport:
     """What happened to one message."""
 
     run_id: str
+    """The run the message is about; for a digest, its runs separated by commas."""
     recipients: list[str]
     subject: str
     error: str | None = None
@@ -152,15 +252,18 @@ def send_reports(
     dry_run: bool = False,
     on_send: Callable[[SendReport], None] = lambda _r: None,
 ) -> list[SendReport]:
-    """Send one message per report (``settings`` may be None with ``dry_run``). A failure is
-    recorded in its :class:`SendReport` and the next message is still sent."""
+    """Send one message per recipient (:func:`digests`; ``settings`` may be None with
+    ``dry_run``). A failure is recorded in its :class:`SendReport` and the next message is
+    still sent."""
     done: list[SendReport] = []
-    for report in reports:
-        entry = SendReport(report.run_id, report.recipients, subject_for(report))
+    for digest in digests(reports):
+        sender = settings.sender if settings is not None else "tinymlaas@localhost"
+        msg = build_digest(digest, sender)
+        entry = SendReport(", ".join(digest.run_ids), digest.recipients, str(msg["Subject"]))
         if not dry_run:
             assert settings is not None
             try:
-                send_message(settings, build_message(report, settings.sender), report.recipients)
+                send_message(settings, msg, digest.recipients)
             except NotifyError as exc:
                 entry.error = settings.redact(str(exc))
         done.append(entry)

@@ -19,10 +19,26 @@ from tinymlaas_ci.results.layout import result_path
 from tinymlaas_ci.spec.models import PipelineSpec, RunSpec
 from tinymlaas_ci.spec.repo import ExpandedRun, Repo
 
-__all__ = ["PLAN_SCHEMA", "STAGE_INPUTS", "Plan", "PlannedRun", "PlannedStage", "plan", "spec_hash", "stage_key"]
+__all__ = [
+    "PENDING",
+    "PLAN_SCHEMA",
+    "STAGE_INPUTS",
+    "Plan",
+    "PlannedRun",
+    "PlannedStage",
+    "plan",
+    "spec_hash",
+    "stage_key",
+]
 
 PLAN_SCHEMA = 1
-RunStatus = Literal["new", "changed", "up-to-date"]
+RunStatus = Literal["new", "changed", "up-to-date", "gates-failed"]
+"""``new`` (no committed result), ``changed`` (the committed result has another spec hash),
+``up-to-date`` (it has this spec hash and passed its gates) or ``gates-failed`` (it has this
+spec hash and failed a gate: the verdict stands until the spec changes)."""
+PENDING: tuple[str, ...] = ("new", "changed")
+"""The statuses of runs that would run: a recorded result, passed or not, is not measured again
+unless forced."""
 
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "fetch": ("model", "dataset"),
@@ -66,6 +82,11 @@ class PlannedRun:
     result_path: str
     matrix: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def pending(self) -> bool:
+        """True when the run would run: it is new or its spec changed."""
+        return self.status in PENDING
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -101,7 +122,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         runs = [r.to_json() for r in self.runs]
-        pending = [r for r in self.runs if r.status != "up-to-date"]
+        pending = [r for r in self.runs if r.pending]
         devices: dict[str, dict[str, Any]] = {}
         for r in pending:
             entry = devices.setdefault(r.device, {"device": r.device, "runner": list(r.runner), "runs": []})
@@ -114,6 +135,7 @@ class Plan:
                 "new": sum(r.status == "new" for r in self.runs),
                 "changed": sum(r.status == "changed" for r in self.runs),
                 "up-to-date": sum(r.status == "up-to-date" for r in self.runs),
+                "gates-failed": sum(r.status == "gates-failed" for r in self.runs),
             },
             # What the workflows turn into a job matrix: one job per device with pending runs.
             "matrix": {"include": sorted(devices.values(), key=lambda d: d["device"])},
@@ -212,7 +234,8 @@ def _plan_run(repo: Repo, run: ExpandedRun) -> PlannedRun:
     if committed is None:
         status = "new"
     elif committed.spec_hash == digest:
-        status = "up-to-date"
+        # A recorded verdict stays a verdict: re-running the same spec would not change it.
+        status = "gates-failed" if committed.status == "gates-failed" else "up-to-date"
     else:
         status = "changed"
     return PlannedRun(

@@ -17,11 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from tinymlaas_ci.hostinfo import Arch
+from tinymlaas_ci.hostinfo import ARCH_ALIASES, ARCHES, Arch, arch_hint, canonical_arch
 from tinymlaas_ci.spec.text import address_problem, description_problems
 
 __all__ = [
@@ -99,6 +100,14 @@ def suggest(word: str, choices: Iterable[str], shown: Callable[[str], str] = str
         if not close or len(close) > 3:
             return None
     return "did you mean " + " or ".join(repr(shown(c)) for c in close) + "?"
+
+
+def _matrix_key_schema(schema: dict[str, Any]) -> None:
+    """Matrix keys in the JSON Schema: only the dotted keys a sweep accepts (an editor then
+    underlines a typo such as ``compression.quantisation``)."""
+    from tinymlaas_ci.spec.repo import sweepable_keys  # the one rule, defined next to the check
+
+    schema["propertyNames"] = {"enum": sweepable_keys()}
 
 
 class _Spec(BaseModel):
@@ -365,7 +374,13 @@ class RunSpec(_Spec):
     notify: list[str] = Field(default_factory=list, max_length=100)
     """Email addresses told when the run succeeds or fails: one plain address per entry
     (``name@example.com``, no display names or lists)."""
-    matrix: dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]] | None = None
+    matrix: (
+        Annotated[
+            dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]],
+            Field(json_schema_extra=lambda schema: _matrix_key_schema(schema)),
+        ]
+        | None
+    ) = None
     """A sweep: dotted field path -> list of values. One run per combination, named from the values."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -435,8 +450,12 @@ class _DeviceBase(_Spec):
     description: Description = ""
     """Free text shown on the website: plain text, or Markdown with links to absolute http,
     https or mailto URLs only (no HTML, no images)."""
-    arch: Arch = "amd64"
-    """CPU architecture."""
+    arch: Annotated[
+        Arch,
+        WithJsonSchema({"type": "string", "enum": sorted({*ARCHES, *ARCH_ALIASES})}),
+    ] = "amd64"
+    """CPU architecture: ``amd64``, ``arm64``, ``armv7``, ``riscv64``, ``x86`` or ``other``; the names
+    ``uname -m`` prints are accepted too (``x86_64`` is ``amd64``, ``aarch64`` is ``arm64``)."""
     runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
     """Labels of the GitHub Actions runner attached to this device."""
     memory_mb: int | None = Field(default=None, ge=1)
@@ -447,6 +466,16 @@ class _DeviceBase(_Spec):
     """CPUs available to stages on this device."""
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _arch_alias(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        known = canonical_arch(value)
+        if known is None:
+            raise LocatedError.at((), f"{value!r} is not one of: {', '.join(ARCHES)}", arch_hint(value))
+        return known
 
 
 class LocalDevice(_DeviceBase):

@@ -201,6 +201,40 @@ def _check_matrix_key(key: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def sweepable_keys() -> list[str]:
+    """Every dotted key a ``matrix`` may sweep (what :func:`_check_matrix_key` accepts), for the
+    JSON Schema: editors then flag a typo in a matrix key too."""
+    out: list[str] = []
+
+    def walk(model: Any, prefix: tuple[str, ...]) -> None:
+        for key in field_keys(model):
+            if not prefix and key in _MATRIX_FORBIDDEN:
+                continue
+            path = (*prefix, key)
+            out.append(".".join(path))
+            inner = _type_at(model, (key,), None)
+            if isinstance(inner, type) and issubclass(inner, BaseModel) and len(path) < 4:
+                walk(inner, path)
+
+    walk(RunSpec, ())
+    return out
+
+
+def matrix_key_problems(loaded: LoadedYaml) -> list[Problem]:
+    """The problems of the matrix keys alone: reported even when the rest of the file has
+    errors, so a typo in a sweep is never hidden behind another mistake."""
+    data = loaded.data
+    matrix = data.get("matrix") if isinstance(data, dict) else None
+    if not isinstance(matrix, dict):
+        return []
+    problems = []
+    for key in matrix:
+        msg, hint = _check_matrix_key(str(key))
+        if msg:
+            problems.append(loaded.problem(("matrix", key), msg, key=True, hint=hint))
+    return problems
+
+
 def expand_matrix(loaded: LoadedYaml, base_name: str) -> tuple[list[tuple[str, dict, dict]], list[Problem]]:
     """Expand a ``matrix`` into ``(name, data, values)`` combinations, with problems for bad keys."""
     data = loaded.data
@@ -401,6 +435,7 @@ class Loader:
             spec, problems = validate_loaded(loaded, RunSpec)
             repo.problems += problems
             if spec is None:
+                repo.problems += matrix_key_problems(loaded)
                 continue
             rf.spec = spec
             base = spec.name or path.stem

@@ -63,14 +63,28 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
 def figure_html(figure: dict[str, Any], height: int = 420, label: str = "chart") -> str:
     """A chart placeholder plus its figure JSON, as one raw-HTML line for a Markdown page.
 
-    The JSON sits in a ``<script type="application/json">`` block, escaped so that no ``</``
-    can close it early; ``tinymlaas.js`` renders every such block with Plotly.
+    The figure's title is taken out of the Plotly layout and written as a line of HTML above
+    the chart, where the Plotly toolbar (top right of the chart) cannot cover it. The JSON sits
+    in a ``<script type="application/json">`` block, escaped so that no ``</`` can close it
+    early; ``tinymlaas.js`` renders every such block with Plotly.
     """
+    from markupsafe import escape
+
     fid = f"tm-fig-{next(_ids)}"
+    layout = dict(figure.get("layout") or {})
+    title = layout.pop("title", None)
+    text = title.get("text") if isinstance(title, dict) else title
+    margin = dict(layout.get("margin") or {})
+    margin["t"] = min(margin.get("t", 40), 30)
+    layout["margin"] = margin
+    figure = {**figure, "layout": layout}
     payload = json.dumps(figure, separators=(",", ":"), allow_nan=False, default=str)
     payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
+    head = f'<p class="tm-chart__title" id="{fid}-title">{escape(text)}</p>' if text else ""
+    labelled = f' aria-labelledby="{fid}-title"' if text else ""
     return (
-        f'<div class="tm-chart" id="{fid}" role="img" aria-label="{label}" style="height:{height}px"></div>'
+        f'{head}<div class="tm-chart" id="{fid}" role="img" aria-label="{escape(label)}"{labelled} '
+        f'style="height:{height}px"></div>'
         f'<script type="application/json" class="tm-figure" data-target="{fid}">{payload}</script>'
     )
 
@@ -108,23 +122,31 @@ def pareto_scatter(project: ProjectView, run_href) -> dict[str, Any]:
                 "<br>%{customdata[1]:,} bytes<br>%{customdata[2]}<extra>" + mode + "</extra>",
             }
         )
-    front = sorted((r for r in runs if r.slug in project.pareto), key=lambda r: r.p50 or 0)
+    front = [r for r in runs if r.slug in project.pareto]
     if front:
+        # The front is over accuracy, size and latency (per device), so it is not a line in this
+        # plane: its runs are ringed instead.
         traces.append(
             {
                 "type": "scatter",
-                "mode": "lines",
-                "name": "Pareto front",
-                "x": [r.p50 for r in front],
-                "y": [r.accuracy for r in front],
-                "line": {"color": "#212121", "dash": "dot", "shape": "hv", "width": 1.5},
+                "mode": "markers",
+                "name": "Pareto front (accuracy, size, p50)",
+                "x": [_clean(r.p50) for r in front],
+                "y": [_clean(r.accuracy) for r in front],
+                "text": [r.slug for r in front],
+                "marker": {
+                    "symbol": "circle-open",
+                    "size": [14 + 32 * math.sqrt((r.size or 0) / biggest) for r in front],
+                    "color": "#212121",
+                    "line": {"width": 2},
+                },
                 "hoverinfo": "skip",
             }
         )
     return {
         "data": traces,
         "layout": _layout(
-            "Accuracy vs. p50 latency (marker size: model size)",
+            "Accuracy vs. p50 latency (marker size: model size; ringed: Pareto front)",
             xaxis={"title": {"text": "p50 latency (ms)"}, "type": "log"},
             yaxis={"title": {"text": "accuracy"}, "tickformat": ".3f"},
         ),
@@ -242,11 +264,13 @@ def confusion_heatmap(run: RunView) -> dict[str, Any] | None:
 
 
 def latency_percentiles(run: RunView) -> dict[str, Any] | None:
+    """p50 to p99 and the mean as bars; the minimum and maximum are left out of the bars (one
+    slow call would flatten the rest) and given in the title."""
     m = run.result.metrics
     if not m:
         return None
     lat = m.latency_ms
-    names = ["min", "p50", "p90", "p95", "p99", "max", "mean"]
+    names = ["p50", "p90", "p95", "p99", "mean"]
     return {
         "data": [
             {
@@ -254,11 +278,17 @@ def latency_percentiles(run: RunView) -> dict[str, Any] | None:
                 "x": names,
                 "y": [getattr(lat, n) for n in names],
                 "marker": {"color": _color(run.mode)},
+                "text": [f"{getattr(lat, n):.4g}" for n in names],
+                "textposition": "outside",
+                "cliponaxis": False,
                 "hovertemplate": "%{x}: %{y:.4g} ms<extra></extra>",
             }
         ],
         "layout": _layout(
-            f"Latency per call, {lat.iterations:,} iterations", yaxis={"title": {"text": "ms"}}, showlegend=False
+            f"Latency per call over {lat.iterations:,} iterations (min {lat.min:.4g} ms, max {lat.max:.4g} ms: "
+            "not drawn)",
+            yaxis={"title": {"text": "ms"}, "rangemode": "tozero"},
+            showlegend=False,
         ),
     }
 

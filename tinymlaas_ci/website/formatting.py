@@ -89,6 +89,48 @@ def date(text: str | None) -> str:
     return f"{m.group(1)} {m.group(2)}{tz}"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+"""Terminal colour and cursor codes: a tool's error message may carry them; a page shows none."""
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")
+"""What Python-Markdown (with the tables extension) lets a backslash escape; ``<`` and ``>`` are
+HTML-escaped instead."""
+
+
+def text(value: Any):
+    """Text from a spec or a result placed *inside Markdown* (a paragraph or a table cell),
+    made inert: HTML escaped, every Markdown punctuation character backslash-escaped, one line.
+
+    So ``[x](javascript:alert(1))`` shows as those characters, never as a link, and
+    ``![i](x" onerror="...")`` neither becomes an image nor breaks the build.
+    """
+    from markupsafe import Markup, escape
+
+    if value is None:
+        return Markup("")
+    one_line = " ".join(_ANSI.sub("", str(value)).split())
+    # Markdown escapes first, HTML escapes second: an entity like &#34; must stay whole.
+    return Markup(escape(_MD_SPECIAL.sub(r"\\\1", one_line)))
+
+
+def paragraph(value: Any):
+    """Free text (a run's description) as a raw HTML paragraph: Markdown does not look inside
+    a block of raw HTML, and the text itself is HTML-escaped, so nothing in it is a link, an
+    image or markup. Line breaks are kept."""
+    from markupsafe import Markup, escape
+
+    lines = [str(escape(line.strip())) for line in str(value or "").strip().splitlines()]
+    return Markup('<p class="tm-description">' + "<br>".join(line for line in lines if line) + "</p>")
+
+
+def code(value: Any):
+    """Text from a spec as an inline code span that no backtick, pipe or newline can end."""
+    from markupsafe import Markup
+
+    # Markdown escapes HTML inside a code span itself; a backtick would end the span.
+    one_line = " ".join(str(value or "").split()).replace("`", "'").replace("|", "\\|")
+    return Markup(f"`{one_line}`")
+
+
 def to_yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False).rstrip()
 
@@ -105,6 +147,9 @@ FILTERS = {
     "short": short,
     "date": date,
     "to_yaml": to_yaml,
+    "text": text,
+    "paragraph": paragraph,
+    "code": code,
 }
 
 _REMOTE = re.compile(r"^(?:https?://|ssh://)?(?:[^@/]+@)?(github\.com|gitlab\.com)[:/](.+?)(?:\.git)?/?$")
