@@ -61,8 +61,10 @@ __all__ = [
     "detect_format",
     "find_dataset_root",
     "folder_label_order",
+    "label_mapping",
     "load_imagefolder",
     "load_npz",
+    "load_npz_meta",
     "load_parquet",
     "write_npz",
 ]
@@ -890,6 +892,21 @@ def load_npz(path: str | os.PathLike) -> dict[str, Any]:
     if "label_source" in out:
         out["label_source"] = str(out["label_source"])
     return out
+
+
+def load_npz_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Labels, label source and split sizes of a ``dataset.npz``, without reading any samples."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        labels = [str(v) for v in data["labels"]] if "labels" in data.files else []
+        source = str(data["label_source"]) if "label_source" in data.files else None
+    sizes = {}
+    for s in SPLITS:
+        try:
+            sizes[s] = len(SplitReader(path, f"y_{s}"))
+        except SourceError:
+            sizes[s] = 0
+    return {"labels": labels, "label_source": source, "sizes": sizes}
 
 
 class SplitReader:

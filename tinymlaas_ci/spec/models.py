@@ -125,6 +125,7 @@ class Quantization(str, Enum):
 class ModelFormat(str, Enum):
     auto = "auto"
     pytorch = "pytorch"
+    safetensors = "safetensors"
     torchscript = "torchscript"
     exported_program = "exported-program"
     onnx = "onnx"
