@@ -53,10 +53,13 @@ def read_dataset(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def eval_split(data: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The inputs (float32) and labels (int64) of ``split``; an empty or missing split is an error."""
+    """The inputs (float32, or a :class:`~tinymlaas_ci.ml.datasets.SplitReader` that streams them)
+    and labels (int64) of ``split``; an empty or missing split is an error."""
     import numpy as np
 
     x, y = data.get(f"x_{split}"), data.get(f"y_{split}")
+    if x is not None and hasattr(x, "raw") and y is not None and len(x):
+        return x, np.asarray(y, dtype=np.int64)  # a SplitReader: streamed, preprocessed per slice
     if x is None or y is None or len(x) == 0:
         present = sorted(k[2:] for k, v in data.items() if k.startswith("x_") and len(v))
         raise TinymlError(
@@ -99,6 +102,14 @@ def evaluate(
             raise TinymlError(
                 f"the model returns shape {tuple(logits.shape)}, but the dataset has {num_classes} classes",
                 hint="the model's last layer must output one logit per label of the dataset",
+            )
+        if not np.isfinite(logits).all():
+            # argmax of NaN is 0: scoring it would count a broken model as predicting class 0.
+            bad = int((~np.isfinite(logits)).any(axis=1).sum())
+            raise TinymlError(
+                f"the model gives NaN or Inf outputs for {bad} of samples {start}..{start + real - 1}",
+                hint="check the preprocessing (dataset.preprocess) and the compression; non-finite outputs "
+                "cannot be scored",
             )
         pred = logits.argmax(axis=1)
         np.add.at(confusion, (yb, pred), 1)
