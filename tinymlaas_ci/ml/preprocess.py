@@ -7,7 +7,8 @@ plan (a plain dict, :func:`resolve_preprocess`) says what to do with them, in th
 2. ``resize``: bilinear to ``[H, W]`` (half-pixel centres, like ``F.interpolate(align_corners=False)``);
 3. ``scale``: multiply (default ``1/255`` for ``uint8``, ``1/65535`` for ``uint16``, else ``1``);
 4. ``mean``/``std``: ``(x - mean) / std`` per channel;
-5. ``layout``: ``nhwc`` moves channels last for Keras/TF-style models.
+5. ``layout``: ``nhwc`` moves channels last for Keras/TF-style models;
+6. ``reshape``: flat samples (CSV rows, ``.bin`` tensors) take the model's input shape.
 
 :func:`apply_preprocess` is the only implementation used by calibration, fine-tuning and
 inference; the exported bundle's standalone ``infer.py`` carries a numpy-only copy that a test
@@ -154,6 +155,8 @@ def apply_preprocess(x: np.ndarray, plan: Mapping[str, Any] | None) -> np.ndarra
         out = (out - m) / s
     if plan.get("layout") == "nhwc" and image:
         out = out.transpose(0, 2, 3, 1)
+    if plan.get("reshape"):
+        out = out.reshape((len(out), *plan["reshape"]))
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

@@ -261,7 +261,8 @@ class Preprocess(_Spec):
     channels: Literal[1, 3] | None = None
     """Convert images to 1 (grayscale, ITU-R 601 luma) or 3 (RGB) channels."""
     scale: float | None = Field(default=None, gt=0.0)
-    """Factor applied to raw values; default ``1/255`` for 8-bit images, ``1/65535`` for 16-bit, ``1`` for other numbers."""
+    """Factor applied to raw values; default ``1/255`` for 8-bit images, ``1/65535`` for 16-bit,
+    ``1`` for other numbers."""
     mean: list[float] | None = Field(default=None, min_length=1, max_length=4)
     """Per-channel mean subtracted after scaling (one value applies to every channel)."""
     std: list[Annotated[float, Field(gt=0.0)]] | None = Field(default=None, min_length=1, max_length=4)
