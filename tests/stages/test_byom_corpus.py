@@ -205,8 +205,9 @@ def test_onnx_with_external_data_nhwc_and_unsorted_graph(tmp_path, trained):
     nodes = list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(reversed(nodes))  # a valid graph, stored out of order
-    onnx.save_model(proto, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
-                    size_threshold=0)
+    onnx.save_model(
+        proto, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data", size_threshold=0
+    )
     assert (out / "model.onnx.data").stat().st_size > 1000
     with pytest.raises(Exception, match="topologically sorted"):
         onnx.checker.check_model(onnx.load(str(out / "model.onnx")))
@@ -215,7 +216,9 @@ def test_onnx_with_external_data_nhwc_and_unsorted_graph(tmp_path, trained):
         "dataset": {"upload": "uploads/data/data.zip", "labels": NAMES, "preprocess": PREPROCESS},
         "compression": {"quantization": "dynamic-int8"},
     }
-    repo = _repo(tmp_path, {**{f"uploads/m/{k}": v for k, v in files.items()}, "uploads/data/data.zip": imagefolder_zip()})
+    repo = _repo(
+        tmp_path, {**{f"uploads/m/{k}": v for k, v in files.items()}, "uploads/data/data.zip": imagefolder_zip()}
+    )
     upload = run_pipeline(tmp_path / "run-upload", repo, {"model": {"upload": "uploads/m/model.onnx"}, **spec})
     metrics = _ok(upload)
     assert upload["fetch"]["records"]["model"]["support_files"] == ["model.onnx.data"]
@@ -385,7 +388,10 @@ def test_csv_npz_and_tinymlaas_bin_datasets(tmp_path):
         result = run_pipeline(tmp_path / f"run-{name}", repo, spec)
         metrics = _ok(result)
         assert abs(metrics["accuracy"] - reference) <= 0.01, (name, metrics["accuracy"], reference)
-        assert result["fetch"]["records"]["dataset"]["format"] == {"csv": "csv", "npz": "numpy", "bin": "imagefolder"}[name]
+        assert (
+            result["fetch"]["records"]["dataset"]["format"]
+            == {"csv": "csv", "npz": "numpy", "bin": "imagefolder"}[name]
+        )
     assert metrics["preprocess"]["scale"] == 1.0  # float data is not divided by 255
 
 
@@ -458,7 +464,10 @@ def test_torchvision_architecture(tmp_path, trained):
     del save_file
     repo = _repo(
         tmp_path,
-        {"uploads/m/model.safetensors": (tmp_path / "tv.safetensors").read_bytes(), "uploads/d/d.zip": imagefolder_zip()},
+        {
+            "uploads/m/model.safetensors": (tmp_path / "tv.safetensors").read_bytes(),
+            "uploads/d/d.zip": imagefolder_zip(),
+        },
     )
     result = run_pipeline(
         tmp_path / "run",
@@ -495,7 +504,9 @@ def torchvision_site(tmp_path: Path) -> Path:
             spec = Path(entry)
             break
     if spec is None and importlib.util.find_spec("torchvision") is None:
-        pytest.skip("torchvision is not installed (the torchvision extra); set TINYMLAAS_TEST_SITE to a folder holding it")
+        pytest.skip(
+            "torchvision is not installed (the torchvision extra); set TINYMLAAS_TEST_SITE to a folder holding it"
+        )
     src = spec / "torchvision" if spec else Path(importlib.util.find_spec("torchvision").origin).parent
     site = tmp_path / "site"
     shutil.copytree(src, site / "torchvision")
@@ -527,7 +538,9 @@ def torchvision_site(tmp_path: Path) -> Path:
         [sys.executable, "-c", "import torchvision.models"], capture_output=True, text=True, env=env, check=False
     )
     if probe.returncode != 0:
-        pytest.skip(f"torchvision does not import next to this torch even with its operators guarded: {probe.stderr[-300:]}")
+        pytest.skip(
+            f"torchvision does not import next to this torch even with its operators guarded: {probe.stderr[-300:]}"
+        )
     return site
 
 

@@ -184,7 +184,7 @@ def _from_config(folder: Path) -> tuple[str, dict[str, Any], dict[str, Any]] | N
     config = read_json(folder / "config.json")
     if not config:
         return None
-    if isinstance(config.get("architectures"), list) and config.get("model_type"):
+    if config.get("model_type") and "architecture" not in config:
         return "transformers", {"name": "auto"}, {}
     arch = config.get("architecture")
     if isinstance(arch, str):

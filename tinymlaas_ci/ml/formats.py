@@ -160,7 +160,7 @@ def load_model(
 
 def _unpickle_error(path: Path, exc: Exception, code: str | None) -> TinymlError:
     text = str(exc)
-    if "__main__" in text:
+    if "__main__" in text or _pickles_main(path):
         hint = (
             "the model was saved from a script's __main__: set model.code to that script "
             "(e.g. 'code: train.py', next to the model) so its classes can be found"
@@ -175,6 +175,15 @@ def _unpickle_error(path: Path, exc: Exception, code: str | None) -> TinymlError
             "the model file (or set model.code), or export the model to TorchScript or ONNX"
         )
     return TinymlError(f"cannot unpickle {path.name}: {exc}", hint=hint)
+
+
+def _pickles_main(path: Path) -> bool:
+    # torch.save stores data.pkl uncompressed: a class pickled from a script names "__main__".
+    try:
+        with open(path, "rb") as fh:
+            return b"__main__" in fh.read(64 * 1024 * 1024)
+    except OSError:
+        return False
 
 
 class _main_from:
@@ -392,7 +401,7 @@ def _export_program(program: Any, path: Path, opset: int) -> dict[str, Any]:
     try:
         with warnings.catch_warnings(), _quiet_exporter():
             warnings.simplefilter("ignore")
-            torch.onnx.export(program, str(path), dynamo=True, opset_version=opset, external_data=False)
+            torch.onnx.export(program, (), str(path), dynamo=True, opset_version=opset, external_data=False)
         proto = check_onnx(path)
     except TinymlError:
         raise

@@ -550,6 +550,19 @@ class Loader:
             self._check_upload(
                 loaded, where((part, "upload")) if (f"{part}.upload" in run.matrix) else (part, "upload"), source.upload
             )
+        self._check_upload_files(loaded, spec, where)
+
+    def _check_upload_files(self, loaded: LoadedYaml, spec: RunSpec, where) -> None:
+        from tinymlaas_ci.spec.files import upload_problems
+
+        repo = self.repo
+        if not all(repo.upload_digests.get(s.upload) for s in (spec.model, spec.dataset) if s.upload is not None):
+            return  # a missing upload is already reported
+        seen = {(p.file, p.message) for p in repo.problems}
+        for loc, message, hint in upload_problems(spec, repo.root):
+            problem = loaded.problem(where(loc), message, hint=hint)
+            if (problem.file, problem.message) not in seen:
+                repo.problems.append(problem)
 
     def _check_raw_refs(self, rf: RunFile) -> None:
         """A spec that failed validation still gets its references checked, so that every
