@@ -548,5 +548,63 @@ def _site_env(site: Path) -> dict:
     import os
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), str(ROOT), env.get("PYTHONPATH", "")) if p and p != ".")
+    extra = os.environ.get("TINYMLAAS_TEST_SITE", "")
+    parts = (str(site), str(ROOT), *extra.split(os.pathsep), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p and p != ".")
     return env
+
+
+def test_hub_timm_repo_from_its_config_json(tmp_path):
+    """A timm repository as push_to_hub writes it: model.safetensors + config.json with
+    architecture, num_classes, label_names and pretrained_cfg (mean, std, input_size)."""
+    site = torchvision_site(tmp_path)
+    env = _site_env(site)
+    probe = subprocess.run([sys.executable, "-c", "import timm"], env=env, capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"timm (the timm extra) does not import here: {probe.stderr.strip().splitlines()[-1:]}")
+    x, y = eval_images()
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(
+        f"""
+        import json, numpy as np, timm, torch
+        from safetensors.torch import save_file
+        torch.manual_seed(0)
+        m = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()
+        save_file(m.state_dict(), {str(tmp_path / "model.safetensors")!r})
+        cfg = {{"architecture": "test_resnet", "num_classes": 4, "label_names": {NAMES!r},
+               "pretrained_cfg": {{"input_size": [3, 32, 32], "mean": {MEAN!r}, "std": {STD!r}}}}}
+        open({str(tmp_path / "config.json")!r}, "w").write(json.dumps(cfg))
+        # its own preprocessing: resize (bilinear), then ToTensor + Normalize
+        x = torch.from_numpy(np.load({str(tmp_path / "x.npy")!r}).astype("float32") / 255)
+        x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        x = (x - torch.tensor({MEAN!r})[None, :, None, None]) / torch.tensor({STD!r})[None, :, None, None]
+        with torch.no_grad():
+            pred = m(x).argmax(1).numpy()
+        np.save({str(tmp_path / "pred.npy")!r}, pred)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=600)
+    reference = float((np.load(tmp_path / "pred.npy") == y).mean())
+    repo = _repo(tmp_path, {"uploads/d/d.zip": imagefolder_zip()})
+    with FakeHub() as hub:
+        hub.add_repo(
+            "timm/test_resnet.tiny",
+            files={
+                "model.safetensors": (tmp_path / "model.safetensors").read_bytes(),
+                "config.json": (tmp_path / "config.json").read_bytes(),
+            },
+        )
+        result = run_pipeline(
+            tmp_path / "run",
+            repo,
+            {
+                "model": {"huggingface": "timm/test_resnet.tiny", "file": "model.safetensors"},
+                "dataset": {"upload": "uploads/d/d.zip"},
+            },
+            env_extra={"HF_ENDPOINT": hub.endpoint, "PYTHONPATH": env["PYTHONPATH"]},
+        )
+    metrics = _ok(result)
+    assert metrics["label_source"] == "config.json label_names" and metrics["labels"] == NAMES
+    assert metrics["preprocess"]["resize"] == [32, 32] and metrics["preprocess"]["source"]["resize"] == "model"
+    assert result["compile"]["records"]["input_shape"] == [3, 32, 32]
+    _within_one_point(metrics, reference)
