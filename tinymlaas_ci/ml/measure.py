@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "cpu_info",
     "device_record",
+    "eval_batch_size",
     "eval_split",
     "evaluate",
     "gzip_size",
@@ -67,6 +68,19 @@ def eval_split(data: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndar
             hint="set dataset.split in the run spec to a held-out split the dataset has (test or val)",
         )
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+
+
+EVAL_BATCH_BYTES = 4 * 1024 * 1024
+"""Input bytes per evaluation batch: large images get small batches, so the runtime's buffers
+for the activations stay small too (MobileNetV2 at 224x224: 6 samples a batch)."""
+
+
+def eval_batch_size(sample_shape: Sequence[int], at_least: int = 1, at_most: int = 64) -> int:
+    """Samples per evaluation batch for samples of ``sample_shape`` (float32)."""
+    n = 4
+    for d in sample_shape:
+        n *= int(d)
+    return max(int(at_least), min(int(at_most), EVAL_BATCH_BYTES // max(n, 1)))
 
 
 def evaluate(

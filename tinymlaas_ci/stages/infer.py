@@ -61,8 +61,9 @@ def measure_bundle(
             f"the model's batch size is fixed to {session.fixed_batch}, but measure.batch_size is {batch_size}",
             hint=f"set measure.batch_size: {session.fixed_batch}, or export the model with a dynamic batch axis",
         )
+    eval_batch = measure.eval_batch_size(x[0:1].shape[1:], at_least=batch_size)
     acc = measure.evaluate(
-        session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size), fixed_batch=session.fixed_batch
+        session.run, x, y, num_classes=num_classes, batch_size=eval_batch, fixed_batch=session.fixed_batch
     )
     log(f"accuracy {acc['accuracy']:.4f} on {acc['samples']} {split} samples")
     reps = -(-batch_size // len(x))
@@ -84,7 +85,7 @@ def measure_bundle(
         x,
         y,
         num_classes=num_classes,
-        batch_size=max(64, batch_size),
+        batch_size=eval_batch,
         fixed_batch=base_session.fixed_batch,
     )
     log(f"baseline accuracy {base['accuracy']:.4f}")
