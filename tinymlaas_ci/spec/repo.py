@@ -558,10 +558,10 @@ class Loader:
         repo = self.repo
         if not all(repo.upload_digests.get(s.upload) for s in (spec.model, spec.dataset) if s.upload is not None):
             return  # a missing upload is already reported
-        seen = {(p.file, p.message) for p in repo.problems}
+        seen = {(p.path, p.message) for p in repo.problems}
         for loc, message, hint in upload_problems(spec, repo.root):
             problem = loaded.problem(where(loc), message, hint=hint)
-            if (problem.file, problem.message) not in seen:
+            if (problem.path, problem.message) not in seen:
                 repo.problems.append(problem)
 
     def _check_raw_refs(self, rf: RunFile) -> None:
