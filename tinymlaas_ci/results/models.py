@@ -86,7 +86,7 @@ class DatasetInput(_Rec):
     sha256: str
     """sha256 of the archive (uploads) or of the downloaded files (Hub)."""
     format: str
-    """Detected layout: ``imagefolder`` or ``parquet``."""
+    """Detected layout: ``imagefolder``, ``parquet``, ``csv`` or ``numpy``."""
     splits: dict[str, int]
     """Samples per split."""
     labels: list[str]
