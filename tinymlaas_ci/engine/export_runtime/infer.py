@@ -7,7 +7,7 @@ Needs Python 3.9+, numpy and onnxruntime (``pip install -r requirements.txt``); 
     python infer.py --inputs x.npy       # predictions for your own inputs
     python infer.py --model baseline     # the uncompressed fp32 baseline instead
 
-Accuracy is computed the way the pipeline measured it (batches of 64, one thread, the whole
+Accuracy is computed the way the pipeline measured it (batches of up to 64, one thread, the whole
 evaluation split, the same preprocessing from ``manifest.json``), so it reproduces the recorded
 value. ``--inputs`` are raw samples like ``eval.npz`` holds (e.g. uint8 images ``C,H,W``) and get
 that preprocessing too, unless ``--no-preprocess``. Latency is per call at batch size 1
