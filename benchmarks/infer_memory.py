@@ -130,13 +130,14 @@ def _peak_mb(cmd: list[str], env: dict, cwd: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", metavar="DIR", help="build the run volume in DIR and keep it (for profiling)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "infer_memory.json"))
     args = parser.parse_args(argv)
 
     import torch
 
     with tempfile.TemporaryDirectory(prefix="tinymlaas-mem-") as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.keep) if args.keep else Path(tmp)
         repo = tmp / "repo"
         (repo / "uploads" / "mnv2").mkdir(parents=True)
         (repo / "uploads" / "data").mkdir(parents=True)

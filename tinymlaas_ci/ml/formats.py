@@ -453,12 +453,15 @@ class _quiet_exporter:
         return self._redirect.__exit__(*exc)
 
 
-def onnx_external_files(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[str]:
+def onnx_external_files(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, *, unreadable_ok: bool = False
+) -> list[str]:
     """The external-data files an ONNX model references (``location`` entries), relative to it.
 
     Each must stay inside ``root`` (default: the model's folder): an absolute path, ``..``
     escaping it, or a link is refused, because a model file must not make us read (or fetch)
-    files elsewhere.
+    files elsewhere. ``unreadable_ok``: a file that does not parse has no external data (the
+    fetch stage leaves the verdict on a broken file to the compile stage).
     """
     import onnx
 
@@ -467,6 +470,8 @@ def onnx_external_files(path: str | os.PathLike, root: str | os.PathLike | None 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
+        if unreadable_ok:
+            return []
         raise TinymlError(
             f"{path.name} is not a valid ONNX model: {type(exc).__name__}: {exc}",
             hint="re-export the model (torch.onnx.export) and check it with onnx.checker.check_model",

@@ -91,7 +91,7 @@ def _external_data(model: Path, fmt: str) -> list[str]:
         return []
     from tinymlaas_ci.ml.formats import onnx_external_files
 
-    return onnx_external_files(model)
+    return onnx_external_files(model, unreadable_ok=True)
 
 
 def _fetch_model(ctx: StageContext, repo_root: Path, model: ModelSource) -> dict[str, Any]:
