@@ -137,8 +137,8 @@ def predict(
     """Logits for every sample of ``x`` (raw samples, preprocessed per batch with ``plan``); a
     fixed-batch model gets padded batches of its size. NaN or Inf outputs are an error."""
     if not fixed and len(x):
-        # large inputs get small batches, as in the pipeline (4 MiB of float32 input per batch)
-        step = max(1, min(step, (4 * 1024 * 1024) // (4 * int(np.prod(np.shape(x)[1:])) or 1)))
+        # large inputs get small batches, as in the pipeline (1 MiB of float32 input per batch)
+        step = max(1, min(step, (1024 * 1024) // (4 * int(np.prod(np.shape(x)[1:])) or 1)))
     step = fixed or step
     out = []
     for start in range(0, len(x), step):
