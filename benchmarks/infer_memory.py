@@ -13,8 +13,10 @@ processes evaluate the same deployed model and baseline over the 360 test images
   (every split, float32 /255, as it used to be stored) read into memory, then the test split
   evaluated in batches of 64.
 
-Peak resident memory is each child's ``ru_maxrss`` (``os.wait4``). Reports medians and the
-ratio; the goal is a stage peak under 300 MiB.
+Peak resident memory is each child's ``ru_maxrss`` (``os.wait4``), taken by a small launcher
+process: Linux carries a parent's peak RSS into a forked child, so a child of this (large)
+process would report this process's peak. Reports medians and the ratio; the goal is a stage
+peak under 300 MiB.
 """
 
 from __future__ import annotations
@@ -116,21 +118,35 @@ def _dataset_zip() -> bytes:
     return buf.getvalue()
 
 
-def _peak_mb(cmd: list[str], env: dict, cwd: Path) -> float:
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+LAUNCHER = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    proc = subprocess.Popen(json.loads(sys.argv[1]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed:\n{err[-2000:]}")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "stderr": err[-2000:]}))
+    """
+)
+
+
+def _peak_mb(cmd: list[str], env: dict, cwd: Path) -> float:
+    # Linux keeps a process's peak RSS across fork and exec: a child forked from this process
+    # (which holds torch and the dataset) would report at least this process's RSS. A small
+    # launcher forks the measured process instead, so its peak is its own.
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, json.dumps(cmd)], env=env, cwd=cwd, capture_output=True, text=True, check=True
+    )
+    report = json.loads(out.stdout)
+    if report["rc"] != 0:
+        raise SystemExit(f"{cmd[:3]} failed:\n{report['stderr']}")
+    return report["maxrss_kib"] / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", metavar="DIR", help="build the run volume in DIR and keep it (for profiling)")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: reuse a volume built before")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "infer_memory.json"))
     args = parser.parse_args(argv)
 
@@ -139,15 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tinymlaas-mem-") as tmp:
         tmp = Path(args.keep) if args.keep else Path(tmp)
         repo = tmp / "repo"
-        (repo / "uploads" / "mnv2").mkdir(parents=True)
-        (repo / "uploads" / "data").mkdir(parents=True)
+        (repo / "uploads" / "mnv2").mkdir(parents=True, exist_ok=True)
+        (repo / "uploads" / "data").mkdir(parents=True, exist_ok=True)
         (repo / "uploads" / "mnv2" / "mnv2.py").write_text(MNV2)
         sys.path.insert(0, str(repo / "uploads" / "mnv2"))
         import mnv2
 
         torch.manual_seed(0)
-        torch.save(mnv2.MobileNetV2().eval(), repo / "uploads" / "mnv2" / "model.pkl")
-        (repo / "uploads" / "data" / "data.zip").write_bytes(_dataset_zip())
+        if not (args.reuse and (repo / "uploads" / "data" / "data.zip").is_file()):
+            torch.save(mnv2.MobileNetV2().eval(), repo / "uploads" / "mnv2" / "model.pkl")
+            (repo / "uploads" / "data" / "data.zip").write_bytes(_dataset_zip())
         from tinymlaas_ci.spec.models import RunSpec
 
         spec = RunSpec.model_validate(
@@ -161,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         ).model_dump(mode="json", by_alias=True)
         volume = tmp / "run"
         done = {}
-        for stage, inputs in (
+        stages = (
             ("fetch", lambda: {}),
             ("compile", lambda: {"fetch": done["fetch"]}),
             ("install", lambda: {"fetch": done["fetch"], "compile": done["compile"]}),
-        ):
+        )
+        for stage, inputs in stages:
+            if args.reuse and (volume / stage / "outputs.json").is_file():
+                done[stage] = json.loads((volume / stage / "outputs.json").read_text())
+                continue
             proc, out = run_stage(volume, repo, stage, spec, inputs())
             if proc.returncode != 0:
                 raise SystemExit(f"{stage} failed: {out}")
