@@ -30,7 +30,7 @@ import onnxruntime as ort
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-# -- preprocessing: a copy of tinymlaas_ci.ml.preprocess (numpy only); a test keeps them identical --
+# -- preprocessing: the pipeline's own, copied (numpy only); a test keeps the two identical --
 
 _LUMA = (0.299, 0.587, 0.114)
 
