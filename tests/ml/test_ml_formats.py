@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.ml import formats
+from tinymlaas_ci.ml import formats, zoo
 from tinymlaas_ci.ml.model_format import detect_model_format
 from tinymlaas_ci.ml.zoo import DigitsCNN, TinyCNN
+from tinymlaas_ci.spec.models import Architecture
 
 
 def test_detects_each_format(tmp_path):
@@ -44,8 +47,13 @@ def test_unknown_shape_names_the_spec_field():
 def test_bare_state_dict_and_checkpoint(tmp_path):
     model = TinyCNN()
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(TinymlError, match="bare state_dict"):
+    with pytest.raises(TinymlError, match="weights only") as info:
         formats.load_torch_model(tmp_path / "sd.pt", "pytorch")
+    assert "model.architecture" in info.value.hint
+    arch = Architecture(python="zoo_copy.py:TinyCNN")
+    (tmp_path / "zoo_copy.py").write_text(Path(zoo.__file__).read_text())
+    rebuilt = formats.load_torch_model(tmp_path / "sd.pt", "pytorch", architecture=arch)
+    assert torch.equal(rebuilt.head.weight, model.head.weight)
     torch.save(
         {"arch": "tinymlaas_ci.ml.zoo:TinyCNN", "kwargs": {"num_classes": 4}, "state_dict": model.state_dict()},
         tmp_path / "ckpt.pt",

@@ -26,19 +26,19 @@ def test_imagefolder_grayscale_values_labels_and_shapes(tmp_path):
     write_tree(tmp_path / "ds", files)
     summary = convert_dataset(tmp_path / "ds", tmp_path / "dataset.npz")
     assert summary.format == "imagefolder"
-    assert summary.labels == ["0", "1", "10", "2"]  # sorted folder names, as strings, across splits
+    assert summary.labels == ["0", "1", "2", "10"]  # integer folder names, in numeric order, across splits
+    assert summary.label_source == "folders (integers)"
     assert summary.splits == {"train": 4, "val": 0, "test": 3}
     assert summary.sample_shape == (1, 8, 8)
     data = load_npz(tmp_path / "dataset.npz")
-    assert data["x_train"].dtype == np.float32 and data["x_train"].shape == (4, 1, 8, 8)
+    assert data["x_train"].dtype == np.uint8 and data["x_train"].shape == (4, 1, 8, 8)  # raw pixels
     assert data["y_train"].dtype == np.int64
     assert data["x_val"].shape == (0, 1, 8, 8) and data["y_val"].shape == (0,)
-    assert data["labels"] == ["0", "1", "10", "2"]
-    # train/0/000.png is seed 1; pixel = round(v*255/16), stored value = pixel/255
-    np.testing.assert_allclose(data["x_train"][0, 0], digit_pixels(1) / 255.0, rtol=0, atol=1e-7)
-    assert data["y_train"].tolist() == [0, 0, 1, 2]
-    assert data["y_test"].tolist() == [1, 1, 3]
-    assert float(data["x_train"].max()) <= 1.0
+    assert data["labels"] == ["0", "1", "2", "10"]
+    # train/0/000.png is seed 1; pixel = round(v*255/16), stored as is (scaled by preprocessing)
+    np.testing.assert_array_equal(data["x_train"][0, 0], digit_pixels(1))
+    assert data["y_train"].tolist() == [0, 0, 1, 3]
+    assert data["y_test"].tolist() == [1, 1, 2]
 
 
 def test_imagefolder_rgb_jpeg_bmp_npy_and_wrapper(tmp_path):
@@ -53,7 +53,7 @@ def test_imagefolder_rgb_jpeg_bmp_npy_and_wrapper(tmp_path):
     assert summary.root == "wrapper" and summary.splits == {"train": 1, "val": 1, "test": 0}
     data = load_npz(tmp_path / "d.npz")
     assert data["x_train"].shape == (1, 3, 4, 4)
-    np.testing.assert_allclose(data["x_train"][0], rgb.transpose(2, 0, 1) / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(data["x_train"][0], rgb.transpose(2, 0, 1))
     assert data["x_test"].shape == (0, 3, 4, 4)
 
     npy = tmp_path / "npy"
@@ -110,7 +110,7 @@ def test_parquet_hf_layout_with_label_names(tmp_path):
     assert summary.splits == {"train": 3, "val": 0, "test": 2}
     data = load_npz(tmp_path / "d.npz")
     assert data["x_test"].shape == (2, 1, 8, 8)
-    np.testing.assert_allclose(data["x_test"][0, 0], digit_pixels(3) / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(data["x_test"][0, 0], digit_pixels(3))
     assert data["y_test"].tolist() == [2, 0]
 
 

@@ -130,7 +130,9 @@ def test_uploads_end_to_end(tmp_path):
     assert dataset.labels == ["0", "1"] and dataset.eval_split == "test" and dataset.format == "imagefolder"
     assert "huggingface_hub" in out["records"]["tools"]
     with np.load(volume / "fetch/dataset.npz") as data:
-        assert data["x_test"].shape == (4, 1, 8, 8) and data["x_test"].dtype == np.float32
+        assert (
+            data["x_test"].shape == (4, 1, 8, 8) and data["x_test"].dtype == np.uint8
+        )  # raw pixels; preprocessing scales them
     assert "[fetch] dataset: extracted 12 files" in proc.stdout
     # the stage wrote only under its own folder
     assert sorted(p.name for p in volume.iterdir()) == ["fetch"]

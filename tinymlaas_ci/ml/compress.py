@@ -52,6 +52,9 @@ class CompileOutcome:
     input_shape: tuple[int, ...]
     source_format: str
     details: dict[str, Any] = field(default_factory=dict)
+    prepared: dict[str, Any] | None = None
+    """Labels, label source, preprocessing and input layout decided for the dataset (see
+    :meth:`tinymlaas_ci.ml.prepared.PreparedData.record`), when a dataset file was given."""
 
 
 def compile_model(
@@ -65,11 +68,21 @@ def compile_model(
     data: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _msg: None,
+    dataset: str | os.PathLike | None = None,
+    preprocess: Any | None = None,
+    input_layout: Any | None = None,
+    architecture: Any | None = None,
+    code: str | None = None,
 ) -> CompileOutcome:
     """Load, prune, quantize and save a model for ``runtime``.
 
     ``compression`` is the run spec's ``compression`` section, ``data`` the
-    dataset arrays (``x_train``, ``y_train``, ``x_val``, ...) used for fine-tuning and calibration.
+    dataset arrays (``x_train``, ``y_train``, ``x_val``, ...) used for fine-tuning and calibration,
+    already preprocessed. Alternatively ``dataset`` is a fetched ``dataset.npz`` of raw samples:
+    then labels and preprocessing (``preprocess``: the spec's ``dataset.preprocess``) are decided
+    from it and the model's metadata, and checked on a first batch right after loading
+    (:mod:`.prepared`), before anything slow runs. ``architecture``/``code`` are the spec's
+    ``model.architecture``/``model.code``.
     Writes ``baseline.onnx`` and ``model.onnx`` (or ``model.pt``) into ``out_dir``.
     """
     data = dict(data or {})
@@ -87,13 +100,23 @@ def compile_model(
 
     # Cheapest checks first: refuse what cannot work before loading and exporting anything.
     calib = None
-    if runtime == "onnxruntime" and quant == "static-int8":
-        calib, calib_split = calibration_data(data, compression.calibration_samples, seed=seed)
-    if pruning is not None and pruning.fine_tune_epochs > 0 and not len(data.get("x_train", ())):
+    if dataset is not None:
+        from tinymlaas_ci.ml.datasets import load_npz_meta
+
+        sizes = load_npz_meta(dataset)["sizes"]
+        has_train = sizes.get("train", 0) > 0
+        if runtime == "onnxruntime" and quant == "static-int8" and not (has_train or sizes.get("val")):
+            calibration_data({}, compression.calibration_samples)  # raises the one message for this
+    else:
+        has_train = bool(len(data.get("x_train", ())))
+        if runtime == "onnxruntime" and quant == "static-int8":
+            calib, calib_split = calibration_data(data, compression.calibration_samples, seed=seed)
+    if pruning is not None and pruning.fine_tune_epochs > 0 and not has_train:
         raise TinymlError(
             "fine-tuning after pruning needs a train split, and the dataset has none",
             hint="add a train split, or set compression.pruning.fine_tune_epochs: 0",
         )
+    prepared = None
 
     record: dict[str, Any] = {"quantization": quant, "per_channel": per_channel}
     details: dict[str, Any] = {}
@@ -113,18 +136,43 @@ def compile_model(
                 )
             proto = formats.check_onnx(model_path)
             shape = formats.onnx_input_shape(proto)
+            # One self-contained, sorted file: external data inlined, so every later step
+            # (quantization, bundle, export) has the whole model in one place.
+            formats.save_onnx_single(proto, baseline)
+            parameters = formats.count_onnx_parameters(proto)
+            del proto
+            fp32 = baseline
+            if dataset is not None:
+                from tinymlaas_ci.ml.architectures import read_model_meta
+
+                prepared, found = _prepare(
+                    dataset,
+                    read_model_meta(Path(model_path).parent),
+                    preprocess,
+                    shape or input_shape,
+                    input_layout,
+                    progress,
+                )
+                shape = shape or tuple(found)
+                _preflight_onnx(baseline, prepared, progress)
             if shape is None:
                 shape = formats.resolve_input_shape(input_shape, None, fmt=fmt)
-            shutil.copyfile(model_path, baseline)
-            parameters = formats.count_onnx_parameters(proto)
-            fp32 = baseline
         else:
-            torch_model = formats.load_torch_model(model_path, fmt)
-            shape = formats.resolve_input_shape(input_shape, formats.torch_input_shape(torch_model), fmt=fmt)
+            torch_model, meta = formats.load_model(model_path, fmt, architecture=architecture, code=code)
+            found = formats.torch_input_shape(torch_model)
+            if dataset is not None:
+                prepared, from_data = _prepare(
+                    dataset, meta, preprocess, tuple(input_shape) if input_shape else found, input_layout, progress
+                )
+                found = found or tuple(from_data)
+                _preflight_torch(torch_model, prepared, progress)
+            shape = formats.resolve_input_shape(input_shape, found, fmt=fmt)
             parameters = formats.count_parameters(torch_model)
             progress(f"{parameters} parameters, input shape {list(shape)}; exporting the fp32 ONNX baseline")
             details["export"] = formats.export_onnx(torch_model, baseline, shape)
             fp32 = baseline
+            if prepared is not None and pruning is not None:
+                data = _model_ready_data(prepared, compression, pruning, seed)
             if pruning is not None:
                 torch_model = prune_and_tune(torch_model, pruning, data, record, details, seed, progress)
                 if runtime == "onnxruntime":
@@ -132,6 +180,10 @@ def compile_model(
                     if not with_pruned_weights(baseline, torch_model, fp32):
                         formats.export_onnx(torch_model, fp32, shape)
 
+        if prepared is not None and runtime == "onnxruntime" and quant == "static-int8":
+            if not data:
+                data = _model_ready_data(prepared, compression, None, seed)
+            calib, calib_split = calibration_data(data, compression.calibration_samples, seed=seed)
         if runtime == "onnxruntime":
             deployed = out_dir / "model.onnx"
             if quant == "none":
@@ -161,4 +213,62 @@ def compile_model(
         input_shape=tuple(shape),
         source_format=fmt,
         details=details,
+        prepared=prepared.record() if prepared is not None else None,
     )
+
+
+def _prepare(dataset, meta, preprocess, model_shape, layout, progress):
+    from tinymlaas_ci.ml.prepared import prepare_data
+
+    return prepare_data(
+        dataset,
+        meta=meta,
+        spec_preprocess=preprocess,
+        model_shape=model_shape,
+        declared_layout=layout,
+        log_fn=progress,
+    )
+
+
+def _preflight_torch(model: Any, prepared: Any, progress: Callable[[str], None]) -> None:
+    import torch
+
+    from tinymlaas_ci.ml.prepared import preflight
+
+    def run(x):
+        with torch.no_grad():
+            out = model(torch.from_numpy(x))
+        out = getattr(out, "logits", out)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().cpu().numpy()
+
+    checked = preflight(run, prepared)
+    progress(f"pre-flight: a first batch of {checked['checked_samples']} gives {checked['outputs']} finite outputs")
+
+
+def _preflight_onnx(path: Path, prepared: Any, progress: Callable[[str], None]) -> None:
+    from tinymlaas_ci.ml.prepared import preflight
+    from tinymlaas_ci.ml.runtime import load_session
+
+    session = load_session(path, "onnxruntime", threads=1)
+    fixed = session.fixed_batch
+
+    def run(x):
+        import numpy as np
+
+        if fixed and len(x) != fixed:
+            x = np.concatenate([x] * (-(-fixed // len(x))))[:fixed]
+        return session.run(x)
+
+    checked = preflight(run, prepared, batch=fixed or 8)
+    progress(f"pre-flight: a first batch of {checked['checked_samples']} gives {checked['outputs']} finite outputs")
+
+
+def _model_ready_data(prepared: Any, compression: Compression, pruning: Any, seed: int) -> dict[str, Any]:
+    # Only what is needed: fine-tuning reads the train split whole, calibration a seeded subset.
+    limit: dict[str, int] = {}
+    splits = ["train", "val"]
+    if pruning is None or not pruning.fine_tune_epochs:
+        limit = {"train": compression.calibration_samples, "val": compression.calibration_samples}
+    return prepared.arrays(splits, limit=limit, seed=seed)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "cpu_info",
     "device_record",
+    "eval_batch_size",
     "eval_split",
     "evaluate",
     "gzip_size",
@@ -53,10 +54,13 @@ def read_dataset(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def eval_split(data: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The inputs (float32) and labels (int64) of ``split``; an empty or missing split is an error."""
+    """The inputs (float32, or a :class:`~tinymlaas_ci.ml.datasets.SplitReader` that streams them)
+    and labels (int64) of ``split``; an empty or missing split is an error."""
     import numpy as np
 
     x, y = data.get(f"x_{split}"), data.get(f"y_{split}")
+    if x is not None and hasattr(x, "raw") and y is not None and len(x):
+        return x, np.asarray(y, dtype=np.int64)  # a SplitReader: streamed, preprocessed per slice
     if x is None or y is None or len(x) == 0:
         present = sorted(k[2:] for k, v in data.items() if k.startswith("x_") and len(v))
         raise TinymlError(
@@ -64,6 +68,19 @@ def eval_split(data: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndar
             hint="set dataset.split in the run spec to a held-out split the dataset has (test or val)",
         )
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+
+
+EVAL_BATCH_BYTES = 1024 * 1024
+"""Input bytes per evaluation batch: large images get small batches, so the runtime's buffers
+for the activations stay small too (MobileNetV2 at 224x224: one sample a batch; 8x8 digits: 64)."""
+
+
+def eval_batch_size(sample_shape: Sequence[int], at_least: int = 1, at_most: int = 64) -> int:
+    """Samples per evaluation batch for samples of ``sample_shape`` (float32)."""
+    n = 4
+    for d in sample_shape:
+        n *= int(d)
+    return max(int(at_least), min(int(at_most), EVAL_BATCH_BYTES // max(n, 1)))
 
 
 def evaluate(
@@ -99,6 +116,14 @@ def evaluate(
             raise TinymlError(
                 f"the model returns shape {tuple(logits.shape)}, but the dataset has {num_classes} classes",
                 hint="the model's last layer must output one logit per label of the dataset",
+            )
+        if not np.isfinite(logits).all():
+            # argmax of NaN is 0: scoring it would count a broken model as predicting class 0.
+            bad = int((~np.isfinite(logits)).any(axis=1).sum())
+            raise TinymlError(
+                f"the model gives NaN or Inf outputs for {bad} of samples {start}..{start + real - 1}",
+                hint="check the preprocessing (dataset.preprocess) and the compression; non-finite outputs "
+                "cannot be scored",
             )
         pred = logits.argmax(axis=1)
         np.add.at(confusion, (yb, pred), 1)

@@ -15,12 +15,12 @@ from tinymlaas_ci.errors import SourceError
 
 __all__ = ["FORMATS", "detect_model_format"]
 
-FORMATS = ("pytorch", "torchscript", "exported-program", "onnx")
+FORMATS = ("pytorch", "safetensors", "torchscript", "exported-program", "onnx")
 """Formats a run spec's ``model.format`` may name (besides ``auto``)."""
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ""}
 _HINT = (
-    "set model.format in the run spec to one of pytorch, torchscript, exported-program, onnx "
-    "(or name the file .onnx, .pt2, .pt, .pth or .pkl)"
+    "set model.format in the run spec to one of pytorch, safetensors, torchscript, exported-program, onnx "
+    "(or name the file .onnx, .pt2, .safetensors, .pt, .pth, .bin or .pkl)"
 )
 
 
@@ -45,6 +45,8 @@ def detect_model_format(path: str | os.PathLike, declared: object = "auto") -> s
         return "onnx"
     if suffix == ".pt2":
         return "exported-program"
+    if suffix == ".safetensors":
+        return "safetensors"
     if zipfile.is_zipfile(path):
         fmt = _zip_format(path)
         if fmt is not None:
@@ -55,6 +57,8 @@ def detect_model_format(path: str | os.PathLike, declared: object = "auto") -> s
         return "pytorch"  # a legacy (non-zip) torch.save or a plain pickle
     if _looks_like_onnx(head):
         return "onnx"
+    if _looks_like_safetensors(head, path):
+        return "safetensors"
     raise SourceError(
         f"cannot tell the format of model file {path.name!r}: not a torch archive, pickle, or ONNX file",
         source=path.name,
@@ -83,3 +87,11 @@ def _looks_like_onnx(head: bytes) -> bool:
     # A serialized ModelProto starts with field 1 (ir_version, a varint: tag 0x08) and a small
     # version number; pickles, zips and text files never do.
     return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 64
+
+
+def _looks_like_safetensors(head: bytes, path: Path) -> bool:
+    # safetensors: an 8-byte little-endian header length, then the JSON header itself.
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= path.stat().st_size - 8

@@ -86,7 +86,7 @@ class DatasetInput(_Rec):
     sha256: str
     """sha256 of the archive (uploads) or of the downloaded files (Hub)."""
     format: str
-    """Detected layout: ``imagefolder`` or ``parquet``."""
+    """Detected layout: ``imagefolder``, ``parquet``, ``csv`` or ``numpy``."""
     splits: dict[str, int]
     """Samples per split."""
     labels: list[str]
@@ -181,6 +181,16 @@ class Metrics(_Rec):
     load_time_ms: float | None = None
     """Time to load the model into the runtime."""
     labels: list[str] = Field(default_factory=list)
+    """Label names by model output index: the label order the accuracy was scored with."""
+    label_source: str | None = None
+    """Where the label order came from: ``dataset.labels``, the model's metadata (``config.json
+    id2label``, ``fastai vocab``), the dataset's class names, or folder names (integers, or
+    ``folders (sorted names, assumed)``)."""
+    preprocess: dict[str, Any] | None = None
+    """The preprocessing applied to every sample (channels, resize, scale, mean, std, layout) and
+    where each field came from (``source``: spec, model or default)."""
+    input_layout: str | None = None
+    """``nchw`` or ``nhwc``: the model's input axis order."""
     confusion_matrix: list[list[int]] = Field(default_factory=list)
     """Rows: true label, columns: predicted label."""
 

@@ -28,6 +28,7 @@ from tinymlaas_ci.errors import IntegrityError, SourceError, os_error
 from tinymlaas_ci.fs import sha256_file
 
 __all__ = [
+    "MODEL_METADATA_FILES",
     "HubFile",
     "HubSnapshot",
     "announced_file_hash",
@@ -36,6 +37,7 @@ __all__ = [
     "hub_endpoint",
     "hub_token",
     "list_repo_files",
+    "model_companions",
     "resolve_revision",
     "verify_hub_file",
 ]
@@ -255,6 +257,26 @@ def list_repo_files(
     token, endpoint = _settings(repo_type, token, endpoint)
     with _mapped(repo=repo, repo_type=repo_type, revision=commit, endpoint=endpoint, token=token):
         return sorted(_api(endpoint, token).list_repo_files(repo, revision=commit, repo_type=repo_type))
+
+
+MODEL_METADATA_FILES = ("config.json", "preprocessor_config.json")
+"""Files that describe a model (architecture, labels, preprocessing), fetched with it when present."""
+
+
+def model_companions(model_file: str, repo_files: list[str]) -> list[str]:
+    """Files of a model repository that come with ``model_file``: the ``*.py`` files (a pickle's
+    classes, a ``python:`` architecture) and the metadata files (:data:`MODEL_METADATA_FILES`),
+    from the model's folder and the repository root. External data of an ONNX file is added by
+    the fetch stage, which reads the locations from the model itself."""
+    folder = model_file.rpartition("/")[0]
+    wanted: list[str] = []
+    for rel in repo_files:
+        parent, _, name = rel.rpartition("/")
+        if rel == model_file or parent not in {folder, ""}:
+            continue
+        if name.endswith(".py") or name in MODEL_METADATA_FILES:
+            wanted.append(rel)
+    return sorted(wanted)
 
 
 def download_file(

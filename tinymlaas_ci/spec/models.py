@@ -31,6 +31,7 @@ __all__ = [
     "NAME_PATTERN",
     "NAME_RULE",
     "SCHEMA_VERSION",
+    "Architecture",
     "Compression",
     "DatasetFormat",
     "DatasetSource",
@@ -38,12 +39,14 @@ __all__ = [
     "DockerDevice",
     "DockerEndpoint",
     "Gates",
+    "InputLayout",
     "LocalDevice",
     "LocatedError",
     "Measure",
     "ModelFormat",
     "ModelSource",
     "PipelineSpec",
+    "Preprocess",
     "Pruning",
     "Quantization",
     "Resources",
@@ -144,6 +147,7 @@ class Quantization(str, Enum):
 class ModelFormat(str, Enum):
     auto = "auto"
     pytorch = "pytorch"
+    safetensors = "safetensors"
     torchscript = "torchscript"
     exported_program = "exported-program"
     onnx = "onnx"
@@ -153,6 +157,15 @@ class DatasetFormat(str, Enum):
     auto = "auto"
     imagefolder = "imagefolder"
     parquet = "parquet"
+    csv = "csv"
+    numpy = "numpy"
+
+
+class InputLayout(str, Enum):
+    """Axis order of an image model's input: channels first (PyTorch) or last (Keras/TF)."""
+
+    nchw = "nchw"
+    nhwc = "nhwc"
 
 
 class Runtime(str, Enum):
@@ -225,6 +238,59 @@ class _Source(_Spec):
         return "upload" if self.upload is not None else "huggingface"
 
 
+class Architecture(_Spec):
+    """The network a bare weights file (``.safetensors``, ``pytorch_model.bin``, a ``state_dict``)
+    is loaded into. Give exactly one of ``torchvision``, ``timm``, ``transformers`` or ``python``."""
+
+    torchvision: str | None = None
+    """A ``torchvision.models`` builder name, e.g. ``mobilenet_v2`` (needs the ``torchvision`` extra)."""
+    timm: str | None = None
+    """A timm model name, e.g. ``resnet18`` (needs the ``timm`` extra)."""
+    transformers: Literal["auto"] | None = None
+    """``auto``: the architecture named by the repository's ``config.json`` (needs the ``transformers`` extra)."""
+    python: str | None = Field(default=None, pattern=r"^[\w./-]+\.py:[A-Za-z_]\w*$")
+    """``file.py:ClassName``: a class defined in a Python file next to the model (upload folder or Hub repository)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the builder or class, e.g. ``{num_classes: 10, in_chans: 1}``."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("torchvision", "timm", "transformers", "python") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise LocatedError.at(
+                (),
+                "model.architecture needs exactly one of torchvision, timm, transformers, python"
+                + (f" (got {', '.join(given)})" if given else ""),
+                "e.g. 'architecture: {timm: resnet18, kwargs: {num_classes: 10}}'",
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which library builds the network."""
+        return next(k for k in ("torchvision", "timm", "transformers", "python") if getattr(self, k) is not None)
+
+
+class Preprocess(_Spec):
+    """How raw samples become model inputs, in this order: ``channels``, ``resize``, ``scale``,
+    then ``(x - mean) / std`` per channel. Applied identically in calibration, fine-tuning,
+    inference and the exported bundle. Unset fields come from the model's own metadata where it
+    publishes them (timm ``pretrained_cfg``, transformers ``preprocessor_config.json``, a fastai
+    Learner), else from the defaults."""
+
+    resize: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(default=None, min_length=2, max_length=2)
+    """``[H, W]`` to resize images to (bilinear)."""
+    channels: Literal[1, 3] | None = None
+    """Convert images to 1 (grayscale, ITU-R 601 luma) or 3 (RGB) channels."""
+    scale: float | None = Field(default=None, gt=0.0)
+    """Factor applied to raw values; default ``1/255`` for 8-bit images, ``1/65535`` for 16-bit,
+    ``1`` for other numbers."""
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=4)
+    """Per-channel mean subtracted after scaling (one value applies to every channel)."""
+    std: list[Annotated[float, Field(gt=0.0)]] | None = Field(default=None, min_length=1, max_length=4)
+    """Per-channel standard deviation divided by after subtracting ``mean``."""
+
+
 class ModelSource(_Source):
     """Where the model comes from and how to read it."""
 
@@ -234,6 +300,16 @@ class ModelSource(_Source):
     """Model format; ``auto`` decides from the file extension and content."""
     input_shape: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(default=None, min_length=1, max_length=6)
     """Shape of one input sample without the batch axis (e.g. ``[1, 8, 8]``), when the format cannot tell."""
+    architecture: Architecture | None = None
+    """The network a weights file (``.safetensors``, ``.bin``, a ``state_dict``) is loaded into; when
+    absent, it comes from the repository's ``config.json`` (timm's ``architecture``, transformers'
+    ``architectures``)."""
+    input_layout: InputLayout | None = None
+    """``nchw`` or ``nhwc``; by default detected from the model's input against the dataset's samples."""
+    code: str | None = Field(default=None, pattern=r"^[\w./-]+\.py$")
+    """A Python file (next to the model) that defines the classes of a pickle saved from a script's
+    ``__main__``, e.g. ``train.py``. It is imported as ``__main__``'s stand-in, without running its
+    ``if __name__ == "__main__":`` block."""
 
     @model_validator(mode="after")
     def _hf_needs_file(self):
@@ -254,8 +330,10 @@ class ModelSource(_Source):
 
 class DatasetSource(_Source):
     """Where the dataset comes from. Archives (``.zip``, ``.tar.gz``) use the ImageFolder layout
-    ``{train,val,test}/<label>/<file>``; Hugging Face datasets may also be parquet with an image and a
-    label column."""
+    ``{train,val,test}/<label>/<file>`` (images, ``.npy`` arrays or raw float32 ``.bin`` tensors);
+    parquet has an image and a label column; CSV has a label column and feature columns;
+    ``.npy``/``.npz`` hold ``x`` and ``y``. Splits are files or folders named after them, or a
+    ``split_column``."""
 
     split: str = "test"
     """The split that inference is measured on. Never the training split."""
@@ -264,7 +342,24 @@ class DatasetSource(_Source):
     image_column: str = "image"
     """Parquet datasets: the column holding the images (or feature arrays)."""
     label_column: str = "label"
-    """Parquet datasets: the column holding the integer labels."""
+    """Parquet and CSV datasets: the column holding the labels (class indices or names)."""
+    split_column: str | None = None
+    """CSV and parquet datasets in one file: the column naming each row's split (train, val, test)."""
+    labels: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    """The model's output order: label names by output index. Default: the model's own metadata
+    (``id2label``, a Learner's vocab), then the dataset's class names (parquet ClassLabel), then
+    folder names (integers in numeric order; other names sorted, with a warning)."""
+    preprocess: Preprocess | None = None
+    """How raw samples become model inputs (resize, channels, scale, mean, std)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            twice = sorted({v for v in value if value.count(v) > 1})
+            if twice:
+                raise LocatedError.at((), f"dataset.labels names {twice[0]!r} twice", "give each label once")
+        return value
 
     @field_validator("split")
     @classmethod

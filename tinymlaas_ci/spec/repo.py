@@ -103,6 +103,37 @@ class Repo:
             raise SpecError(self.problems)
 
 
+COMPANIONS_SUFFIX = "#companions"
+"""``upload_digests[<model upload> + COMPANIONS_SUFFIX]``: digest of the files fetched with the model."""
+_COMPANION_NAMES = ("config.json", "preprocessor_config.json")
+
+
+def _model_companions(model: Path) -> list[Path]:
+    """Files an uploaded model brings along (what the fetch stage copies): ``*.py``, the metadata
+    files, and data files named after the model (ONNX external data such as ``model.onnx.data``)."""
+    out = []
+    for p in sorted(model.parent.iterdir()):
+        if p == model or p.is_symlink() or not p.is_file():
+            continue
+        if (
+            p.suffix == ".py"
+            or p.name in _COMPANION_NAMES
+            or p.name.startswith(model.name + ".")
+            or (model.suffix == ".onnx" and p.suffix in (".data", ".bin", ".weight", ".weights"))
+        ):
+            out.append(p)
+    return out
+
+
+def _companions_digest(folder: Path, files: list[Path]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
 def _rel(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` as shown to the user. The file itself is not resolved, so a
     symlinked spec keeps its own name (its target is checked by :func:`_escapes`)."""
@@ -554,6 +585,19 @@ class Loader:
             self._check_upload(
                 loaded, where((part, "upload")) if (f"{part}.upload" in run.matrix) else (part, "upload"), source.upload
             )
+        self._check_upload_files(loaded, spec, where)
+
+    def _check_upload_files(self, loaded: LoadedYaml, spec: RunSpec, where) -> None:
+        from tinymlaas_ci.spec.files import upload_problems
+
+        repo = self.repo
+        if not all(repo.upload_digests.get(s.upload) for s in (spec.model, spec.dataset) if s.upload is not None):
+            return  # a missing upload is already reported
+        seen = {(p.path, p.message) for p in repo.problems}
+        for loc, message, hint in upload_problems(spec, repo.root):
+            problem = loaded.problem(where(loc), message, hint=hint)
+            if (problem.path, problem.message) not in seen:
+                repo.problems.append(problem)
 
     def _check_raw_refs(self, rf: RunFile) -> None:
         """A spec that failed validation still gets its references checked, so that every
@@ -634,6 +678,12 @@ class Loader:
             )
             return
         repo.upload_digests[rel] = sha256_file(path)
+        if loc and loc[0] == "model":
+            companions = _model_companions(path)
+            if companions:
+                # The files fetched with the model (its *.py, config.json, external data) under
+                # their own key, so the fetch stage's cache key can include them.
+                repo.upload_digests[rel + COMPANIONS_SUFFIX] = _companions_digest(path.parent, companions)
 
     # -- results -----------------------------------------------------------------------------
     def load_results(self) -> None:

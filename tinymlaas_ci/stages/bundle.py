@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,7 +63,12 @@ class BundleManifest(BaseModel):
     input_shape: list[int]
     """Shape of one input sample, without the batch axis."""
     labels: list[str] = Field(default_factory=list)
-    """Class labels by index."""
+    """Class labels by model output index."""
+    label_source: str | None = None
+    """Where the label order came from (``dataset.labels``, ``config.json id2label``, ``folders (integers)``, ...)."""
+    preprocess: dict[str, Any] | None = None
+    """How the raw samples of ``data`` become model inputs (channels, resize, scale, mean, std,
+    layout, reshape); applied the same way by the infer stage and the exported ``infer.py``."""
     measure: Measure = Measure()
     """How latency is measured on the device (the run spec's ``measure``)."""
     sha256: dict[str, str] = Field(default_factory=dict)

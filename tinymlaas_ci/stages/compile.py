@@ -3,8 +3,10 @@
 Inputs: the ``fetch`` stage's ``model`` (and ``dataset``, for calibration and fine-tuning).
 Artifacts: ``model`` (``compile/model.onnx``, or ``compile/model.pt`` for runtime ``pytorch``) and
 ``baseline`` (``compile/baseline.onnx``: fp32, unpruned). Records: ``compression`` (a
-``CompressionRecord``), ``tools``, ``model_parameters``, ``input_shape``, ``labels``, ``dataset``
-(where the dataset is, for the install stage), ``source_format``.
+``CompressionRecord``), ``tools``, ``model_parameters``, ``input_shape``, ``labels`` (the model's
+output order), ``prepared`` (labels, their source, the preprocessing plan and input layout, applied
+the same way by install and infer), ``dataset`` (where the dataset is, for the install stage),
+``source_format``.
 
     python -m tinymlaas_ci.stages.compile VOLUME --name compile
 """
@@ -12,7 +14,6 @@ Artifacts: ``model`` (``compile/model.onnx``, or ``compile/model.pt`` for runtim
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.spec.models import Quantization
@@ -34,11 +35,8 @@ def run(ctx: StageContext) -> None:
     if fmt == "auto":
         fmt = (fetch.records.get("model") or {}).get("format") or "auto"
 
-    data: dict[str, Any] = {}
     dataset = fetch.artifacts.get("dataset")
-    if dataset is not None:
-        data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
-    elif compression.quantization is Quantization.static_int8 or compression.pruning:
+    if dataset is None and (compression.quantization is Quantization.static_int8 or compression.pruning):
         raise TinymlError(
             "this compression needs the dataset, but the fetch stage produced none",
             hint="give the run a dataset, or use quantization none / dynamic-int8 / fp16 without pruning",
@@ -55,7 +53,11 @@ def run(ctx: StageContext) -> None:
         runtime=run.runtime,
         fmt=fmt,
         input_shape=run.model.input_shape,
-        data=data,
+        dataset=ctx.input_path("fetch", "dataset") if dataset is not None else None,
+        preprocess=run.dataset.preprocess,
+        input_layout=run.model.input_layout,
+        architecture=run.model.architecture,
+        code=run.model.code,
         progress=ctx.log,
     )
     ctx.add_artifact("model", outcome.deployed)
@@ -67,12 +69,21 @@ def run(ctx: StageContext) -> None:
     )
     ctx.records.update(
         compression=rec,
-        tools=measure.tool_versions("torch", "onnx", "onnxruntime", "onnxscript", "numpy"),
+        tools=measure.tool_versions(
+            "torch",
+            "onnx",
+            "onnxruntime",
+            "onnxscript",
+            "numpy",
+            # the optional model libraries, only when this model needed them
+            *(m for m in ("timm", "torchvision", "transformers", "safetensors", "fastai") if m in sys.modules),
+        ),
         model_parameters=outcome.parameters,
         input_shape=list(outcome.input_shape),
         source_format=outcome.source_format,
         export=outcome.details.get("export"),
-        labels=list(data.get("labels", [])) or None,
+        labels=(outcome.prepared or {}).get("labels"),
+        prepared=outcome.prepared,
         dataset=dataset.model_dump() if dataset is not None else None,
     )
 

@@ -2,8 +2,11 @@
 
 ``python -m tinymlaas_ci.stages.fetch VOLUME [--name fetch]``
 
-* model -> ``fetch/model/<file>`` (uploads also bring the ``*.py`` files next to them, so that
-  pickled user classes can be imported by later stages);
+* model -> ``fetch/model/<file>``, with the files that come with it, from the upload's folder or
+  the Hub repository: ``*.py`` (pickled classes, ``python:`` architectures, ``model.code``),
+  ``config.json`` and ``preprocessor_config.json`` (architecture, labels, preprocessing), and
+  every external-data file an ONNX model references (each checked to stay inside the folder);
+  each is an artifact ``model-file:<name>``, so it is part of the later stages' cache keys;
 * dataset -> ``fetch/dataset/`` (archives extracted safely, Hub datasets as a snapshot), then
   converted to ``fetch/dataset.npz``;
 * artifacts ``model`` and ``dataset``; records ``model`` (a ``ModelInput``), ``dataset`` (a
@@ -64,40 +67,75 @@ def _prepare_hub_env(ctx: StageContext) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+_METADATA = ("config.json", "preprocessor_config.json")
+
+
+def _upload_companions(folder: Path, repo_root: Path, model_name: str) -> tuple[list[Path], list[str]]:
+    """Files next to an uploaded model that come with it: ``*.py`` and the metadata files.
+
+    Only plain files inside the repository: a link must not smuggle in outside code.
+    """
+    keep, skipped = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name == model_name or not (path.suffix == ".py" or path.name in _METADATA):
+            continue
+        if path.is_symlink() or not path.is_file() or not is_within(path, repo_root):
+            skipped.append(path.name)
+            continue
+        keep.append(path)
+    return keep, skipped
+
+
+def _external_data(model: Path, fmt: str) -> list[str]:
+    if fmt != "onnx":
+        return []
+    from tinymlaas_ci.ml.formats import onnx_external_files
+
+    return onnx_external_files(model, unreadable_ok=True)
+
+
 def _fetch_model(ctx: StageContext, repo_root: Path, model: ModelSource) -> dict[str, Any]:
     from tinymlaas_ci.sources.uploads import resolve_upload
 
     model_dir = ctx.path("model")
     _reset(model_dir)
     model_dir.mkdir(parents=True)
+    companions: list[str] = []
     if model.upload:
         upload = resolve_upload(repo_root, model.upload)
         dest = model_dir / PurePosixPath(upload.rel).name
         _copy(upload.path, dest)
         ctx.log(f"model: copied upload {upload.rel} ({upload.bytes} bytes, sha256 {upload.sha256[:12]})")
-        support = []
-        folder = repo_root.joinpath(*PurePosixPath(upload.rel).parent.parts)
-        for py in sorted(folder.glob("*.py")):
-            # Only plain files inside the repository: a link must not smuggle in outside code.
-            if py.is_symlink() or not py.is_file() or not is_within(py, repo_root):
-                ctx.log(f"model: skipped {py.name} next to the model (not a regular file in the repository)")
-                continue
-            _copy(py, model_dir / py.name)
-            support.append(py.name)
-        if support:
-            ctx.log(f"model: copied {len(support)} Python file(s) next to it: {', '.join(support)}")
+        folder = upload.path.parent
+        files, skipped = _upload_companions(folder, repo_root, dest.name)
+        for name in skipped:
+            ctx.log(f"model: skipped {name} next to the model (not a regular file in the repository)")
+        for path in files:
+            _copy(path, model_dir / path.name)
+            companions.append(path.name)
+        fmt = detect_model_format(dest, model.format)
+        for rel in _external_data(dest, fmt):
+            src = folder.joinpath(*PurePosixPath(rel).parts)
+            if src.is_symlink() or not src.is_file() or not is_within(src, folder):
+                raise SourceError(
+                    f"{upload.rel} references external data {rel!r}, which is not a file next to it",
+                    source=upload.rel,
+                    hint="commit the external data file (e.g. model.onnx.data) in the same folder as the model",
+                )
+            target = model_dir.joinpath(*PurePosixPath(rel).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy(src, target)
+            companions.append(rel)
         record: dict[str, Any] = {
             "kind": "upload",
             "path": upload.rel,
             "sha256": upload.sha256,
             "bytes": upload.bytes,
-            "format": detect_model_format(dest, model.format),
+            "format": fmt,
         }
-        if support:
-            record["support_files"] = support
     else:
         _prepare_hub_env(ctx)
-        from tinymlaas_ci.sources.hub import download_file
+        from tinymlaas_ci.sources.hub import download_file, list_repo_files, model_companions
 
         repo, file, revision = model.huggingface, model.file, model.revision
         if not file:
@@ -108,10 +146,29 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: ModelSource) -> dict
             )
         staging = ctx.path(".download")
         _reset(staging)
+        folder = PurePosixPath(file).parent.as_posix()
+        folder = "" if folder == "." else folder
         try:
             got = download_file(repo, file, staging, revision=revision, repo_type="model")
             dest = model_dir / PurePosixPath(file).name
             os.replace(got.path, dest)
+            fmt = detect_model_format(dest, model.format)
+            wanted = model_companions(file, list_repo_files(repo, got.commit, repo_type="model"))
+            external = [(f"{folder}/{rel}" if folder else rel, rel) for rel in _external_data(dest, fmt)]
+            for rel in wanted:
+                # Files at the root (config.json, *.py) join the model in its folder; files next
+                # to it keep their relative name.
+                extra = download_file(repo, rel, staging, revision=got.commit, repo_type="model")
+                target = model_dir / PurePosixPath(rel).name
+                if not target.exists():
+                    os.replace(extra.path, target)
+                    companions.append(target.name)
+            for repo_rel, rel in external:
+                extra = download_file(repo, repo_rel, staging, revision=got.commit, repo_type="model")
+                target = model_dir.joinpath(*PurePosixPath(rel).parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(extra.path, target)
+                companions.append(rel)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         ctx.log(
@@ -126,8 +183,14 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: ModelSource) -> dict
             "file": file,
             "sha256": got.sha256,
             "bytes": got.bytes,
-            "format": detect_model_format(dest, model.format),
+            "format": fmt,
         }
+    if companions:
+        ctx.log(f"model: {len(companions)} file(s) with it: {', '.join(companions)}")
+        record["support_files"] = companions
+        for rel in companions:
+            # Each one is an artifact, so its digest is part of the later stages' cache keys.
+            ctx.add_artifact(f"model-file:{rel}", model_dir.joinpath(*PurePosixPath(rel).parts))
     ctx.add_artifact("model", dest)
     ctx.log(f"model: format {record['format']}")
     return record
@@ -149,14 +212,16 @@ def _fetch_dataset(
         if is_archive(name):
             extracted = extract_archive(upload.path, data_dir)
             ctx.log(f"dataset: extracted {extracted.files} files ({extracted.bytes} bytes) from {upload.rel}")
-        elif name.endswith(".parquet"):
+        elif name.lower().endswith((".parquet", ".csv", ".npz")):
             _copy(upload.path, data_dir / name)
             ctx.log(f"dataset: copied {upload.rel} ({upload.bytes} bytes)")
         else:
             raise SourceError(
-                f"dataset upload {upload.rel!r} is neither an archive nor a parquet file",
+                f"dataset upload {upload.rel!r} is neither an archive nor a .parquet, .csv or .npz file",
                 source=upload.rel,
-                hint="upload a .zip, .tar.gz, .tgz or .tar of the ImageFolder layout, or a .parquet",
+                hint="upload a .zip, .tar.gz, .tgz or .tar of the ImageFolder layout (or of CSV/.npz files "
+                "named after their split), or one .parquet, .csv or .npz file (with a split column or "
+                "x_<split>/y_<split> arrays)",
             )
         base: dict[str, Any] = {"kind": "upload", "path": upload.rel, "sha256": upload.sha256}
     else:
@@ -178,13 +243,20 @@ def _fetch_dataset(
             "sha256": snap.sha256,
         }
     npz = ctx.path("dataset.npz")
+    pre = dataset.preprocess
     summary = convert_dataset(
         data_dir,
         npz,
         format=dataset.format.value,
         image_column=dataset.image_column,
         label_column=dataset.label_column,
+        split_column=dataset.split_column,
         sample_shape=sample_shape,
+        # Geometry the spec asks for is applied while decoding (with Pillow), so images of mixed
+        # sizes can be read; preprocessing then finds them at the size it wants.
+        resize=pre.resize if pre else None,
+        channels=pre.channels if pre else None,
+        labels=dataset.labels,
         log=lambda m: ctx.log(f"dataset: {m}"),
     )
     eval_split = canonical_split(dataset.split)
@@ -205,6 +277,7 @@ def _fetch_dataset(
         "format": summary.format,
         "splits": summary.splits,
         "labels": summary.labels,
+        "label_source": summary.label_source,
         "eval_split": eval_split,
         "sample_shape": list(summary.sample_shape),
     }

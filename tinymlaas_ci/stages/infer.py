@@ -1,7 +1,8 @@
 """The ``infer`` stage: run the installed model on the device and measure it.
 
 Evaluates the deployed model and the fp32 baseline over the whole evaluation split
-(``dataset.split``, default ``test``), and measures the deployed model's latency after
+(``dataset.split``, default ``test``; streamed from the bundle and preprocessed per batch as its
+manifest says; NaN or Inf outputs fail the stage), and measures the deployed model's latency after
 MLPerf Tiny's habits (``measure``: warm-up, then at least ``min_iterations`` and
 ``min_seconds``). Peak memory is taken before the baseline is loaded, so it is the deployed
 model's.
@@ -46,8 +47,7 @@ def measure_bundle(
 
     split = split or manifest.eval_split
     if data is None:
-        with np.load(bundle / manifest.data, allow_pickle=False) as npz:
-            data = {f"x_{split}": npz["x"], f"y_{split}": npz["y"], "labels": [str(v) for v in npz["labels"]]}
+        data = _bundle_data(bundle, manifest, split)
     x, y = measure.eval_split(data, split)
     labels = list(data.get("labels") or manifest.labels)
     num_classes = len(labels) or int(y.max()) + 1
@@ -61,12 +61,14 @@ def measure_bundle(
             f"the model's batch size is fixed to {session.fixed_batch}, but measure.batch_size is {batch_size}",
             hint=f"set measure.batch_size: {session.fixed_batch}, or export the model with a dynamic batch axis",
         )
+    eval_batch = measure.eval_batch_size(x[0:1].shape[1:], at_least=batch_size)
     acc = measure.evaluate(
-        session.run, x, y, num_classes=num_classes, batch_size=max(64, batch_size), fixed_batch=session.fixed_batch
+        session.run, x, y, num_classes=num_classes, batch_size=eval_batch, fixed_batch=session.fixed_batch
     )
     log(f"accuracy {acc['accuracy']:.4f} on {acc['samples']} {split} samples")
     reps = -(-batch_size // len(x))
-    batch = np.ascontiguousarray(np.concatenate([x] * reps)[:batch_size])
+    first = x[0:batch_size]
+    batch = np.ascontiguousarray(np.concatenate([first] * reps)[:batch_size])
     latency = measure.measure_latency(
         session.run, batch, warmup=how.warmup, min_iterations=how.min_iterations, min_seconds=how.min_seconds
     )
@@ -83,7 +85,7 @@ def measure_bundle(
         x,
         y,
         num_classes=num_classes,
-        batch_size=max(64, batch_size),
+        batch_size=eval_batch,
         fixed_batch=base_session.fixed_batch,
     )
     log(f"baseline accuracy {base['accuracy']:.4f}")
@@ -112,18 +114,32 @@ def measure_bundle(
     return metrics, session.record()
 
 
+def _bundle_data(bundle: Path, manifest: BundleManifest, split: str) -> dict[str, Any]:
+    """The bundle's evaluation data, streamed: samples are read and preprocessed per batch, so
+    memory does not grow with the split (nor with the train split, which the bundle lacks)."""
+    from tinymlaas_ci.ml.datasets import SplitReader
+    from tinymlaas_ci.ml.preprocess import apply_preprocess
+
+    path = bundle / manifest.data
+    plan = manifest.preprocess
+    x = SplitReader(path, "x", transform=lambda raw: apply_preprocess(raw, plan))
+    y = SplitReader(path, "y").materialize()
+    return {f"x_{split}": x, f"y_{split}": y, "labels": list(manifest.labels)}
+
+
 def run(ctx: StageContext) -> None:
     """Measure the installed bundle of ``ctx``'s run."""
     from tinymlaas_ci.ml import measure
 
     bundle = ctx.input_path("install", "bundle").parent
     manifest = read_manifest(bundle)
-    data = None
-    # The fetch stage's dataset when the pipeline passes it to this stage; else the bundle's copy.
-    if ctx.has_upstream("fetch") and "dataset" in ctx.upstream("fetch").artifacts:
-        data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
-    metrics, runtime = measure_bundle(
-        bundle, manifest, ctx.run.measure, data=data, split=ctx.run.dataset.split, log=ctx.log
+    # The bundle's own evaluation split: labels already in the model's order, preprocessing in
+    # the manifest, exactly what an exported bundle evaluates.
+    metrics, runtime = measure_bundle(bundle, manifest, ctx.run.measure, split=manifest.eval_split, log=ctx.log)
+    metrics.update(
+        preprocess=manifest.preprocess,
+        label_source=manifest.label_source,
+        input_layout=(manifest.preprocess or {}).get("layout"),
     )
     ctx.metrics.update(metrics)
     ctx.records.update(

@@ -51,15 +51,16 @@ def build_bundle(ctx: StageContext, bundle: Path) -> BundleManifest:
     """Write the bundle folder (model, baseline, eval data, manifest); returns the manifest."""
     import numpy as np
 
-    from tinymlaas_ci.ml import measure
-
     records = ctx.upstream("compile").records
     model = ctx.input_path("compile", "model")
     baseline = ctx.input_path("compile", "baseline")
     split = ctx.run.dataset.split
-    data = measure.read_dataset(_dataset_path(ctx))
-    x, y = measure.eval_split(data, split)
-    labels = [str(v) for v in data.get("labels") or records.get("labels") or []]
+    prepared = records.get("prepared") or {}
+    # Only the evaluation split is read; samples stay raw (preprocessing travels in the manifest).
+    x, y, dataset_labels = _eval_split_raw(_dataset_path(ctx), split)
+    if prepared.get("label_map") is not None and len(y):
+        y = np.asarray(prepared["label_map"], dtype=np.int64)[y]
+    labels = [str(v) for v in prepared.get("labels") or records.get("labels") or dataset_labels]
 
     files: dict[str, str] = {}
     for src in (model, baseline):
@@ -78,12 +79,31 @@ def build_bundle(ctx: StageContext, bundle: Path) -> BundleManifest:
         samples=len(x),
         input_shape=records.get("input_shape") or list(x.shape[1:]),
         labels=labels,
+        label_source=prepared.get("label_source"),
+        preprocess=prepared.get("preprocess"),
         measure=ctx.run.measure,
         sha256=files,
         device=BundleDevice(name=ctx.device.name, kind=ctx.device.kind, arch=ctx.device.arch),
     )
     write_manifest(bundle, manifest)
     return manifest
+
+
+def _eval_split_raw(path: Path, split: str):
+    import numpy as np
+
+    from tinymlaas_ci.ml.datasets import SplitReader, load_npz_meta
+
+    meta = load_npz_meta(path)
+    if not meta["sizes"].get(split):
+        present = ", ".join(s for s, n in meta["sizes"].items() if n) or "none"
+        raise TinymlError(
+            f"the dataset has no samples in split {split!r} (splits with samples: {present})",
+            hint="set dataset.split in the run spec to a held-out split the dataset has (test or val)",
+        )
+    x = SplitReader(path, f"x_{split}").materialize()
+    y = SplitReader(path, f"y_{split}").materialize().astype(np.int64)
+    return x, y, meta["labels"]
 
 
 def _record(ctx: StageContext, manifest: BundleManifest, **extra: Any) -> dict[str, Any]:

@@ -7,8 +7,10 @@ Needs Python 3.9+, numpy and onnxruntime (``pip install -r requirements.txt``); 
     python infer.py --inputs x.npy       # predictions for your own inputs
     python infer.py --model baseline     # the uncompressed fp32 baseline instead
 
-Accuracy is computed the way the pipeline measured it (batches of 64, one thread, the whole
-evaluation split), so it reproduces the recorded value. Latency is per call at batch size 1
+Accuracy is computed the way the pipeline measured it (batches of up to 64, one thread, the whole
+evaluation split, the same preprocessing from ``manifest.json``), so it reproduces the recorded
+value. ``--inputs`` are raw samples like ``eval.npz`` holds (e.g. uint8 images ``C,H,W``) and get
+that preprocessing too, unless ``--no-preprocess``. Latency is per call at batch size 1
 after a warm-up, as median and percentiles.
 """
 
@@ -26,6 +28,85 @@ import numpy as np
 import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# -- preprocessing: the pipeline's own, copied (numpy only); a test keeps the two identical --
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def default_scale(dtype) -> float:
+    """The ``scale`` used when neither the spec nor the model says: by the stored sample type."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 1.0 / 255.0
+    if dtype == np.uint16:
+        return 1.0 / 65535.0
+    return 1.0
+
+
+def resize_bilinear(x: np.ndarray, size: list) -> np.ndarray:
+    """Bilinear resize of ``N,C,H,W`` float32 to ``size`` (half-pixel centres, no antialiasing)."""
+    out_h, out_w = int(size[0]), int(size[1])
+    in_h, in_w = x.shape[-2], x.shape[-1]
+    if (in_h, in_w) == (out_h, out_w):
+        return x
+
+    def axis(n_in: int, n_out: int) -> tuple:
+        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        pos = np.clip(pos, 0, n_in - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, wy = axis(in_h, out_h)
+    x0, x1, wx = axis(in_w, out_w)
+    rows = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
+    return np.ascontiguousarray(rows[..., x0] * (1 - wx) + rows[..., x1] * wx, dtype=np.float32)
+
+
+def apply_preprocess(x: np.ndarray, plan: dict | None) -> np.ndarray:
+    """Raw samples (a batch, ``N,...``) -> float32 model inputs, following ``plan``."""
+    plan = plan or {}
+    dtype = x.dtype
+    out = np.asarray(x, dtype=np.float32)
+    image = out.ndim == 4
+    channels = plan.get("channels")
+    if channels and image and out.shape[1] != channels:
+        if channels == 3 and out.shape[1] == 1:
+            out = np.repeat(out, 3, axis=1)
+        elif channels == 1 and out.shape[1] in (3, 4):
+            luma = np.asarray(_LUMA, dtype=np.float32)[None, :, None, None]
+            out = (out[:, :3] * luma).sum(axis=1, keepdims=True, dtype=np.float32)
+        else:
+            raise ValueError(f"cannot convert samples with {out.shape[1]} channels to {channels}")
+    elif channels == 3 and image and out.shape[1] == 4:
+        out = out[:, :3]
+    resize = plan.get("resize")
+    if resize and image:
+        out = resize_bilinear(out, resize)
+    scale = plan.get("scale")
+    if scale is None:
+        scale = default_scale(dtype)
+    if scale != 1.0:
+        out = out * np.float32(scale)
+    mean, std = plan.get("mean"), plan.get("std")
+    if mean is not None and std is not None:
+        shape = (1, -1) + (1,) * (out.ndim - 2) if out.ndim >= 2 else (-1,)
+        m = np.asarray(mean, dtype=np.float32)
+        s = np.asarray(std, dtype=np.float32)
+        if m.size > 1 and out.ndim >= 2 and out.shape[1] != m.size:
+            raise ValueError(
+                f"dataset.preprocess.mean has {m.size} values but the samples have {out.shape[1]} channels"
+            )
+        if m.size > 1:
+            m, s = m.reshape(shape), s.reshape(shape)
+        out = (out - m) / s
+    if plan.get("layout") == "nhwc" and image:
+        out = out.transpose(0, 2, 3, 1)
+    if plan.get("reshape"):
+        out = out.reshape((len(out), *plan["reshape"]))
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def load_manifest(folder: str) -> dict:
@@ -50,17 +131,25 @@ def load_model(path: str, threads: int):
     return session, inp.name, session.get_outputs()[0].name, fixed, load_ms
 
 
-def predict(session, in_name: str, out_name: str, x: np.ndarray, fixed: int | None, step: int = 64) -> np.ndarray:
-    """Logits for every sample of ``x``; a fixed-batch model gets padded batches of its size."""
+def predict(
+    session, in_name: str, out_name: str, x: np.ndarray, fixed: int | None, step: int = 64, plan: dict | None = None
+) -> np.ndarray:
+    """Logits for every sample of ``x`` (raw samples, preprocessed per batch with ``plan``); a
+    fixed-batch model gets padded batches of its size. NaN or Inf outputs are an error."""
+    if not fixed and len(x):
+        # large inputs get small batches, as in the pipeline (1 MiB of float32 input per batch)
+        step = max(1, min(step, (1024 * 1024) // (4 * int(np.prod(np.shape(x)[1:])) or 1)))
     step = fixed or step
     out = []
     for start in range(0, len(x), step):
-        xb = x[start : start + step]
+        xb = apply_preprocess(np.asarray(x[start : start + step]), plan)
         real = len(xb)
         if fixed and real < fixed:
             xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - real, axis=0)])
-        logits = session.run([out_name], {in_name: np.ascontiguousarray(xb, dtype=np.float32)})[0]
-        out.append(np.asarray(logits)[:real])
+        logits = np.asarray(session.run([out_name], {in_name: np.ascontiguousarray(xb, dtype=np.float32)})[0])
+        if not np.isfinite(logits[:real]).all():
+            raise SystemExit(f"error: the model gives NaN or Inf outputs for samples {start}..{start + real - 1}")
+        out.append(logits[:real])
     return np.concatenate(out)
 
 
@@ -99,10 +188,10 @@ def latency(
     }
 
 
-def shape_inputs(x: np.ndarray, input_shape: list) -> np.ndarray:
-    """Add the batch axis to a single sample."""
-    x = np.asarray(x, dtype=np.float32)
-    if input_shape and list(x.shape) == list(input_shape):
+def shape_inputs(x: np.ndarray, sample_shapes: list) -> np.ndarray:
+    """Add the batch axis to a single sample (of any of ``sample_shapes``)."""
+    x = np.asarray(x)
+    if any(shape and list(x.shape) == list(shape) for shape in sample_shapes):
         x = x[None]
     return x
 
@@ -129,6 +218,12 @@ def main(argv: list | None = None) -> int:
         default=None,
         help="predict these inputs (one sample or a batch per file) instead of evaluating",
     )
+    parser.add_argument(
+        "--no-preprocess",
+        action="store_true",
+        help="--inputs are already model inputs; by default they are raw samples like eval.npz "
+        "(e.g. uint8 images) and get the recorded preprocessing (manifest.json 'preprocess')",
+    )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: as measured)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls before timing")
     parser.add_argument("--iterations", type=int, default=None, help="timed calls, at least")
@@ -153,11 +248,16 @@ def main(argv: list | None = None) -> int:
         "load_time_ms": load_ms,
     }
 
+    plan = manifest.get("preprocess") or None
     if args.inputs:
-        x = np.concatenate(
-            [shape_inputs(np.load(f, allow_pickle=False), manifest.get("input_shape")) for f in args.inputs]
-        )
-        logits = predict(session, in_name, out_name, x, fixed)
+        data_file = os.path.join(args.bundle, manifest.get("data", "eval.npz"))
+        raw_shape = None
+        if os.path.isfile(data_file):
+            with np.load(data_file, allow_pickle=False) as npz:
+                raw_shape = list(npz["x"].shape[1:])
+        shapes = [manifest.get("input_shape")] if args.no_preprocess else [raw_shape, manifest.get("input_shape")]
+        x = np.concatenate([shape_inputs(np.load(f, allow_pickle=False), shapes) for f in args.inputs])
+        logits = predict(session, in_name, out_name, x, fixed, plan=None if args.no_preprocess else plan)
         pred = logits.argmax(axis=1).tolist()
         report.update(
             samples=len(pred), predictions=pred, labels=[labels[p] if p < len(labels) else str(p) for p in pred]
@@ -166,14 +266,14 @@ def main(argv: list | None = None) -> int:
         return 0
 
     with np.load(os.path.join(args.bundle, manifest.get("data", "eval.npz")), allow_pickle=False) as npz:
-        x = np.ascontiguousarray(npz["x"], dtype=np.float32)
+        x = npz["x"]  # raw samples, as stored; preprocessed batch by batch
         y = np.asarray(npz["y"], dtype=np.int64)
-    logits = predict(session, in_name, out_name, x, fixed)
+    logits = predict(session, in_name, out_name, x, fixed, plan=plan)
     correct = int((logits.argmax(axis=1) == y).sum())
     report.update(samples=len(x), correct=correct, accuracy=correct / len(x), eval_split=manifest.get("eval_split"))
     if not args.no_latency:
         batch = int(measure.get("batch_size", 1))
-        sample = np.concatenate([x] * (-(-batch // len(x))))[:batch]
+        sample = apply_preprocess(np.concatenate([x[:batch]] * (-(-batch // len(x))))[:batch], plan)
         report["latency_ms"] = latency(
             session,
             in_name,
