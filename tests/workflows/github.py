@@ -347,7 +347,7 @@ class RestApi:
 # -- act ------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class ActRun:
     """One workflow run: act's exit code and log, and what the run left behind."""
 
@@ -358,13 +358,29 @@ class ActRun:
     returncode: int
     log: str
     seconds: float
-    summaries: dict[str, str]
-    """Job summaries by ``job`` (matrix jobs: ``job``, ``job-2``, ...)."""
     head_sha: str | None = None
     """For a pull-request check: the head of the pull request it checked."""
 
+    @property
+    def summaries(self) -> dict[str, str]:
+        """The job summaries (``$GITHUB_STEP_SUMMARY``) by job id, as act prints them; the
+        summaries of a matrix job's instances are joined."""
+        out: dict[str, str] = {}
+        job, text = None, []
+        for line in self.log.splitlines() + ["[end/end]"]:
+            m = re.match(r"^\[(?:[^\]]*/)?([^\]/]+?)(?:-\d+)?\]", line)
+            if m:
+                if job is not None:
+                    out[job] = out.get(job, "") + "\n".join(text) + "\n"
+                job, text = None, []
+                if "⚙  Summary - " in line:
+                    job, text = m.group(1), [line.split("⚙  Summary - ", 1)[1]]
+            elif job is not None:
+                text.append(line)
+        return out
+
     def job_lines(self, job: str) -> list[str]:
-        return [line for line in self.log.splitlines() if re.match(rf"^\[[^\]]*/{re.escape(job)}(-\d+)?\]", line)]
+        return [line for line in self.log.splitlines() if re.match(rf"^\[(?:[^\]]*/)?{re.escape(job)}(-\d+)?\]", line)]
 
     def succeeded(self, job: str) -> bool:
         return any("🏁  Job succeeded" in line for line in self.job_lines(job))
@@ -387,7 +403,7 @@ class ActRun:
             out.append(props)
         return out
 
-    def __str__(self) -> str:  # what an assertion shows
+    def __repr__(self) -> str:  # what an assertion shows
         return f"{self.workflow} ({self.event}, run {self.run_id}.{self.attempt}) exit {self.returncode}\n{self.log}"
 
 
@@ -402,9 +418,8 @@ class GitHub:
         self.api = RestApi(ApiState(self.remote))
         self.artifacts = root / "artifacts"
         self.pages = root / "pages" / "site"
-        self.summaries = root / "summaries"
         self.home = root / "runner-home"
-        for d in (self.artifacts, self.pages.parent, self.summaries, self.home):
+        for d in (self.artifacts, self.pages.parent, self.home):
             d.mkdir(parents=True, exist_ok=True)
         # A runner has no git identity and no user git config.
         self.gitconfig = root / "empty-gitconfig"
@@ -477,11 +492,11 @@ class GitHub:
             "--action-cache-path", str(where / "cache"),
             "--actor", actor,
             "--defaultbranch", "main",
+            "--log-prefix-job-id",
             "-s", f"GITHUB_TOKEN={token}",
             "--env", f"GITHUB_RUN_ID={run_id}",
             "--env", f"GITHUB_RUN_ATTEMPT={attempt}",
             "--env", f"GITHUB_API_URL={self.api.url}",
-            "--env", f"GITHUB_TRIGGERING_ACTOR={actor}",
         ]  # fmt: skip
         for uses, folder in STAND_INS.items():
             cmd += ["--local-repository", f"{uses}={ACTIONS / folder}"]
@@ -498,25 +513,18 @@ class GitHub:
             "STANDIN_REMOTE": str(self.remote.path),
             "STANDIN_ARTIFACTS": str(self.artifacts),
             "STANDIN_PAGES": str(self.pages),
-            "STANDIN_SUMMARIES": str(self.summaries),
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_WARN_SCRIPT_LOCATION": "1",
             **(env or {}),
         }
         for key in ("GITHUB_ACTIONS", "GITHUB_TOKEN", "CI_JOB_TOKEN", "HF_TOKEN"):
             run_env.pop(key, None)
-        before = set(self.summaries.iterdir())
         start = time.monotonic()
         proc = subprocess.run(
             cmd, cwd=where, env=run_env, capture_output=True, text=True, timeout=timeout, check=False
         )
         seconds = time.monotonic() - start
-        summaries = {}
-        prefix = f"{run_id}-{attempt}-"
-        for path in sorted(set(self.summaries.iterdir()) - before):
-            if path.name.startswith(prefix):
-                summaries[path.stem[len(prefix) :]] = path.read_text()
-        run = ActRun(workflow, event, run_id, attempt, proc.returncode, proc.stdout + proc.stderr, seconds, summaries)
+        run = ActRun(workflow, event, run_id, attempt, proc.returncode, proc.stdout + proc.stderr, seconds)
         with self._lock:
             self.runs.append(run)
         (where / "act.log").write_text(run.log)

@@ -141,24 +141,6 @@ def checkout_post() -> None:
     workspace = Path(os.environ["GITHUB_WORKSPACE"])
     if (workspace / ".git").is_dir():
         _remove_credentials(workspace)
-    _keep_summary()
-
-
-def _keep_summary() -> None:
-    # Not part of the real action: keep the job summary for the test to read (act deletes the
-    # job's folder when the job ends).
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    keep = os.environ.get("STANDIN_SUMMARIES")
-    if not (summary and keep and Path(summary).is_file()):
-        return
-    name = f"{os.environ['GITHUB_RUN_ID']}-{os.environ['GITHUB_RUN_ATTEMPT']}-{os.environ['GITHUB_JOB']}"
-    matrix = os.environ.get("STANDIN_MATRIX_KEY", "")
-    dest = Path(keep) / (name + (f"-{matrix}" if matrix else "") + ".md")
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = dest.with_name(f"{name}-{n}.md")
-    shutil.copyfile(summary, dest)
 
 
 # -- artifacts ------------------------------------------------------------------------------------

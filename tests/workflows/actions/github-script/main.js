@@ -14,15 +14,22 @@ function command(file, name, value) {
   fs.appendFileSync(process.env[file], `${name}=${value}${os.EOL}`);
 }
 
+// act shows annotations without properties only in its debug log, so each is also printed as
+// a plain line (the Actions log shows both, too: the annotation and the step's output).
+function annotate(level, m) {
+  console.log(`${level}: ${m}`);
+  console.log(`::${level}::${m}`);
+}
+
 const core = {
   info: (m) => console.log(m),
-  notice: (m) => console.log(`::notice::${m}`),
-  warning: (m) => console.log(`::warning::${m}`),
-  error: (m) => console.log(`::error::${m}`),
+  notice: (m) => annotate("notice", m),
+  warning: (m) => annotate("warning", m),
+  error: (m) => annotate("error", m),
   setOutput: (name, value) => command("GITHUB_OUTPUT", name, typeof value === "string" ? value : JSON.stringify(value)),
   setFailed: (m) => {
     process.exitCode = 1;
-    console.log(`::error::${m}`);
+    annotate("error", m);
   },
   getInput: (name) => input(name),
 };
