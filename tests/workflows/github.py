@@ -55,7 +55,12 @@ _GIT_ENV = {
 
 def git(*args: str, cwd: str | Path, env: dict | None = None, check: bool = True) -> str:
     proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False, env={**os.environ, **_GIT_ENV, **(env or {})}
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **_GIT_ENV, **(env or {})},
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} in {cwd} failed: {proc.stderr}")
@@ -105,7 +110,9 @@ class Remote:
         git("remote", "add", "origin", str(path), cwd=self._work)
 
     # What people do: push commits (a person pushes straight past the hook: a maintainer).
-    def commit(self, branch: str, files: dict[str, str | bytes | None], message: str, *, base: str | None = None) -> str:
+    def commit(
+        self, branch: str, files: dict[str, str | bytes | None], message: str, *, base: str | None = None
+    ) -> str:
         """Commit ``files`` (None deletes) on ``branch`` (created from ``base``) and push it."""
         w = self._work
         start = base or (branch if self.sha(branch) else "main")
@@ -520,9 +527,7 @@ class GitHub:
         for key in ("GITHUB_ACTIONS", "GITHUB_TOKEN", "CI_JOB_TOKEN", "HF_TOKEN"):
             run_env.pop(key, None)
         start = time.monotonic()
-        proc = subprocess.run(
-            cmd, cwd=where, env=run_env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(cmd, cwd=where, env=run_env, capture_output=True, text=True, timeout=timeout, check=False)
         seconds = time.monotonic() - start
         run = ActRun(workflow, event, run_id, attempt, proc.returncode, proc.stdout + proc.stderr, seconds)
         with self._lock:

@@ -43,9 +43,7 @@ def run_spec(device: str, quantization: str = "none", pipeline: str | None = Non
         "model:\n  upload: uploads/digits-cnn/model.pkl\n  format: pytorch\n  input_shape: [1, 8, 8]\n"
         "dataset:\n  upload: uploads/digits/dataset.zip\n  split: test\n"
         f"compression:\n  quantization: {quantization}\n  calibration_samples: 32\n"
-        f"device: {device}\n"
-        + (f"pipeline: {pipeline}\n" if pipeline else "")
-        + "runtime: onnxruntime\n"
+        f"device: {device}\n" + (f"pipeline: {pipeline}\n" if pipeline else "") + "runtime: onnxruntime\n"
         "measure: {warmup: 2, min_iterations: 20, min_seconds: 0}\n"
         "gates:\n  min_accuracy: 0.5\n" + extra
     )
@@ -65,10 +63,13 @@ device: "@octocat"
 """
 
 # A stage that fails while the board is unplugged: a flag file in the runner's home.
-PROBE = """import pathlib, sys
+PROBE = """import json, pathlib, sys
+run, stage = pathlib.Path(sys.argv[1]), sys.argv[2]
 flag = pathlib.Path.home() / "board-b-offline"
 if flag.exists():
     sys.exit(f"board-b does not answer ({flag} exists)")
+out = {"schema": 1, "stage": stage, "artifacts": {}, "metrics": {}, "records": {}}
+(run / stage / "outputs.json").write_text(json.dumps(out))
 print("board-b answers")
 """
 PROBED = """schema: 1
@@ -76,7 +77,7 @@ description: The default pipeline, with a check that the board answers before in
 stages:
   - {name: fetch, builtin: fetch, network: true}
   - {name: compile, builtin: compile, needs: [fetch]}
-  - {name: probe, command: [python3, pipelines/stages/probe.py], needs: [compile]}
+  - {name: probe, command: [python3, pipelines/stages/probe.py, "{run}", probe], needs: [compile]}
   - {name: install, builtin: install, needs: [probe]}
   - {name: infer, builtin: infer, needs: [install]}
 """
@@ -103,6 +104,11 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(github) -> Loop:
     return Loop(github)
+
+
+def _deploys(gh: GitHub) -> list[int]:
+    log = gh.pages.parent / "deploys.log"
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
 
 
 def _comment_bodies(gh: GitHub, number: int) -> list[str]:
@@ -256,11 +262,11 @@ def test_merge_runs_every_device_publishes_one_commit_and_deploys_the_site(loop)
     # The plan summary lists the three runs; the publish summary reports them.
     assert all(r in run.summaries["plan"] for r in ("demo/a", "demo/b", "demo/c"))
     assert "demo/b" in run.summaries["publish"]
-    # The site was built from the results commit and deployed.
-    assert (gh.pages.parent / "deployed-from").read_text().strip() == gh.remote.sha("main")
-    pages = {p.relative_to(gh.pages).as_posix() for p in gh.pages.rglob("*.html")}
-    assert "index.html" in pages and any("demo" in p and "/b" in p for p in pages), sorted(pages)[:20]
-    assert "0.9" in (gh.pages / "index.html").read_text() or "accuracy" in (gh.pages / "index.html").read_text()
+    # The site was built from the results commit and deployed: a page per run.
+    assert _deploys(gh).count(run.run_id) == 1
+    for name, board in (("a", "board-a"), ("b", "board-b"), ("c", "board-c")):
+        page = gh.pages / "projects" / "demo" / "runs" / f"{name}.html"
+        assert page.is_file() and board in page.read_text(), name
     # No .qmd or .ipynb post: the Quarto setup is skipped (nothing downloaded for nothing).
     quarto = gh.root / "quarto-setups.log"
     assert not quarto.exists() or str(run.run_id) not in quarto.read_text()
@@ -369,16 +375,14 @@ def test_three_racing_publishers_lose_nothing(loop):
         t.start()
     for t in threads:
         t.join()
-    for name, run in runs.items():
+    for run in runs.values():
         assert run.returncode == 0, run
         assert run.succeeded("publish") and run.succeeded("deploy"), run
     subjects = gh.remote.log(f"{before}..main", "%s")
     assert sorted(subjects) == ["results: demo/a", "results: demo/b", "results: demo/c"], subjects
     for name, created in old.items():
         assert _result(gh, name)["created_at"] > created, name
-    # The deployed site is built from a commit that holds the results of its own publisher.
-    deployed = (gh.pages.parent / "deployed-from").read_text().strip()
-    assert deployed in gh.remote.log(f"{before}..main", "%H")
+    assert sorted(_deploys(gh)[-3:]) == sorted(run.run_id for run in runs.values())
 
 
 # -- who may start device jobs ---------------------------------------------------------------------
@@ -393,7 +397,7 @@ def test_device_jobs_start_only_for_trusted_events(loop, tmp_path):
     assert not refused.ran("run") and not refused.ran("publish")
 
     # A pull request that adds its own trigger to run.yml: the plan job refuses the event.
-    workflow = (Path(gh.root) / "act" / "run-with-pr.yml")
+    workflow = Path(gh.root) / "act" / "run-with-pr.yml"
     workflow.parent.mkdir(parents=True, exist_ok=True)
     text = (Path(__file__).resolve().parents[2] / ".github" / "workflows" / "run.yml").read_text()
     workflow.write_text(text.replace("on:\n  push:", "on:\n  pull_request:\n  push:", 1))

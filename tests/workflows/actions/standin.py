@@ -104,8 +104,16 @@ def checkout() -> None:
         target = ""
     depth_args = [f"--depth={depth}"] if depth > 0 else []
     if depth == 0:
-        _git("fetch", "-q", "--prune", "--no-recurse-submodules", "origin",
-             "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", cwd=workspace)
+        _git(
+            "fetch",
+            "-q",
+            "--prune",
+            "--no-recurse-submodules",
+            "origin",
+            "+refs/heads/*:refs/remotes/origin/*",
+            "+refs/tags/*:refs/tags/*",
+            cwd=workspace,
+        )
     if ref.startswith("refs/pull/"):
         number = ref.split("/")[2]
         local = f"refs/remotes/pull/{number}/merge"
@@ -272,7 +280,8 @@ def deploy_pages() -> None:
     pages.mkdir(parents=True)
     with tarfile.open(tar) as fh:
         fh.extractall(pages, filter="data")
-    (pages.parent / "deployed-from").write_text(os.environ["GITHUB_SHA"] + "\n")
+    with open(pages.parent / "deploys.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{os.environ['GITHUB_RUN_ID']}\n")
     owner, repo = os.environ["GITHUB_REPOSITORY"].split("/")
     url = f"https://{owner}.github.io/{repo}/"
     print(f"Reported success! Deployed {url}")
