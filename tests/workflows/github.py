@@ -410,8 +410,13 @@ class ActRun:
             out.append(props)
         return out
 
-    def __repr__(self) -> str:  # what an assertion shows
-        return f"{self.workflow} ({self.event}, run {self.run_id}.{self.attempt}) exit {self.returncode}\n{self.log}"
+    def report(self, lines: int = 200) -> str:
+        """The end of the log, for an assertion message (pytest shows a string in full)."""
+        tail = "\n".join(self.log.splitlines()[-lines:])
+        return f"{self.workflow} ({self.event}, run {self.run_id}.{self.attempt}) exit {self.returncode}\n{tail}"
+
+    def __repr__(self) -> str:
+        return f"<ActRun {self.workflow} {self.event} {self.run_id}.{self.attempt} exit {self.returncode}>"
 
 
 class GitHub:

@@ -78,7 +78,7 @@ stages:
   - {name: fetch, builtin: fetch, network: true}
   - {name: compile, builtin: compile, needs: [fetch]}
   - {name: probe, command: [python3, pipelines/stages/probe.py, "{run}", probe], needs: [compile]}
-  - {name: install, builtin: install, needs: [probe]}
+  - {name: install, builtin: install, needs: [compile, probe]}
   - {name: infer, builtin: infer, needs: [install]}
 """
 
@@ -134,8 +134,8 @@ def test_a_broken_spec_fails_the_check_with_annotations_and_a_comment(loop):
     )
     check = gh.run_pr_check(loop.pr)
     loop.checks.append(check)
-    assert check.returncode != 0, check
-    assert check.failed("check"), check
+    assert check.returncode != 0, check.report()
+    assert check.failed("check"), check.report()
     errors = [a for a in check.annotations() if a.get("file") == "runs/demo/broken.yaml"]
     lines = sorted(int(a["line"]) for a in errors)
     assert lines == sorted([line_of(BROKEN, "missing.zip"), line_of(BROKEN, "@octocat")]), errors
@@ -144,7 +144,7 @@ def test_a_broken_spec_fails_the_check_with_annotations_and_a_comment(loop):
     assert "runs/demo/broken.yaml" in check.summaries["check"]
 
     comment = gh.run_pr_comment(check, loop.pr)
-    assert comment.returncode == 0, comment
+    assert comment.returncode == 0, comment.report()
     comments = gh.api.comments(1)
     assert len(comments) == 1 and comments[0].user["login"] == "github-actions[bot]"
     body = comments[0].body
@@ -175,10 +175,10 @@ def test_fixing_the_pull_request_updates_the_same_comment(loop):
     )
     check = gh.run_pr_check(loop.pr)
     loop.checks.append(check)
-    assert check.returncode == 0, check
+    assert check.returncode == 0, check.report()
     assert not check.annotations()
     comment = gh.run_pr_comment(check, loop.pr)
-    assert comment.returncode == 0, comment
+    assert comment.returncode == 0, comment.report()
     comments = gh.api.comments(1)
     assert [c.id for c in comments] == [first.id], "the comment is updated in place, not posted again"
     body = comments[0].body
@@ -202,18 +202,18 @@ def test_a_stale_check_and_a_closed_pull_request_get_no_comment(loop):
     stale = loop.checks[0]  # ran for the first head; the pull request has moved on
     before = _comment_bodies(gh, 1)
     run = gh.run_pr_comment(stale, loop.pr)
-    assert run.returncode == 0, run
-    assert not run.step_ran("Create or update the sticky comment"), run
+    assert run.returncode == 0, run.report()
+    assert not run.step_ran("Create or update the sticky comment"), run.report()
     assert "newer than the checked" in run.log
     assert _comment_bodies(gh, 1) == before
 
     other = gh.remote.open_pr(2, "closed-idea", {"runs/demo/idea.yaml": run_spec("board-a")}, "An idea")
     check = gh.run_pr_check(other)
-    assert check.returncode == 0, check
+    assert check.returncode == 0, check.report()
     other.state = "closed"
     run = gh.run_pr_comment(check, other)
-    assert run.returncode == 0, run
-    assert not run.step_ran("Create or update the sticky comment"), run
+    assert run.returncode == 0, run.report()
+    assert not run.step_ran("Create or update the sticky comment"), run.report()
     assert gh.api.comments(2) == []
 
 
@@ -234,7 +234,7 @@ def test_a_forged_pr_number_is_refused(loop, number, why):
     before = {n: _comment_bodies(gh, n) for n in (1, 3)}
     check = type("Check", (), {"run_id": run_id, "returncode": 0, "head_sha": evil.head})()
     run = gh.run_pr_comment(check, evil)
-    assert run.returncode != 0, run
+    assert run.returncode != 0, run.report()
     assert why in run.log and "refused" in run.log
     assert not run.step_ran("Create or update the sticky comment")
     assert {n: _comment_bodies(gh, n) for n in (1, 3)} == before
@@ -248,9 +248,9 @@ def test_merge_runs_every_device_publishes_one_commit_and_deploys_the_site(loop)
     before = gh.remote.sha("main")
     merge = gh.remote.merge_pr(1)
     run = gh.run_push(before, merge)
-    assert run.returncode == 0, run
+    assert run.returncode == 0, run.report()
     for job in ("plan", "publish", "build", "deploy"):
-        assert run.succeeded(job), f"{job}:\n{run}"
+        assert run.succeeded(job), f"{job}:\n{run.report()}"
     assert sum("🏁  Job succeeded" in line for line in run.job_lines("run")) == 3
     log = gh.remote.log("main", "%an|%s")
     assert log[0] == "github-actions[bot]|results: demo/a, demo/b, demo/c", log[:3]
@@ -277,8 +277,8 @@ def test_an_unchanged_rerun_does_nothing(loop):
     before = gh.remote.log("main", "%H")
     # select "*": a glob for tinymlaas, not for the shell (bash would expand it to file names).
     run = gh.run_dispatch(inputs={"select": "*", "force": False})
-    assert run.returncode == 0, run
-    assert run.succeeded("plan"), run
+    assert run.returncode == 0, run.report()
+    assert run.succeeded("plan"), run.report()
     assert "jobs=0" in run.log
     for job in ("run", "publish", "build", "deploy"):
         assert not run.ran(job), job
@@ -306,8 +306,8 @@ def test_a_forced_dispatch_runs_again_and_artifacts_cannot_plant_files(loop):
     readme = gh.remote.show("main", "README.md")
 
     run = gh.run_dispatch(inputs={"select": "demo/a", "force": True}, run_id=run_id)
-    assert run.returncode == 0, run
-    assert re.search(r"jobs=1\b", run.log), run
+    assert run.returncode == 0, run.report()
+    assert re.search(r"jobs=1\b", run.log), run.report()
     new = _result(gh, "demo/a")
     assert new["created_at"] > old["created_at"]
     assert gh.remote.log("main", "%s")[0] == "results: demo/a"
@@ -327,22 +327,25 @@ def test_a_rerun_of_a_failed_job_publishes_the_rerun(loop):
             "runs/demo/d.yaml": run_spec("board-b", pipeline="probed"),
             "pipelines/probed.yaml": PROBED,
             "pipelines/stages/probe.py": PROBE,
+            "site/docs/research/posts/probe-notes.qmd": "---\ntitle: Probe notes\n---\n\nWhat the probe checks.\n",
         },
         "A run that checks its board first",
     )
     merge = gh.remote.merge_pr(pr.number)
     offline.write_text("unplugged\n")
     first = gh.run_push(before, merge)
-    assert first.failed("run"), first
+    assert first.failed("run"), first.report()
     assert _result(gh, "demo/d") is None
     offline.unlink()
     # "Re-run failed jobs": the same workflow run, attempt 2.
     second = gh.run_push(before, merge, run_id=first.run_id, attempt=2)
-    assert second.returncode == 0, second
-    assert second.succeeded("publish"), second
+    assert second.returncode == 0, second.report()
+    assert second.succeeded("publish"), second.report()
     result = _result(gh, "demo/d")
     assert result is not None and result["status"] == "succeeded", gh.remote.log("main")[:3]
     assert gh.remote.log("main", "%s")[0] == "results: demo/d"
+    # The repository now has a .qmd post: the site build sets up Quarto.
+    assert f"{second.run_id} build" in (gh.root / "quarto-setups.log").read_text()
 
 
 def test_a_protected_branch_fails_at_once_with_the_servers_reason(loop):
@@ -353,7 +356,7 @@ def test_a_protected_branch_fails_at_once_with_the_servers_reason(loop):
         run = gh.run_dispatch(inputs={"select": "demo/c", "force": True})
     finally:
         gh.remote.protect("main", on=False)
-    assert run.failed("publish"), run
+    assert run.failed("publish"), run.report()
     assert "GH006: Protected branch update failed for refs/heads/main" in run.log
     assert "kept moving" not in run.log
     assert "protected branch" in run.log and "--branch" in run.log
@@ -376,8 +379,8 @@ def test_three_racing_publishers_lose_nothing(loop):
     for t in threads:
         t.join()
     for run in runs.values():
-        assert run.returncode == 0, run
-        assert run.succeeded("publish") and run.succeeded("deploy"), run
+        assert run.returncode == 0, run.report()
+        assert run.succeeded("publish") and run.succeeded("deploy"), run.report()
     subjects = gh.remote.log(f"{before}..main", "%s")
     assert sorted(subjects) == ["results: demo/a", "results: demo/b", "results: demo/c"], subjects
     for name, created in old.items():
@@ -392,7 +395,7 @@ def test_device_jobs_start_only_for_trusted_events(loop, tmp_path):
     gh = loop.gh
     gh.api.state.permissions["mallory"] = "read"
     refused = gh.run_dispatch(inputs={"select": "demo/a", "force": True}, actor="mallory")
-    assert refused.failed("plan"), refused
+    assert refused.failed("plan"), refused.report()
     assert "mallory has read access" in refused.log
     assert not refused.ran("run") and not refused.ran("publish")
 
@@ -406,6 +409,6 @@ def test_device_jobs_start_only_for_trusted_events(loop, tmp_path):
         "pull_request", "run.yml", gh.pull_request_event(pr), sha=gh.remote.merge_ref(5), branch=None,
         workflow_file=workflow, actor="mallory",
     )  # fmt: skip
-    assert run.failed("plan"), run
+    assert run.failed("plan"), run.report()
     assert "the pull_request event never starts device jobs" in run.log
     assert not run.ran("run")
