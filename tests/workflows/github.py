@@ -436,6 +436,12 @@ class GitHub:
         # A runner has no git identity and no user git config.
         self.gitconfig = root / "empty-gitconfig"
         self.gitconfig.write_text("")
+        # This runner's pip uses what its Python already has: the build backend (no isolated
+        # build environment to fill) and the dependencies (no resolving dozens of installed
+        # packages). Each job still builds and installs the package the workflow names; a
+        # fresh install with dependency resolution is what .ci/run does.
+        self.pipconf = root / "runner-pip.conf"
+        self.pipconf.write_text("[install]\nno-build-isolation = false\nno-deps = true\n")
         self._run_ids = itertools.count(100)
         self._lock = threading.Lock()
         self.runs: list[ActRun] = []
@@ -525,6 +531,7 @@ class GitHub:
             "STANDIN_REMOTE": str(self.remote.path),
             "STANDIN_ARTIFACTS": str(self.artifacts),
             "STANDIN_PAGES": str(self.pages),
+            "PIP_CONFIG_FILE": str(self.pipconf),
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_WARN_SCRIPT_LOCATION": "1",
             **(env or {}),

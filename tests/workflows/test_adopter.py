@@ -44,7 +44,7 @@ def test_an_init_made_repository_goes_through_the_loop(adopter_github: GitHub, t
     pr = gh.remote.open_pr(1, "fp32-baseline", {"runs/example/digits-fp32.yaml": fp32}, "An fp32 baseline")
     check = gh.run_pr_check(pr)
     assert check.returncode == 0, check.report()
-    assert "Requirement already satisfied: tinymlaas-ci" in check.log  # the release, not a checkout
+    assert "Requirement already satisfied: tinymlaas-ci" in check.log  # the release, not the checkout
     comment = gh.run_pr_comment(check, pr)
     assert comment.returncode == 0, comment.report()
     [posted] = gh.api.comments(1)
