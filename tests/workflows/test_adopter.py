@@ -1,7 +1,8 @@
 """The repository ``tinymlaas init`` makes goes through the same loop under act: a pull request
 adds a run, the check comments, the merge runs both runs on the runner and publishes them, the
 site is deployed. Its workflows install the released package (``pip install tinymlaas-ci``),
-which the stand-in Python already holds."""
+which the stand-in Python already holds. ``init`` makes no ``site/`` folder, and the site build
+asks for one; the repository gets a copy of this project's, as the build's hint says."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.workflows.conftest import project_tree
 from tests.workflows.github import GitHub
 
 pytestmark = pytest.mark.slow
@@ -25,11 +27,15 @@ def _init(dest: Path) -> dict[str, bytes]:
     # This runner has no Docker engine: the device file says to run stages as local processes.
     host = dest / "devices" / "host.yaml"
     host.write_text(host.read_text() + "executor: local\n")
-    return {
+    tree = {
         p.relative_to(dest).as_posix(): p.read_bytes()
         for p in sorted(dest.rglob("*"))
         if p.is_file() and ".git" not in p.relative_to(dest).parts
     }
+    # init makes no site/ yet; the site build says to copy the project's, and so does this test.
+    assert not any(f.startswith("site/") for f in tree)
+    tree.update({f: data for f, data in project_tree().items() if f.startswith("site/")})
+    return tree
 
 
 def test_an_init_made_repository_goes_through_the_loop(adopter_github: GitHub, tmp_path):
