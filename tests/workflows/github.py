@@ -436,12 +436,14 @@ class GitHub:
         # A runner has no git identity and no user git config.
         self.gitconfig = root / "empty-gitconfig"
         self.gitconfig.write_text("")
-        # This runner's pip uses what its Python already has: the build backend (no isolated
-        # build environment to fill) and the dependencies (no resolving dozens of installed
-        # packages). Each job still builds and installs the package the workflow names; a
-        # fresh install with dependency resolution is what .ci/run does.
+        # This runner's pip takes the dependencies its Python already has as they are (no
+        # resolving dozens of installed packages); in the stand-in setup-python's environment it
+        # also builds with the installed build backend. Each job still builds and installs the
+        # package the workflow names; a fresh install that resolves everything is .ci/run's.
         self.pipconf = root / "runner-pip.conf"
-        self.pipconf.write_text("[install]\nno-build-isolation = false\nno-deps = true\n")
+        self.pipconf.write_text("[install]\nno-deps = true\n")
+        self.pipconf_python = root / "setup-python-pip.conf"
+        self.pipconf_python.write_text("[install]\nno-deps = true\nno-build-isolation = false\n")
         self._run_ids = itertools.count(100)
         self._lock = threading.Lock()
         self.runs: list[ActRun] = []
@@ -532,6 +534,7 @@ class GitHub:
             "STANDIN_ARTIFACTS": str(self.artifacts),
             "STANDIN_PAGES": str(self.pages),
             "PIP_CONFIG_FILE": str(self.pipconf),
+            "STANDIN_PIP_CONFIG": str(self.pipconf_python),
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_WARN_SCRIPT_LOCATION": "1",
             **(env or {}),

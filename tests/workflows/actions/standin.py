@@ -247,6 +247,10 @@ def setup_python() -> None:
         (venv / "bin" / "pip3").symlink_to("pip")
     with open(os.environ["GITHUB_PATH"], "a", encoding="utf-8") as fh:
         fh.write(f"{venv}/bin\n")
+    if os.environ.get("STANDIN_PIP_CONFIG"):
+        # This environment has a current build backend: pip may build with it (see github.py).
+        with open(os.environ["GITHUB_ENV"], "a", encoding="utf-8") as fh:
+            fh.write(f"PIP_CONFIG_FILE={os.environ['STANDIN_PIP_CONFIG']}\n")
     got = subprocess.run([str(venv / "bin" / "python"), "-V"], capture_output=True, text=True).stdout.strip()
     print(f"python-version {version}: using {got} with the machine's packages")
     _output("python-version", got.split()[-1])
