@@ -285,13 +285,16 @@ def test_an_unchanged_rerun_does_nothing(loop):
     assert gh.remote.log("main", "%H") == before
 
 
-def test_a_forced_dispatch_runs_again_and_artifacts_cannot_plant_files(loop):
-    """``force: true`` re-runs an up-to-date run; a compromised runner's artifact cannot put
-    anything but result files into the publishing checkout (which holds the write token)."""
+def test_forced_dispatches_race_to_publish_and_lose_nothing(loop):
+    """Three forced dispatches, one run each: ``force: true`` re-runs an up-to-date run, the
+    three publishers race for ``main`` and every result lands. One device's runner is
+    compromised: its artifact cannot put anything but result files into the publishing checkout
+    (which holds the write token)."""
     gh = loop.gh
-    old = _result(gh, "demo/a")
-    run_id = gh.next_run_id()
-    planted = gh.artifacts / str(run_id) / "results-board-z"
+    before = gh.remote.sha("main")
+    old = {r: _result(gh, r)["created_at"] for r in ("demo/a", "demo/b", "demo/c")}
+    run_ids = {name: gh.next_run_id() for name in old}
+    planted = gh.artifacts / str(run_ids["demo/a"]) / "results-board-z"
     marker = gh.root / "hook-ran"
     hook = f"#!/bin/sh\necho \"$(git config --get-regexp 'http.*extraheader')\" > {marker}\n"
     for rel, text in {
@@ -304,16 +307,29 @@ def test_a_forced_dispatch_runs_again_and_artifacts_cannot_plant_files(loop):
         (planted / rel).write_text(text)
         (planted / rel).chmod(0o755)
     readme = gh.remote.show("main", "README.md")
+    runs: dict[str, object] = {}
 
-    run = gh.run_dispatch(inputs={"select": "demo/a", "force": True}, run_id=run_id)
-    assert run.returncode == 0, run.report()
-    assert re.search(r"jobs=1\b", run.log), run.report()
-    new = _result(gh, "demo/a")
-    assert new["created_at"] > old["created_at"]
-    assert gh.remote.log("main", "%s")[0] == "results: demo/a"
+    def dispatch(name: str) -> None:
+        runs[name] = gh.run_dispatch(inputs={"select": name, "force": True}, run_id=run_ids[name])
+
+    threads = [threading.Thread(target=dispatch, args=(name,)) for name in old]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for run in runs.values():
+        assert run.returncode == 0, run.report()
+        assert re.search(r"jobs=1\b", run.log), run.report()
+        assert run.succeeded("publish") and run.succeeded("deploy"), run.report()
+    subjects = gh.remote.log(f"{before}..main", "%s")
+    assert sorted(subjects) == ["results: demo/a", "results: demo/b", "results: demo/c"], subjects
+    for name, created in old.items():
+        assert _result(gh, name)["created_at"] > created, name
+    assert sorted(_deploys(gh)[-3:]) == sorted(run_ids.values())
+    # The planted files stayed in the artifact.
     assert gh.remote.show("main", "README.md") == readme
     assert not marker.exists(), "a hook from an artifact ran in the publishing checkout"
-    assert "ignored .git/hooks/post-commit" in run.log
+    assert "ignored .git/hooks/post-commit" in runs["demo/a"].log
 
 
 def test_a_rerun_of_a_failed_job_publishes_the_rerun(loop):
@@ -362,30 +378,6 @@ def test_a_protected_branch_fails_at_once_with_the_servers_reason(loop):
     assert "protected branch" in run.log and "--branch" in run.log
     assert not run.ran("build") and not run.ran("deploy")
     assert gh.remote.log("main", "%H") == before
-
-
-def test_three_racing_publishers_lose_nothing(loop):
-    gh = loop.gh
-    before = gh.remote.sha("main")
-    old = {r: _result(gh, r)["created_at"] for r in ("demo/a", "demo/b", "demo/c")}
-    runs: dict[str, object] = {}
-
-    def dispatch(name: str) -> None:
-        runs[name] = gh.run_dispatch(inputs={"select": name, "force": True})
-
-    threads = [threading.Thread(target=dispatch, args=(name,)) for name in old]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for run in runs.values():
-        assert run.returncode == 0, run.report()
-        assert run.succeeded("publish") and run.succeeded("deploy"), run.report()
-    subjects = gh.remote.log(f"{before}..main", "%s")
-    assert sorted(subjects) == ["results: demo/a", "results: demo/b", "results: demo/c"], subjects
-    for name, created in old.items():
-        assert _result(gh, name)["created_at"] > created, name
-    assert sorted(_deploys(gh)[-3:]) == sorted(run.run_id for run in runs.values())
 
 
 # -- who may start device jobs ---------------------------------------------------------------------
