@@ -164,6 +164,7 @@ def test_plan_json_structure(demo: Path):
             {
                 "device": "host",
                 "runner": ["self-hosted", "host"],
+                "executor": "docker",
                 "runs": ["demo/cnn-none", "demo/cnn-fp16", "demo/small"],
             }
         ]

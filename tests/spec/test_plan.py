@@ -132,7 +132,12 @@ def test_plan_json_matrix_groups_pending_runs_by_device(repo: Path):
     assert _plan(repo).to_json()["matrix"] == {
         "include": [
             # grid-host is up to date, so host has nothing pending and no job.
-            {"device": "rpi4", "runner": ["self-hosted", "rpi4"], "runs": ["p/grid-rpi4", "p/solo"]},
+            {
+                "device": "rpi4",
+                "runner": ["self-hosted", "rpi4"],
+                "executor": "docker",
+                "runs": ["p/grid-rpi4", "p/solo"],
+            },
         ]
     }
     _write(repo, "runs/p/results/grid-host.json", '{"run": {"spec_hash": "stale"}}')

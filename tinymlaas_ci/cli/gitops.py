@@ -29,7 +29,8 @@ def register(sub) -> None:
         "whose message lists the runs with their status and accuracy, and push it. When the push is "
         "rejected because the branch moved, fetch, rebase onto it and try again with backoff. When "
         "two jobs wrote the same run, the result with the newer created_at is kept. Nothing to "
-        "commit is not an error (exit 0).",
+        "commit is not an error (exit 0). In GitHub Actions ($GITHUB_OUTPUT set) it writes the step "
+        "outputs committed (true when result commits reached the branch), commit, pushed and files.",
     )
     p.add_argument(
         "paths",
@@ -145,6 +146,11 @@ def cmd_results_commit(args) -> int:
         dry_run=args.dry_run,
     )
     print(outcome.describe())
+    output = os.environ.get("GITHUB_OUTPUT")
+    if output and not args.dry_run:
+        # The step's outputs: whether result commits reached the branch, and which commit.
+        with open(output, "a", encoding="utf-8") as fh:
+            fh.writelines(f"{key}={value}\n" for key, value in outcome.github_outputs().items())
     return 0
 
 

@@ -55,6 +55,12 @@ def register(sub) -> None:
         help="only runs matching PROJECT, RUN or PROJECT/RUN (glob; repeatable)",
     )
     p.add_argument("--pending", action="store_true", help="only runs that are new or changed")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="put up-to-date runs in the job matrix too (what a forced run does); the default matrix "
+        "holds only new and changed runs",
+    )
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
@@ -161,7 +167,7 @@ def cmd_plan(args) -> int:
 
         result = Plan(tuple(r for r in result.runs if r.pending))
     if args.format == "json":
-        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        print(json.dumps(result.to_json(force=args.force), indent=2, sort_keys=True))
     elif args.format == "markdown":
         from tinymlaas_ci.gitops.markdown import plan_markdown
 

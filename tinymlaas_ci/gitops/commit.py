@@ -8,6 +8,11 @@ branch moved, fetches, rebases onto it and tries again with a growing, jittered 
 Result files are per run (``runs/<project>/results/<run>.json``), so a rebase can only conflict
 when two jobs wrote the *same* run. Then the result with the newer ``created_at`` wins and the
 outcome says which one was kept; results of different runs are never dropped.
+
+A push the server refuses for another reason (a protected branch, missing permission) is not a
+race: it fails at once with the server's own words. Running the command again is safe: result
+commits of an earlier call that never reached the remote (the job was killed between commit
+and push) are pushed then.
 """
 
 from __future__ import annotations
@@ -26,16 +31,15 @@ __all__ = ["CommitOutcome", "changed_result_files", "commit_message", "commit_re
 
 """Where result files live, relative to the repository root; nothing else is ever committed."""
 
-# Substrings of a failed push's stderr that mean "someone else pushed first": worth a rebase.
-_RACE_MARKERS = (
-    "[rejected]",
-    "non-fast-forward",
-    "fetch first",
-    "failed to update ref",
-    "cannot lock ref",
-    "incorrect old value",
-    "failed to push some refs",
-)
+# Why git says a ref was rejected, from `git push --porcelain`: "!<TAB>src:dst<TAB>[rejected]
+# (fetch first)". Only these mean "someone else pushed first", worth a fetch and a rebase: the
+# client saw the branch move, or the server lost the race to update the ref. Everything else
+# ("[remote rejected] (pre-receive hook declined)" for a protected branch, permission errors)
+# would be refused again after any number of retries.
+_RACE_REASONS = {
+    "[rejected]": ("fetch first", "non-fast-forward", "stale info"),
+    "[remote rejected]": ("cannot lock ref", "incorrect old value", "failed to update ref"),
+}
 _MAX_PAUSE = 30.0
 
 
@@ -56,11 +60,31 @@ class CommitOutcome:
     """The commit message."""
     superseded: list[str] = field(default_factory=list)
     """One line per same-run conflict, saying which result was kept and why."""
+    earlier: list[str] = field(default_factory=list)
+    """``<sha> <subject>`` of result commits made before this call that the remote lacked and
+    that this call pushed (an earlier call was stopped between its commit and its push)."""
     dry_run: bool = False
 
     @property
     def committed(self) -> bool:
         return self.commit is not None
+
+    @property
+    def published(self) -> bool:
+        """True when this call put result commits on the remote branch: its own, or earlier
+        ones it pushed. False when nothing changed or newer results on the remote won."""
+        return self.pushed and (self.committed or bool(self.earlier))
+
+    def github_outputs(self) -> dict[str, str]:
+        """Step outputs for GitHub Actions: ``committed`` (true when result commits reached
+        the branch: the site must be rebuilt from ``commit``), ``commit`` (the pushed commit,
+        empty when none), ``pushed`` and ``files`` (how many result files the commit holds)."""
+        return {
+            "committed": "true" if self.published else "false",
+            "commit": (self.commit or "") if self.published else "",
+            "pushed": "true" if self.pushed else "false",
+            "files": str(len(self.files) if self.committed else 0),
+        }
 
     def describe(self) -> str:
         """A few lines for the terminal and the Actions log."""
@@ -72,14 +96,18 @@ class CommitOutcome:
             lines += [f"  {f}" for f in self.files]
             lines += ["", self.message]
             return "\n".join(lines)
-        if not self.committed:
-            lines.append(
-                "nothing to commit: no new or changed result files"
-                if not self.superseded
-                else "nothing to commit: the remote already holds newer results"
-            )
-            return "\n".join(lines)
         tries = "" if self.attempts <= 1 else f" after {self.attempts} attempts"
+        if self.earlier:
+            lines.append(f"pushed {len(self.earlier)} earlier result commit(s) the remote lacked{tries}:")
+            lines += [f"  {c}" for c in self.earlier]
+        if not self.committed:
+            if not self.earlier:
+                lines.append(
+                    "nothing to commit: no new or changed result files"
+                    if not self.superseded
+                    else "nothing to commit: the remote already holds newer results"
+                )
+            return "\n".join(lines)
         lines.append(
             f"committed {len(self.files)} result file(s) as {self.commit[:12]}"
             + (f" and pushed{tries}" if self.pushed else " (not pushed)")
@@ -166,9 +194,41 @@ def _created_at(data: bytes | None) -> str:
         return ""
 
 
-def _is_race(err: GitError) -> bool:
-    text = getattr(err, "stderr", "").lower()
-    return any(m in text for m in _RACE_MARKERS)
+def _is_race(porcelain: str) -> bool:
+    """True when every rejected ref in ``git push --porcelain`` output lost a race."""
+    rejected = [line.split("\t", 2)[2] for line in porcelain.splitlines() if line.startswith("!\t")]
+    if not rejected:
+        return False
+    for summary in rejected:
+        flag, _, reason = summary.partition(" (")
+        if not any(r in reason for r in _RACE_REASONS.get(flag.strip(), ())):
+            return False
+    return True
+
+
+def _refusal(stderr: str, porcelain: str) -> str:
+    """The server's reason for refusing a push: its ``remote:`` lines, else git's summary."""
+    said = [line[len("remote:") :].strip() for line in stderr.splitlines() if line.startswith("remote:")]
+    said = [line for line in said if line]
+    if said:
+        return " ".join(said)
+    rejected = [line.split("\t", 2)[2] for line in porcelain.splitlines() if line.startswith("!\t")]
+    if rejected:
+        return "; ".join(rejected)
+    return stderr.strip().splitlines()[-1] if stderr.strip() else "no reason given"
+
+
+def _unpushed(root: Path, upstream: str) -> list[tuple[str, str, list[str]]]:
+    """``(sha, subject, files)`` of the commits in HEAD that ``upstream`` lacks, oldest first."""
+    if rev_parse(root, upstream) is None:
+        return []
+    out = []
+    shas = git(root, "rev-list", "--reverse", f"{upstream}..HEAD").stdout.decode().split()
+    for sha in shas:
+        subject = git(root, "log", "-1", "--format=%s", sha).stdout.decode().strip()
+        files = git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", "-z", "--root", sha).stdout.decode()
+        out.append((sha, subject, sorted(f for f in files.split("\0") if f)))
+    return out
 
 
 def _pause(attempt: int, backoff: float) -> None:
@@ -196,16 +256,20 @@ def commit_results(
     followed by ``git fetch`` and ``git rebase`` onto it, then another push, up to ``retries``
     more times with exponential backoff (``backoff`` seconds, doubled each time, jittered).
     When a rebase conflicts, both sides wrote the same run: the result with the newer
-    ``created_at`` is kept and :attr:`CommitOutcome.superseded` says so.
+    ``created_at`` is kept and :attr:`CommitOutcome.superseded` says so. A push the server
+    refuses for any other reason (a protected branch) raises :class:`GitError` at once, with the
+    server's message.
 
-    Nothing changed is not an error: the outcome has ``commit=None``.
+    Result commits of an earlier call that ``remote`` lacks are pushed too (and listed in
+    :attr:`CommitOutcome.earlier`), so calling it again after an interrupted call publishes what
+    that call committed. Nothing changed is not an error: the outcome has ``commit=None``.
     """
     root = toplevel(repo_root)
     files = _select(root, paths)
     summaries = _summaries(root, files)
     message = commit_message(message_prefix, summaries)
     outcome = CommitOutcome(files=files, runs=[s[0] for s in summaries], message=message, dry_run=dry_run)
-    if dry_run or not files:
+    if dry_run or (not files and not push):
         return outcome
     if retries < 0:
         raise UsageError(f"--retries {retries}: must be 0 or more")
@@ -215,27 +279,63 @@ def commit_results(
             "HEAD is detached, so there is no branch to push to",
             hint='pass --branch BRANCH (in Actions: --branch "$GITHUB_REF_NAME")',
         )
-    # Keep our bytes: a conflict resolution must be able to put them back exactly.
-    ours = {rel: (root / rel).read_bytes() for rel in files}
-    git(root, "add", "--", *files)
-    # The pathspec commits these files only, even when someone else staged other changes.
-    git(root, "commit", "--quiet", "--no-verify", "-m", message, "--", *files)
-    outcome.commit = rev_parse(root, "HEAD")
-    if not push:
-        return outcome
     target = f"refs/heads/{branch}"
     upstream = f"refs/remotes/{remote}/{branch}"
+    if not files:
+        # Nothing new here; but an earlier call may have committed and been stopped before its
+        # push. A remote without the branch, or out of reach, leaves nothing to compare with.
+        git(root, "fetch", "--quiet", remote, f"+{target}:{upstream}", check=False)
+    earlier = _unpushed(root, upstream) if push else []
+    others = [f"{sha[:12]} {subject}" for sha, subject, changed in earlier if not all(map(RESULT_PATH.match, changed))]
+    if others:
+        raise UsageError(
+            f"HEAD has commits that {remote}/{branch} lacks and that change more than result files: "
+            + ", ".join(others),
+            hint="push or drop them first; this command publishes result commits only",
+        )
+    if not files and not earlier:
+        return outcome
+    # Keep our bytes: a conflict resolution must be able to put them back exactly. Result files
+    # of earlier unpushed commits too: their rebase is settled the same way.
+    ours = {rel: (root / rel).read_bytes() for _, _, changed in earlier for rel in changed if (root / rel).is_file()}
+    ours.update({rel: (root / rel).read_bytes() for rel in files})
+    if files:
+        git(root, "add", "--", *files)
+        # The pathspec commits these files only, even when someone else staged other changes.
+        git(root, "commit", "--quiet", "--no-verify", "-m", message, "--", *files)
+        outcome.commit = rev_parse(root, "HEAD")
+    if not push:
+        return outcome
     for attempt in range(1, retries + 2):
         outcome.attempts = attempt
         proc = git(root, "push", "--porcelain", remote, f"HEAD:{target}", check=False)
         if proc.returncode == 0:
             outcome.pushed = True
-            outcome.commit = rev_parse(root, "HEAD")
+            if outcome.commit is not None:
+                outcome.commit = rev_parse(root, "HEAD")
+            # Named as they were committed: a rebase gave them new ids.
+            outcome.earlier = [f"{sha[:12]} {subject}" for sha, subject, _ in earlier]
+            if not outcome.commit and outcome.earlier:
+                outcome.commit = rev_parse(root, "HEAD")
             return outcome
-        err = git_error(proc, root, what=f"pushing the results to {remote}/{branch}")
-        err.stderr += "\n" + proc.stdout.decode("utf-8", "replace")  # --porcelain reports rejections on stdout
-        if not _is_race(err):
-            raise err
+        porcelain = proc.stdout.decode("utf-8", "replace")
+        stderr = proc.stderr.decode("utf-8", "replace")
+        if not _is_race(porcelain):
+            if not any(line.startswith("!\t") for line in porcelain.splitlines()):
+                raise git_error(proc, root, what=f"pushing the results to {remote}/{branch}")  # no push happened
+            protected = "protected branch" in stderr.lower() or "gh006" in stderr.lower()
+            raise git_error(
+                proc,
+                root,
+                what=f"the server refused the results push to {remote}/{branch}: {_refusal(stderr, porcelain)}",
+                hint=f"the commit {rev_parse(root, 'HEAD')[:12]} is safe in this clone; "
+                + (
+                    "let the workflow's token push to this protected branch (a bypass for GitHub Actions in "
+                    "the branch's protection rule or ruleset), or publish to another branch with --branch"
+                    if protected
+                    else "fix what the server says, then run 'tinymlaas results commit' again"
+                ),
+            )
         if attempt > retries:
             raise GitError(
                 f"pushing the results to {remote}/{branch} was rejected {attempt} times: the branch kept moving",
@@ -246,8 +346,10 @@ def commit_results(
         git(root, "fetch", "--quiet", remote, f"+{target}:{upstream}")
         if not _rebase(root, upstream, ours, outcome, message_prefix):
             outcome.commit = None  # the remote already holds newer results for every run we had
+            outcome.files, outcome.runs = [], []
             return outcome
-        outcome.commit = rev_parse(root, "HEAD")
+        if outcome.commit is not None:
+            outcome.commit = rev_parse(root, "HEAD")
     raise AssertionError("unreachable")  # pragma: no cover
 
 

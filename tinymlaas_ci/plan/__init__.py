@@ -81,6 +81,8 @@ class PlannedRun:
     status: RunStatus
     result_path: str
     matrix: dict[str, Any] = field(default_factory=dict)
+    executor: str = "docker"
+    """How the device's runner runs stages (``executor`` in the device file)."""
 
     @property
     def pending(self) -> bool:
@@ -101,6 +103,7 @@ class PlannedRun:
             "status": self.status,
             "result": self.result_path,
             "matrix": self.matrix,
+            "executor": self.executor,
             "stages": [
                 {
                     "name": s.name,
@@ -120,12 +123,17 @@ class PlannedRun:
 class Plan:
     runs: tuple[PlannedRun, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, force: bool = False) -> dict[str, Any]:
+        """The plan as the workflows read it. ``matrix`` holds one job per device with runs to
+        run: the new and changed ones, or with ``force`` every run of the plan (a forced
+        dispatch runs up-to-date runs again)."""
         runs = [r.to_json() for r in self.runs]
-        pending = [r for r in self.runs if r.pending]
+        todo = self.runs if force else [r for r in self.runs if r.pending]
         devices: dict[str, dict[str, Any]] = {}
-        for r in pending:
-            entry = devices.setdefault(r.device, {"device": r.device, "runner": list(r.runner), "runs": []})
+        for r in todo:
+            entry = devices.setdefault(
+                r.device, {"device": r.device, "runner": list(r.runner), "executor": r.executor, "runs": []}
+            )
             entry["runs"].append(r.id)
         return {
             "schema": PLAN_SCHEMA,
@@ -137,7 +145,7 @@ class Plan:
                 "up-to-date": sum(r.status == "up-to-date" for r in self.runs),
                 "gates-failed": sum(r.status == "gates-failed" for r in self.runs),
             },
-            # What the workflows turn into a job matrix: one job per device with pending runs.
+            # What the workflows turn into a job matrix: one job per device with runs to run.
             "matrix": {"include": sorted(devices.values(), key=lambda d: d["device"])},
         }
 
@@ -253,6 +261,7 @@ def _plan_run(repo: Repo, run: ExpandedRun) -> PlannedRun:
         status=status,
         result_path=result_path(run.project, run.name),
         matrix=dict(run.matrix),
+        executor=device.executor,
     )
 
 

@@ -553,6 +553,11 @@ class _DeviceBase(_Spec):
     ``uname -m`` prints are accepted too (``x86_64`` is ``amd64``, ``aarch64`` is ``arm64``)."""
     runner: list[str] = Field(default_factory=lambda: ["self-hosted"], min_length=1)
     """Labels of the GitHub Actions runner attached to this device."""
+    executor: Literal["docker", "local"] = Field(default="docker", exclude=True)
+    """How the Run workflow runs stages on this device's runner: ``docker`` (sandboxed
+    containers; the runner needs a Docker engine) or ``local`` (subprocesses on the runner, no
+    sandbox: for runners without Docker that run only trusted models). Where stages run does
+    not change what they produce, so it is not part of a run's spec hash."""
     memory_mb: int | None = Field(default=None, ge=1)
     """Memory of the device in MiB; also the default memory limit of stage containers."""
     storage_mb: int | None = Field(default=None, ge=1)
