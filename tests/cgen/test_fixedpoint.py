@@ -1,0 +1,69 @@
+"""The numpy requantization against a plain-integer transcription of gemmlowp's definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.ml.cgen.fixedpoint import quantize_multiplier, requantize
+
+INT32 = st.integers(-(2**31), 2**31 - 1)
+
+
+def _srdhm(a: int, b: int) -> int:
+    # gemmlowp SaturatingRoundingDoublingHighMul, with C's truncating int64 division.
+    if a == b == -(2**31):
+        return 2**31 - 1
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    s = ab + nudge
+    q = abs(s) >> 31
+    return q if s >= 0 else -q
+
+
+def _rdbpot(x: int, e: int) -> int:
+    mask = (1 << e) - 1
+    rem = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> e) + (1 if rem > threshold else 0)
+
+
+def _requantize(x: int, m: int, shift: int) -> int:
+    left, right = max(shift, 0), max(-shift, 0)
+    v = min(max(x << left, -(2**31)), 2**31 - 1)
+    return _rdbpot(_srdhm(v, m), right)
+
+
+@settings(max_examples=400, deadline=None)
+@given(x=INT32, m=st.integers(0, 2**31 - 1), shift=st.integers(-31, 30))
+def test_requantize_matches_the_integer_definition(x, m, shift):
+    assert int(requantize(np.array([x]), m, shift)[0]) == _requantize(x, m, shift)
+
+
+@settings(max_examples=300, deadline=None)
+@given(real=st.floats(min_value=2.0**-31, max_value=2.0**29, allow_nan=False, allow_infinity=False))
+def test_quantized_multiplier_represents_the_factor(real):
+    m, shift = quantize_multiplier(real)
+    assert 2**30 <= m < 2**31
+    assert abs(m * 2.0 ** (shift - 31) - real) <= real * 2.0**-30
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.integers(-(2**24), 2**24), real=st.floats(min_value=1e-6, max_value=0.999))
+def test_requantize_rounds_to_nearest(x, real):
+    # Double rounding may be off by one from the exact product, never more.
+    m, shift = quantize_multiplier(real)
+    got = int(requantize(np.array([x]), m, shift)[0])
+    assert abs(got - x * m * 2.0 ** (shift - 31)) <= 1.0
+
+
+def test_tiny_and_invalid_factors():
+    assert quantize_multiplier(0.0) == (0, 0)
+    assert quantize_multiplier(2.0**-40) == (0, 0)
+    with pytest.raises(TinymlError, match="too large"):
+        quantize_multiplier(2.0**31)
+    with pytest.raises(TinymlError, match="not a finite"):
+        quantize_multiplier(float("nan"))

@@ -1,0 +1,800 @@
+r"""The C kernel library written next to every generated model (``kernels.h``).
+
+All kernels are C99 ``static`` functions in one header that ``model.c`` includes, so a
+firmware links exactly the kernels its model uses (the compiler drops the others).
+
+Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as ``H * W`` pixels of
+``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout and
+are transposed on the way in and out. Weights are int8 ``[OC][KH][KW][IC/groups]`` (one contiguous
+row of ``K = KH * KW * IC/groups`` values per output channel). Every convolution and fully connected
+layer is a set of dot products between a weight row and an input column: the column is the
+layer's input itself for a fully connected layer and an im2col copy of the receptive field for a
+convolution, padded with the input zero point. The bias is stored pre-corrected as
+``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
+exactly and padding contributes nothing in real terms.
+
+The dot products have one implementation per instruction set, chosen by the compiler's
+predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
+
+* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8``, the tail by
+  a ``vctp8q`` predicate with zeroing loads;
+* ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33): four int8 values per 32-bit load, split by
+  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``;
+* ``__AVX2__`` (x86-64 Linux devices): 16 int8 values sign-extended to int16 and multiplied
+  pairwise into int32 by ``_mm256_madd_epi16``;
+* otherwise a portable C loop.
+
+Integer sums are exact, so every path gives bit-identical results; the tests check that each
+path matches the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`). ``TINYML_EMULATE_ARM``
+compiles the DSP or MVE path on any host with C definitions of the intrinsics, so the paths'
+loop logic is tested where no Arm core is at hand.
+
+Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``;
+it relies on ``>>`` of a negative ``int32_t`` being an arithmetic shift, which GCC, Clang and
+Arm Compiler guarantee.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KERNELS_H"]
+
+KERNELS_H = r"""/* TinyMLaaS-CI int8 kernels. Generated with the model; see model.c. */
+#ifndef TINYML_KERNELS_H
+#define TINYML_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(TINYML_FORCE_PORTABLE)
+#define TINYML_PATH_NAME "portable"
+#elif (defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)) || defined(TINYML_EMULATE_MVE)
+#define TINYML_USE_MVE 1
+#define TINYML_PATH_NAME "mve"
+#elif (defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP) || defined(TINYML_EMULATE_DSP)
+#define TINYML_USE_DSP 1
+#define TINYML_PATH_NAME "dsp"
+#elif defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define TINYML_USE_AVX2 1
+#define TINYML_USE_VNNI 1
+#define TINYML_PATH_NAME "avx512vnni"
+#elif defined(__AVX2__)
+#define TINYML_USE_AVX2 1
+#define TINYML_PATH_NAME "avx2"
+#else
+#define TINYML_PATH_NAME "portable"
+#endif
+
+#if defined(__GNUC__)
+/* A model uses some kernels only: the others must not warn under -Wall. */
+#define TINYML_KERNEL static __attribute__((unused))
+#else
+#define TINYML_KERNEL static
+#endif
+
+#if defined(TINYML_USE_DSP)
+#if defined(TINYML_EMULATE_DSP)
+static inline int32_t tinyml_sxtb16(uint32_t x) {
+    uint32_t lo = (uint32_t)(int32_t)(int8_t)(x & 0xffu) & 0xffffu;
+    uint32_t hi = (uint32_t)(int32_t)(int8_t)((x >> 16) & 0xffu) & 0xffffu;
+    return (int32_t)(lo | (hi << 16));
+}
+static inline int32_t tinyml_smlad(int32_t a, int32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff)
+               + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
+}
+#else
+#include <arm_acle.h>
+#define tinyml_sxtb16(x) __sxtb16((int32_t)(x))
+#define tinyml_smlad(a, b, acc) __smlad((a), (b), (acc))
+#endif
+static inline uint32_t tinyml_load32(const int8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4); /* one LDR: unaligned word loads are allowed on Armv7E-M and Armv8-M */
+    return v;
+}
+#define TINYML_ROR8(x) (((x) >> 8) | ((x) << 24))
+#endif
+
+#if defined(TINYML_USE_MVE)
+#if defined(TINYML_EMULATE_MVE)
+typedef struct { int8_t v[16]; } tinyml_s8x16;
+typedef uint16_t tinyml_pred;
+static inline tinyml_pred tinyml_vctp8q(uint32_t n) { return (tinyml_pred)(n >= 16 ? 0xffffu : ((1u << n) - 1u)); }
+static inline tinyml_s8x16 tinyml_vld1q_z_s8(const int8_t *p, tinyml_pred m) {
+    tinyml_s8x16 r;
+    int i;
+    for (i = 0; i < 16; i++) r.v[i] = (m >> i) & 1u ? p[i] : 0;
+    return r;
+}
+static inline int32_t tinyml_vmladavaq_s8(int32_t acc, tinyml_s8x16 a, tinyml_s8x16 b) {
+    int i;
+    for (i = 0; i < 16; i++) acc += (int32_t)a.v[i] * b.v[i];
+    return acc;
+}
+#else
+#include <arm_mve.h>
+typedef int8x16_t tinyml_s8x16;
+typedef mve_pred16_t tinyml_pred;
+#define tinyml_vctp8q(n) vctp8q(n)
+#define tinyml_vld1q_z_s8(p, m) vld1q_z_s8((p), (m))
+#define tinyml_vmladavaq_s8(acc, a, b) vmladavaq_s8((acc), (a), (b))
+#endif
+#endif
+
+#if defined(TINYML_USE_AVX2)
+#include <immintrin.h>
+static inline int32_t tinyml_hsum(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+#define TINYML_AVX_ROW(x16, p) _mm256_madd_epi16((x16), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p))))
+#endif
+
+#if defined(TINYML_USE_VNNI)
+/* Weight-row sums times 128: VPDPBUSD multiplies unsigned by signed bytes, so x is fed as
+ * x + 128 (x ^ 0x80) and 128 * sum(w) is subtracted again. Only this path needs them. */
+#define TINYML_WSUM(name) name
+#define TINYML_VNNI_W(name) name
+#else
+#define TINYML_WSUM(name) 0
+#define TINYML_VNNI_W(name) 0
+#endif
+
+/* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding. */
+static inline int32_t tinyml_requantize(int32_t x, int32_t mult, int32_t shift) {
+    int32_t left = shift > 0 ? shift : 0;
+    int32_t right = shift > 0 ? 0 : -shift;
+    int64_t v = (int64_t)x * ((int64_t)1 << left);
+    int64_t ab, nudge;
+    int32_t high, mask, rem, threshold;
+    if (v > INT32_MAX) v = INT32_MAX;
+    if (v < INT32_MIN) v = INT32_MIN;
+    ab = v * (int64_t)mult;
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    high = (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
+    mask = (int32_t)(((int64_t)1 << right) - 1);
+    rem = high & mask;
+    threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+    return (high >> right) + (rem > threshold ? 1 : 0);
+}
+
+static inline int8_t tinyml_clamp(int32_t v, int32_t lo, int32_t hi) {
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* acc[r] += dot(x, w + r * stride) over k values, for r = 0..3. */
+static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int32_t stride, int32_t *acc) {
+    const int8_t *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i = 0;
+#if defined(TINYML_USE_MVE)
+    for (; i < k; i += 16) {
+        tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
+        tinyml_s8x16 xv = tinyml_vld1q_z_s8(x + i, p);
+        a0 = tinyml_vmladavaq_s8(a0, xv, tinyml_vld1q_z_s8(w0 + i, p));
+        a1 = tinyml_vmladavaq_s8(a1, xv, tinyml_vld1q_z_s8(w1 + i, p));
+        a2 = tinyml_vmladavaq_s8(a2, xv, tinyml_vld1q_z_s8(w2 + i, p));
+        a3 = tinyml_vmladavaq_s8(a3, xv, tinyml_vld1q_z_s8(w3 + i, p));
+    }
+#else
+#if defined(TINYML_USE_DSP)
+    for (; i + 4 <= k; i += 4) {
+        uint32_t xw = tinyml_load32(x + i), ww;
+        int32_t xe = tinyml_sxtb16(xw), xo = tinyml_sxtb16(TINYML_ROR8(xw));
+        ww = tinyml_load32(w0 + i);
+        a0 = tinyml_smlad(tinyml_sxtb16(ww), xe, a0);
+        a0 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a0);
+        ww = tinyml_load32(w1 + i);
+        a1 = tinyml_smlad(tinyml_sxtb16(ww), xe, a1);
+        a1 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a1);
+        ww = tinyml_load32(w2 + i);
+        a2 = tinyml_smlad(tinyml_sxtb16(ww), xe, a2);
+        a2 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a2);
+        ww = tinyml_load32(w3 + i);
+        a3 = tinyml_smlad(tinyml_sxtb16(ww), xe, a3);
+        a3 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a3);
+    }
+#elif defined(TINYML_USE_AVX2)
+    if (k >= 16) {
+        __m256i v0 = _mm256_setzero_si256(), v1 = v0, v2 = v0, v3 = v0;
+        for (; i + 16 <= k; i += 16) {
+            __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + i)));
+            v0 = _mm256_add_epi32(v0, TINYML_AVX_ROW(xv, w0 + i));
+            v1 = _mm256_add_epi32(v1, TINYML_AVX_ROW(xv, w1 + i));
+            v2 = _mm256_add_epi32(v2, TINYML_AVX_ROW(xv, w2 + i));
+            v3 = _mm256_add_epi32(v3, TINYML_AVX_ROW(xv, w3 + i));
+        }
+        a0 += tinyml_hsum(v0);
+        a1 += tinyml_hsum(v1);
+        a2 += tinyml_hsum(v2);
+        a3 += tinyml_hsum(v3);
+    }
+#endif
+    for (; i < k; i++) {
+        int32_t xv = x[i];
+        a0 += xv * w0[i];
+        a1 += xv * w1[i];
+        a2 += xv * w2[i];
+        a3 += xv * w3[i];
+    }
+#endif
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* dot(x, w) over k values plus acc. */
+static inline int32_t tinyml_dot1(const int8_t *x, const int8_t *w, int32_t k, int32_t acc) {
+    int32_t i = 0;
+#if defined(TINYML_USE_MVE)
+    for (; i < k; i += 16) {
+        tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
+        acc = tinyml_vmladavaq_s8(acc, tinyml_vld1q_z_s8(x + i, p), tinyml_vld1q_z_s8(w + i, p));
+    }
+#else
+#if defined(TINYML_USE_DSP)
+    for (; i + 4 <= k; i += 4) {
+        uint32_t xw = tinyml_load32(x + i), ww = tinyml_load32(w + i);
+        acc = tinyml_smlad(tinyml_sxtb16(ww), tinyml_sxtb16(xw), acc);
+        acc = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), tinyml_sxtb16(TINYML_ROR8(xw)), acc);
+    }
+#elif defined(TINYML_USE_AVX2)
+    if (k >= 16) {
+        __m256i v = _mm256_setzero_si256();
+        for (; i + 16 <= k; i += 16) {
+            __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + i)));
+            v = _mm256_add_epi32(v, TINYML_AVX_ROW(xv, w + i));
+        }
+        acc += tinyml_hsum(v);
+    }
+#endif
+    for (; i < k; i++) acc += (int32_t)x[i] * w[i];
+#endif
+    return acc;
+}
+
+#if defined(TINYML_USE_VNNI)
+/* Eight dot products of x with rows w, w + k, ..., w + 7k (k values each), as one vector. */
+static inline __m256i tinyml_dot8_vnni(const int8_t *x, const int8_t *w, int32_t k) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    __m256i y0, y1, y2, y3, y4, y5, y6, y7, h0, h1;
+    int32_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m512i xv = _mm512_xor_si512(_mm512_loadu_si512((const void *)(x + i)), flip);
+        a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_loadu_si512((const void *)(w + i)));
+        a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_loadu_si512((const void *)(w + k + i)));
+        a2 = _mm512_dpbusd_epi32(a2, xv, _mm512_loadu_si512((const void *)(w + 2 * k + i)));
+        a3 = _mm512_dpbusd_epi32(a3, xv, _mm512_loadu_si512((const void *)(w + 3 * k + i)));
+        a4 = _mm512_dpbusd_epi32(a4, xv, _mm512_loadu_si512((const void *)(w + 4 * k + i)));
+        a5 = _mm512_dpbusd_epi32(a5, xv, _mm512_loadu_si512((const void *)(w + 5 * k + i)));
+        a6 = _mm512_dpbusd_epi32(a6, xv, _mm512_loadu_si512((const void *)(w + 6 * k + i)));
+        a7 = _mm512_dpbusd_epi32(a7, xv, _mm512_loadu_si512((const void *)(w + 7 * k + i)));
+    }
+    if (i < k) {
+        /* Masked-off weight bytes load as 0, so the x lanes beyond k contribute nothing. */
+        const __mmask64 m = (__mmask64)(~0ULL >> (64 - (k - i)));
+        __m512i xv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x + i), flip);
+        a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_maskz_loadu_epi8(m, w + i));
+        a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_maskz_loadu_epi8(m, w + k + i));
+        a2 = _mm512_dpbusd_epi32(a2, xv, _mm512_maskz_loadu_epi8(m, w + 2 * k + i));
+        a3 = _mm512_dpbusd_epi32(a3, xv, _mm512_maskz_loadu_epi8(m, w + 3 * k + i));
+        a4 = _mm512_dpbusd_epi32(a4, xv, _mm512_maskz_loadu_epi8(m, w + 4 * k + i));
+        a5 = _mm512_dpbusd_epi32(a5, xv, _mm512_maskz_loadu_epi8(m, w + 5 * k + i));
+        a6 = _mm512_dpbusd_epi32(a6, xv, _mm512_maskz_loadu_epi8(m, w + 6 * k + i));
+        a7 = _mm512_dpbusd_epi32(a7, xv, _mm512_maskz_loadu_epi8(m, w + 7 * k + i));
+    }
+#define TINYML_HALF(a) _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64((a), 1))
+    y0 = TINYML_HALF(a0), y1 = TINYML_HALF(a1), y2 = TINYML_HALF(a2), y3 = TINYML_HALF(a3);
+    y4 = TINYML_HALF(a4), y5 = TINYML_HALF(a5), y6 = TINYML_HALF(a6), y7 = TINYML_HALF(a7);
+#undef TINYML_HALF
+    h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(y0, y1), _mm256_hadd_epi32(y2, y3));
+    h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(y4, y5), _mm256_hadd_epi32(y6, y7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+#endif
+
+#if defined(TINYML_USE_VNNI)
+/* tinyml_requantize on eight lanes widened to int64 (the same integer steps, so the same results). */
+static inline __m256i tinyml_requantize8_wide(__m256i x, __m256i mult, __m256i shift) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
+    const __m512i m = _mm512_cvtepi32_epi64(mult);
+    const __m512i s = _mm512_cvtepi32_epi64(shift);
+    const __m512i left = _mm512_max_epi64(s, zero), right = _mm512_max_epi64(_mm512_sub_epi64(zero, s), zero);
+    __m512i v = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(x), left), ab, mask, rem, threshold;
+    v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(INT32_MIN)), _mm512_set1_epi64(INT32_MAX));
+    ab = _mm512_mul_epi32(v, m);
+    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero),
+                                                      _mm512_set1_epi64((long long)1 << 30),
+                                                      _mm512_set1_epi64(1 - ((long long)1 << 30))));
+    /* Division by 2^31 truncating toward zero. */
+    ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
+    ab = _mm512_srai_epi64(ab, 31);
+    mask = _mm512_sub_epi64(_mm512_sllv_epi64(one, right), one);
+    rem = _mm512_and_si512(ab, mask);
+    threshold = _mm512_srli_epi64(mask, 1);
+    threshold = _mm512_mask_add_epi64(threshold, _mm512_cmplt_epi64_mask(ab, zero), threshold, one);
+    v = _mm512_srav_epi64(ab, right);
+    v = _mm512_mask_add_epi64(v, _mm512_cmpgt_epi64_mask(rem, threshold), v, one);
+    return _mm512_cvtepi64_epi32(v);
+}
+
+/* The high 32 bits of 2 * a * m for the int32 values in the even lanes, as in tinyml_requantize. */
+static inline __m512i tinyml_srdhm_even(__m512i a, __m512i m) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i ab = _mm512_mul_epi32(a, m);
+    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero),
+                                                      _mm512_set1_epi64((long long)1 << 30),
+                                                      _mm512_set1_epi64(1 - ((long long)1 << 30))));
+    /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
+    ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
+    return _mm512_srli_epi64(ab, 31);
+}
+
+/* tinyml_requantize on sixteen int32 lanes. */
+static inline __m512i tinyml_requantize16(__m512i x, __m512i mult, __m512i shift) {
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    __m512i high, right, mask, rem, threshold, v;
+    if (_mm512_cmpgt_epi32_mask(shift, zero)) {
+        /* Some factor is >= 1 and needs a saturating left shift first: the int64 route. */
+        __m256i lo = tinyml_requantize8_wide(_mm512_castsi512_si256(x), _mm512_castsi512_si256(mult),
+                                             _mm512_castsi512_si256(shift));
+        __m256i hi = tinyml_requantize8_wide(_mm512_extracti64x4_epi64(x, 1), _mm512_extracti64x4_epi64(mult, 1),
+                                             _mm512_extracti64x4_epi64(shift, 1));
+        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    }
+    high = _mm512_mask_blend_epi32((__mmask16)0xaaaa, tinyml_srdhm_even(x, mult),
+                                   _mm512_slli_epi64(tinyml_srdhm_even(_mm512_srli_epi64(x, 32),
+                                                                       _mm512_srli_epi64(mult, 32)), 32));
+    right = _mm512_sub_epi32(zero, shift);
+    mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+    rem = _mm512_and_si512(high, mask);
+    threshold = _mm512_srli_epi32(mask, 1);
+    threshold = _mm512_mask_add_epi32(threshold, _mm512_cmplt_epi32_mask(high, zero), threshold, one);
+    v = _mm512_srav_epi32(high, right);
+    return _mm512_mask_add_epi32(v, _mm512_cmpgt_epi32_mask(rem, threshold), v, one);
+}
+
+static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift) {
+    return _mm512_castsi512_si256(tinyml_requantize16(_mm512_zextsi256_si512(x), _mm512_zextsi256_si512(mult),
+                                                      _mm512_zextsi256_si512(shift)));
+}
+
+static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
+    return tinyml_requantize8v(x, _mm256_loadu_si256((const __m256i *)mult), _mm256_loadu_si256((const __m256i *)shift));
+}
+
+/* Eight int8 values widened to int32, minus the zero point. */
+static inline __m256i tinyml_load8_centered(const int8_t *p, int32_t zp) {
+    return _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)), _mm256_set1_epi32(zp));
+}
+
+/* Clamp eight int32 lanes and store them as int8. */
+static inline void tinyml_store8(int8_t *p, __m256i v, int32_t lo, int32_t hi) {
+    v = _mm256_min_epi32(_mm256_max_epi32(v, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
+    _mm_storel_epi64((__m128i *)p, _mm256_cvtepi32_epi8(v));
+}
+#elif defined(TINYML_USE_AVX2)
+/* tinyml_requantize on eight lanes (the same integer steps, so the same results). */
+static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i m = _mm256_loadu_si256((const __m256i *)mult), s = _mm256_loadu_si256((const __m256i *)shift);
+    const __m256i nudge_pos = _mm256_set1_epi64x((long long)1 << 30);
+    const __m256i nudge_step = _mm256_set1_epi64x(1 - ((long long)1 << 31));
+    const __m256i low31 = _mm256_set1_epi64x(((long long)1 << 31) - 1);
+    __m256i ab[2], high, right, mask, rem, threshold;
+    int32_t h;
+    if (!_mm256_testz_si256(_mm256_cmpgt_epi32(s, zero), _mm256_cmpgt_epi32(s, zero))) {
+        int32_t v[8], r;
+        _mm256_storeu_si256((__m256i *)v, x);
+        for (r = 0; r < 8; r++) v[r] = tinyml_requantize(v[r], mult[r], shift[r]);
+        return _mm256_loadu_si256((const __m256i *)v);
+    }
+    ab[0] = _mm256_mul_epi32(x, m); /* lanes 0, 2, 4, 6 as int64 */
+    ab[1] = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(m, 32));
+    for (h = 0; h < 2; h++) {
+        __m256i nudge = _mm256_add_epi64(nudge_pos, _mm256_and_si256(_mm256_cmpgt_epi64(zero, ab[h]), nudge_step));
+        __m256i t = _mm256_add_epi64(ab[h], nudge);
+        /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
+        t = _mm256_add_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(zero, t), low31));
+        ab[h] = _mm256_srli_epi64(t, 31);
+    }
+    high = _mm256_blend_epi32(ab[0], _mm256_slli_epi64(ab[1], 32), 0xaa);
+    right = _mm256_sub_epi32(zero, s);
+    mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);
+    rem = _mm256_and_si256(high, mask);
+    threshold = _mm256_sub_epi32(_mm256_srli_epi32(mask, 1), _mm256_cmpgt_epi32(zero, high));
+    return _mm256_sub_epi32(_mm256_srav_epi32(high, right), _mm256_cmpgt_epi32(rem, threshold));
+}
+#endif
+
+/* n outputs dst[r * dst_stride] = clamp(requantize(bias[r] + dot(x, w + r * k)) + out_zp). */
+static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t n, const int32_t *bias,
+                                  const int32_t *wsum, const int32_t *mult, const int32_t *shift, int32_t out_zp,
+                                  int32_t act_min, int32_t act_max, int8_t *dst, int32_t dst_stride) {
+    int32_t o = 0, r;
+#if defined(TINYML_USE_VNNI)
+    const __m256i zp = _mm256_set1_epi32(out_zp), lo = _mm256_set1_epi32(act_min), hi = _mm256_set1_epi32(act_max);
+    for (; o + 8 <= n; o += 8) {
+        int32_t v[8];
+        __m256i acc = tinyml_dot8_vnni(x, w + o * k, k);
+        acc = _mm256_add_epi32(acc, _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(bias + o)),
+                                                     _mm256_loadu_si256((const __m256i *)(wsum + o))));
+        acc = _mm256_add_epi32(tinyml_requantize8(acc, mult + o, shift + o), zp);
+        acc = _mm256_min_epi32(_mm256_max_epi32(acc, lo), hi);
+        if (dst_stride == 1) {
+            _mm_storel_epi64((__m128i *)(dst + o), _mm256_cvtepi32_epi8(acc));
+        } else {
+            _mm256_storeu_si256((__m256i *)v, acc);
+            for (r = 0; r < 8; r++) dst[(o + r) * dst_stride] = (int8_t)v[r];
+        }
+    }
+#else
+    (void)wsum;
+#endif
+    for (; o + 4 <= n; o += 4) {
+        int32_t acc[4];
+        for (r = 0; r < 4; r++) acc[r] = bias[o + r];
+        tinyml_dot4(x, w + o * k, k, k, acc);
+        for (r = 0; r < 4; r++) {
+            int32_t v = tinyml_requantize(acc[r], mult[o + r], shift[o + r]) + out_zp;
+            dst[(o + r) * dst_stride] = tinyml_clamp(v, act_min, act_max);
+        }
+    }
+    for (; o < n; o++) {
+        int32_t v = tinyml_requantize(tinyml_dot1(x, w + o * k, k, bias[o]), mult[o], shift[o]) + out_zp;
+        dst[o * dst_stride] = tinyml_clamp(v, act_min, act_max);
+    }
+}
+
+typedef struct {
+    int32_t in_c, in_h, in_w, out_c, out_h, out_w;
+    int32_t kh, kw, sh, sw, pad_t, pad_l, groups;
+    int32_t in_zp, out_zp, act_min, act_max;
+    const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] */
+    const int32_t *bias;   /* bias - in_zp * sum(weight row) */
+    const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
+    const int32_t *mult;
+    const int32_t *shift;
+    const int8_t *wq;      /* VNNI path: [groups][ceil(K / 4)][out_c / groups rounded up to 16][4] */
+} tinyml_conv_t;
+
+/* One output position's receptive field of group g, ordered (ky, kx, c), padded with in_zp. */
+static inline void tinyml_im2col(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t oy, int32_t ox,
+                                 int8_t *col) {
+    const int32_t icg = p->in_c / p->groups;
+    const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    const int32_t inner = p->groups == 1 && x0 >= 0 && x0 + p->kw <= p->in_w;
+    int32_t ky, kx;
+    for (ky = 0; ky < p->kh; ky++) {
+        const int32_t y = y0 + ky;
+        if (y < 0 || y >= p->in_h) {
+            memset(col, (uint8_t)p->in_zp, (size_t)(p->kw * icg));
+            col += p->kw * icg;
+        } else if (inner) {
+            /* The whole kernel row is in the image: kw pixels of in_c channels are contiguous. */
+            memcpy(col, in + (y * p->in_w + x0) * p->in_c, (size_t)(p->kw * p->in_c));
+            col += p->kw * p->in_c;
+        } else {
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) {
+                    memset(col, (uint8_t)p->in_zp, (size_t)icg);
+                } else {
+                    memcpy(col, in + (y * p->in_w + x) * p->in_c + g * icg, (size_t)icg);
+                }
+                col += icg;
+            }
+        }
+    }
+}
+
+#if defined(TINYML_USE_VNNI)
+/* n bytes of int8 as uint8 (x + 128), 64 at a time. */
+static inline void tinyml_copy_flip(uint8_t *dst, const int8_t *src, int32_t n) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (; n >= 64; n -= 64, src += 64, dst += 64)
+        _mm512_storeu_si512((void *)dst, _mm512_xor_si512(_mm512_loadu_si512((const void *)src), flip));
+    if (n > 0) {
+        const __mmask64 m = (__mmask64)(~0ULL >> (64 - n));
+        _mm512_mask_storeu_epi8(dst, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, src), flip));
+    }
+}
+
+/* tinyml_im2col as uint8 (x + 128), the column zero-padded to a multiple of 4 bytes. */
+static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t oy, int32_t ox,
+                                    uint8_t *col) {
+    const int32_t icg = p->in_c / p->groups;
+    const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    const int32_t inner = p->groups == 1 && x0 >= 0 && x0 + p->kw <= p->in_w;
+    int32_t k = icg * p->kh * p->kw;
+    const uint8_t pad = (uint8_t)(p->in_zp + 128);
+    uint8_t *c = col;
+    int32_t ky, kx;
+    for (ky = 0; ky < p->kh; ky++) {
+        const int32_t y = y0 + ky;
+        if (y < 0 || y >= p->in_h) {
+            memset(c, pad, (size_t)(p->kw * icg));
+            c += p->kw * icg;
+        } else if (inner) {
+            tinyml_copy_flip(c, in + (y * p->in_w + x0) * p->in_c, p->kw * p->in_c);
+            c += p->kw * p->in_c;
+        } else {
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) {
+                    memset(c, pad, (size_t)icg);
+                } else {
+                    tinyml_copy_flip(c, in + (y * p->in_w + x) * p->in_c + g * icg, icg);
+                }
+                c += icg;
+            }
+        }
+    }
+    for (; k % 4; k++) col[k] = 0;
+}
+
+/* Requantize, clamp and store outputs o .. o + n - 1 (n <= 16) held in the lanes of acc. */
+static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_t o, int32_t n, int8_t *dst) {
+    const __mmask16 m = (__mmask16)(n >= 16 ? 0xffffu : ((1u << n) - 1u));
+    __m512i mult, shift, v;
+    acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, p->bias + o));
+    acc = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, p->wsum + o));
+    mult = _mm512_maskz_loadu_epi32(m, p->mult + o);
+    shift = _mm512_maskz_loadu_epi32(m, p->shift + o);
+    v = _mm512_add_epi32(tinyml_requantize16(acc, mult, shift), _mm512_set1_epi32(p->out_zp));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(p->act_min)), _mm512_set1_epi32(p->act_max));
+    _mm_mask_storeu_epi8(dst + o, m, _mm512_cvtepi32_epi8(v));
+}
+
+/* Convolution with output channels in vector lanes: per 4 column bytes, one VPDPBUSD per 16
+ * channels against the interleaved weights wq; no horizontal sums. */
+static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out, uint8_t *col) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+    const int32_t kq = (icg * p->kh * p->kw + 3) / 4, ocp = (ocg + 15) & ~15;
+    int32_t g, oy, ox, b, q;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+            for (g = 0; g < p->groups; g++) {
+                const int8_t *wg = p->wq + (size_t)g * kq * ocp * 4;
+                tinyml_im2col_u8(p, in, g, oy, ox, col);
+                for (b = 0; b < ocp; b += 32) {
+                    const int32_t two = b + 16 < ocp;
+                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, c0 = a0, c1 = a0;
+                    int32_t x0, x1;
+                    for (q = 0; q + 2 <= kq; q += 2) {
+                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4, *w1 = w0 + ocp * 4;
+                        __m512i v0, v1;
+                        memcpy(&x0, col + 4 * q, 4);
+                        memcpy(&x1, col + 4 * q + 4, 4);
+                        v0 = _mm512_set1_epi32(x0);
+                        v1 = _mm512_set1_epi32(x1);
+                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
+                        a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512((const void *)w1));
+                        if (two) {
+                            c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
+                            c1 = _mm512_dpbusd_epi32(c1, v1, _mm512_loadu_si512((const void *)(w1 + 64)));
+                        }
+                    }
+                    if (q < kq) {
+                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4;
+                        __m512i v0;
+                        memcpy(&x0, col + 4 * q, 4);
+                        v0 = _mm512_set1_epi32(x0);
+                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
+                        if (two) c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
+                    }
+                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst);
+                    if (two) tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* Convolution, NHWC in and out, through im2col: col needs (in_c / groups) * kh * kw bytes,
+ * rounded up to a multiple of 4. */
+TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+    const int32_t k = icg * p->kh * p->kw;
+    int32_t g, oy, ox;
+#if defined(TINYML_USE_VNNI)
+    if (p->wq) {
+        tinyml_conv_vnni(p, in, out, (uint8_t *)col);
+        return;
+    }
+#endif
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+            for (g = 0; g < p->groups; g++) {
+                const int32_t o = g * ocg;
+                tinyml_im2col(p, in, g, oy, ox, col);
+                tinyml_rows_s8(col, p->weight + o * k, k, ocg, p->bias + o, p->wsum ? p->wsum + o : 0, p->mult + o,
+                               p->shift + o, p->out_zp, p->act_min, p->act_max, dst + o, 1);
+            }
+        }
+    }
+}
+
+/* Depthwise convolution (one input channel per group), NHWC: direct loops, no im2col. */
+TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
+    const int32_t mult = p->out_c / p->in_c, ksize = p->kh * p->kw;
+    int32_t o, oy, ox, ky, kx;
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->sh - p->pad_t;
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->sw - p->pad_l;
+            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+            for (o = 0; o < p->out_c; o++) {
+                const int8_t *w = p->weight + o * ksize;
+                const int32_t c = o / mult;
+                int32_t acc = p->bias[o], v;
+                for (ky = 0; ky < p->kh; ky++) {
+                    const int32_t y = y0 + ky;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        const int32_t x = x0 + kx;
+                        const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
+                                               ? p->in_zp
+                                               : in[(y * p->in_w + x) * p->in_c + c];
+                        acc += xv * w[ky * p->kw + kx];
+                    }
+                }
+                v = tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp;
+                dst[o] = tinyml_clamp(v, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+typedef struct {
+    int32_t in_n, out_n, out_zp, act_min, act_max;
+    const int8_t *weight; /* [out_n][in_n] */
+    const int32_t *bias;  /* bias - in_zp * sum(weight row) */
+    const int32_t *wsum;  /* 128 * sum(weight row), for the VNNI path only */
+    const int32_t *mult;
+    const int32_t *shift;
+} tinyml_fc_t;
+
+TINYML_KERNEL void tinyml_fc_s8(const tinyml_fc_t *p, const int8_t *in, int8_t *out) {
+    tinyml_rows_s8(in, p->weight, p->in_n, p->out_n, p->bias, p->wsum, p->mult, p->shift, p->out_zp, p->act_min,
+                   p->act_max, out, 1);
+}
+
+typedef struct {
+    int32_t n, a_zp, b_zp, out_zp, left_shift, act_min, act_max;
+    int32_t a_mult, a_shift, b_mult, b_shift, out_mult, out_shift;
+} tinyml_add_t;
+
+TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
+    int32_t i = 0;
+#if defined(TINYML_USE_VNNI)
+    const __m512i am = _mm512_set1_epi32(p->a_mult), as = _mm512_set1_epi32(p->a_shift);
+    const __m512i bm = _mm512_set1_epi32(p->b_mult), bs = _mm512_set1_epi32(p->b_shift);
+    const __m512i om = _mm512_set1_epi32(p->out_mult), os = _mm512_set1_epi32(p->out_shift);
+    const __m512i azp = _mm512_set1_epi32(p->a_zp), bzp = _mm512_set1_epi32(p->b_zp), ozp = _mm512_set1_epi32(p->out_zp);
+    for (; i + 16 <= p->n; i += 16) {
+        __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
+        __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
+        __m512i sum;
+        xa = _mm512_sllv_epi32(_mm512_sub_epi32(xa, azp), _mm512_set1_epi32(p->left_shift));
+        xb = _mm512_sllv_epi32(_mm512_sub_epi32(xb, bzp), _mm512_set1_epi32(p->left_shift));
+        sum = _mm512_add_epi32(tinyml_requantize16(xa, am, as), tinyml_requantize16(xb, bm, bs));
+        sum = _mm512_add_epi32(tinyml_requantize16(sum, om, os), ozp);
+        sum = _mm512_min_epi32(_mm512_max_epi32(sum, _mm512_set1_epi32(p->act_min)), _mm512_set1_epi32(p->act_max));
+        _mm_storeu_si128((__m128i *)(out + i), _mm512_cvtepi32_epi8(sum));
+    }
+#endif
+    for (; i < p->n; i++) {
+        int32_t xa = (int32_t)(((uint32_t)(a[i] - p->a_zp)) << p->left_shift);
+        int32_t xb = (int32_t)(((uint32_t)(b[i] - p->b_zp)) << p->left_shift);
+        int32_t s = tinyml_requantize(xa, p->a_mult, p->a_shift) + tinyml_requantize(xb, p->b_mult, p->b_shift);
+        out[i] = tinyml_clamp(tinyml_requantize(s, p->out_mult, p->out_shift) + p->out_zp, p->act_min, p->act_max);
+    }
+}
+
+typedef struct {
+    int32_t c, in_h, in_w, out_h, out_w, kh, kw, sh, sw, pad_t, pad_l;
+    int32_t in_zp, out_zp, act_min, act_max, count_include_pad;
+    int32_t rescale;        /* maxpool: 0 when the output keeps the input's scale */
+    const int32_t *mult;    /* avgpool: index count - 1; maxpool: one value when rescale */
+    const int32_t *shift;
+} tinyml_pool_t;
+
+/* Max pooling, NHWC. */
+TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
+    int32_t c, oy, ox, ky, kx;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+            for (c = 0; c < p->c; c++) {
+                int32_t m = -129;
+                for (ky = 0; ky < p->kh; ky++) {
+                    const int32_t y = y0 + ky;
+                    if (y < 0 || y >= p->in_h) continue;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        const int32_t x = x0 + kx;
+                        if (x >= 0 && x < p->in_w) {
+                            const int32_t v = in[(y * p->in_w + x) * p->c + c];
+                            m = v > m ? v : m;
+                        }
+                    }
+                }
+                if (p->rescale) m = tinyml_requantize(m - p->in_zp, p->mult[0], p->shift[0]) + p->out_zp;
+                *out++ = tinyml_clamp(m, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+/* Average pooling, NHWC: sum(x - zp) rescaled by s_in / (s_out * count). */
+TINYML_KERNEL void tinyml_avgpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
+    int32_t c, oy, ox, ky, kx;
+    for (oy = 0; oy < p->out_h; oy++) {
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+            for (c = 0; c < p->c; c++) {
+                int32_t sum = 0, count = 0, v;
+                for (ky = 0; ky < p->kh; ky++) {
+                    const int32_t y = y0 + ky;
+                    if (y < 0 || y >= p->in_h) continue;
+                    for (kx = 0; kx < p->kw; kx++) {
+                        const int32_t x = x0 + kx;
+                        if (x >= 0 && x < p->in_w) {
+                            sum += in[(y * p->in_w + x) * p->c + c] - p->in_zp;
+                            count++;
+                        }
+                    }
+                }
+                if (p->count_include_pad) count = p->kh * p->kw;
+                v = tinyml_requantize(sum, p->mult[count - 1], p->shift[count - 1]) + p->out_zp;
+                *out++ = tinyml_clamp(v, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+/* (C, H, W) planes to (H, W, C) pixels, and back. */
+TINYML_KERNEL void tinyml_chw_to_hwc(int32_t c, int32_t hw, const int8_t *in, int8_t *out) {
+    int32_t i, j;
+    for (i = 0; i < hw; i++)
+        for (j = 0; j < c; j++) out[i * c + j] = in[j * hw + i];
+}
+
+TINYML_KERNEL void tinyml_hwc_to_chw(int32_t c, int32_t hw, const int8_t *in, int8_t *out) {
+    int32_t i, j;
+    for (j = 0; j < c; j++)
+        for (i = 0; i < hw; i++) out[j * hw + i] = in[i * c + j];
+}
+
+/* Elementwise rescale and clamp over n values. */
+TINYML_KERNEL void tinyml_requantize_s8(int32_t n, const int8_t *in, int8_t *out, int32_t in_zp, int32_t out_zp,
+                                        int32_t mult, int32_t shift, int32_t act_min, int32_t act_max) {
+    int32_t i = 0;
+#if defined(TINYML_USE_VNNI)
+    const __m256i m = _mm256_set1_epi32(mult), s = _mm256_set1_epi32(shift), zp = _mm256_set1_epi32(out_zp);
+    for (; i + 8 <= n; i += 8)
+        tinyml_store8(out + i, _mm256_add_epi32(tinyml_requantize8v(tinyml_load8_centered(in + i, in_zp), m, s), zp),
+                      act_min, act_max);
+#endif
+    for (; i < n; i++)
+        out[i] = tinyml_clamp(tinyml_requantize(in[i] - in_zp, mult, shift) + out_zp, act_min, act_max);
+}
+
+/* Copy with clamp (a concatenated input that keeps its scale). */
+TINYML_KERNEL void tinyml_clamp_copy_s8(int32_t n, const int8_t *in, int8_t *out, int32_t act_min, int32_t act_max) {
+    int32_t i;
+    if (act_min <= -128 && act_max >= 127) {
+        memcpy(out, in, (size_t)n);
+        return;
+    }
+    for (i = 0; i < n; i++) out[i] = tinyml_clamp(in[i], act_min, act_max);
+}
+
+#endif /* TINYML_KERNELS_H */
+"""
