@@ -23,7 +23,7 @@ from tinymlaas_ci.errors import DeviceError, ExecutorError, SpecError, UsageErro
 from tinymlaas_ci.fs import atomic_write_text
 from tinymlaas_ci.hostinfo import ARCHES, cpu_info, memory_mb, normalise_arch
 from tinymlaas_ci.spec.loader import load_yaml_file, load_yaml_text
-from tinymlaas_ci.spec.models import NAME_PATTERN, NAME_RULE, DockerDevice, LocalDevice, SshDevice
+from tinymlaas_ci.spec.models import NAME_PATTERN, NAME_RULE, DockerDevice, LocalDevice, McuDevice, SshDevice
 from tinymlaas_ci.spec.validate import validate_loaded
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 
 KINDS = ("local", "docker")
 """Kinds ``register`` probes. ``ssh`` devices are written by hand (see the device reference)."""
-_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
+_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice, "mcu": McuDevice}
 _NAME_RE = re.compile(NAME_PATTERN)
 _RUNTIME_PROBE = (
     "import json, importlib\n"
