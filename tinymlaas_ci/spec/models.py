@@ -25,6 +25,7 @@ from tinymlaas_ci.hostinfo import Arch
 __all__ = [
     "BUILTIN_STAGES",
     "DEFAULT_PIPELINE",
+    "MCU_BOARDS",
     "NAME_PATTERN",
     "NAME_RULE",
     "SCHEMA_VERSION",
@@ -37,7 +38,6 @@ __all__ = [
     "Gates",
     "LocalDevice",
     "LocatedError",
-    "MCU_BOARDS",
     "McuDevice",
     "Measure",
     "ModelFormat",
@@ -373,8 +373,7 @@ class RunSpec(_Spec):
         if self.runtime is Runtime.c and self.compression.quantization is not Quantization.static_int8:
             raise LocatedError.at(
                 ("runtime",),
-                f"runtime 'c' runs static-int8 models only, not quantization "
-                f"'{self.compression.quantization.value}'",
+                f"runtime 'c' runs static-int8 models only, not quantization '{self.compression.quantization.value}'",
                 "set compression.quantization: static-int8, or use runtime 'onnxruntime'",
             )
         return self

@@ -2,7 +2,8 @@
 
 Inputs: the ``fetch`` stage's ``model`` (and ``dataset``, for calibration and fine-tuning).
 Artifacts: ``model`` (``compile/model.onnx``, or ``compile/model.pt`` for runtime ``pytorch``) and
-``baseline`` (``compile/baseline.onnx``: fp32, unpruned). Records: ``compression`` (a
+``baseline`` (``compile/baseline.onnx``: fp32, unpruned); for runtime ``c`` also the generated C
+(``c/model.c``, ``c/model.h``, ``c/kernels.h``, see :mod:`tinymlaas_ci.stages.runtime_c`). Records: ``compression`` (a
 ``CompressionRecord``), ``tools``, ``model_parameters``, ``input_shape``, ``labels``, ``dataset``
 (where the dataset is, for the install stage), ``source_format``.
 
@@ -15,7 +16,7 @@ import sys
 from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.spec.models import Quantization
+from tinymlaas_ci.spec.models import Quantization, Runtime
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
 __all__ = ["main", "run"]
@@ -44,6 +45,11 @@ def run(ctx: StageContext) -> None:
             hint="give the run a dataset, or use quantization none / dynamic-int8 / fp16 without pruning",
         )
 
+    if run.runtime is Runtime.c:
+        from tinymlaas_ci.stages.runtime_c import compile_c
+
+        compile_c(ctx, data, fmt)
+        return
     ctx.log(
         f"compiling {model_path.name} for {run.runtime.value}: quantization {compression.quantization.value}"
         + (f", pruning {compression.pruning.sparsity}" if compression.pruning else "")

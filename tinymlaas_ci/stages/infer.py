@@ -122,6 +122,11 @@ def run(ctx: StageContext) -> None:
     # The fetch stage's dataset when the pipeline passes it to this stage; else the bundle's copy.
     if ctx.has_upstream("fetch") and "dataset" in ctx.upstream("fetch").artifacts:
         data = measure.read_dataset(ctx.input_path("fetch", "dataset"))
+    if manifest.runtime.value == "c":
+        from tinymlaas_ci.stages.runtime_c import infer_c
+
+        infer_c(ctx, bundle, manifest, data)
+        return
     metrics, runtime = measure_bundle(
         bundle, manifest, ctx.run.measure, data=data, split=ctx.run.dataset.split, log=ctx.log
     )
