@@ -210,20 +210,17 @@ def _infer_host(ctx: StageContext, bundle: Path, manifest: BundleManifest, data:
     import numpy as np
 
     from tinymlaas_ci.ml import measure
-    from tinymlaas_ci.ml.runtime import load_session
+    from tinymlaas_ci.ml.cgen.host import CModel
     from tinymlaas_ci.stages.infer import measure_bundle
 
     host = manifest.model_copy(update={"model": f"{C_DIR}/{HOST_LIBRARY}"})
     metrics, runtime = measure_bundle(bundle, host, ctx.run.measure, data=data, split=split, log=ctx.log)
     x, _y = measure.eval_split(data, split)
-    session = load_session(bundle / C_DIR / HOST_LIBRARY, "c")
-    pred = np.concatenate([session.run(x[i : i + 1]) for i in range(len(x))]).argmax(axis=1)
+    model = CModel(bundle / C_DIR / HOST_LIBRARY)  # measure_bundle built it, if the board had to
+    pred = np.concatenate([model.run(x[i : i + 1]) for i in range(len(x))]).argmax(axis=1)
     metrics["agreement_with_onnxruntime"] = _agreement(bundle, manifest, x, pred, ctx.log)
     metrics["latency_source"] = "measured"
-    cgen = ctx.upstream("compile").records.get("cgen") or {} if ctx.has_upstream("compile") else {}
-    for key in ("macs", "weights_bytes", "arena_bytes"):
-        if key in cgen:
-            metrics[key] = cgen[key]
+    metrics.update(macs=model.macs, weights_bytes=model.weights_bytes, arena_bytes=model.arena_bytes)
     return metrics, runtime
 
 
