@@ -233,3 +233,12 @@ class ReshapeNet(nn.Module):
 def test_reshape_between_images(tmp_path_factory, c, hw, calib):
     tmp = tmp_path_factory.mktemp("reshape")
     check(ReshapeNet(c, hw), (c, hw, hw), tmp, calib)
+
+
+@pytest.mark.parametrize(
+    "cin, cout, k, stride, pad, hw",
+    [(8, 16, (3, 3), (1, 1), (1, 1), 9), (4, 40, (3, 3), (2, 2), (0, 0), 11), (16, 20, (1, 1), (2, 1), (0, 0), 7)],
+)
+def test_conv_reading_kernel_rows_in_place(tmp_path, cin, cout, k, stride, pad, hw):
+    # kw * C a multiple of 4: the AVX-512 path reads kernel rows from a padded copy, no im2col.
+    check(ConvNet(cin, cout, k, stride, pad, 1, "relu"), (cin, hw, hw), tmp_path, (-1.0, 1.0))

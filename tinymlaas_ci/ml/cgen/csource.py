@@ -364,7 +364,8 @@ static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift
 }
 
 static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
-    return tinyml_requantize8v(x, _mm256_loadu_si256((const __m256i *)mult), _mm256_loadu_si256((const __m256i *)shift));
+    const __m256i m = _mm256_loadu_si256((const __m256i *)mult), s = _mm256_loadu_si256((const __m256i *)shift);
+    return tinyml_requantize8v(x, m, s);
 }
 
 /* Eight int8 values widened to int32, minus the zero point. */
@@ -504,13 +505,12 @@ static inline void tinyml_copy_flip(uint8_t *dst, const int8_t *src, int32_t n) 
     }
 }
 
-/* tinyml_im2col as uint8 (x + 128), the column zero-padded to a multiple of 4 bytes. */
+/* tinyml_im2col as uint8 (x + 128); the caller zeroes the column up to a multiple of 4 bytes. */
 static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t oy, int32_t ox,
                                     uint8_t *col) {
     const int32_t icg = p->in_c / p->groups;
     const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
     const int32_t inner = p->groups == 1 && x0 >= 0 && x0 + p->kw <= p->in_w;
-    int32_t k = icg * p->kh * p->kw;
     const uint8_t pad = (uint8_t)(p->in_zp + 128);
     uint8_t *c = col;
     int32_t ky, kx;
@@ -534,7 +534,6 @@ static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, in
             }
         }
     }
-    for (; k % 4; k++) col[k] = 0;
 }
 
 /* Requantize, clamp and store outputs o .. o + n - 1 (n <= 16) held in the lanes of acc. */
@@ -551,45 +550,109 @@ static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_
 }
 
 /* Convolution with output channels in vector lanes: per 4 column bytes, one VPDPBUSD per 16
- * channels against the interleaved weights wq; no horizontal sums. */
-static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out, uint8_t *col) {
+ * channels against the interleaved weights wq, no horizontal sums. Two output positions share
+ * each weight load; even and odd column words go to separate accumulators so that the
+ * multiply-accumulate chains overlap. */
+static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t kq = (icg * p->kh * p->kw + 3) / 4, ocp = (ocg + 15) & ~15;
-    int32_t g, oy, ox, b, q;
+    const size_t step = (size_t)ocp * 4;
+    /* Without groups and with whole 4-byte words per kernel row, the kernel rows are read in
+     * place from a zero-point-padded uint8 copy of the input: no im2col per position. */
+    const int32_t direct = p->groups == 1 && (p->kw * p->in_c) % 4 == 0;
+    const int32_t ph = direct ? (p->out_h - 1) * p->sh + p->kh : 1;
+    const int32_t pw = direct ? (p->out_w - 1) * p->sw + p->kw : 1;
+    const int32_t nseg = direct ? p->kh : 1, words = direct ? p->kw * p->in_c / 4 : kq;
+    const size_t seg_stride = direct ? (size_t)pw * p->in_c : 0;
+    uint8_t col[2][4 * kq];
+    uint8_t padded[direct ? ph * pw * p->in_c : 1];
+    int32_t g, oy, ox, b, q, seg;
+    /* The columns' last partial group of 4 bytes: zero once, im2col never writes there. */
+    for (q = icg * p->kh * p->kw; q < 4 * kq; q++) col[0][q] = col[1][q] = 0;
+    if (direct) {
+        const uint8_t pad = (uint8_t)(p->in_zp + 128);
+        int32_t y;
+        for (y = 0; y < ph; y++) {
+            uint8_t *row = padded + (size_t)y * pw * p->in_c;
+            const int32_t iy = y - p->pad_t;
+            const int32_t left = p->pad_l < pw ? p->pad_l : pw;
+            int32_t mid = pw - left < p->in_w ? pw - left : p->in_w;
+            if (iy < 0 || iy >= p->in_h) mid = 0;
+            memset(row, pad, (size_t)left * p->in_c);
+            if (mid > 0) tinyml_copy_flip(row + left * p->in_c, in + (size_t)iy * p->in_w * p->in_c, mid * p->in_c);
+            memset(row + (left + mid) * p->in_c, pad, (size_t)(pw - left - mid) * p->in_c);
+        }
+    }
     for (oy = 0; oy < p->out_h; oy++) {
-        for (ox = 0; ox < p->out_w; ox++) {
-            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
+        for (ox = 0; ox < p->out_w; ox += 2) {
+            const int32_t pair = ox + 1 < p->out_w;
+            int8_t *dst0 = out + (oy * p->out_w + ox) * p->out_c, *dst1 = dst0 + p->out_c;
             for (g = 0; g < p->groups; g++) {
-                const int8_t *wg = p->wq + (size_t)g * kq * ocp * 4;
-                tinyml_im2col_u8(p, in, g, oy, ox, col);
+                const int8_t *wg = p->wq + (size_t)g * kq * step;
+                const uint8_t *x0, *y0;
+                if (direct) {
+                    x0 = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
+                    y0 = pair ? x0 + (size_t)p->sw * p->in_c : x0;
+                } else {
+                    tinyml_im2col_u8(p, in, g, oy, ox, col[0]);
+                    if (pair) tinyml_im2col_u8(p, in, g, oy, ox + 1, col[1]);
+                    x0 = col[0];
+                    y0 = col[pair];
+                }
                 for (b = 0; b < ocp; b += 32) {
                     const int32_t two = b + 16 < ocp;
-                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, c0 = a0, c1 = a0;
-                    int32_t x0, x1;
-                    for (q = 0; q + 2 <= kq; q += 2) {
-                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4, *w1 = w0 + ocp * 4;
-                        __m512i v0, v1;
-                        memcpy(&x0, col + 4 * q, 4);
-                        memcpy(&x1, col + 4 * q + 4, 4);
-                        v0 = _mm512_set1_epi32(x0);
-                        v1 = _mm512_set1_epi32(x1);
-                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
-                        a1 = _mm512_dpbusd_epi32(a1, v1, _mm512_loadu_si512((const void *)w1));
-                        if (two) {
-                            c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
-                            c1 = _mm512_dpbusd_epi32(c1, v1, _mm512_loadu_si512((const void *)(w1 + 64)));
+                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, e0 = a0, e1 = a0;
+                    __m512i c0 = a0, c1 = a0, f0 = a0, f1 = a0;
+                    const int8_t *w = wg + (size_t)b * 4;
+                    for (seg = 0; seg < nseg; seg++) {
+                        const uint8_t *x = x0 + seg * seg_stride, *y = y0 + seg * seg_stride;
+                        for (q = 0; q + 2 <= words; q += 2, w += 2 * step, x += 8, y += 8) {
+                            int32_t xw[2], yw[2];
+                            __m512i u0, u1, v0, v1, w0, w1;
+                            memcpy(xw, x, 8);
+                            memcpy(yw, y, 8);
+                            u0 = _mm512_set1_epi32(xw[0]);
+                            u1 = _mm512_set1_epi32(xw[1]);
+                            v0 = _mm512_set1_epi32(yw[0]);
+                            v1 = _mm512_set1_epi32(yw[1]);
+                            w0 = _mm512_loadu_si512((const void *)w);
+                            w1 = _mm512_loadu_si512((const void *)(w + step));
+                            a0 = _mm512_dpbusd_epi32(a0, u0, w0);
+                            a1 = _mm512_dpbusd_epi32(a1, u1, w1);
+                            e0 = _mm512_dpbusd_epi32(e0, v0, w0);
+                            e1 = _mm512_dpbusd_epi32(e1, v1, w1);
+                            if (two) {
+                                w0 = _mm512_loadu_si512((const void *)(w + 64));
+                                w1 = _mm512_loadu_si512((const void *)(w + step + 64));
+                                c0 = _mm512_dpbusd_epi32(c0, u0, w0);
+                                c1 = _mm512_dpbusd_epi32(c1, u1, w1);
+                                f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                                f1 = _mm512_dpbusd_epi32(f1, v1, w1);
+                            }
+                        }
+                        if (q < words) {
+                            int32_t xw, yw;
+                            __m512i w0 = _mm512_loadu_si512((const void *)w), u0, v0;
+                            memcpy(&xw, x, 4);
+                            memcpy(&yw, y, 4);
+                            u0 = _mm512_set1_epi32(xw);
+                            v0 = _mm512_set1_epi32(yw);
+                            a0 = _mm512_dpbusd_epi32(a0, u0, w0);
+                            e0 = _mm512_dpbusd_epi32(e0, v0, w0);
+                            if (two) {
+                                w0 = _mm512_loadu_si512((const void *)(w + 64));
+                                c0 = _mm512_dpbusd_epi32(c0, u0, w0);
+                                f0 = _mm512_dpbusd_epi32(f0, v0, w0);
+                            }
+                            w += step;
                         }
                     }
-                    if (q < kq) {
-                        const int8_t *w0 = wg + ((size_t)q * ocp + b) * 4;
-                        __m512i v0;
-                        memcpy(&x0, col + 4 * q, 4);
-                        v0 = _mm512_set1_epi32(x0);
-                        a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_loadu_si512((const void *)w0));
-                        if (two) c0 = _mm512_dpbusd_epi32(c0, v0, _mm512_loadu_si512((const void *)(w0 + 64)));
+                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst0);
+                    if (pair) tinyml_vnni_out16(p, _mm512_add_epi32(e0, e1), g * ocg + b, ocg - b, dst1);
+                    if (two) {
+                        tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst0);
+                        if (pair) tinyml_vnni_out16(p, _mm512_add_epi32(f0, f1), g * ocg + b + 16, ocg - b - 16, dst1);
                     }
-                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst);
-                    if (two) tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst);
                 }
             }
         }
@@ -605,7 +668,9 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
     int32_t g, oy, ox;
 #if defined(TINYML_USE_VNNI)
     if (p->wq) {
-        tinyml_conv_vnni(p, in, out, (uint8_t *)col);
+        /* This path keeps its two columns on the stack. */
+        tinyml_conv_vnni(p, in, out);
+        (void)col;
         return;
     }
 #endif
@@ -677,7 +742,8 @@ TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const i
     const __m512i am = _mm512_set1_epi32(p->a_mult), as = _mm512_set1_epi32(p->a_shift);
     const __m512i bm = _mm512_set1_epi32(p->b_mult), bs = _mm512_set1_epi32(p->b_shift);
     const __m512i om = _mm512_set1_epi32(p->out_mult), os = _mm512_set1_epi32(p->out_shift);
-    const __m512i azp = _mm512_set1_epi32(p->a_zp), bzp = _mm512_set1_epi32(p->b_zp), ozp = _mm512_set1_epi32(p->out_zp);
+    const __m512i azp = _mm512_set1_epi32(p->a_zp), bzp = _mm512_set1_epi32(p->b_zp);
+    const __m512i ozp = _mm512_set1_epi32(p->out_zp);
     for (; i + 16 <= p->n; i += 16) {
         __m512i xa = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(a + i)));
         __m512i xb = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + i)));
@@ -706,54 +772,84 @@ typedef struct {
     const int32_t *shift;
 } tinyml_pool_t;
 
-/* Max pooling, NHWC. */
+/* n values v[i] -> dst[i] = clamp(requantize(v[i], mult, shift) + zp), one factor for all. */
+static inline void tinyml_requantize_block(const int32_t *v, int32_t n, int32_t mult, int32_t shift, int32_t zp,
+                                           int32_t lo, int32_t hi, int8_t *dst) {
+    int32_t i = 0;
+#if defined(TINYML_USE_VNNI)
+    const __m512i m = _mm512_set1_epi32(mult), s = _mm512_set1_epi32(shift), z = _mm512_set1_epi32(zp);
+    for (; i + 16 <= n; i += 16) {
+        __m512i r = _mm512_add_epi32(tinyml_requantize16(_mm512_loadu_si512((const void *)(v + i)), m, s), z);
+        r = _mm512_min_epi32(_mm512_max_epi32(r, _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(r));
+    }
+#endif
+    for (; i < n; i++) dst[i] = tinyml_clamp(tinyml_requantize(v[i], mult, shift) + zp, lo, hi);
+}
+
+#define TINYML_POOL_CHUNK 64
+
+/* Max pooling, NHWC: channels innermost, 64 at a time. */
 TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
-    int32_t c, oy, ox, ky, kx;
+    int32_t c0, oy, ox, ky, kx, j;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
-            for (c = 0; c < p->c; c++) {
-                int32_t m = -129;
+            int8_t *dst = out + (oy * p->out_w + ox) * p->c;
+            for (c0 = 0; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
+                const int32_t n = p->c - c0 < TINYML_POOL_CHUNK ? p->c - c0 : TINYML_POOL_CHUNK;
+                int32_t m[TINYML_POOL_CHUNK];
+                for (j = 0; j < n; j++) m[j] = -128;
                 for (ky = 0; ky < p->kh; ky++) {
                     const int32_t y = y0 + ky;
                     if (y < 0 || y >= p->in_h) continue;
                     for (kx = 0; kx < p->kw; kx++) {
                         const int32_t x = x0 + kx;
-                        if (x >= 0 && x < p->in_w) {
-                            const int32_t v = in[(y * p->in_w + x) * p->c + c];
-                            m = v > m ? v : m;
-                        }
+                        const int8_t *px;
+                        if (x < 0 || x >= p->in_w) continue;
+                        px = in + (y * p->in_w + x) * p->c + c0;
+                        for (j = 0; j < n; j++) m[j] = px[j] > m[j] ? px[j] : m[j];
                     }
                 }
-                if (p->rescale) m = tinyml_requantize(m - p->in_zp, p->mult[0], p->shift[0]) + p->out_zp;
-                *out++ = tinyml_clamp(m, p->act_min, p->act_max);
+                if (p->rescale) {
+                    for (j = 0; j < n; j++) m[j] -= p->in_zp;
+                    tinyml_requantize_block(m, n, p->mult[0], p->shift[0], p->out_zp, p->act_min, p->act_max, dst + c0);
+                } else {
+                    for (j = 0; j < n; j++) dst[c0 + j] = tinyml_clamp(m[j], p->act_min, p->act_max);
+                }
             }
         }
     }
 }
 
-/* Average pooling, NHWC: sum(x - zp) rescaled by s_in / (s_out * count). */
+/* Average pooling, NHWC: sum(x - zp) rescaled by s_in / (s_out * count), channels innermost. */
 TINYML_KERNEL void tinyml_avgpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
-    int32_t c, oy, ox, ky, kx;
+    int32_t c0, oy, ox, ky, kx, j;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
-            for (c = 0; c < p->c; c++) {
-                int32_t sum = 0, count = 0, v;
+            int8_t *dst = out + (oy * p->out_w + ox) * p->c;
+            for (c0 = 0; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
+                const int32_t n = p->c - c0 < TINYML_POOL_CHUNK ? p->c - c0 : TINYML_POOL_CHUNK;
+                int32_t sum[TINYML_POOL_CHUNK], count = 0;
+                for (j = 0; j < n; j++) sum[j] = 0;
                 for (ky = 0; ky < p->kh; ky++) {
                     const int32_t y = y0 + ky;
                     if (y < 0 || y >= p->in_h) continue;
                     for (kx = 0; kx < p->kw; kx++) {
                         const int32_t x = x0 + kx;
-                        if (x >= 0 && x < p->in_w) {
-                            sum += in[(y * p->in_w + x) * p->c + c] - p->in_zp;
-                            count++;
-                        }
+                        const int8_t *px;
+                        if (x < 0 || x >= p->in_w) continue;
+                        px = in + (y * p->in_w + x) * p->c + c0;
+                        for (j = 0; j < n; j++) sum[j] += px[j];
+                        count++;
                     }
                 }
+                /* The zero point once per element summed: sum(x - zp) = sum(x) - count * zp. */
+                for (j = 0; j < n; j++) sum[j] -= count * p->in_zp;
                 if (p->count_include_pad) count = p->kh * p->kw;
-                v = tinyml_requantize(sum, p->mult[count - 1], p->shift[count - 1]) + p->out_zp;
-                *out++ = tinyml_clamp(v, p->act_min, p->act_max);
+                tinyml_requantize_block(sum, n, p->mult[count - 1], p->shift[count - 1], p->out_zp, p->act_min,
+                                        p->act_max, dst + c0);
             }
         }
     }

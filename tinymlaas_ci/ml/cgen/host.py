@@ -134,7 +134,9 @@ class CModel:
     def __init__(self, library: str | os.PathLike) -> None:
         self.path = Path(library)
         try:
-            self._lib = ctypes.CDLL(str(self.path))
+            # PyDLL keeps the GIL across the call: an inference of a few microseconds costs less
+            # than releasing and re-taking it, which on a busy machine can mean a context switch.
+            self._lib = ctypes.PyDLL(str(self.path))
         except OSError as exc:
             raise TinymlError(f"cannot load {self.path}: {exc}", hint="rebuild it with build_shared") from exc
         lib = self._lib
