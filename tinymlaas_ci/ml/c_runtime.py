@@ -11,9 +11,8 @@ microcontroller harness (:mod:`tinymlaas_ci.devices.mcu`) do the work:
 * install: :func:`host_build_flags` and :func:`build_host_library` build the generated C with
   the host compiler for a Linux device (``-O3`` and the device's ISA); the ``mcu`` device kind
   builds firmware with :func:`tinymlaas_ci.devices.mcu.build_firmware` instead.
-* infer: :func:`board_metrics` turns a board run into the result's metrics, next to the
-  agreement of the board's predictions with ONNX Runtime running the same int8 model
-  (:func:`ort_agreement`).
+* infer: :func:`ort_agreement` compares the predictions of the board or the host build with
+  ONNX Runtime running the same int8 model.
 
 In a bundle the C model lives in ``c/`` (:data:`C_DIR`) and the firmware in ``firmware/``
 (:data:`FIRMWARE_DIR`); the bundle's ``model`` is the int8 ONNX model the C was generated from.

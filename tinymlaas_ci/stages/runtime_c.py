@@ -94,6 +94,7 @@ def add_c_to_bundle(ctx: StageContext, bundle: Path) -> dict[str, str]:
     """Copy the generated C into ``bundle/c`` and build it for the device; returns sha256 by
     bundle-relative path of the files added (for the manifest)."""
     from tinymlaas_ci.ml import c_runtime
+    from tinymlaas_ci.ml.cgen.host import compiler_version
 
     c_dir = bundle / C_DIR
     if c_dir.exists():
@@ -107,8 +108,6 @@ def add_c_to_bundle(ctx: StageContext, bundle: Path) -> dict[str, str]:
     elif device.kind != "ssh":
         host = device.docker.host if device.kind == "docker" else None
         flags = c_runtime.host_build_flags(device.kind, device.arch, docker_host=host)
-        from tinymlaas_ci.ml.cgen.host import compiler_version
-
         lib = c_runtime.build_host_library(c_dir, flags)
         ctx.records["c_build"] = {"compiler": compiler_version(), "flags": flags, "library_bytes": lib.stat().st_size}
         ctx.log(f"built {lib.name} with {' '.join(flags)} ({lib.stat().st_size:,} B)")
