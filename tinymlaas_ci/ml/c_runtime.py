@@ -169,7 +169,7 @@ def host_build_flags(device_kind: str, device_arch: str, *, docker_host: str | N
     here = _machine_arch()
     if device_arch != here:
         raise TinymlError(
-            f"runtime c on a {device_arch} device cannot be built on this {here} runner",
+            f"runtime c for a device of architecture {device_arch} cannot be built on this {here} runner",
             hint="use an ssh device (the C model is built on the board), or a runner of the device's architecture",
         )
     local_engine = docker_host is None or docker_host.startswith("unix://")
