@@ -90,3 +90,21 @@ def test_generated_code_compiles_for_cortex_m(net, tmp_path, cpu, flags, path):
     assert data == 0 and bss == info.arena_bytes
     assert text >= info.weights_bytes + info.quant_bytes
     assert text <= (info.weights_bytes + info.quant_bytes) * 1.05 + 6 * 1024 + 2048 * (info.input_size > 0)
+
+
+def test_the_compile_stage_default_per_tensor_weights(tmp_path):
+    # compile's static-int8 without per_channel: one weight scale per tensor, broadcast per channel.
+    from tests.cgen.conftest import export
+    from tinymlaas_ci.ml.compress import quantize_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 5)
+    )
+    fp32 = export(net, (2, 6, 6), tmp_path / "fp32.onnx")
+    calib = np.random.default_rng(0).uniform(-1, 1, (16, 2, 6, 6)).astype(np.float32)
+    quantize_onnx(fp32, tmp_path / "int8.onnx", "static-int8", calibration=calib, per_channel=False)
+    graph, info, models = build(tmp_path / "int8.onnx", tmp_path, paths=("native", "portable"))
+    assert len(set(graph.ops[0].multiplier.tolist())) == 1  # one scale: one multiplier for all channels
+    want = assert_bit_exact(graph, models, n=8)
+    assert np.ptp(want.astype(int)) > 0 and info.macs == 8 * 2 * 9 * 36 + 8 * 36 * 5

@@ -11,8 +11,13 @@ exactly this form) into self-contained C99:
 2. :mod:`~tinymlaas_ci.ml.cgen.arena` plans one static arena from tensor lifetimes.
 3. :mod:`~tinymlaas_ci.ml.cgen.emit` writes ``model.h`` (the fixed interface), ``model.c``
    (weights as ``const`` arrays, one function ``tinyml_model_run``) and ``kernels.h``
-   (:mod:`~tinymlaas_ci.ml.cgen.csource`: portable C, Arm DSP, Arm MVE and x86 AVX2 dot products
-   chosen at compile time).
+   (:mod:`~tinymlaas_ci.ml.cgen.csource`: portable C, Arm DSP, Arm MVE, x86 AVX-512 VNNI and
+   AVX2 kernels chosen at compile time by the target's predefined macros).
+
+Inside ``tinyml_model_run`` image tensors are stored channels-last; the interface is the model's
+own layout (NCHW, flattened), quantized: ``q = clamp(round(x / tinyml_input_scale) +
+tinyml_input_zero_point, -128, 127)`` in, ``(q - tinyml_output_zero_point) * tinyml_output_scale``
+out.
 
 The arithmetic is TensorFlow Lite's / CMSIS-NN's int8 scheme
 (:mod:`~tinymlaas_ci.ml.cgen.fixedpoint`), and :mod:`~tinymlaas_ci.ml.cgen.reference` is a numpy

@@ -3,35 +3,46 @@ r"""The C kernel library written next to every generated model (``kernels.h``).
 All kernels are C99 ``static`` functions in one header that ``model.c`` includes, so a
 firmware links exactly the kernels its model uses (the compiler drops the others).
 
-Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as ``H * W`` pixels of
-``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout and
-are transposed on the way in and out. Weights are int8 ``[OC][KH][KW][IC/groups]`` (one contiguous
-row of ``K = KH * KW * IC/groups`` values per output channel). Every convolution and fully connected
-layer is a set of dot products between a weight row and an input column: the column is the
-layer's input itself for a fully connected layer and an im2col copy of the receptive field for a
-convolution, padded with the input zero point. The bias is stored pre-corrected as
-``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
-exactly and padding contributes nothing in real terms.
+Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as ``H * W`` pixels
+of ``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout
+and are transposed on the way in and out when the two orders differ. Weights are int8
+``[OC][KH][KW][IC/groups]``: one contiguous row of ``K = KH * KW * IC/groups`` values per output
+channel. Every convolution and fully connected layer is a set of dot products between a weight
+row and an input column: the layer's input itself for a fully connected layer, an im2col copy of
+the receptive field (padded with the input zero point) for a convolution. The bias is stored
+pre-corrected as ``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals
+``bias + sum(w * (x - zp_in))`` exactly and padding contributes nothing in real terms.
+Depthwise convolution, pooling, Add and the layout changes are direct loops.
 
-The dot products have one implementation per instruction set, chosen by the compiler's
-predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
+The dot products have one implementation per instruction set, chosen at compile time by the
+target's predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
 
-* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8``, the tail by
-  a ``vctp8q`` predicate with zeroing loads;
+* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8`` from
+  ``<arm_mve.h>``, the tail by a ``vctp8q`` predicate with zeroing loads;
 * ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33): four int8 values per 32-bit load, split by
-  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``;
-* ``__AVX2__`` (x86-64 Linux devices): 16 int8 values sign-extended to int16 and multiplied
-  pairwise into int32 by ``_mm256_madd_epi16``;
+  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``
+  (``<arm_acle.h>``), four weight rows per column load;
+* ``__AVX512VNNI__`` with AVX-512 BW/VL (x86-64 hosts): convolutions keep 16 output channels in
+  the lanes of a vector and accumulate with ``VPDPBUSD`` against a second, interleaved copy of the
+  weights (``[G][K/4][OC/G rounded up to 16][4]``, emitted only for this path). ``VPDPBUSD``
+  multiplies unsigned by signed bytes, so activations are fed as ``x + 128`` and
+  ``128 * sum(w)`` (also emitted only for this path) is subtracted. When a kernel row is a whole
+  number of 4-byte words the rows are read in place from a zero-point-padded copy of the input
+  instead of an im2col column. Requantization, Add and pooling run 16 lanes at a time;
+* ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
+  ``_mm256_madd_epi16``;
 * otherwise a portable C loop.
 
-Integer sums are exact, so every path gives bit-identical results; the tests check that each
-path matches the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`). ``TINYML_EMULATE_ARM``
-compiles the DSP or MVE path on any host with C definitions of the intrinsics, so the paths'
-loop logic is tested where no Arm core is at hand.
+Integer sums are exact, so every path gives bit-identical results: the tests build each path and
+compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on the host and
+(DSP, MVE) bare-metal under QEMU. ``TINYML_EMULATE_DSP`` / ``TINYML_EMULATE_MVE`` compile the Arm
+paths on any host with C definitions of the intrinsics, so their loop logic is also tested
+where no Arm toolchain is at hand.
 
 Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``;
 it relies on ``>>`` of a negative ``int32_t`` being an arithmetic shift, which GCC, Clang and
-Arm Compiler guarantee.
+Arm Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
+padded input copy on the stack (host builds only).
 """
 
 from __future__ import annotations
@@ -93,6 +104,17 @@ static inline uint32_t tinyml_load32(const int8_t *p) {
     return v;
 }
 #define TINYML_ROR8(x) (((x) >> 8) | ((x) << 24))
+#if defined(__GNUC__) && !defined(TINYML_EMULATE_DSP)
+/* Bytes 1 and 3 sign-extended: SXTB16 with its built-in rotation, one instruction (GCC 12 does
+ * not fold a separate rotate into it). */
+static inline int32_t tinyml_sxtb16_ror8(uint32_t x) {
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+#define tinyml_sxtb16_ror8(x) tinyml_sxtb16(TINYML_ROR8(x))
+#endif
 #endif
 
 #if defined(TINYML_USE_MVE)
@@ -182,19 +204,19 @@ static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int3
 #if defined(TINYML_USE_DSP)
     for (; i + 4 <= k; i += 4) {
         uint32_t xw = tinyml_load32(x + i), ww;
-        int32_t xe = tinyml_sxtb16(xw), xo = tinyml_sxtb16(TINYML_ROR8(xw));
+        int32_t xe = tinyml_sxtb16(xw), xo = tinyml_sxtb16_ror8(xw);
         ww = tinyml_load32(w0 + i);
         a0 = tinyml_smlad(tinyml_sxtb16(ww), xe, a0);
-        a0 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a0);
+        a0 = tinyml_smlad(tinyml_sxtb16_ror8(ww), xo, a0);
         ww = tinyml_load32(w1 + i);
         a1 = tinyml_smlad(tinyml_sxtb16(ww), xe, a1);
-        a1 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a1);
+        a1 = tinyml_smlad(tinyml_sxtb16_ror8(ww), xo, a1);
         ww = tinyml_load32(w2 + i);
         a2 = tinyml_smlad(tinyml_sxtb16(ww), xe, a2);
-        a2 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a2);
+        a2 = tinyml_smlad(tinyml_sxtb16_ror8(ww), xo, a2);
         ww = tinyml_load32(w3 + i);
         a3 = tinyml_smlad(tinyml_sxtb16(ww), xe, a3);
-        a3 = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), xo, a3);
+        a3 = tinyml_smlad(tinyml_sxtb16_ror8(ww), xo, a3);
     }
 #elif defined(TINYML_USE_AVX2)
     if (k >= 16) {
@@ -239,7 +261,7 @@ static inline int32_t tinyml_dot1(const int8_t *x, const int8_t *w, int32_t k, i
     for (; i + 4 <= k; i += 4) {
         uint32_t xw = tinyml_load32(x + i), ww = tinyml_load32(w + i);
         acc = tinyml_smlad(tinyml_sxtb16(ww), tinyml_sxtb16(xw), acc);
-        acc = tinyml_smlad(tinyml_sxtb16(TINYML_ROR8(ww)), tinyml_sxtb16(TINYML_ROR8(xw)), acc);
+        acc = tinyml_smlad(tinyml_sxtb16_ror8(ww), tinyml_sxtb16_ror8(xw), acc);
     }
 #elif defined(TINYML_USE_AVX2)
     if (k >= 16) {

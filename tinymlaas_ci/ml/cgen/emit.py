@@ -11,12 +11,19 @@
     extern const unsigned long tinyml_weights_bytes;
     int tinyml_model_run(const int8_t *input, int8_t *output);   /* 0 on success */
 
-plus ``tinyml_kernel_path`` (which dot-product path the build selected: ``portable``, ``dsp``,
-``mve`` or ``avx2``). ``model.c`` holds every weight, bias and requantization constant as a
-``static const`` array (flash on a microcontroller), one static arena laid out by
-:mod:`tinymlaas_ci.ml.cgen.arena`, and ``tinyml_model_run``, one kernel call per operator with the
-input read from the caller's buffer and the last operator writing straight into the caller's
-output buffer.
+plus ``tinyml_kernel_path`` (which kernel path the build selected: ``portable``, ``dsp``,
+``mve``, ``avx512vnni`` or ``avx2``). ``model.c`` holds every weight, bias and requantization
+constant as a ``static const`` array (flash on a microcontroller; the extra arrays of the AVX-512
+path sit behind ``#if`` and never reach an Arm build), one static arena laid out by
+:mod:`tinymlaas_ci.ml.cgen.arena`, and ``tinyml_model_run``: one kernel call per operator, plus a
+layout change where an image tensor enters or leaves channels-last storage (the model input,
+the output, a Flatten/Reshape of an image). The first operator reads the caller's input buffer
+when no layout change is needed, and the last one writes straight into the caller's output
+buffer, so neither takes arena space.
+
+:func:`layout` turns the IR into these calls (:class:`Step`) over physical buffers: a Reshape
+between tensors stored alike is an alias (no code, no memory), and each call's scratch (the
+im2col column of a convolution, ``K`` rounded up to 4 bytes) is a buffer live during that call.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Build generated C with the host compiler and run it from Python: ``runtime: c`` on Linux devices.
 
-:func:`build_shared` compiles ``model.c`` (plus a small float wrapper, ``host.c``) with
+:func:`build_shared` compiles ``model.c`` (plus a small float wrapper, ``HOST_C``) with
 ``cc -O3 -march=native -shared -fPIC`` into a shared library; on x86-64
 ``-march=native`` selects the AVX-512 VNNI or AVX2 dot products when the CPU has them. :class:`CModel` loads it
 with ctypes:
@@ -20,6 +20,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,12 +114,15 @@ def build_shared(
             raise TinymlError(f"{model_dir / name} does not exist", hint="generate the C model first (generate_c)")
     cc = cc or compiler()
     out = Path(out) if out is not None else model_dir / "libtinyml_model.so"
-    host_c = model_dir / "host.c"
-    atomic_write_text(host_c, HOST_C)
     tmp = out.with_name(out.name + ".tmp")
-    cmd = [cc, *flags, "-std=c99", "-shared", "-fPIC", "-I", str(model_dir), str(model_dir / "model.c"), str(host_c)]
-    cmd += ["-o", str(tmp), "-lm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The float wrapper is compiled from a scratch folder, so the model folder keeps exactly the
+    # generated files (a firmware build may compile every .c in it).
+    with tempfile.TemporaryDirectory(prefix="tinymlaas-cgen-host-") as scratch:
+        host_c = Path(scratch) / "tinyml_host.c"
+        atomic_write_text(host_c, HOST_C)
+        cmd = [cc, *flags, "-std=c99", "-shared", "-fPIC", "-I", str(model_dir), str(model_dir / "model.c")]
+        cmd += [str(host_c), "-o", str(tmp), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise TinymlError(
             f"the C compiler failed on {model_dir / 'model.c'} (exit {proc.returncode}): {proc.stderr[-1500:]}",
