@@ -68,3 +68,26 @@ def test_validate_refuses_an_mcu_device_with_another_runtime(tmp_path):
         "runs/p/ort.yaml:5:10: device 'm4' is a microcontroller (mps2-an386): it needs runtime 'c', not "
         "'onnxruntime' (set 'runtime: c' and 'compression.quantization: static-int8')"
     ], out.stdout
+
+
+def test_device_check_of_an_emulated_board_probes_the_runner(tmp_path):
+    import shutil as sh
+
+    from tinymlaas_ci.devices.registry import check
+
+    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices" / "m55.yaml").write_text("schema: 1\nkind: mcu\nboard: mps3-an547\n")
+    (tmp_path / "devices" / "lab.yaml").write_text(
+        "schema: 1\nkind: mcu\nboard: mps2-an386\ntransport: serial\nserial: {port: /dev/tinymlaas-no-such-port}\n"
+    )
+    findings = check(tmp_path, "m55")
+    messages = [f.message for f in findings]
+    assert messages[0] == "devices/m55.yaml is valid (mcu, other)"
+    have = bool(sh.which("arm-none-eabi-gcc")) and bool(sh.which("qemu-system-arm"))
+    assert any(m.startswith("toolchain on the runner: ") for m in messages) == bool(sh.which("arm-none-eabi-gcc"))
+    assert all(f.level == "ok" for f in findings) == (have and bool(sh.which("cc") or sh.which("gcc")))
+    lab = check(tmp_path, "lab")
+    assert [f.message for f in lab if f.level == "error"][
+        -1
+    ] == "serial port /dev/tinymlaas-no-such-port does not exist"
+    assert not any(m.startswith("emulator") for m in (f.message for f in lab))

@@ -311,8 +311,46 @@ def check(root: Path, name: str) -> list[Finding]:
                     f"tinymlaas images build --only inference{h} (offline: add --base tinymlaas-base:bookworm)",
                 )
             )
+    elif spec.kind == "mcu":
+        findings += _check_mcu(spec)
     else:
         findings += _check_ssh(spec)
+    return findings
+
+
+def _check_mcu(spec) -> list[Finding]:
+    """The runner builds and runs the firmware: the Arm toolchain, and QEMU or the serial port."""
+    import shutil
+
+    from tinymlaas_ci.devices.mcu.build import toolchain_version
+    from tinymlaas_ci.devices.mcu.transport import qemu_version
+    from tinymlaas_ci.errors import DeviceError
+
+    findings = []
+    checks = [("toolchain", toolchain_version)]
+    if spec.transport == "qemu":
+        checks.append(("emulator", qemu_version))
+    for what, probe in checks:
+        try:
+            findings.append(Finding("ok", f"{what} on the runner: {probe()}"))
+        except DeviceError as exc:
+            findings.append(Finding("error", exc.message, exc.hint))
+    if spec.transport == "qemu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        findings.append(
+            Finding(
+                "error",
+                "no host C compiler for QEMU's instruction-count plugin",
+                "apt-get install gcc",
+            )
+        )
+    if spec.transport == "serial":
+        port = spec.serial.port
+        if Path(port).exists() or "://" in port:
+            findings.append(Finding("ok", f"serial port {port} is there"))
+        else:
+            findings.append(
+                Finding("error", f"serial port {port} does not exist", "plug the board in, or fix serial.port")
+            )
     return findings
 
 
