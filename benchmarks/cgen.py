@@ -81,12 +81,13 @@ def prepare(tmp: Path) -> list[dict]:
     from tinymlaas_ci.ml import formats
     from tinymlaas_ci.ml.cgen import generate_c, quantize_qdq
     from tinymlaas_ci.ml.compress import compile_model
+    from tinymlaas_ci.spec.models import Compression
 
     data = _digits_data()
     digits = compile_model(
         ROOT / "uploads" / "digits-cnn" / "model.pkl",
         tmp / "digits",
-        compression={"quantization": "static-int8", "per_channel": True, "calibration_samples": 256},
+        compression=Compression(quantization="static-int8", per_channel=True, calibration_samples=256),
         runtime="onnxruntime",
         data=data,
     )

@@ -27,12 +27,13 @@ def digits(tmp_path_factory):
     data = {f"x_{k}": train.to_inputs(v[0]) for k, v in splits.items()}
     data.update({f"y_{k}": v[1] for k, v in splits.items()})
     from tinymlaas_ci.ml.compress import compile_model
+    from tinymlaas_ci.spec.models import Compression
 
     out = tmp_path_factory.mktemp("digits")
     compiled = compile_model(
         DIGITS_MODEL,
         out / "compiled",
-        compression={"quantization": "static-int8", "per_channel": True, "calibration_samples": 256},
+        compression=Compression(quantization="static-int8", per_channel=True, calibration_samples=256),
         runtime="onnxruntime",
         data=data,
     )

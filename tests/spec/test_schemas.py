@@ -88,4 +88,5 @@ def test_example_repository_has_no_problems():
     repo = load_repo(ROOT)
     assert repo.problems == []
     assert {r.id for r in repo.runs} >= {"digits/cnn-none", "digits/cnn-static-int8", "digits/cnn-pruned"}
-    assert sorted(repo.devices) == ["host"]
+    assert sorted(repo.devices) == ["host", "mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
+    assert {r.id for r in repo.runs} >= {"digits-mcu/cnn-mps2-an386", "digits-mcu/cnn-host"}

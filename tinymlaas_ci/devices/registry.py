@@ -23,7 +23,7 @@ from tinymlaas_ci.errors import DeviceError, ExecutorError, SpecError, UsageErro
 from tinymlaas_ci.fs import atomic_write_text
 from tinymlaas_ci.hostinfo import ARCHES, cpu_info, memory_mb, normalise_arch
 from tinymlaas_ci.spec.loader import load_yaml_file, load_yaml_text
-from tinymlaas_ci.spec.models import NAME_PATTERN, NAME_RULE, DockerDevice, LocalDevice, SshDevice
+from tinymlaas_ci.spec.models import NAME_PATTERN, NAME_RULE, DockerDevice, LocalDevice, McuDevice, SshDevice
 from tinymlaas_ci.spec.validate import validate_loaded
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 
 KINDS = ("local", "docker")
 """Kinds ``register`` probes. ``ssh`` devices are written by hand (see the device reference)."""
-_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
+_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice, "mcu": McuDevice}
 _NAME_RE = re.compile(NAME_PATTERN)
 _RUNTIME_PROBE = (
     "import json, importlib\n"
@@ -311,8 +311,46 @@ def check(root: Path, name: str) -> list[Finding]:
                     f"tinymlaas images build --only inference{h} (offline: add --base tinymlaas-base:bookworm)",
                 )
             )
+    elif spec.kind == "mcu":
+        findings += _check_mcu(spec)
     else:
         findings += _check_ssh(spec)
+    return findings
+
+
+def _check_mcu(spec) -> list[Finding]:
+    """The runner builds and runs the firmware: the Arm toolchain, and QEMU or the serial port."""
+    import shutil
+
+    from tinymlaas_ci.devices.mcu.build import toolchain_version
+    from tinymlaas_ci.devices.mcu.transport import qemu_version
+    from tinymlaas_ci.errors import DeviceError
+
+    findings = []
+    checks = [("toolchain", toolchain_version)]
+    if spec.transport == "qemu":
+        checks.append(("emulator", qemu_version))
+    for what, probe in checks:
+        try:
+            findings.append(Finding("ok", f"{what} on the runner: {probe()}"))
+        except DeviceError as exc:
+            findings.append(Finding("error", exc.message, exc.hint))
+    if spec.transport == "qemu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        findings.append(
+            Finding(
+                "error",
+                "no host C compiler for QEMU's instruction-count plugin",
+                "apt-get install gcc",
+            )
+        )
+    if spec.transport == "serial":
+        port = spec.serial.port
+        if Path(port).exists() or "://" in port:
+            findings.append(Finding("ok", f"serial port {port} is there"))
+        else:
+            findings.append(
+                Finding("error", f"serial port {port} does not exist", "plug the board in, or fix serial.port")
+            )
     return findings
 
 

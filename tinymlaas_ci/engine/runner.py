@@ -483,7 +483,10 @@ class Engine:
         """Where a stage runs. On a ``docker`` device, install runs on the runner (it builds the
         inference image on the device's engine) and infer runs in that image on that engine; on
         an ``ssh`` device, install runs on the runner (it copies the bundle to the board) and
-        infer runs on the board; whatever executor the other stages use."""
+        infer runs on the board; on an ``mcu`` device, install and infer run on the runner, where
+        the board is emulated or attached; whatever executor the other stages use."""
+        if device.kind == "mcu" and stage.builtin in ("install", "infer"):
+            return "local"
         if device.kind in ("docker", "ssh") and stage.builtin == "install":
             return "local"
         if device.kind == "docker" and stage.builtin == "infer":

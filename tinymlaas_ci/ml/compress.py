@@ -55,6 +55,8 @@ class CompileOutcome:
     prepared: dict[str, Any] | None = None
     """Labels, label source, preprocessing and input layout decided for the dataset (see
     :meth:`tinymlaas_ci.ml.prepared.PreparedData.record`), when a dataset file was given."""
+    calibration: tuple[Any, str] | None = None
+    """``(samples, split)``: model-ready calibration inputs, when asked for with ``calibrate``."""
 
 
 def compile_model(
@@ -73,6 +75,7 @@ def compile_model(
     input_layout: Any | None = None,
     architecture: Any | None = None,
     code: str | None = None,
+    calibrate: bool = False,
 ) -> CompileOutcome:
     """Load, prune, quantize and save a model for ``runtime``.
 
@@ -82,7 +85,9 @@ def compile_model(
     then labels and preprocessing (``preprocess``: the spec's ``dataset.preprocess``) are decided
     from it and the model's metadata, and checked on a first batch right after loading
     (:mod:`.prepared`), before anything slow runs. ``architecture``/``code`` are the spec's
-    ``model.architecture``/``model.code``.
+    ``model.architecture``/``model.code``. ``calibrate`` also returns the model-ready calibration
+    samples (:attr:`CompileOutcome.calibration`) whatever the quantization, for a quantizer of
+    its own (the C generator's).
     Writes ``baseline.onnx`` and ``model.onnx`` (or ``model.pt``) into ``out_dir``.
     """
     data = dict(data or {})
@@ -180,9 +185,11 @@ def compile_model(
                     if not with_pruned_weights(baseline, torch_model, fp32):
                         formats.export_onnx(torch_model, fp32, shape)
 
-        if prepared is not None and runtime == "onnxruntime" and quant == "static-int8":
+        if prepared is not None and runtime == "onnxruntime" and (quant == "static-int8" or calibrate):
             if not data:
                 data = _model_ready_data(prepared, compression, None, seed)
+            calib, calib_split = calibration_data(data, compression.calibration_samples, seed=seed)
+        elif calibrate and calib is None:
             calib, calib_split = calibration_data(data, compression.calibration_samples, seed=seed)
         if runtime == "onnxruntime":
             deployed = out_dir / "model.onnx"
@@ -214,6 +221,7 @@ def compile_model(
         source_format=fmt,
         details=details,
         prepared=prepared.record() if prepared is not None else None,
+        calibration=(calib, calib_split) if calibrate and calib is not None else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Inference runtimes on the device: ONNX Runtime for ``.onnx``, TorchScript for ``.pt``.
+"""Inference runtimes on the device: ONNX Runtime for ``.onnx``, TorchScript for ``.pt``, and the
+host build of generated C (``runtime: c``) for a shared library.
 
 A :class:`Session` takes a float32 batch ``(N, *input_shape)`` and returns logits ``(N, classes)``,
 whatever the model's precision inside, so the same data and measurement code serve every variant.
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RUNTIMES", "Session", "load_session", "runtime_for"]
 
-RUNTIMES = ("onnxruntime", "pytorch")
+RUNTIMES = ("onnxruntime", "pytorch", "c")
 
 
 @dataclass
@@ -54,6 +55,8 @@ def runtime_for(path: str | os.PathLike) -> str:
         return "onnxruntime"
     if suffix in (".pt", ".pth", ".ts"):
         return "pytorch"
+    if suffix == ".so":
+        return "c"
     raise TinymlError(f"no runtime runs {Path(path).name}", hint="deploy a .onnx or TorchScript .pt file")
 
 
@@ -61,6 +64,8 @@ def load_session(path: str | os.PathLike, runtime: str | None = None, *, threads
     """Load the model at ``path`` into ``runtime`` (default: by extension), timing the load."""
     path = Path(path)
     runtime = runtime or runtime_for(path)
+    if runtime == "c":
+        return _load_c(path)
     if not path.is_file():
         raise TinymlError(f"model file {path} does not exist", hint="run the install stage first")
     if runtime == "onnxruntime":
@@ -68,6 +73,16 @@ def load_session(path: str | os.PathLike, runtime: str | None = None, *, threads
     if runtime == "pytorch":
         return _load_torchscript(path, threads)
     raise TinymlError(f"unknown runtime {runtime!r}", hint=f"use one of {', '.join(RUNTIMES)}")
+
+
+def _load_c(path: Path) -> Session:
+    # The library sits next to the generated sources; a bundle copied to a board without it
+    # (or with older sources) is built there, with the board's compiler for its own CPU.
+    from tinymlaas_ci.ml.cgen.host import load_c_session
+
+    if not (path.parent / "model.c").is_file():
+        raise TinymlError(f"{path.parent} holds no generated C model", hint="run the install stage first")
+    return load_c_session(path.parent)
 
 
 def _load_onnx(path: Path, threads: int) -> Session:

@@ -13,14 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "RESULT_SCHEMA",
     "CompressionRecord",
+    "CountSummary",
     "DatasetInput",
     "DeviceRecord",
     "ErrorRecord",
+    "FlashBytes",
     "GateVerdict",
     "Inputs",
     "Latency",
+    "MemoryMap",
     "Metrics",
     "ModelInput",
+    "RamBytes",
     "Result",
     "RunIdentity",
     "RuntimeRecord",
@@ -153,6 +157,53 @@ class Latency(_Rec):
     warmup: int
 
 
+class CountSummary(_Rec):
+    """Median, minimum and maximum of a per-inference value over ``n`` inferences."""
+
+    median: float
+    min: float
+    max: float
+    n: int
+    """Inferences counted."""
+
+
+class FlashBytes(_Rec):
+    """Flash use of a microcontroller firmware, read from the linked image."""
+
+    model: int
+    """The model's code and constant data (weights, biases, requantization constants)."""
+    firmware: int
+    """Everything the image puts in flash: vectors, startup, UART protocol, libc, the model."""
+    budget: int
+    """The device's ``flash_kb`` budget in bytes, which the linker script enforces."""
+
+
+class RamBytes(_Rec):
+    """RAM use of a microcontroller firmware: static data from the image, the stack measured."""
+
+    total: int
+    """``static`` + ``stack_high_water``: the RAM the firmware needs."""
+    static: int
+    """.data + .bss: the tensor arena, buffers and variables."""
+    stack_high_water: int
+    """Deepest stack use measured on the board over the whole run (a painted stack)."""
+    stack_before_inference: int | None = None
+    """Stack high-water of the firmware alone, before the first inference."""
+    stack_reserved: int | None = None
+    """Stack the linker script reserves (``stack_bytes`` of the device)."""
+    budget: int
+    """The device's ``ram_kb`` budget in bytes, which the linker script enforces."""
+
+
+class MemoryMap(_Rec):
+    """Where the firmware sits on the board: the linker script's regions and the image's sections."""
+
+    regions: list[dict[str, Any]] = Field(default_factory=list)
+    """``name``, ``origin`` (hex), ``length`` (the budget) and ``used`` bytes of each region."""
+    sections: list[dict[str, Any]] = Field(default_factory=list)
+    """``name``, ``address`` (hex), ``size`` and ``region`` of each allocated section."""
+
+
 class Metrics(_Rec):
     accuracy: float
     """Top-1 accuracy over the whole evaluation split, measured on the device."""
@@ -193,6 +244,40 @@ class Metrics(_Rec):
     """``nchw`` or ``nhwc``: the model's input axis order."""
     confusion_matrix: list[list[int]] = Field(default_factory=list)
     """Rows: true label, columns: predicted label."""
+    latency_source: Literal["measured", "instructions", "cycles"] | None = None
+    """How ``latency_ms`` was obtained. Absent or ``measured``: wall-clock time of each call on
+    the device. ``instructions``: an ESTIMATE, the exact instruction count of each inference on
+    an emulated microcontroller divided by the clock (QEMU has no timing model). ``cycles``: the
+    core's cycle counter on a real microcontroller divided by the clock."""
+    agreement_with_onnxruntime: float | None = None
+    """``runtime: c``: share of predictions equal to ONNX Runtime's on the same int8 model and
+    inputs (1.0: every prediction agrees)."""
+    board: str | None = None
+    """``mcu`` devices: the board preset the firmware was built for and run on."""
+    flash_bytes: FlashBytes | None = None
+    """``mcu`` devices: flash used by the model and the whole firmware, against the budget."""
+    weights_bytes: int | None = None
+    """``runtime: c``: bytes of the model's int8 weights and int32 biases (in flash)."""
+    arena_bytes: int | None = None
+    """``runtime: c``: bytes of the static tensor arena (in RAM), planned from tensor lifetimes."""
+    ram_bytes: RamBytes | None = None
+    """``mcu`` devices: static RAM plus the measured stack high-water, against the budget."""
+    macs: int | None = None
+    """``runtime: c``: multiply-accumulates per inference."""
+    instructions_per_inference: CountSummary | None = None
+    """``mcu`` devices under QEMU: exact instructions executed per inference (between two
+    markers around the model call), over every sample of the split."""
+    instructions_per_mac: float | None = None
+    """``instructions_per_inference.median / macs``: how well the kernels use the core."""
+    cycles_per_inference: CountSummary | None = None
+    """``mcu`` devices on a real board: DWT cycles per inference."""
+    latency_ms_estimate: CountSummary | None = None
+    """``mcu`` devices: instructions per inference divided by ``clock_mhz``, in ms. An ESTIMATE:
+    one instruction is not one cycle on a real core, and the emulator has no memory wait states."""
+    clock_mhz: float | None = None
+    """``mcu`` devices: the core clock the estimate assumes (the device's ``clock_mhz``)."""
+    memory_map: MemoryMap | None = None
+    """``mcu`` devices: the firmware's memory regions and sections."""
 
 
 class GateVerdict(_Rec):

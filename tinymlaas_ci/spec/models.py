@@ -28,6 +28,7 @@ from tinymlaas_ci.spec.text import address_problem, description_problems
 __all__ = [
     "BUILTIN_STAGES",
     "DEFAULT_PIPELINE",
+    "MCU_BOARDS",
     "NAME_PATTERN",
     "NAME_RULE",
     "SCHEMA_VERSION",
@@ -42,6 +43,7 @@ __all__ = [
     "InputLayout",
     "LocalDevice",
     "LocatedError",
+    "McuDevice",
     "Measure",
     "ModelFormat",
     "ModelSource",
@@ -52,6 +54,7 @@ __all__ = [
     "Resources",
     "RunSpec",
     "Runtime",
+    "SerialPort",
     "SshDevice",
     "SshEndpoint",
     "StageSpec",
@@ -169,8 +172,11 @@ class InputLayout(str, Enum):
 
 
 class Runtime(str, Enum):
+    """The inference runtime: ONNX Runtime, TorchScript, or C generated from the int8 model."""
+
     onnxruntime = "onnxruntime"
     pytorch = "pytorch"
+    c = "c"
 
 
 class _Source(_Spec):
@@ -457,7 +463,8 @@ class RunSpec(_Spec):
     device: Name = "host"
     """Name of a device in ``devices/<name>.yaml``."""
     runtime: Runtime = Runtime.onnxruntime
-    """Inference runtime on the device."""
+    """Inference runtime on the device: ``onnxruntime``, ``pytorch``, or ``c`` (C99 generated from
+    the static-int8 model: firmware on an ``mcu`` device, a host-compiled library elsewhere)."""
     pipeline: Name = "default"
     """Name of a pipeline in ``pipelines/<name>.yaml``; ``default`` is built in."""
     measure: Measure = Measure()
@@ -487,6 +494,12 @@ class RunSpec(_Spec):
                 ("compression", "quantization"),
                 "runtime 'pytorch' does not support 'static-int8'",
                 "use runtime 'onnxruntime' for static int8, or quantization 'dynamic-int8' or 'fp16' with pytorch",
+            )
+        if self.runtime is Runtime.c and self.compression.quantization is not Quantization.static_int8:
+            raise LocatedError.at(
+                ("runtime",),
+                f"runtime 'c' runs static-int8 models only, not quantization '{self.compression.quantization.value}'",
+                "set compression.quantization: static-int8, or use runtime 'onnxruntime'",
             )
         return self
 
@@ -603,7 +616,71 @@ class SshDevice(_DeviceBase):
     """How to reach the board."""
 
 
-DeviceSpec = Annotated[LocalDevice | DockerDevice | SshDevice, Field(discriminator="kind")]
+MCU_BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
+"""The Cortex-M board presets an ``mcu`` device can name (``devices/mcu/boards.py`` holds them)."""
+
+McuBoard = Literal["mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547"]
+
+
+class SerialPort(_Spec):
+    """How the runner reaches a real board: its serial port and the command that flashes it."""
+
+    port: str
+    """Serial port of the board's UART on the runner, e.g. ``/dev/ttyACM0``."""
+    baudrate: int = Field(default=115200, ge=1200, le=12_000_000)
+    """Baud rate of the UART; the firmware is built for it."""
+    flash_command: str | list[str] | None = None
+    """Command that writes the firmware to the board, e.g. ``pyocd flash -t stm32f405rg {hex}``
+    or ``openocd -f board/st_nucleo_f4.cfg -c "program {elf} verify reset exit"``. ``{elf}``,
+    ``{bin}`` and ``{hex}`` are replaced by the image's paths. Omit when the board is flashed by
+    hand before the run."""
+
+
+class McuDevice(_DeviceBase):
+    """A Cortex-M microcontroller: emulated by QEMU on the runner, or a real board on its serial port.
+
+    Runs need ``runtime: c`` (with ``compression.quantization: static-int8``). Install builds
+    the firmware within ``flash_kb``/``ram_kb``; infer streams the test split through the board.
+    Both run on the runner, where the board is emulated or attached.
+    """
+
+    kind: Literal["mcu"]
+    """``mcu``: the model is compiled to C, linked into firmware and run on a microcontroller."""
+    board: McuBoard
+    """Board preset: ``mps2-an386`` (Cortex-M4F), ``mps2-an500`` (Cortex-M7), ``mps2-an505``
+    (Cortex-M33) or ``mps3-an547`` (Cortex-M55 with Helium). It sets the core, the compiler flags,
+    the memory map and the kernels (DSP dual MACs, MVE)."""
+    flash_kb: int | None = Field(default=None, ge=1, le=65536)
+    """Flash budget in KiB that the linker script enforces (code + weights). Default: the
+    preset's typical part (1 MiB on Cortex-M4/M33, 2 MiB on M7/M55)."""
+    ram_kb: int | None = Field(default=None, ge=1, le=65536)
+    """RAM budget in KiB that the linker script enforces (arena + variables + stack). Default:
+    the preset's typical part (192 KiB on M4, 256 KiB on M33, 512 KiB on M7/M55)."""
+    clock_mhz: float | None = Field(default=None, gt=0, le=10_000)
+    """Core clock in MHz, for ``latency_ms_estimate`` (instructions / clock). Default: the
+    preset's FPGA clock."""
+    transport: Literal["qemu", "serial"] = "qemu"
+    """``qemu``: the board is emulated on the runner (exact instruction counts); ``serial``: a
+    real board on the runner's serial port (``serial``), flashed with its ``flash_command``."""
+    serial: SerialPort | None = None
+    """The real board's serial port and flash command; required with ``transport: serial``."""
+    stack_bytes: int = Field(default=8192, ge=1024, le=1_048_576, multiple_of=8)
+    """Stack reserved in RAM by the linker script; the measured high-water is reported."""
+    arch: Arch = "other"
+    """CPU architecture family; a microcontroller is ``other`` (the board gives the core)."""
+
+    @model_validator(mode="after")
+    def _serial_given(self):
+        if self.transport == "serial" and self.serial is None:
+            raise LocatedError.at(
+                ("transport",),
+                "transport 'serial' needs the board's serial port",
+                "add 'serial: {port: /dev/ttyACM0, flash_command: ...}', or use transport 'qemu'",
+            )
+        return self
+
+
+DeviceSpec = Annotated[LocalDevice | DockerDevice | SshDevice | McuDevice, Field(discriminator="kind")]
 
 BUILTIN_STAGES = ("fetch", "compile", "install", "infer")
 

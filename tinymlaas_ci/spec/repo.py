@@ -26,6 +26,7 @@ from tinymlaas_ci.spec.models import (
     NAME_RULE,
     DockerDevice,
     LocalDevice,
+    McuDevice,
     PipelineSpec,
     RunSpec,
     SshDevice,
@@ -42,7 +43,7 @@ from tinymlaas_ci.spec.validate import (
 __all__ = ["SPEC_SUFFIXES", "ExpandedRun", "Repo", "ResultSummary", "RunFile", "expand_matrix", "load_repo"]
 
 SPEC_SUFFIXES = (".yaml", ".yml")
-_DEVICE_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice}
+_DEVICE_CLASSES = {"local": LocalDevice, "docker": DockerDevice, "ssh": SshDevice, "mcu": McuDevice}
 _NAME_RE = re.compile(NAME_PATTERN)
 _MATRIX_FORBIDDEN = {"schema", "name", "matrix", "description"}
 
@@ -569,6 +570,8 @@ class Loader:
             repo.problems.append(
                 loaded.problem(where(("device",)), f"device {spec.device!r} is not defined in devices/", hint=hint)
             )
+        else:
+            self._check_device_runtime(loaded, run, where)
         if spec.pipeline not in repo.pipelines:
             known = sorted(repo.pipelines)
             repo.problems.append(
@@ -598,6 +601,21 @@ class Loader:
             problem = loaded.problem(where(loc), message, hint=hint)
             if (problem.path, problem.message) not in seen:
                 repo.problems.append(problem)
+
+    def _check_device_runtime(self, loaded: LoadedYaml, run: ExpandedRun, where) -> None:
+        """A microcontroller runs generated C only, and generated C needs a static-int8 model."""
+        spec = run.spec
+        device = self.repo.devices[spec.device]
+        if device.kind == "mcu" and spec.runtime.value != "c":
+            at = where(("runtime",)) if "runtime" in run.matrix or "runtime" in loaded.data else where(("device",))
+            self.repo.problems.append(
+                loaded.problem(
+                    at,
+                    f"device {spec.device!r} is a microcontroller ({device.board}): it needs runtime 'c', "
+                    f"not {spec.runtime.value!r}",
+                    hint="set 'runtime: c' and 'compression.quantization: static-int8'",
+                )
+            )
 
     def _check_raw_refs(self, rf: RunFile) -> None:
         """A spec that failed validation still gets its references checked, so that every

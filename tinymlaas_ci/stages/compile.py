@@ -2,11 +2,12 @@
 
 Inputs: the ``fetch`` stage's ``model`` (and ``dataset``, for calibration and fine-tuning).
 Artifacts: ``model`` (``compile/model.onnx``, or ``compile/model.pt`` for runtime ``pytorch``) and
-``baseline`` (``compile/baseline.onnx``: fp32, unpruned). Records: ``compression`` (a
-``CompressionRecord``), ``tools``, ``model_parameters``, ``input_shape``, ``labels`` (the model's
-output order), ``prepared`` (labels, their source, the preprocessing plan and input layout, applied
-the same way by install and infer), ``dataset`` (where the dataset is, for the install stage),
-``source_format``.
+``baseline`` (``compile/baseline.onnx``: fp32, unpruned); for runtime ``c`` also the generated C
+(``c/model.c``, ``c/model.h``, ``c/kernels.h``, see :mod:`tinymlaas_ci.stages.runtime_c`). Records:
+``compression`` (a ``CompressionRecord``), ``tools``, ``model_parameters``, ``input_shape``,
+``labels`` (the model's output order), ``prepared`` (labels, their source, the preprocessing plan and
+input layout, applied the same way by install and infer), ``dataset`` (where the dataset is, for the
+install stage), ``source_format``.
 
     python -m tinymlaas_ci.stages.compile VOLUME --name compile
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.spec.models import Quantization
+from tinymlaas_ci.spec.models import Quantization, Runtime
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
 __all__ = ["main", "run"]
@@ -42,6 +43,11 @@ def run(ctx: StageContext) -> None:
             hint="give the run a dataset, or use quantization none / dynamic-int8 / fp16 without pruning",
         )
 
+    if run.runtime is Runtime.c:
+        from tinymlaas_ci.stages.runtime_c import compile_c
+
+        compile_c(ctx, fmt)
+        return
     ctx.log(
         f"compiling {model_path.name} for {run.runtime.value}: quantization {compression.quantization.value}"
         + (f", pruning {compression.pruning.sparsity}" if compression.pruning else "")

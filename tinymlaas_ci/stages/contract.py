@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinymlaas_ci.errors import IntegrityError, TinymlError, os_error
 from tinymlaas_ci.fs import atomic_write_json, is_within, sha256_file
-from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, RunSpec, SshDevice
+from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, McuDevice, RunSpec, SshDevice
 
 __all__ = [
     "CONTRACT_SCHEMA",
@@ -78,7 +78,7 @@ STAGE_FILE = "stage.json"
 OUTPUTS_FILE = "outputs.json"
 ERROR_FILE = "error.json"
 
-Device = LocalDevice | DockerDevice | SshDevice
+Device = LocalDevice | DockerDevice | SshDevice | McuDevice
 _M = TypeVar("_M", bound=BaseModel)
 
 

@@ -47,7 +47,7 @@ def measure_bundle(
 
     split = split or manifest.eval_split
     if data is None:
-        data = _bundle_data(bundle, manifest, split)
+        data = bundle_data(bundle, manifest, split)
     x, y = measure.eval_split(data, split)
     labels = list(data.get("labels") or manifest.labels)
     num_classes = len(labels) or int(y.max()) + 1
@@ -114,7 +114,7 @@ def measure_bundle(
     return metrics, session.record()
 
 
-def _bundle_data(bundle: Path, manifest: BundleManifest, split: str) -> dict[str, Any]:
+def bundle_data(bundle: Path, manifest: BundleManifest, split: str) -> dict[str, Any]:
     """The bundle's evaluation data, streamed: samples are read and preprocessed per batch, so
     memory does not grow with the split (nor with the train split, which the bundle lacks)."""
     from tinymlaas_ci.ml.datasets import SplitReader
@@ -133,6 +133,11 @@ def run(ctx: StageContext) -> None:
 
     bundle = ctx.input_path("install", "bundle").parent
     manifest = read_manifest(bundle)
+    if manifest.runtime.value == "c":
+        from tinymlaas_ci.stages.runtime_c import infer_c
+
+        infer_c(ctx, bundle, manifest)
+        return
     # The bundle's own evaluation split: labels already in the model's order, preprocessing in
     # the manifest, exactly what an exported bundle evaluates.
     metrics, runtime = measure_bundle(bundle, manifest, ctx.run.measure, split=manifest.eval_split, log=ctx.log)

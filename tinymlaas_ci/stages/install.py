@@ -6,7 +6,9 @@ dataset (``eval.npz``: inference runs on the device over it) and ``manifest.json
 
 One installer per device kind (:data:`INSTALLERS`): ``local`` leaves the bundle in the run
 volume, where infer runs next to it; ``docker`` builds the inference image with the bundle on
-the device's engine; ``ssh`` checks the board's runtime and copies the bundle to the board.
+the device's engine; ``ssh`` checks the board's runtime and copies the bundle to the board;
+``mcu`` builds the firmware for the board within its flash and RAM budgets. With runtime ``c``
+the bundle also holds the generated C (built for the device) in ``c/``.
 Install runs on the runner for every kind, because it talks to the device.
 
 Artifacts: ``bundle`` (the manifest), ``model``, ``baseline``, ``data``. Records: ``bundle``.
@@ -70,6 +72,10 @@ def build_bundle(ctx: StageContext, bundle: Path) -> BundleManifest:
     np.savez(buf, x=x, y=y, labels=np.asarray(labels, dtype=str))
     atomic_write_bytes(bundle / "eval.npz", buf.getvalue())
     files["eval.npz"] = sha256_file(bundle / "eval.npz")
+    if ctx.run.runtime.value == "c":
+        from tinymlaas_ci.stages.runtime_c import add_c_to_bundle
+
+        files.update(add_c_to_bundle(ctx, bundle))
     manifest = BundleManifest(
         runtime=ctx.run.runtime,
         model=model.name,
@@ -159,10 +165,18 @@ def _install_ssh(ctx: StageContext) -> dict[str, Any]:
     return _record(ctx, manifest, remote=f"{target.label}:{remote}", board=facts)
 
 
+def _install_mcu(ctx: StageContext) -> dict[str, Any]:
+    """Build the firmware within the device's budgets (see :mod:`tinymlaas_ci.stages.runtime_c`)."""
+    from tinymlaas_ci.stages.runtime_c import install_mcu
+
+    return install_mcu(ctx)
+
+
 INSTALLERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "local": _install_local,
     "docker": _install_docker,
     "ssh": _install_ssh,
+    "mcu": _install_mcu,
 }
 """Installer per device kind. An installer writes the bundle and puts it on the device."""
 

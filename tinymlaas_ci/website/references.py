@@ -28,7 +28,7 @@ def _spec_models() -> list[tuple[str, list[type[BaseModel]]]]:
         ),
         (
             "Device spec (`devices/<device>.yaml`)",
-            [s.LocalDevice, s.DockerDevice, s.SshDevice, s.DockerEndpoint, s.SshEndpoint],
+            [s.LocalDevice, s.DockerDevice, s.SshDevice, s.McuDevice, s.DockerEndpoint, s.SshEndpoint, s.SerialPort],
         ),
         ("Pipeline spec (`pipelines/<pipeline>.yaml`)", [s.PipelineSpec, s.StageSpec]),
     ]
