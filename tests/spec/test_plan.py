@@ -142,3 +142,21 @@ def test_plan_json_matrix_groups_pending_runs_by_device(repo: Path):
     }
     _write(repo, "runs/p/results/grid-host.json", '{"run": {"spec_hash": "stale"}}')
     assert [d["device"] for d in _plan(repo).to_json()["matrix"]["include"]] == ["host", "rpi4"]
+
+
+def test_an_edit_to_a_model_companion_changes_the_fetch_key(tmp_path):
+    """The ``*.py`` beside an uploaded pickle defines its classes: editing it must fetch again."""
+    root = Path(__file__).resolve().parents[2]
+    for d in ("runs/digits", "devices", "pipelines", "uploads"):
+        shutil.copytree(root / d, tmp_path / d)
+
+    def fetch_key_and_hash():
+        run = plan(load_repo(tmp_path)).runs[0]
+        return next(s.key for s in run.stages if s.builtin == "fetch"), run.spec_hash
+
+    before = fetch_key_and_hash()
+    code = tmp_path / "uploads" / "digits-cnn" / "train.py"
+    code.write_text(code.read_text() + "\n# an edit\n")
+    after = fetch_key_and_hash()
+    assert after[0] != before[0]
+    assert after[1] == before[1]  # the committed results' spec hashes stay valid

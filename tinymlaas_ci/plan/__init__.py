@@ -17,7 +17,7 @@ from tinymlaas_ci.errors import UsageError
 from tinymlaas_ci.fs import canonical_json
 from tinymlaas_ci.results.layout import result_path
 from tinymlaas_ci.spec.models import PipelineSpec, RunSpec
-from tinymlaas_ci.spec.repo import ExpandedRun, Repo
+from tinymlaas_ci.spec.repo import COMPANIONS_SUFFIX, ExpandedRun, Repo
 
 __all__ = [
     "PENDING",
@@ -176,6 +176,17 @@ def _uploads(spec: RunSpec, digests: dict[str, str]) -> dict[str, str | None]:
     return {s.upload: digests.get(s.upload) for s in (spec.model, spec.dataset) if s.upload is not None}
 
 
+def _fetched_uploads(spec: RunSpec, digests: dict[str, str]) -> dict[str, str | None]:
+    """What the fetch stage copies: the uploads, and the files that come with an uploaded model
+    (its ``*.py``, ``config.json``, ONNX external data), so an edit to any of them fetches again."""
+    out = _uploads(spec, digests)
+    if spec.model.upload is not None:
+        companions = spec.model.upload + COMPANIONS_SUFFIX
+        if companions in digests:
+            out[companions] = digests[companions]
+    return out
+
+
 def spec_hash(run: ExpandedRun, device: Any, pipeline: PipelineSpec, digests: dict[str, str]) -> str:
     """sha256 of everything that defines a run's result: the expanded spec, its device and
     pipeline, and the digests of its uploads."""
@@ -218,7 +229,7 @@ def _plan_run(repo: Repo, run: ExpandedRun) -> PlannedRun:
         raise UsageError(f"{run.id}: cannot plan a run whose device or pipeline is unknown; run 'tinymlaas validate'")
     spec_json = _dump(run.spec)
     device_json = _dump(device)
-    uploads = _uploads(run.spec, repo.upload_digests)
+    uploads = _fetched_uploads(run.spec, repo.upload_digests)
     keys: dict[str, str] = {}
     stages = []
     for st in pipeline.order():
