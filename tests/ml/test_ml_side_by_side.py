@@ -35,17 +35,19 @@ def test_same_model_in_two_real_sessions_is_about_one(compiled, digits_data):
     path = compiled("static-int8").deployed
     a, b = load_session(path, threads=1), load_session(path, threads=1)
     x = digits_data["x_test"][:1]
-    # A 95% interval misses the truth in 1 of 20 measurements by design (more on a machine shared
-    # with other work): up to three independent measurements, one must cover 1.
+    # A 95% interval misses the truth in 1 of 20 measurements by design, and a machine shared with
+    # other work can make every round disagree (then the measurement says `unstable` itself): up
+    # to three independent measurements, one must be stable and cover 1.
     attempts = []
     for _ in range(3):
         cmp = measure.compare_latency(a.run, b.run, x, rounds=15, warmup=50, min_iterations=900, min_seconds=0.9)
         attempts.append(cmp)
         low, high = cmp["speedup_ci95"]
         assert low <= cmp["speedup_vs_baseline"] <= high
-        if low <= 1.0 <= high:
+        if low <= 1.0 <= high and not cmp["unstable"]:
             break
-    assert low <= 1.0 <= high, [(c["speedup_vs_baseline"], c["speedup_ci95"], c["round_spread"]) for c in attempts]
+    summary = [(c["speedup_vs_baseline"], c["speedup_ci95"], c["round_spread"], c["load_before"]) for c in attempts]
+    assert low <= 1.0 <= high and not cmp["unstable"], summary
     assert 0.85 < cmp["speedup_vs_baseline"] < 1.15
     assert cmp["rounds"] == 15 and len(cmp["round_ratios"]) == 15
     Latency.model_validate(cmp["latency"])

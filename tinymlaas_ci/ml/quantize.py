@@ -110,6 +110,8 @@ class Recipe:
     """7-bit weights, against the U8S8 saturation of x86 CPUs without VNNI."""
     why: str = ""
     """Why this recipe is tried on the architecture."""
+    op_types: tuple[str, ...] | None = None
+    """Quantize only these operator types (None: every type ONNX Runtime can quantize)."""
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``quantize_static`` for this recipe (types as strings)."""
@@ -122,6 +124,7 @@ class Recipe:
             "per_channel": self.per_channel,
             "reduce_range": self.reduce_range,
             "extra_options": extra,
+            "op_types_to_quantize": list(self.op_types) if self.op_types else None,
         }
 
 
@@ -279,6 +282,7 @@ def quantize_onnx(
     arch: str | None = None,
     check: tuple[np.ndarray, np.ndarray | None] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    recipes: Sequence[Recipe] | None = None,
 ) -> dict[str, Any]:
     """Write a quantized copy of the fp32 ONNX model ``src`` to ``dst``; returns what was done.
 
@@ -292,7 +296,7 @@ def quantize_onnx(
     accuracy on ``check`` (inputs and labels; labels None: agreement with the fp32 model's top-1),
     and the fastest whose accuracy holds (:data:`ACCURACY_TOLERANCE`) is kept; otherwise the
     architecture's default recipe is used untimed. ``per_channel`` True allows only per-channel
-    recipes.
+    recipes. ``recipes`` replaces the architecture's list (one recipe: used as is, untimed).
 
     Returns fields of ``results.models.CompressionRecord``: ``recipe``, ``recipe_reason``,
     ``recipe_candidates`` (static-int8), ``per_channel``, ``fp16_native`` (fp16).
@@ -330,7 +334,9 @@ def quantize_onnx(
             if calibration is None or not len(calibration):
                 raise TinymlError("static-int8 needs calibration inputs", hint="give a train or val split")
             flags = cpu_info()["isa_flags"] if on_target else None
-            recipes = static_recipes(target, flags, per_channel_only=per_channel)
+            if recipes is None:
+                recipes = static_recipes(target, flags, per_channel_only=per_channel)
+            recipes = list(recipes)
             return _static_best(src, prepared, dst, calibration, recipes, target, on_target, check, tmp_dir, progress)
     finally:
         root.setLevel(level)
@@ -387,6 +393,7 @@ def _quantize_static(prepared: Path, dst: Path, calibration: np.ndarray, recipe:
             activation_type=types[opts["activation_type"]],
             weight_type=types[opts["weight_type"]],
             extra_options=opts["extra_options"],
+            op_types_to_quantize=opts["op_types_to_quantize"],
         )
     except Exception as exc:
         raise TinymlError(
