@@ -143,11 +143,14 @@ def mobilenet_v2(classes: int = 10):
 
 
 def train(model, data, epochs: int, lr: float = 2e-3, batch: int = 64):
-    """Adam on the train split with a cosine schedule; returns the model in eval mode."""
+    """Adam on the train split with a one-cycle schedule; returns the model in eval mode."""
     import torch
 
     torch.manual_seed(0)
-    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    # channels-last: PyTorch's CPU depthwise convolutions train ~3x faster in it.
+    cl = torch.channels_last
+    model = model.to(memory_format=cl)
+    x, y = torch.from_numpy(data["x_train"]).to(memory_format=cl), torch.from_numpy(data["y_train"])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-len(x) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -160,7 +163,7 @@ def train(model, data, epochs: int, lr: float = 2e-3, batch: int = 64):
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
             sched.step()
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def export(model, path: Path, shape) -> Path:
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
         d32 = digits_data(32)
         t0 = time.perf_counter()
-        r8 = train(resnet8(), d32, epochs=3 if args.quick else 12)
+        r8 = train(resnet8(), d32, epochs=2 if args.quick else 12)
         trained = time.perf_counter() - t0
         src = export(r8, work / "resnet8.onnx", (3, 32, 32))
         res = bench_model("ResNet-8", src, d32, work, args.seconds, extra=True)
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
         d96 = digits_data(96)
         t0 = time.perf_counter()
-        mb = train(mobilenet_v2(), d96, epochs=2 if args.quick else 6, lr=3e-3)
+        mb = train(mobilenet_v2(), d96, epochs=1 if args.quick else 4, lr=3e-3)
         trained = time.perf_counter() - t0
         src = export(mb, work / "mobilenetv2.onnx", (3, 96, 96))
         res = bench_model("MobileNetV2-96", src, d96, work, args.seconds, extra=False)
