@@ -19,7 +19,8 @@ test split. The last part measures one variant twice while a background load sta
 benchmark itself (one busy process per core, ended after ``--load-seconds``) runs, and compares
 the ratios with the one measured without it.
 
-Prints a Markdown table and writes the numbers as JSON.
+Prints one line per variant and writes the numbers as JSON (``--out``) and the tables as
+Markdown next to it (same name, ``.md``); ``--render FILE.json`` rewrites the Markdown only.
 """
 
 from __future__ import annotations
@@ -257,13 +258,127 @@ def loaded_machine(variant: Path, baseline: Path, x, seconds: float, load_second
     return {"quiet": quiet, "loaded": loaded}
 
 
+GOALS = {
+    ("ResNet-8", "static-int8"): (1.6, ">= 1.6x faster, drop <= 1 point"),
+    ("MobileNetV2-96", "static-int8"): (1.6, ">= 1.6x faster, drop <= 1 point"),
+    ("digits CNN", "static-int8"): (1 / 1.05, "no slower than 1.05x (>= 0.952x)"),
+    ("digits CNN", "dynamic-int8"): (1 / 1.1, "no slower than 1.1x (>= 0.909x)"),
+    ("ResNet-8", "dynamic-int8"): (1 / 1.1, "no slower than 1.1x (>= 0.909x)"),
+    ("MobileNetV2-96", "dynamic-int8"): (1 / 1.1, "no slower than 1.1x (>= 0.909x)"),
+}
+
+
+def _ops(v: dict) -> str:
+    ops = (v.get("record") or {}).get("integer_ops")
+    return f"{ops['integer']} of {ops['total']}" if ops else "—"
+
+
+def markdown(report: dict) -> str:
+    """The benchmark's tables: goals against measurements, every variant, the loaded machine."""
+    lines = [
+        "# int8 recipes, measured side by side",
+        "",
+        "Produced by `python benchmarks/int8_recipes.py --out benchmarks/results/int8_recipes.json`.",
+        "",
+        f"CPU: {report['cpu_model']} ({len(report['isa_flags'])} relevant flags: {' '.join(report['isa_flags'])}); "
+        f"2 cores shared with other work, load average {report['load_at_start']:.1f} at the start. "
+        f"ONNX Runtime {report['tools'].get('onnxruntime')}, torch {report['tools'].get('torch')}. Batch 1, one "
+        "thread; each variant and the fp32 baseline timed in the same process in 7 interleaved rounds; "
+        "the ratio is baseline p50 / variant p50 with a 95% bootstrap interval over rounds.",
+        "",
+        "## Goals",
+        "",
+        "| model | mode | goal | measured speed vs fp32 (95% CI) | accuracy drop | integer ops | met |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for m in report["models"]:
+        for mode in ("static-int8", "dynamic-int8"):
+            goal = GOALS.get((m["model"], mode))
+            v = m["variants"].get(mode)
+            if goal is None or v is None:
+                continue
+            drop = m["fp32_accuracy"] - v["accuracy"]
+            met = v["speedup"] >= goal[0] and (mode != "static-int8" or goal[0] < 1 or drop <= 0.01)
+            lines.append(
+                f"| {m['model']} | {mode} | {goal[1]} | {v['speedup']:.2f}x ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f}) "
+                f"| {drop * 100:+.1f} pt | {_ops(v)} | {'yes' if met else '**no**'} |"
+            )
+    lm = report.get("loaded_machine")
+    if lm:
+        quiet = lm["quiet"]
+        for i, m in enumerate(lm["loaded"], 1):
+            lines.append(
+                f"| ResNet-8 | static-int8, loaded machine #{i} | within 10% of the ratio without the load "
+                f"({quiet['speedup']:.2f}x), or unstable | "
+                f"{m['speedup']:.2f}x ({m['ci95'][0]:.2f}-{m['ci95'][1]:.2f}), "
+                f"{m['vs_quiet']:.3f} of it{', unstable' if m['unstable'] else ''} | | | "
+                f"{'yes' if m['goal_met'] else '**no**'} |"
+            )
+    lines += ["", "## Every variant", ""]
+    for m in report["models"]:
+        lines += [
+            f"### {m['model']} (fp32 accuracy {m['fp32_accuracy']:.4f}"
+            + (f", trained {m['train_s']:.0f} s" if "train_s" in m else "")
+            + ")",
+            "",
+            "| variant | recipe | speed vs fp32 (95% CI) | round spread | p50 ms | fp32 p50 ms | accuracy | bytes "
+            "| integer ops |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, v in m["variants"].items():
+            if "speedup" not in v:
+                continue
+            rec = v.get("record") or {}
+            lines.append(
+                f"| {key} | {rec.get('recipe') or '—'} | {v['speedup']:.2f}x ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})"
+                f"{' unstable' if v['unstable'] else ''} | {v['spread']:.1%} | {v['p50_ms']:.4f} | "
+                f"{v['baseline_p50_ms']:.4f} | {v['accuracy']:.4f} | {v['bytes']:,} | {_ops(v)} |"
+            )
+        cands = (m["variants"].get("static-int8", {}).get("record") or {}).get("recipe_candidates") or []
+        if cands:
+            lines += [
+                "",
+                "static-int8 chose among: "
+                + "; ".join(
+                    f"{c['recipe']} {c.get('speedup_vs_fp32', 0):.2f}x, drop {c.get('accuracy_drop', 0) * 100:+.1f} pt"
+                    + (" (kept)" if c.get("kept") else "")
+                    for c in cands
+                )
+                + " (timed briefly during the compile).",
+            ]
+        lines.append("")
+    if lm:
+        lines += [
+            "## Loaded machine",
+            "",
+            "ResNet-8 static-int8 against its fp32 baseline, first without, then twice with one busy "
+            "process per core started by the benchmark:",
+            "",
+            "| measurement | speed vs fp32 (95% CI) | round spread | load before -> after | unstable |",
+            "|---|---:|---:|---|---|",
+        ]
+        for name, m in [("without the load", lm["quiet"])] + [
+            (f"loaded #{i}", x) for i, x in enumerate(lm["loaded"], 1)
+        ]:
+            lines.append(
+                f"| {name} | {m['speedup']:.2f}x ({m['ci95'][0]:.2f}-{m['ci95'][1]:.2f}) | {m['spread']:.1%} | "
+                f"{m['load'][0]:.1f} -> {m['load'][1]:.1f} | {m['unstable']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per model and variant")
     ap.add_argument("--load-seconds", type=float, default=40.0, help="how long the background load runs at most")
     ap.add_argument("--quick", action="store_true", help="fewer training epochs (for a smoke test)")
+    ap.add_argument("--render", type=Path, default=None, help="only rewrite the Markdown of this JSON file")
     args = ap.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return 0
     logging.disable(logging.WARNING)  # the example pickle's "not sandboxed" warning, once per compile
     import torch
 
@@ -313,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in report.items() if k != "models"}, indent=1, default=str))
     if args.out:
         atomic_write_json(args.out, report)
+        args.out.with_suffix(".md").write_text(markdown(report))
     return 0
 
 
