@@ -56,9 +56,12 @@ def test_same_model_in_two_real_sessions_is_about_one(compiled, digits_data):
 
 
 def test_a_faster_model_has_a_ratio_above_one():
-    cmp = measure.compare_latency(Runner(100), Runner(300), None, rounds=5, warmup=0, min_iterations=50, min_seconds=0)
-    assert 2.5 < cmp["speedup_vs_baseline"] < 3.2
-    assert cmp["speedup_ci95"][0] > 2.0 and not cmp["unstable"]
+    # Busy-waits of 100 us against 300 us: the ratio is 3 up to what a shared machine adds.
+    cmp = measure.compare_latency(
+        Runner(100), Runner(300), None, rounds=5, warmup=0, min_iterations=150, min_seconds=0, max_round_spread=0.5
+    )
+    assert 2.3 < cmp["speedup_vs_baseline"] < 3.5, cmp["round_ratios"]
+    assert cmp["speedup_ci95"][0] > 1.8 and not cmp["unstable"]
 
 
 def test_rounds_that_disagree_are_measured_again():
