@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.hostinfo import ARCHES, cpu_info, normalise_arch
 from tinymlaas_ci.hostinfo import arch as host_arch
-from tinymlaas_ci.hostinfo import cpu_info, normalise_arch
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -145,6 +145,11 @@ _ARM_S8S8 = (
 )
 
 
+def _device_arch(arch: str) -> str:
+    # A device spec's value as is; a machine name (x86_64, aarch64) as a device spec spells it.
+    return arch if arch in ARCHES else normalise_arch(arch)
+
+
 def static_recipes(
     arch: str, isa_flags: Sequence[str] | None = None, *, per_channel_only: bool = False
 ) -> list[Recipe]:
@@ -154,7 +159,7 @@ def static_recipes(
     VNNI gets the 7-bit ``reduce_range`` recipe first, as ONNX Runtime advises for per-channel
     U8S8 on AVX2/AVX-512 without VNNI. ``per_channel_only`` keeps only per-channel recipes.
     """
-    arch = normalise_arch(arch) if arch not in ("amd64", "arm64", "armv7", "riscv64", "x86", "other") else arch
+    arch = _device_arch(arch)
     if arch in ("amd64", "x86"):
         recipes = [
             _recipe("uint8", "int8", True, _X86_U8S8 + "; per-channel weights keep accuracy"),
@@ -185,7 +190,7 @@ def fp16_native(arch: str | None, isa_flags: Sequence[str] | None) -> bool | Non
     if isa_flags is None or arch is None:
         return None
     flags = {f.lower().replace("_", "").replace("-", "") for f in isa_flags}
-    arch = normalise_arch(arch) if arch not in ("amd64", "arm64", "armv7", "x86") else arch
+    arch = _device_arch(arch)
     if arch in ("amd64", "x86"):
         return bool(flags & {"avx512fp16", "amxfp16"})
     if arch in ("arm64", "armv7"):
@@ -302,7 +307,7 @@ def quantize_onnx(
     ``recipe_candidates`` (static-int8), ``per_channel``, ``fp16_native`` (fp16).
     """
     src, dst = Path(src), Path(dst)
-    target = normalise_arch(arch) if arch else host_arch()
+    target = _device_arch(arch) if arch else host_arch()
     on_target = target == host_arch()
     if mode == "fp16":
         convert_onnx_fp16(src, dst)
