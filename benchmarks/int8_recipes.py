@@ -310,7 +310,7 @@ def markdown(report: dict) -> str:
             drop = m["fp32_accuracy"] - v["accuracy"]
             met = v["speedup"] >= goal[0] and (mode != "static-int8" or goal[0] < 1 or drop <= 0.01)
             lines.append(
-                f"| {m['model']} | {mode} | {goal[1]} | {v['speedup']:.2f}x ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f}) "
+                f"| {m['model']} | {mode} | {goal[1]} | {v['speedup']:.2f}x ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})"
                 f"{' unstable' if v['unstable'] else ''} | {drop * 100:+.1f} pt | {_ops(v)} "
                 f"| {'yes' if met else '**no**'} |"
             )
