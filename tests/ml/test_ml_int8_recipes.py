@@ -10,7 +10,14 @@ import pytest
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.hostinfo import arch as host_arch
-from tinymlaas_ci.ml.quantize import ACCURACY_TOLERANCE, fp16_native, integer_ops, quantize_onnx, static_recipes
+from tinymlaas_ci.ml.quantize import (
+    ACCURACY_TOLERANCE,
+    SWITCH_MARGIN,
+    fp16_native,
+    integer_ops,
+    quantize_onnx,
+    static_recipes,
+)
 from tinymlaas_ci.results.models import CompressionRecord
 
 
@@ -116,8 +123,13 @@ def test_recipes_are_timed_on_the_device_architecture(compiled):
     assert all(c["speedup_vs_fp32"] > 0 and "integer_ops" in c for c in cands)
     held = [c for c in cands if c["holds"]]
     assert all(c["holds"] == (c["accuracy_drop"] <= ACCURACY_TOLERANCE + 1e-12) for c in cands)
-    # The fastest of those whose accuracy holds (the digits CNN keeps its accuracy with every recipe).
-    assert held and kept[0]["speedup_vs_fp32"] == max(c["speedup_vs_fp32"] for c in held)
+    # The default, unless another recipe whose accuracy holds is clearly faster.
+    default = cands[0]
+    clearly = [c for c in held if c["speedup_vs_fp32"] > default["speedup_vs_fp32"] * (1 + SWITCH_MARGIN)]
+    if default["holds"] and not clearly:
+        assert kept[0] is default
+    else:
+        assert kept[0]["speedup_vs_fp32"] == max(c["speedup_vs_fp32"] for c in (clearly or held))
     assert "timed side by side" in rec["recipe_reason"]
 
 

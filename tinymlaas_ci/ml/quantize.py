@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ACCURACY_TOLERANCE",
     "QUANTIZATIONS",
+    "SWITCH_MARGIN",
     "Recipe",
     "calibration_data",
     "convert_onnx_fp16",
@@ -92,6 +93,8 @@ _FLOAT_KERNELS = {
 }
 ACCURACY_TOLERANCE = 0.01
 """A recipe's accuracy "holds" when it is at most this much (absolute) below the fp32 model's."""
+SWITCH_MARGIN = 0.05
+"""Another recipe replaces the architecture's default only when it is timed this much faster."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,8 @@ def quantize_onnx(
     recipes of :func:`static_recipes` for it: when this machine has the device's architecture,
     each candidate is timed side by side with the fp32 model (interleaved rounds) and checked for
     accuracy on ``check`` (inputs and labels; labels None: agreement with the fp32 model's top-1),
-    and the fastest whose accuracy holds (:data:`ACCURACY_TOLERANCE`) is kept; otherwise the
+    and the fastest whose accuracy holds (:data:`ACCURACY_TOLERANCE`) is kept (the default, unless
+    another is more than :data:`SWITCH_MARGIN` faster); otherwise the
     architecture's default recipe is used untimed. ``per_channel`` True allows only per-channel
     recipes. ``recipes`` replaces the architecture's list (one recipe: used as is, untimed).
 
@@ -501,8 +505,16 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
         c["speedup_vs_fp32"] = base / statistics.median(statistics.median(r) for r in times[c["recipe"]])
     held = [c for c in timed if c["holds"]]
     if held:
-        chosen = max(held, key=lambda c: c["speedup_vs_fp32"])
-        why = f"fastest of {len(timed)} recipes timed side by side with fp32 whose accuracy holds"
+        # The default stays unless another recipe is clearly faster: close timings must not flip
+        # the choice from one compile of the same model to the next.
+        chosen = held[0] if held[0]["recipe"] == recipes[0].name else max(held, key=lambda c: c["speedup_vs_fp32"])
+        faster = [c for c in held if c["speedup_vs_fp32"] > chosen["speedup_vs_fp32"] * (1 + SWITCH_MARGIN)]
+        if faster:
+            chosen = max(faster, key=lambda c: c["speedup_vs_fp32"])
+        why = (
+            f"fastest of {len(timed)} recipes timed side by side with fp32 whose accuracy holds "
+            f"(the default unless another is more than {SWITCH_MARGIN:.0%} faster)"
+        )
     else:
         chosen = min(timed, key=lambda c: c["accuracy_drop"])
         why = f"no recipe kept accuracy within {ACCURACY_TOLERANCE:g}; the most accurate of {len(timed)}"
