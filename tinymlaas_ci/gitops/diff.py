@@ -2,6 +2,11 @@
 
 Shared by the pull-request comment and the job summary: both compare against results
 committed in git, read with ``git show <ref>:<path>``, so they need no checkout of the base.
+
+Speed is compared by the measured noise, not by the digits: a result measured side by side
+with its baseline carries ``speedup_ci95``, the 95% confidence interval of its speed ratio. Two
+runs whose intervals overlap are not ranked ("within noise"), nor is a run marked ``unstable``;
+the relative width of the intervals is also the noise band of the latency and throughput rows.
 """
 
 from __future__ import annotations
@@ -15,7 +20,29 @@ from tinymlaas_ci.results.layout import parse_result
 from tinymlaas_ci.results.metrics import METRICS, flatten, metric_values
 from tinymlaas_ci.results.models import Result
 
-__all__ = ["MetricChange", "base_result", "gate_flips", "metric_changes", "read_current", "spec_changes"]
+__all__ = [
+    "SPEED_KEYS",
+    "MetricChange",
+    "base_result",
+    "gate_flips",
+    "metric_changes",
+    "read_current",
+    "spec_changes",
+    "speed_noise",
+]
+
+SPEED_KEYS = frozenset(
+    {
+        "latency_ms.p50",
+        "latency_ms.p90",
+        "latency_ms.p95",
+        "latency_ms.p99",
+        "latency_ms.mean",
+        "throughput_per_s",
+        "speedup_vs_baseline",
+    }
+)
+"""Metrics judged against the measured speed noise of the two runs."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +55,8 @@ class MetricChange:
     after: float | None
     better: str | None
     fmt: str
+    within_noise: bool = False
+    """The change is inside the two runs' measured noise (or a run is ``unstable``): not ranked."""
 
     @property
     def percent(self) -> float | None:
@@ -37,9 +66,11 @@ class MetricChange:
 
     @property
     def verdict(self) -> str:
-        """``better``, ``worse`` or ``""`` (when the metric has no preferred direction)."""
+        """``better``, ``worse``, ``within noise``, or ``""`` (no preferred direction)."""
         if self.before is None or self.after is None or self.better is None:
             return ""
+        if self.within_noise:
+            return "within noise"
         up = self.after > self.before
         return "better" if up == (self.better == "higher") else "worse"
 
@@ -59,12 +90,45 @@ class MetricChange:
         if pct is not None:
             change += f" {pct:+.1f}%"
         if self.verdict:
-            change += f" ({'🟢' if self.verdict == 'better' else '🔴'} {self.verdict})"
+            mark = {"better": "🟢", "worse": "🔴"}.get(self.verdict, "⚪")
+            change += f" ({mark} {self.verdict})"
         return self.label, before, after, change
 
 
+def speed_noise(result: Result | None) -> tuple[float, float, float] | None:
+    """``(speedup, low, high)`` of a result measured side by side, or None (not measured so)."""
+    m = result.metrics if result is not None else None
+    if m is None or m.speedup_vs_baseline is None or not m.speedup_ci95 or len(m.speedup_ci95) != 2:
+        return None
+    low, high = sorted(float(v) for v in m.speedup_ci95)
+    return float(m.speedup_vs_baseline), low, high
+
+
+def _unstable(result: Result | None) -> bool:
+    return bool(result is not None and result.metrics is not None and result.metrics.unstable)
+
+
+def _within_noise(key: str, a: float, b: float, before: Result | None, after: Result | None) -> bool:
+    if key not in SPEED_KEYS:
+        return False
+    if _unstable(before) or _unstable(after):
+        return True
+    old, new = speed_noise(before), speed_noise(after)
+    if old is None or new is None:
+        return False  # older results carry no noise figure: compared as before
+    if key == "speedup_vs_baseline":
+        return old[1] <= new[2] and new[1] <= old[2]  # the two intervals overlap
+    # Relative half-widths of the two intervals: the band a latency change must leave.
+    band = sum((high - low) / (2 * mid) for mid, low, high in (old, new) if mid > 0)
+    return a != 0 and abs(b - a) / abs(a) <= band
+
+
 def metric_changes(before: Result | None, after: Result | None) -> list[MetricChange]:
-    """Only the metrics whose shown value changed between two results, in a fixed order."""
+    """Only the metrics whose shown value changed between two results, in a fixed order.
+
+    Speed metrics (:data:`SPEED_KEYS`) within the runs' measured noise are marked
+    ``within_noise`` and not ranked better or worse.
+    """
     old, new = metric_values(before), metric_values(after)
     out = []
     for m in METRICS:
@@ -73,7 +137,8 @@ def metric_changes(before: Result | None, after: Result | None) -> list[MetricCh
             continue
         if a is not None and b is not None and m.fmt.format(a) == m.fmt.format(b):
             continue  # differences below the shown precision are noise, not news
-        out.append(MetricChange(m.key, m.label, a, b, m.better, m.fmt))
+        noise = a is not None and b is not None and _within_noise(m.key, a, b, before, after)
+        out.append(MetricChange(m.key, m.label, a, b, m.better, m.fmt, within_noise=noise))
     return out
 
 

@@ -29,7 +29,13 @@ from tinymlaas_ci.ml import formats
 from tinymlaas_ci.ml.measure import gzip_size
 from tinymlaas_ci.ml.model_format import detect_model_format
 from tinymlaas_ci.ml.prune import prune_and_tune, with_pruned_weights
-from tinymlaas_ci.ml.quantize import calibration_data, count_quantized_ops, quantize_onnx, to_torchscript
+from tinymlaas_ci.ml.quantize import (
+    calibration_data,
+    count_quantized_ops,
+    integer_ops,
+    quantize_onnx,
+    to_torchscript,
+)
 from tinymlaas_ci.spec.models import Compression, ModelFormat, Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +82,7 @@ def compile_model(
     architecture: Any | None = None,
     code: str | None = None,
     calibrate: bool = False,
+    device_arch: str | None = None,
 ) -> CompileOutcome:
     """Load, prune, quantize and save a model for ``runtime``.
 
@@ -89,6 +96,8 @@ def compile_model(
     samples (:attr:`CompileOutcome.calibration`) whatever the quantization, for a quantizer of
     its own (the C generator's).
     Writes ``baseline.onnx`` and ``model.onnx`` (or ``model.pt``) into ``out_dir``.
+    ``device_arch`` is the device's architecture (default: this machine's): ``static-int8``
+    picks its recipe for it (:func:`tinymlaas_ci.ml.quantize.quantize_onnx`).
     """
     data = dict(data or {})
     runtime = Runtime(runtime).value
@@ -200,9 +209,28 @@ def compile_model(
                     record["calibration_samples"] = len(calib)
                     progress(f"calibrating static int8 on {len(calib)} {calib_split} samples")
                 progress(f"quantizing with ONNX Runtime: {quant}")
-                quantize_onnx(fp32, deployed, quant, calibration=calib, per_channel=per_channel)
+                check = None
+                if data.get("x_val") is not None and len(data["x_val"]) and data.get("y_val") is not None:
+                    check = (data["x_val"], data["y_val"])
+                record.update(
+                    quantize_onnx(
+                        fp32,
+                        deployed,
+                        quant,
+                        calibration=calib,
+                        per_channel=per_channel,
+                        arch=device_arch,
+                        check=check,
+                        progress=progress,
+                    )
+                )
             proto = formats.check_onnx(deployed)
             record["ops_quantized"] = count_quantized_ops(proto)
+            record["integer_ops"] = integer_ops(deployed)
+            progress(
+                f"integer kernels after ONNX Runtime's optimizer: {record['integer_ops']['integer']} of "
+                f"{record['integer_ops']['total']} Conv/Gemm/MatMul"
+            )
         else:
             deployed = out_dir / "model.pt"
             progress(f"saving TorchScript for runtime pytorch: {quant}")

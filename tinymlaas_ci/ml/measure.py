@@ -3,6 +3,9 @@
 * accuracy over the whole evaluation split (never the training data), with a confusion matrix;
 * latency: ``warmup`` untimed calls, then timed calls until both ``min_iterations`` and
   ``min_seconds`` are reached; percentiles, not a single time;
+* speed against a baseline: both models in the same process, in interleaved rounds
+  (:func:`compare_latency`), with a confidence interval of the ratio, the spread between rounds
+  and the machine's load; rounds that disagree mark the measurement ``unstable``;
 * the CPU model and ISA flags recorded next to the latency; peak resident memory of the process.
 """
 
@@ -12,6 +15,8 @@ import gzip
 import math
 import os
 import platform
+import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,16 +31,21 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
+    "compare_latency",
     "cpu_info",
     "device_record",
     "eval_batch_size",
     "eval_split",
     "evaluate",
     "gzip_size",
+    "interleaved_rounds",
+    "latency_stats",
+    "machine_load",
     "measure_latency",
     "peak_memory_mb",
     "percentile",
     "read_dataset",
+    "speedup_ci95",
     "tool_versions",
 ]
 
@@ -159,6 +169,14 @@ def measure_latency(
     """Latency of ``run(batch)`` in milliseconds; a dict fitting ``results.models.Latency``."""
     for _ in range(int(warmup)):
         run(batch)
+    times_ns, seconds = _timed_calls(run, batch, min_iterations, min_seconds)
+    return latency_stats(times_ns, seconds, warmup)
+
+
+def _timed_calls(
+    run: Callable[[Any], Any], batch: Any, min_iterations: int, min_seconds: float
+) -> tuple[list[int], float]:
+    # Timed calls until both limits are reached; returns the per-call times (ns) and the wall time (s).
     times_ns: list[int] = []
     clock = time.perf_counter_ns
     started = clock()
@@ -170,7 +188,11 @@ def measure_latency(
         times_ns.append(t1 - t0)
         if len(times_ns) >= min_iterations and t1 - started >= min_ns:
             break
-    seconds = (clock() - started) / 1e9
+    return times_ns, (clock() - started) / 1e9
+
+
+def latency_stats(times_ns: Sequence[int], seconds: float, warmup: int) -> dict[str, Any]:
+    """Percentiles, mean and spread of per-call times (ns) as a ``results.models.Latency`` dict (ms)."""
     ms = sorted(t / 1e6 for t in times_ns)
     n = len(ms)
     mean = sum(ms) / n
@@ -188,6 +210,160 @@ def measure_latency(
         "seconds": seconds,
         "warmup": int(warmup),
     }
+
+
+def machine_load() -> float | None:
+    """The machine's 1-minute load average (runnable processes), or None where the OS has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def interleaved_rounds(
+    runners: Mapping[str, Callable[[Any], Any]],
+    batch: Any,
+    *,
+    rounds: int = 7,
+    warmup: int = 20,
+    min_iterations: int = 200,
+    min_seconds: float = 1.0,
+    walls: dict[str, float] | None = None,
+) -> dict[str, list[list[int]]]:
+    """Time every runner in ``rounds`` interleaved rounds; returns name -> per-round call times (ns).
+
+    Each runner gets ``warmup`` untimed calls first. In every round each runner is timed in turn
+    for at least ``min_iterations / rounds`` calls and ``min_seconds / rounds`` seconds, so the
+    totals over all rounds meet the same limits as :func:`measure_latency`. The order alternates
+    between rounds (A B, then B A), so a drift of the machine's speed hits every runner alike.
+    ``walls``, when given, receives each runner's total wall time of timed calls in seconds.
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    names = list(runners)
+    for name in names:
+        for _ in range(int(warmup)):
+            runners[name](batch)
+    per_iter = max(1, -(-int(min_iterations) // rounds))
+    per_sec = float(min_seconds) / rounds
+    out: dict[str, list[list[int]]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            times, seconds = _timed_calls(runners[name], batch, per_iter, per_sec)
+            out[name].append(times)
+            if walls is not None:
+                walls[name] = walls.get(name, 0.0) + seconds
+    return out
+
+
+def _median_ns(times: Sequence[int]) -> float:
+    return float(statistics.median(times))
+
+
+def speedup_ci95(
+    baseline_p50: Sequence[float], deployed_p50: Sequence[float], *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% confidence interval of ``median(baseline_p50) / median(deployed_p50)``.
+
+    A paired bootstrap over rounds: round ``i``'s two medians were measured back to back, so
+    rounds are resampled as pairs (``resamples`` times, seeded, so the interval is reproducible),
+    the ratio of medians is computed on each resample, and the 2.5th and 97.5th percentiles of
+    those ratios are the interval. With a single round the interval is that round's ratio.
+    """
+    if len(baseline_p50) != len(deployed_p50) or not baseline_p50:
+        raise ValueError("need the same number (>= 1) of baseline and deployed rounds")
+    n = len(baseline_p50)
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples if n > 1 else 1):
+        idx = [rng.randrange(n) for _ in range(n)] if n > 1 else [0]
+        b = statistics.median(baseline_p50[i] for i in idx)
+        d = statistics.median(deployed_p50[i] for i in idx)
+        ratios.append(b / d if d > 0 else math.inf)
+    ratios.sort()
+    return percentile(ratios, 2.5), percentile(ratios, 97.5)
+
+
+def compare_latency(
+    run: Callable[[Any], Any],
+    baseline: Callable[[Any], Any],
+    batch: Any,
+    *,
+    rounds: int = 7,
+    warmup: int = 20,
+    min_iterations: int = 200,
+    min_seconds: float = 1.0,
+    max_round_spread: float = 0.15,
+    max_remeasure: int = 2,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Measure ``run`` against ``baseline`` side by side, in the same process and interleaved rounds.
+
+    Both get the same ``batch``. Round ``i`` gives each model a median call time; the round's
+    ratio is ``baseline / deployed``. The result:
+
+    * ``latency`` / ``baseline_latency``: ``results.models.Latency`` dicts over all timed calls
+      of the kept attempt (latency gates judge ``latency.p50`` as before);
+    * ``speedup_vs_baseline``: baseline p50 / deployed p50, each the median of the per-round
+      medians (above 1: the deployed model is faster);
+    * ``speedup_ci95``: ``[low, high]``, a paired bootstrap over rounds (:func:`speedup_ci95`);
+    * ``round_spread``: ``(max - min) / median`` of the per-round ratios, relative;
+    * ``rounds``; ``load_before`` / ``load_after``: the 1-minute load average around the attempt;
+    * ``unstable``: the rounds disagree by more than ``max_round_spread``. An unstable attempt is
+      measured again, up to ``max_remeasure`` times; the attempt with the smallest spread is
+      kept, and ``remeasured`` says how many extra attempts were made.
+    """
+    best: dict[str, Any] | None = None
+    for attempt in range(int(max_remeasure) + 1):
+        load_before = machine_load()
+        walls: dict[str, float] = {}
+        times = interleaved_rounds(
+            {"deployed": run, "baseline": baseline},
+            batch,
+            rounds=rounds,
+            warmup=warmup if attempt == 0 else min(int(warmup), 5),
+            min_iterations=min_iterations,
+            min_seconds=min_seconds,
+            walls=walls,
+        )
+        load_after = machine_load()
+        dep = [_median_ns(t) for t in times["deployed"]]
+        base = [_median_ns(t) for t in times["baseline"]]
+        ratios = [b / d for b, d in zip(base, dep, strict=True)]
+        mid = statistics.median(ratios)
+        spread = (max(ratios) - min(ratios)) / mid if mid > 0 else math.inf
+        low, high = speedup_ci95(base, dep)
+        speedup = statistics.median(base) / statistics.median(dep)
+        current = dict(
+            latency=_pooled(times["deployed"], walls["deployed"], warmup),
+            baseline_latency=_pooled(times["baseline"], walls["baseline"], warmup),
+            speedup_vs_baseline=speedup,
+            speedup_ci95=[low, high],
+            rounds=int(rounds),
+            round_ratios=ratios,
+            round_spread=spread,
+            load_before=load_before,
+            load_after=load_after,
+            unstable=spread > max_round_spread,
+            remeasured=attempt,
+        )
+        if best is None or current["round_spread"] < best["round_spread"]:
+            best = current
+        best["remeasured"] = attempt
+        if not current["unstable"]:
+            break
+        if attempt < max_remeasure:
+            log(
+                f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x "
+                f"(spread {spread:.0%} > {max_round_spread:.0%}, load {load_before} -> {load_after}); measuring again"
+            )
+    assert best is not None
+    return best
+
+
+def _pooled(rounds_ns: Sequence[Sequence[int]], seconds: float, warmup: int) -> dict[str, Any]:
+    return latency_stats([t for r in rounds_ns for t in r], seconds, warmup)
 
 
 def peak_memory_mb() -> float:

@@ -1,5 +1,14 @@
 """Quantization: ONNX Runtime's int8 (dynamic, static QDQ) and fp16 for ONNX models, torch's
 for TorchScript, and counting what a quantized graph really runs in integer or half precision.
+
+``static-int8`` is not one fixed recipe: ONNX Runtime fuses a QDQ graph into integer kernels
+(``QLinearConv``, ``QGemm``) only for the activation/weight types its CPU kernels support on
+the architecture, and what it cannot fuse runs in fp32 behind ``DequantizeLinear`` on every
+call, slower than no quantization at all. :func:`static_recipes` lists, per architecture, the
+recipes worth trying (the first one is the default); when the compile runs on the device's
+architecture, :func:`quantize_onnx` times them side by side against the fp32 model and keeps
+the fastest whose accuracy holds. :func:`integer_ops` counts what really runs as integer
+kernels after ONNX Runtime's graph optimizer.
 """
 
 from __future__ import annotations
@@ -7,14 +16,19 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
+import statistics
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tinymlaas_ci.errors import TinymlError
+from tinymlaas_ci.hostinfo import ARCHES, cpu_info, normalise_arch
+from tinymlaas_ci.hostinfo import arch as host_arch
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -22,11 +36,18 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "ACCURACY_TOLERANCE",
     "QUANTIZATIONS",
+    "SWITCH_MARGIN",
+    "Recipe",
     "calibration_data",
     "convert_onnx_fp16",
+    "count_integer_ops",
     "count_quantized_ops",
+    "fp16_native",
+    "integer_ops",
     "quantize_onnx",
+    "static_recipes",
     "to_torchscript",
 ]
 
@@ -44,6 +65,180 @@ _INTEGER_OPS = {
     "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
 }
+# What runs a Conv/Gemm/MatMul after ONNX Runtime's optimizer: integer kernels...
+_INTEGER_KERNELS = {
+    "QLinearConv",
+    "QLinearConvTranspose",
+    "QLinearMatMul",
+    "QGemm",
+    "ConvInteger",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+    "QAttention",
+}
+# ...or float ones (the optimizer's fused and NCHWc/NHWC forms included, whatever their domain).
+_FLOAT_KERNELS = {
+    "Conv",
+    "FusedConv",
+    "NhwcConv",
+    "NhwcFusedConv",
+    "ConvTranspose",
+    "Gemm",
+    "FusedGemm",
+    "MatMul",
+    "FusedMatMul",
+    "TransposeMatMul",
+}
+ACCURACY_TOLERANCE = 0.01
+"""A recipe's accuracy "holds" when it is at most this much (absolute) below the fp32 model's."""
+SWITCH_MARGIN = 0.05
+"""Another recipe replaces the architecture's default only when it is timed this much faster."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to run ``quantize_static`` (always the QDQ format)."""
+
+    name: str
+    """Short name recorded in the result, e.g. ``qdq-u8s8-per-channel``."""
+    activations: str
+    """``uint8`` or ``int8``."""
+    weights: str
+    """``int8`` or ``uint8``."""
+    per_channel: bool
+    """One scale per output channel of a weight, instead of one per tensor."""
+    reduce_range: bool = False
+    """7-bit weights, against the U8S8 saturation of x86 CPUs without VNNI."""
+    why: str = ""
+    """Why this recipe is tried on the architecture."""
+    op_types: tuple[str, ...] | None = None
+    """Quantize only these operator types (None: every type ONNX Runtime can quantize)."""
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``quantize_static`` for this recipe (types as strings)."""
+        extra: dict[str, Any] = {"WeightSymmetric": self.weights == "int8"}
+        if self.activations == "int8":
+            extra["ActivationSymmetric"] = False
+        return {
+            "activation_type": self.activations,
+            "weight_type": self.weights,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "extra_options": extra,
+            "op_types_to_quantize": list(self.op_types) if self.op_types else None,
+        }
+
+
+def _recipe(acts: str, weights: str, per_channel: bool, why: str, reduce_range: bool = False) -> Recipe:
+    short = {"uint8": "u8", "int8": "s8"}
+    name = f"qdq-{short[acts]}{short[weights]}-{'per-channel' if per_channel else 'per-tensor'}"
+    return Recipe(name + ("-reduce-range" if reduce_range else ""), acts, weights, per_channel, reduce_range, why)
+
+
+_X86_U8S8 = (
+    "ONNX Runtime's x86 int8 kernels take uint8 activations and int8 weights (U8S8): every Conv and "
+    "Gemm of a QDQ graph fuses into QLinearConv/QGemm; with int8 activations most Convs stay fp32 "
+    "behind DequantizeLinear"
+)
+_ARM_S8S8 = (
+    "ONNX Runtime documents S8S8 in QDQ format as its default and first choice; ARM CPUs have no "
+    "U8S8 saturation issue, and ARM64 kernels run both S8S8 and U8S8 with dot-product instructions"
+)
+
+
+def _device_arch(arch: str) -> str:
+    # A device spec's value as is; a machine name (x86_64, aarch64) as a device spec spells it.
+    return arch if arch in ARCHES else normalise_arch(arch)
+
+
+def static_recipes(
+    arch: str, isa_flags: Sequence[str] | None = None, *, per_channel_only: bool = False
+) -> list[Recipe]:
+    """The static-int8 recipes worth trying on ``arch``, the default first.
+
+    ``isa_flags`` (the device's CPU flags, when known) refine the choice: an x86 CPU without
+    VNNI gets the 7-bit ``reduce_range`` recipe first, as ONNX Runtime advises for per-channel
+    U8S8 on AVX2/AVX-512 without VNNI. ``per_channel_only`` keeps only per-channel recipes.
+    """
+    arch = _device_arch(arch)
+    if arch in ("amd64", "x86"):
+        recipes = [
+            _recipe("uint8", "int8", True, _X86_U8S8 + "; per-channel weights keep accuracy"),
+            _recipe("uint8", "int8", False, _X86_U8S8 + "; one scale per tensor is a little cheaper"),
+        ]
+        if isa_flags is not None and not any("vnni" in f for f in isa_flags):
+            why = "no VNNI on this CPU: 7-bit weights avoid the saturation of its U8S8 instruction (VPMADDUBSW)"
+            recipes.insert(0, _recipe("uint8", "int8", True, why, reduce_range=True))
+    elif arch == "arm64":
+        recipes = [
+            _recipe("int8", "int8", True, _ARM_S8S8),
+            _recipe("uint8", "int8", True, "ONNX Runtime's U8S8 kernels, the alternative on ARM64"),
+        ]
+    else:
+        recipes = [_recipe("int8", "int8", True, "ONNX Runtime's documented default (S8S8, QDQ)")]
+    if per_channel_only:
+        recipes = [r for r in recipes if r.per_channel]
+    return recipes
+
+
+def fp16_native(arch: str | None, isa_flags: Sequence[str] | None) -> bool | None:
+    """Whether a CPU computes in fp16 natively (None when its flags are unknown).
+
+    x86: ``avx512fp16`` or ``amx-fp16`` (``/proc/cpuinfo`` spells them ``avx512_fp16``,
+    ``amx_fp16``); ARM: ``asimdhp`` or ``fphp``. Without them ONNX Runtime runs an fp16 model
+    through Casts around fp32 kernels, which is slower than the fp32 model.
+    """
+    if isa_flags is None or arch is None:
+        return None
+    flags = {f.lower().replace("_", "").replace("-", "") for f in isa_flags}
+    arch = _device_arch(arch)
+    if arch in ("amd64", "x86"):
+        return bool(flags & {"avx512fp16", "amxfp16"})
+    if arch in ("arm64", "armv7"):
+        return bool(flags & {"asimdhp", "fphp"})
+    return None
+
+
+def count_integer_ops(optimized: onnx.ModelProto) -> dict[str, int]:
+    """``{"integer": n, "total": m}``: of the ``m`` Conv/Gemm/MatMul nodes of an ONNX Runtime-optimized
+    graph, the ``n`` that run as integer kernels (``QLinearConv``, ``QGemm``, ``MatMulInteger``, ...).
+
+    A QDQ Conv that the optimizer could not fuse stays a float ``Conv`` fed by ``DequantizeLinear``
+    and counts as not integer: that is what it runs.
+    """
+    integer = sum(1 for n in optimized.graph.node if n.op_type in _INTEGER_KERNELS)
+    floats = sum(1 for n in optimized.graph.node if n.op_type in _FLOAT_KERNELS)
+    return {"integer": integer, "total": integer + floats}
+
+
+def integer_ops(path: str | os.PathLike, *, threads: int = 1) -> dict[str, int]:
+    """:func:`count_integer_ops` of the graph ONNX Runtime really runs for the model at ``path``.
+
+    Loads the model into this machine's ONNX Runtime (CPU, all graph optimizations) and reads the
+    optimized graph it writes (``SessionOptions.optimized_model_filepath``).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="tinymlaas-opt-") as tmp:
+        opt = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(opt)
+        try:
+            ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+            proto = onnx.load(str(opt), load_external_data=False)
+        except Exception as exc:
+            raise TinymlError(
+                f"cannot read the optimized graph of {Path(path).name}: {type(exc).__name__}: {exc}",
+                hint="check that ONNX Runtime can load the model",
+            ) from exc
+    return count_integer_ops(proto)
 
 
 def calibration_data(data: Mapping[str, np.ndarray], samples: int, *, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -92,71 +287,256 @@ def quantize_onnx(
     *,
     calibration: np.ndarray | None = None,
     per_channel: bool = False,
-) -> None:
-    """Write a quantized copy of the fp32 ONNX model ``src`` to ``dst``.
+    arch: str | None = None,
+    check: tuple[np.ndarray, np.ndarray | None] | None = None,
+    progress: Callable[[str], None] = lambda _msg: None,
+    recipes: Sequence[Recipe] | None = None,
+) -> dict[str, Any]:
+    """Write a quantized copy of the fp32 ONNX model ``src`` to ``dst``; returns what was done.
 
-    ``mode`` is ``dynamic-int8``, ``static-int8`` (needs ``calibration`` inputs) or ``fp16``.
+    ``mode`` is ``dynamic-int8`` (MatMul/Gemm only: the weights int8, the activations quantized
+    per call; ONNX Runtime recommends it for transformers and RNNs, and a Conv would become a
+    slow ``ConvInteger``), ``static-int8`` (needs ``calibration`` inputs) or ``fp16``.
+
+    ``arch`` is the device's architecture (default: this machine's). ``static-int8`` tries the
+    recipes of :func:`static_recipes` for it: when this machine has the device's architecture,
+    each candidate is timed side by side with the fp32 model (interleaved rounds) and checked for
+    accuracy on ``check`` (inputs and labels; labels None: agreement with the fp32 model's top-1),
+    and the fastest whose accuracy holds (:data:`ACCURACY_TOLERANCE`) is kept (the default, unless
+    another is more than :data:`SWITCH_MARGIN` faster); otherwise the
+    architecture's default recipe is used untimed. ``per_channel`` True allows only per-channel
+    recipes. ``recipes`` replaces the architecture's list (one recipe: used as is, untimed).
+
+    Returns fields of ``results.models.CompressionRecord``: ``recipe``, ``recipe_reason``,
+    ``recipe_candidates`` (static-int8), ``per_channel``, ``fp16_native`` (fp16).
     """
     src, dst = Path(src), Path(dst)
+    target = _device_arch(arch) if arch else host_arch()
+    on_target = target == host_arch()
     if mode == "fp16":
         convert_onnx_fp16(src, dst)
-        return
+        flags = cpu_info()["isa_flags"] if on_target else None
+        native = fp16_native(target, flags)
+        if native is False:
+            progress(
+                "fp16: this CPU has no fp16 arithmetic (no avx512fp16/amx-fp16 on x86, asimdhp/fphp on ARM): "
+                "ONNX Runtime runs the fp16 model through Casts around fp32 kernels, expect it slower than fp32"
+            )
+        elif native is None:
+            progress(
+                f"fp16: the {target} device's CPU flags are unknown here; whether it computes in fp16 is not known"
+            )
+        return {"recipe": "fp16-keep-io-fp32", "fp16_native": native}
     # ORT logs "please pre-process" advice on the root logger; pre-processing is done below.
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        _quantize_int8(src, dst, mode, calibration, per_channel)
+        with tempfile.TemporaryDirectory(prefix="tinymlaas-q-") as tmp:
+            tmp_dir = Path(tmp)
+            prepared = _preprocess(src, tmp_dir / "prepared.onnx")
+            if mode == "dynamic-int8":
+                _quantize_dynamic(prepared, dst, per_channel)
+                return {"recipe": "dynamic-matmul-gemm", "per_channel": per_channel}
+            if mode != "static-int8":
+                raise TinymlError(f"unknown quantization {mode!r}", hint=f"use one of {', '.join(QUANTIZATIONS)}")
+            if calibration is None or not len(calibration):
+                raise TinymlError("static-int8 needs calibration inputs", hint="give a train or val split")
+            flags = cpu_info()["isa_flags"] if on_target else None
+            if recipes is None:
+                recipes = static_recipes(target, flags, per_channel_only=per_channel)
+            recipes = list(recipes)
+            return _static_best(src, prepared, dst, calibration, recipes, target, on_target, check, tmp_dir, progress)
     finally:
         root.setLevel(level)
 
 
-def _quantize_int8(src: Path, dst: Path, mode: str, calibration, per_channel: bool) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+def _quantize_dynamic(prepared: Path, dst: Path, per_channel: bool) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="tinymlaas-q-") as tmp:
-        prepared = _preprocess(src, Path(tmp) / "prepared.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(prepared), load_external_data=False).graph.node)
+    if not ops["MatMul"] + ops["Gemm"]:
+        raise TinymlError(
+            "dynamic-int8 quantizes MatMul/Gemm layers, and this model has none",
+            hint="use static-int8 for a convolutional model",
+        )
+    try:
+        quantize_dynamic(
+            str(prepared),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+    except Exception as exc:
+        raise TinymlError(
+            f"ONNX Runtime could not quantize the model (dynamic-int8): {type(exc).__name__}: {exc}",
+            hint="try another quantization mode, or quantization: none",
+        ) from exc
+
+
+def _quantize_static(prepared: Path, dst: Path, calibration: np.ndarray, recipe: Recipe) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = _input_name(prepared)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(range(len(calibration)))
+
+        def get_next(self):
+            i = next(self._it, None)
+            return None if i is None else {name: calibration[i : i + 1]}
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    opts = recipe.options()
+    try:
+        quantize_static(
+            str(prepared),
+            str(dst),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=opts["per_channel"],
+            reduce_range=opts["reduce_range"],
+            activation_type=types[opts["activation_type"]],
+            weight_type=types[opts["weight_type"]],
+            extra_options=opts["extra_options"],
+            op_types_to_quantize=opts["op_types_to_quantize"],
+        )
+    except Exception as exc:
+        raise TinymlError(
+            f"ONNX Runtime could not quantize the model (static-int8, {recipe.name}): {type(exc).__name__}: {exc}",
+            hint="try another quantization mode, or quantization: none",
+        ) from exc
+
+
+def _top1(run: Callable[[Any], Any], x: np.ndarray, fixed: int | None) -> np.ndarray:
+    import numpy as np
+
+    step = fixed or 64
+    preds = []
+    for start in range(0, len(x), step):
+        xb = x[start : start + step]
+        real = len(xb)
+        if fixed and real < fixed:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - real, axis=0)])
+        preds.append(np.asarray(run(xb))[:real].reshape(real, -1).argmax(axis=1))
+    return np.concatenate(preds)
+
+
+def _static_best(
+    src: Path,
+    prepared: Path,
+    dst: Path,
+    calibration: np.ndarray,
+    recipes: list[Recipe],
+    target: str,
+    on_target: bool,
+    check: tuple[np.ndarray, np.ndarray | None] | None,
+    tmp_dir: Path,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    if not on_target or len(recipes) == 1:
+        recipe = recipes[0]
+        _quantize_static(prepared, dst, calibration, recipe)
+        where = (
+            f"not timed: this machine is {host_arch()}, the device {target}"
+            if not on_target
+            else "the only recipe for this architecture"
+        )
+        progress(f"static-int8 recipe {recipe.name} ({where})")
+        return {
+            "recipe": recipe.name,
+            "recipe_reason": f"default for {target}: {recipe.why}; {where}",
+            "recipe_candidates": [],
+            "per_channel": recipe.per_channel,
+        }
+    return _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress)
+
+
+def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress) -> dict[str, Any]:
+    import numpy as np
+
+    from tinymlaas_ci.ml.measure import interleaved_rounds
+    from tinymlaas_ci.ml.runtime import load_session
+
+    fp32 = load_session(src, "onnxruntime", threads=1)
+    x, y = check if check is not None else (calibration, None)
+    x = np.ascontiguousarray(x[:1000], dtype=np.float32)
+    ref = _top1(fp32.run, x, fp32.fixed_batch)
+    if y is not None:
+        y = np.asarray(y[: len(x)])
+        fp32_acc = float((ref == y).mean())
+    candidates: list[dict[str, Any]] = []
+    runners = {"fp32": fp32.run}
+    for recipe in recipes:
+        path = tmp_dir / f"{recipe.name}.onnx"
+        entry: dict[str, Any] = {"recipe": recipe.name}
         try:
-            if mode == "dynamic-int8":
-                quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
-            elif mode == "static-int8":
-                if calibration is None or not len(calibration):
-                    raise TinymlError("static-int8 needs calibration inputs", hint="give a train or val split")
-                name = _input_name(prepared)
-
-                class _Reader(CalibrationDataReader):
-                    def __init__(self) -> None:
-                        self._it = iter(range(len(calibration)))
-
-                    def get_next(self):
-                        i = next(self._it, None)
-                        return None if i is None else {name: calibration[i : i + 1]}
-
-                quantize_static(
-                    str(prepared),
-                    str(dst),
-                    _Reader(),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel,
-                    activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                )
-            else:
-                raise TinymlError(f"unknown quantization {mode!r}", hint=f"use one of {', '.join(QUANTIZATIONS)}")
-        except TinymlError:
-            raise
-        except Exception as exc:
-            raise TinymlError(
-                f"ONNX Runtime could not quantize the model ({mode}): {type(exc).__name__}: {exc}",
-                hint="try another quantization mode, or quantization: none",
-            ) from exc
+            _quantize_static(prepared, path, calibration, recipe)
+            session = load_session(path, "onnxruntime", threads=1)
+        except TinymlError as exc:
+            entry.update(error=str(exc), kept=False)
+            candidates.append(entry)
+            continue
+        pred = _top1(session.run, x, session.fixed_batch)
+        if y is not None:
+            entry["accuracy"] = float((pred == y).mean())
+            entry["accuracy_drop"] = fp32_acc - entry["accuracy"]
+        else:
+            entry["agreement"] = float((pred == ref).mean())
+            entry["accuracy_drop"] = 1.0 - entry["agreement"]
+        entry["holds"] = entry["accuracy_drop"] <= ACCURACY_TOLERANCE + 1e-12
+        entry["integer_ops"] = integer_ops(path)
+        entry["_path"] = path
+        runners[recipe.name] = session.run
+        candidates.append(entry)
+    timed = [c for c in candidates if "_path" in c]
+    if not timed:
+        raise TinymlError(
+            f"no static-int8 recipe could quantize the model: {candidates[0].get('error')}",
+            hint="try dynamic-int8, fp16 or quantization: none",
+        )
+    batch = np.ascontiguousarray(x[: fp32.fixed_batch or 1])
+    times = interleaved_rounds(runners, batch, rounds=5, warmup=10, min_iterations=50, min_seconds=0.25)
+    base = statistics.median(statistics.median(r) for r in times["fp32"])
+    for c in timed:
+        c["speedup_vs_fp32"] = base / statistics.median(statistics.median(r) for r in times[c["recipe"]])
+    held = [c for c in timed if c["holds"]]
+    if held:
+        # The default stays unless another recipe is clearly faster: close timings must not flip
+        # the choice from one compile of the same model to the next.
+        chosen = held[0] if held[0]["recipe"] == recipes[0].name else max(held, key=lambda c: c["speedup_vs_fp32"])
+        faster = [c for c in held if c["speedup_vs_fp32"] > chosen["speedup_vs_fp32"] * (1 + SWITCH_MARGIN)]
+        if faster:
+            chosen = max(faster, key=lambda c: c["speedup_vs_fp32"])
+        why = (
+            f"fastest of {len(timed)} recipes timed side by side with fp32 whose accuracy holds "
+            f"(the default unless another is more than {SWITCH_MARGIN:.0%} faster)"
+        )
+    else:
+        chosen = min(timed, key=lambda c: c["accuracy_drop"])
+        why = f"no recipe kept accuracy within {ACCURACY_TOLERANCE:g}; the most accurate of {len(timed)}"
+    for c in candidates:
+        c["kept"] = c is chosen
+    shutil.copyfile(chosen.pop("_path"), dst)
+    for c in timed:
+        c.pop("_path", None)
+    recipe = next(r for r in recipes if r.name == chosen["recipe"])
+    summary = ", ".join(f"{c['recipe']} {c['speedup_vs_fp32']:.2f}x drop {c['accuracy_drop']:+.3f}" for c in timed)
+    reason = (
+        f"{why}, on this {target} machine ({chosen['speedup_vs_fp32']:.2f}x vs fp32, "
+        f"{chosen['integer_ops']['integer']} of {chosen['integer_ops']['total']} Conv/Gemm/MatMul integer); "
+        f"{recipe.why}"
+    )
+    progress(f"static-int8 recipes: {summary}; kept {chosen['recipe']}")
+    return {
+        "recipe": chosen["recipe"],
+        "recipe_reason": reason,
+        "recipe_candidates": candidates,
+        "per_channel": recipe.per_channel,
+    }
 
 
 def convert_onnx_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -45,6 +45,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("latency_ms.p95", "latency p95 (ms)", "lower", "{:.4g}"),
     MetricDef("latency_ms.p99", "latency p99 (ms)", "lower", "{:.4g}"),
     MetricDef("latency_ms.mean", "latency mean (ms)", "lower", "{:.4g}"),
+    MetricDef("speedup_vs_baseline", "speed vs fp32 baseline (x)", "higher", "{:.3g}"),
     MetricDef("throughput_per_s", "throughput (/s)", "higher", "{:,.1f}"),
     MetricDef("model_size_bytes", "model size (bytes)", "lower", "{:,.0f}"),
     MetricDef("model_gzip_bytes", "gzip size (bytes)", "lower", "{:,.0f}"),

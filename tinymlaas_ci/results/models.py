@@ -20,6 +20,7 @@ __all__ = [
     "FlashBytes",
     "GateVerdict",
     "Inputs",
+    "IntegerOps",
     "Latency",
     "MemoryMap",
     "Metrics",
@@ -104,6 +105,16 @@ class Inputs(_Rec):
     dataset: DatasetInput
 
 
+class IntegerOps(_Rec):
+    """How many of the model's Conv/Gemm/MatMul nodes run as integer kernels."""
+
+    integer: int
+    """Nodes that run as integer kernels (``QLinearConv``, ``QGemm``, ``MatMulInteger``, ...) after
+    ONNX Runtime's graph optimizer."""
+    total: int
+    """All Conv/Gemm/MatMul nodes of the optimized graph, integer or float."""
+
+
 class CompressionRecord(_Rec):
     quantization: str
     """Quantization mode applied."""
@@ -120,6 +131,22 @@ class CompressionRecord(_Rec):
     """Size of the uncompressed ONNX baseline."""
     compressed_bytes: int | None = None
     """Size of the compressed model."""
+    integer_ops: IntegerOps | None = None
+    """Conv/Gemm/MatMul nodes that run as integer kernels, counted in the graph ONNX Runtime
+    optimized on the compile machine (``9 of 9``: fully quantized; ``3 of 9``: six layers run in
+    fp32 behind DequantizeLinear). None for runtime ``pytorch``."""
+    recipe: str | None = None
+    """How the model was quantized: ``qdq-u8s8-per-channel`` (uint8 activations, int8 weights, one
+    scale per output channel), ``qdq-s8s8-per-channel``, ``dynamic-matmul-gemm``, ``fp16-keep-io-fp32``..."""
+    recipe_reason: str | None = None
+    """Why this recipe: the architecture's default, or the fastest of the timed candidates whose
+    accuracy held."""
+    recipe_candidates: list[dict[str, Any]] = Field(default_factory=list)
+    """The static-int8 recipes tried side by side: ``recipe``, ``speedup_vs_fp32``,
+    ``accuracy_drop``, ``holds``, ``integer_ops``, ``kept``. Empty when none were timed."""
+    fp16_native: bool | None = None
+    """fp16 only: whether the device's CPU computes in fp16 (avx512fp16/amx-fp16, asimdhp/fphp);
+    False means ONNX Runtime runs the model through Casts and fp32 kernels. None: unknown."""
 
 
 class DeviceRecord(_Rec):
@@ -231,6 +258,27 @@ class Metrics(_Rec):
     """Peak resident memory of the inference process in MiB."""
     load_time_ms: float | None = None
     """Time to load the model into the runtime."""
+    baseline_latency_ms: Latency | None = None
+    """Latency of the fp32 baseline, measured in the same process, interleaved with the deployed model."""
+    speedup_vs_baseline: float | None = None
+    """Baseline p50 / deployed p50 (each the median of the per-round medians); above 1: faster."""
+    speedup_ci95: list[float] | None = None
+    """``[low, high]``: 95% confidence interval of ``speedup_vs_baseline``, a paired bootstrap over rounds."""
+    rounds: int | None = None
+    """Interleaved measurement rounds (deployed and baseline timed in turn in each)."""
+    round_ratios: list[float] = Field(default_factory=list)
+    """The speed ratio of each round."""
+    round_spread: float | None = None
+    """``(max - min) / median`` of the per-round ratios (relative; 0.05 = rounds within 5%)."""
+    load_before: float | None = None
+    """1-minute load average of the device before measuring."""
+    load_after: float | None = None
+    """1-minute load average of the device after measuring."""
+    unstable: bool = False
+    """The rounds disagreed by more than ``measure.max_round_spread`` even after re-measuring:
+    the speed numbers are not to be trusted for ranking."""
+    remeasured: int = 0
+    """Extra measurement attempts made because the rounds disagreed."""
     labels: list[str] = Field(default_factory=list)
     """Label names by model output index: the label order the accuracy was scored with."""
     label_source: str | None = None

@@ -396,20 +396,31 @@ class Compression(_Spec):
     calibration_samples: int = Field(default=256, ge=1, le=1_000_000)
     """Samples from the train (else val) split used to calibrate ``static-int8``."""
     per_channel: bool = False
-    """Quantize weights per output channel instead of per tensor (static/dynamic int8)."""
+    """``true``: quantize weights per output channel only. ``false``: the int8 recipe chosen for
+    the device's architecture decides (per channel where that runs fastest); the result's
+    compression record says which recipe was used."""
     pruning: Pruning | None = None
     """Magnitude pruning; omit for none."""
 
 
 class Measure(_Spec):
-    """How latency is measured on the device (warm-up, then at least N iterations and S seconds)."""
+    """How latency is measured on the device: warm-up, then at least N iterations and S seconds,
+    split into rounds that alternate between the deployed model and the fp32 baseline."""
 
     warmup: int = Field(default=20, ge=0, le=100_000)
     """Untimed iterations before measuring."""
     min_iterations: int = Field(default=200, ge=1, le=10_000_000)
-    """Timed iterations, at least."""
+    """Timed iterations of each model, at least (over all rounds)."""
     min_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
-    """Seconds of timed iterations, at least."""
+    """Seconds of timed iterations of each model, at least (over all rounds)."""
+    rounds: int = Field(default=7, ge=1, le=1000)
+    """Interleaved rounds: in each, the deployed model and the fp32 baseline are timed in turn, so
+    a change in the machine's speed hits both; the speed ratio's confidence interval is over rounds."""
+    max_round_spread: float = Field(default=0.15, gt=0.0, le=100.0)
+    """Largest acceptable spread of the per-round speed ratios, ``(max - min) / median``; beyond it
+    the measurement is repeated, and marked ``unstable`` if it stays beyond."""
+    max_remeasure: int = Field(default=2, ge=0, le=20)
+    """How many times an unstable measurement is repeated before it is recorded as ``unstable``."""
     batch_size: int = Field(default=1, ge=1, le=4096)
     """Samples per inference call."""
     threads: int = Field(default=1, ge=1, le=256)

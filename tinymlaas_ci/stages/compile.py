@@ -64,6 +64,7 @@ def run(ctx: StageContext) -> None:
         input_layout=run.model.input_layout,
         architecture=run.model.architecture,
         code=run.model.code,
+        device_arch=ctx.device.arch,
         progress=ctx.log,
     )
     ctx.add_artifact("model", outcome.deployed)

@@ -4,8 +4,10 @@ Evaluates the deployed model and the fp32 baseline over the whole evaluation spl
 (``dataset.split``, default ``test``; streamed from the bundle and preprocessed per batch as its
 manifest says; NaN or Inf outputs fail the stage), and measures the deployed model's latency after
 MLPerf Tiny's habits (``measure``: warm-up, then at least ``min_iterations`` and
-``min_seconds``). Peak memory is taken before the baseline is loaded, so it is the deployed
-model's.
+``min_seconds``) side by side with the baseline's, in the same process and in ``measure.rounds``
+interleaved rounds, so the speed ratio (``speedup_vs_baseline``, with a confidence interval) is
+not skewed by what else the machine did in between. Peak memory is taken before the baseline is
+loaded, so it is the deployed model's.
 
 Metrics: a ``results.models.Metrics`` dict. Records: ``device`` (``DeviceRecord``), ``runtime``
 (``RuntimeRecord``), ``tools``, ``baseline_runtime``.
@@ -16,6 +18,7 @@ Metrics: a ``results.models.Metrics`` dict. Records: ``device`` (``DeviceRecord`
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from tinymlaas_ci.spec.models import Measure
 from tinymlaas_ci.stages.bundle import BundleManifest, read_manifest
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
-__all__ = ["main", "measure_bundle", "run"]
+__all__ = ["main", "measure_bundle", "measure_speed", "run"]
 
 
 def measure_bundle(
@@ -69,13 +72,7 @@ def measure_bundle(
     reps = -(-batch_size // len(x))
     first = x[0:batch_size]
     batch = np.ascontiguousarray(np.concatenate([first] * reps)[:batch_size])
-    latency = measure.measure_latency(
-        session.run, batch, warmup=how.warmup, min_iterations=how.min_iterations, min_seconds=how.min_seconds
-    )
-    log(
-        f"latency p50 {latency['p50']:.4f} ms, p99 {latency['p99']:.4f} ms over {latency['iterations']} "
-        f"iterations ({latency['seconds']:.2f} s)"
-    )
+    # Taken before the baseline is loaded: the peak is the deployed model's.
     peak = measure.peak_memory_mb()
 
     baseline_path = bundle / manifest.baseline
@@ -89,6 +86,9 @@ def measure_bundle(
         fixed_batch=base_session.fixed_batch,
     )
     log(f"baseline accuracy {base['accuracy']:.4f}")
+    same = base_session.fixed_batch in (None, batch_size)
+    speed = measure_speed(session.run, base_session.run, batch, how, log=log, same_batch=same)
+    latency = speed.pop("latency_ms")
 
     size = model_path.stat().st_size
     base_size = baseline_path.stat().st_size
@@ -110,6 +110,7 @@ def measure_bundle(
         "labels": labels,
         "confusion_matrix": acc["confusion_matrix"],
         "eval_split": split,
+        **speed,
     }
     return metrics, session.record()
 
@@ -125,6 +126,75 @@ def bundle_data(bundle: Path, manifest: BundleManifest, split: str) -> dict[str,
     x = SplitReader(path, "x", transform=lambda raw: apply_preprocess(raw, plan))
     y = SplitReader(path, "y").materialize()
     return {f"x_{split}": x, f"y_{split}": y, "labels": list(manifest.labels)}
+
+
+def measure_speed(
+    run: Callable[[Any], Any],
+    baseline: Callable[[Any], Any],
+    batch: Any,
+    how: Measure,
+    *,
+    log: Callable[[str], None] = lambda _msg: None,
+    same_batch: bool = True,
+) -> dict[str, Any]:
+    """Latency of ``run`` and its speed against ``baseline``, measured side by side.
+
+    Both models are timed in the same process, in ``how.rounds`` interleaved rounds
+    (:func:`tinymlaas_ci.ml.measure.compare_latency`); returns ``Metrics`` fields:
+    ``latency_ms``, ``baseline_latency_ms``, ``speedup_vs_baseline``, ``speedup_ci95``, ``rounds``,
+    ``round_ratios``, ``round_spread``, ``load_before``, ``load_after``, ``unstable``,
+    ``remeasured``. When the baseline cannot take ``batch`` (``same_batch`` False), only the
+    deployed model is timed and the comparison fields are left out.
+    """
+    from tinymlaas_ci.ml import measure
+
+    if not same_batch:
+        latency = measure.measure_latency(
+            run, batch, warmup=how.warmup, min_iterations=how.min_iterations, min_seconds=how.min_seconds
+        )
+        log(f"latency p50 {latency['p50']:.4f} ms; the baseline takes another batch size, so no speed ratio")
+        return {"latency_ms": latency}
+    cmp = measure.compare_latency(
+        run,
+        baseline,
+        batch,
+        rounds=how.rounds,
+        warmup=how.warmup,
+        min_iterations=how.min_iterations,
+        min_seconds=how.min_seconds,
+        max_round_spread=how.max_round_spread,
+        max_remeasure=how.max_remeasure,
+        log=log,
+    )
+    latency, base = cmp["latency"], cmp["baseline_latency"]
+    low, high = cmp["speedup_ci95"]
+    log(
+        f"latency p50 {latency['p50']:.4f} ms, p99 {latency['p99']:.4f} ms over {latency['iterations']} "
+        f"iterations ({latency['seconds']:.2f} s); baseline p50 {base['p50']:.4f} ms"
+    )
+    log(
+        f"speed vs baseline {cmp['speedup_vs_baseline']:.3f}x (95% CI {low:.3f}-{high:.3f}) over "
+        f"{cmp['rounds']} interleaved rounds, spread {cmp['round_spread']:.1%}, "
+        f"load {_load(cmp['load_before'])} -> {_load(cmp['load_after'])}"
+        + (f" -- UNSTABLE after {cmp['remeasured']} re-measurements" if cmp["unstable"] else "")
+    )
+    return {
+        "latency_ms": latency,
+        "baseline_latency_ms": base,
+        "speedup_vs_baseline": cmp["speedup_vs_baseline"],
+        "speedup_ci95": [low, high],
+        "rounds": cmp["rounds"],
+        "round_ratios": cmp["round_ratios"],
+        "round_spread": cmp["round_spread"],
+        "load_before": cmp["load_before"],
+        "load_after": cmp["load_after"],
+        "unstable": cmp["unstable"],
+        "remeasured": cmp["remeasured"],
+    }
+
+
+def _load(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 def run(ctx: StageContext) -> None:
