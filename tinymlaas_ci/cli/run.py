@@ -39,6 +39,14 @@ def register(sub) -> None:
     )
     p.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the others")
     p.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="run up to N runs at once (default 1); install and infer on one device still take turns",
+    )
+    p.add_argument(
         "--lock-timeout",
         type=float,
         default=None,
@@ -68,6 +76,18 @@ def register(sub) -> None:
     p.add_argument("--work-dir", default=None, metavar="DIR", help="where run volumes live")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_status)
+
+
+def _jobs(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--jobs takes a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _load_plan(args):
@@ -101,6 +121,7 @@ def cmd_run(args) -> int:
         lock_timeout=args.lock_timeout,
         work_dir=Path(args.work_dir) if args.work_dir else None,
         write_results=not args.no_results,
+        jobs=args.jobs,
     )
     progress = Progress(verbose=args.verbose)
     engine = Engine(repo, options, progress)
@@ -174,7 +195,8 @@ def cmd_status(args) -> int:
     work = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(root)
     rows = []
     if work.is_dir():
-        for project in sorted(p for p in work.iterdir() if p.is_dir()):
+        # Dot folders are the engine's own (the shared stage cache), not projects.
+        for project in sorted(p for p in work.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for run in sorted(p for p in project.iterdir() if p.is_dir()):
                 run_id = f"{project.name}/{run.name}"
                 if args.runs and not any(
