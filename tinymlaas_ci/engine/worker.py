@@ -45,8 +45,8 @@ __all__ = [
     "StageWorker",
     "WorkerDied",
     "kill_group",
-    "process_start_time",
     "process_alive",
+    "process_start_time",
     "set_parent_death_signal",
 ]
 
