@@ -176,23 +176,6 @@ def _readme_blocks(root: Path) -> list[str]:
     return [m.group(1).rstrip() for m in _SHELL_FENCE.finditer(readme.read_text(encoding="utf-8"))]
 
 
-def _nav_with_projects(nav: list | None, projects: list[ProjectView]) -> list | None:
-    """Expand the nav entry of ``projects/index.md`` into one entry per project dashboard."""
-    if not nav:
-        return nav
-    out = []
-    for item in nav:
-        if isinstance(item, dict) and len(item) == 1:
-            ((title, value),) = item.items()
-            if value == "projects/index.md":
-                entries: list[Any] = [{"Overview": "projects/index.md"}]
-                entries += [{p.name: f"projects/{p.name}/index.md"} for p in projects]
-                out.append({title: entries})
-                continue
-        out.append(item)
-    return out
-
-
 def build_site(
     root: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -344,7 +327,9 @@ def _mkdocs_build(staging: Path, out: Path, strict: bool, data: SiteData) -> Non
     logger.addHandler(collect)
     try:
         config = load_config(str(staging / "mkdocs.yml"), site_dir=str(out), strict=strict)
-        config["nav"] = _nav_with_projects(config["nav"], data.projects)
+        # The navigation is the same on every page, so it names no project or run: listing
+        # every project there made each run page grow with the number of projects (33 KB to
+        # 60 KB from 2 to 100). Projects are reached from the projects page, runs from theirs.
         build(config)
     except MkDocsException as exc:
         details = "\n".join(f"  {m}" for m in collect.messages[:20]) or f"  {exc}"
