@@ -77,6 +77,7 @@ def build(code: Path, root: Path, out: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _BUILD, str(root), str(out)],
         env={**os.environ, "PYTHONPATH": str(code)},
+        cwd=root,  # never a checkout, or `python -c` would import the checkout's package
         capture_output=True,
         text=True,
     )
@@ -130,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                 for label, code in codes.items():
                     m = build(code, root, tmp_path / f"out-pages-{projects}-{len(pages)}")
                     pages.append((label, projects, m))
-                    print(f"{label}: {args.page_results} results in {projects} projects: run page {m['run_page_kb']:.1f} KB", flush=True)
+                    print(
+                        f"{label}: {args.page_results} results in {projects} projects: "
+                        f"run page {m['run_page_kb']:.1f} KB",
+                        flush=True,
+                    )
             scale = []
             for n in args.sizes:
                 root = tmp_path / f"scale-{n}"

@@ -72,7 +72,8 @@ def cold_sweep(code: Path, repo: Path, runs: int, jobs: int) -> dict:
     assert len(selected) == runs, f"the sweep has {len(selected)} runs, not {runs}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+    # cwd: the repository, never a checkout, or `python -m` would import the checkout's package.
+    proc = subprocess.run(argv, cwd=repo, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tinymlaas-sweep-bench-") as tmp:
         tmp_path = Path(tmp)
         base_code = tmp_path / "base-code"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base_code), args.base], check=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base_code), args.base], check=True
+        )
         try:
             for r in range(args.rounds):
                 for label, code, jobs in (("base", base_code, 1), ("this", REPO, args.jobs)):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import importlib
 import json
 import os
@@ -271,6 +272,10 @@ class _Server:
         for name in (*PRELOAD.get(builtin, ()), f"tinymlaas_ci.stages.{builtin}"):
             with suppress(Exception):  # the stage imports it again and reports what is wrong
                 importlib.import_module(name)
+        # What is imported now is shared with every child, copy-on-write; keep the collector
+        # from walking (and so copying) those pages in each child.
+        gc.collect()
+        gc.freeze()
 
     def serve(self) -> None:
         for raw in self.requests:

@@ -22,7 +22,7 @@ from typing import Any
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.website import charts
-from tinymlaas_ci.website.analysis import ProjectView, RunView, SiteData, build_site_data
+from tinymlaas_ci.website.analysis import RunView, SiteData, build_site_data
 from tinymlaas_ci.website.formatting import FILTERS, repo_web_url
 from tinymlaas_ci.website.history import DEFAULT_LIMIT, collect_history, git_head
 from tinymlaas_ci.website.loader import Skipped, load_results
