@@ -306,6 +306,24 @@ def _render_pages(
     return pages.count
 
 
+def _release_plugin():
+    """A MkDocs plugin that lets go of a generated page once it is written.
+
+    MkDocs keeps every page's Markdown and HTML until the build ends; at thousands of run
+    pages that is most of the build's memory. No later page reads them (the navigation uses
+    titles and URLs), so the pages under ``projects/`` drop theirs right after rendering."""
+    from mkdocs.plugins import BasePlugin
+
+    class Release(BasePlugin):
+        def on_post_page(self, output: str, page, config):
+            if page.file.src_uri.startswith("projects/"):
+                page.markdown = None
+                page.content = None
+            return output
+
+    return Release()
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -330,6 +348,7 @@ def _mkdocs_build(staging: Path, out: Path, strict: bool, data: SiteData) -> Non
         # The navigation is the same on every page, so it names no project or run: listing
         # every project there made each run page grow with the number of projects (33 KB to
         # 60 KB from 2 to 100). Projects are reached from the projects page, runs from theirs.
+        config.plugins["tinymlaas-release-pages"] = _release_plugin()
         build(config)
     except MkDocsException as exc:
         details = "\n".join(f"  {m}" for m in collect.messages[:20]) or f"  {exc}"
