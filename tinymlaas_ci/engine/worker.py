@@ -354,8 +354,11 @@ def _child(request: dict[str, Any], out: int, exec_error: int, worker: int) -> N
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != worker:  # the worker died before the signal was armed
             os._exit(1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        # As a fresh interpreter has them (a command gets what subprocess gives one).
+        for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL if request.get("argv") else signal.SIG_IGN)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out, 1)
