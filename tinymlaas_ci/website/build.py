@@ -307,17 +307,41 @@ def _render_pages(
 
 
 def _release_plugin():
-    """A MkDocs plugin that lets go of a generated page once it is written.
+    """A MkDocs plugin that keeps the generated pages small in memory.
 
-    MkDocs keeps every page's Markdown and HTML until the build ends; at thousands of run
-    pages that is most of the build's memory. No later page reads them (the navigation uses
-    titles and URLs), so the pages under ``projects/`` drop theirs right after rendering."""
-    from mkdocs.plugins import BasePlugin
+    MkDocs converts every page to HTML first and applies the theme afterwards, holding every
+    page's Markdown and HTML in between; at thousands of run pages that was most of a build's
+    memory. For the pages under ``projects/`` (generated, read by no other page: the
+    navigation uses titles and URLs), this drops the Markdown once converted, keeps the HTML
+    compressed until the page's turn, and drops it once the page is written."""
+    import zlib
+
+    from mkdocs.plugins import BasePlugin, event_priority
+
+    def generated(page) -> bool:
+        return page.file.src_uri.startswith("projects/")
 
     class Release(BasePlugin):
+        def __init__(self) -> None:
+            self.packed: dict[str, bytes] = {}
+
+        @event_priority(-100)  # after every other plugin has seen the HTML
+        def on_page_content(self, html: str, page, config, files):
+            if not generated(page):
+                return html
+            page.markdown = None
+            self.packed[page.file.src_uri] = zlib.compress(html.encode("utf-8"), 1)
+            return ""
+
+        @event_priority(100)  # before any other plugin looks at the page
+        def on_page_context(self, context, page, config, nav):
+            packed = self.packed.pop(page.file.src_uri, None)
+            if packed is not None:
+                page.content = zlib.decompress(packed).decode("utf-8")
+            return context
+
         def on_post_page(self, output: str, page, config):
-            if page.file.src_uri.startswith("projects/"):
-                page.markdown = None
+            if generated(page):
                 page.content = None
             return output
 

@@ -38,7 +38,7 @@ class ParsedCache:
     rendered project by project, so the few hundred results a page needs stay parsed while
     it is rendered."""
 
-    def __init__(self, size: int = 1024):
+    def __init__(self, size: int = 256):
         self.size = size
         self._items: OrderedDict[int, Result] = OrderedDict()
 
