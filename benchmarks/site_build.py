@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Results spread over {args.projects} projects, {args.commits} committed versions each (history is read "
         "from git). Every build runs in its own process; peak memory is its max RSS.",
         "",
+        f"Load average of the machine when the report was written (1, 5, 15 min): "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. Wall time includes waiting for a "
+        "busy machine; CPU time does not.",
+        "",
         "## At scale",
         "",
         "| results | pages | wall (s) | CPU (s) | peak memory (MB) | on disk (MB) | run page (KB) | phases (s) |",
