@@ -9,7 +9,7 @@ from pathlib import Path
 FAKE_STAGE = textwrap.dedent(
     '''
     """A user stage that follows the stage contract: reads stage.json, writes outputs.json."""
-    import hashlib, json, os, sys, time
+    import fcntl, hashlib, json, os, sys, time
     from pathlib import Path
 
     run, name = Path(sys.argv[1]), sys.argv[2]
@@ -31,7 +31,9 @@ FAKE_STAGE = textwrap.dedent(
     payload = f"{name}:{config['spec']['compression']['quantization']}:{upstream}"
     (folder / "data.txt").write_text(payload)
     counter = Path(config["repo"]) / f".count-{name}"
-    counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
+    with open(Path(config["repo"]) / ".count.lock", "w") as lock:  # runs may be parallel (--jobs)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
     outputs = {
         "schema": 1, "stage": name,
         "artifacts": {"data": {"path": f"{name}/data.txt", "sha256": hashlib.sha256(payload.encode()).hexdigest(),

@@ -92,11 +92,24 @@ def test_a_tampered_output_is_not_trusted(tmp_path):
     repo, engine, _ = _engine(root)
     engine.execute(plan(repo))
     (root / "runs/p/results/r1.json").unlink()
+    original = (root / ".work/p/r1/install/data.txt").read_text()
     (root / ".work/p/r1/install/data.txt").write_text("edited by hand")
+    repo, engine, _ = _engine(root)
+    [outcome] = engine.execute(plan(repo))
+    # The run volume's copy is not trusted; the shared cache's copy, checked by sha256, is.
+    assert [s["cache_hit"] for s in outcome.stages] == [True, True, True]
+    assert (root / ".work/p/r1/install/data.txt").read_text() == original
+    assert _count(root, "install") == 1
+    # Both copies changed: the stage runs again.
+    (root / "runs/p/results/r1.json").unlink()
+    (root / ".work/p/r1/install/data.txt").write_text("edited by hand")
+    [entry] = (root / ".work/.cache").glob(f"*/{outcome.stages[1]['cache_key']}/files/data.txt")
+    entry.write_text("edited by hand, too")
     repo, engine, _ = _engine(root)
     [outcome] = engine.execute(plan(repo))
     assert [s["cache_hit"] for s in outcome.stages] == [True, False, True]
     assert _count(root, "install") == 2
+    assert (root / ".work/p/r1/install/data.txt").read_text() == original
 
 
 def test_failure_writes_error_and_resumes_from_the_last_good_stage(tmp_path):

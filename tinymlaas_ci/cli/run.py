@@ -38,6 +38,14 @@ def register(sub) -> None:
     )
     p.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the others")
     p.add_argument(
+        "-j",
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="run up to N runs at once (default 1); install and infer on one device still take turns",
+    )
+    p.add_argument(
         "--lock-timeout",
         type=float,
         default=None,
@@ -67,6 +75,18 @@ def register(sub) -> None:
     p.add_argument("--work-dir", default=None, metavar="DIR", help="where run volumes live")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_status)
+
+
+def _jobs(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--jobs takes a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _load_plan(args):
@@ -100,6 +120,7 @@ def cmd_run(args) -> int:
         lock_timeout=args.lock_timeout,
         work_dir=Path(args.work_dir) if args.work_dir else None,
         write_results=not args.no_results,
+        jobs=args.jobs,
     )
     progress = Progress(verbose=args.verbose)
     engine = Engine(repo, options, progress)

@@ -129,7 +129,8 @@ def cmd_status(args) -> int:
     orders = _pipeline_orders(args) if work.is_dir() else {}
     rows = []
     if work.is_dir():
-        for project in sorted(p for p in work.iterdir() if p.is_dir()):
+        # Dot folders are the engine's own (the shared stage cache), not projects.
+        for project in sorted(p for p in work.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for run in sorted(p for p in project.iterdir() if p.is_dir()):
                 run_id = f"{project.name}/{run.name}"
                 if args.runs and not any(

@@ -27,13 +27,19 @@ def detect_mode(stream: TextIO) -> str:
 
 class Progress:
     """Receives engine events and shows them. ``verbose`` also shows every line stages print
-    (always kept in the stage's ``log.txt``)."""
+    (always kept in the stage's ``log.txt``).
+
+    Events may come from several threads (``tinymlaas run --jobs N``). Then ``parallel`` is
+    set: every line names its run and stage, GitHub log groups (which cannot interleave) are
+    not used, and the terminal's status line lists every running stage."""
 
     def __init__(self, stream: TextIO | None = None, mode: str | None = None, verbose: bool = False):
         self.stream = stream or sys.stderr
         self.mode = mode or detect_mode(self.stream)
         self.verbose = verbose
         self._lock = threading.Lock()
+        self.parallel = False
+        self._running: dict[tuple[str, str], float] = {}
         self._current: tuple[str, str, float] | None = None
         self._last_line = ""
         self._stop = threading.Event()
@@ -55,8 +61,12 @@ class Progress:
     def stage_started(self, run_id: str, stage: str) -> None:
         with self._lock:
             self._current = (run_id, stage, time.monotonic())
+            self._running[(run_id, stage)] = self._current[2]
             self._last_line = ""
-            if self.mode == "github":
+            if self.parallel:
+                if self.mode != "tty":
+                    self.stream.write(f"[{run_id}] {stage}: running\n")
+            elif self.mode == "github":
                 self.stream.write(workflow_command("group", f"{run_id} · {stage}") + "\n")
             elif self.mode == "plain":
                 self.stream.write(f"[{run_id}] {stage}: running\n")
@@ -65,7 +75,10 @@ class Progress:
     def stage_line(self, run_id: str, stage: str, line: str) -> None:
         with self._lock:
             self._last_line = line
-            if self.mode == "github":
+            if self.parallel and (self.mode == "github" or self.verbose):
+                self._clear()
+                self.stream.write(f"  [{run_id} {stage}] {line}\n")
+            elif self.mode == "github":
                 self.stream.write(line + "\n")
             elif self.verbose:
                 self._clear()
@@ -77,7 +90,8 @@ class Progress:
     def stage_finished(self, run_id: str, stage: str, outcome: str, seconds: float | None, note: str = "") -> None:
         with self._lock:
             self._clear()
-            if self.mode == "github" and self._current is not None:
+            started = self._running.pop((run_id, stage), None)
+            if self.mode == "github" and not self.parallel and started is not None:
                 self.stream.write(workflow_command("endgroup") + "\n")
             self._current = None
             took = f" {seconds:.1f}s" if seconds is not None else ""
@@ -103,16 +117,23 @@ class Progress:
         i = 0
         while not self._stop.wait(0.1):
             with self._lock:
-                if self._current is None:
+                if not self._running:
                     continue
-                run_id, stage, started = self._current
                 width = 100
                 try:
                     width = os.get_terminal_size(self.stream.fileno()).columns
                 except (OSError, ValueError):
                     pass
-                head = f"{_SPIN[i % len(_SPIN)]} {run_id} {stage} {time.monotonic() - started:5.1f}s"
-                tail = f"  {self._last_line}" if self._last_line else ""
+                now = time.monotonic()
+                if len(self._running) == 1:
+                    ((run_id, stage), started), tail = next(iter(self._running.items())), ""
+                    head = f"{_SPIN[i % len(_SPIN)]} {run_id} {stage} {now - started:5.1f}s"
+                    tail = f"  {self._last_line}" if self._last_line else ""
+                else:
+                    head = f"{_SPIN[i % len(_SPIN)]} {len(self._running)} running: " + ", ".join(
+                        f"{run_id} {stage} {now - started:.0f}s" for (run_id, stage), started in self._running.items()
+                    )
+                    tail = ""
                 self.stream.write("\r\x1b[2K" + (head + tail)[: max(10, width - 1)])
                 self.stream.flush()
             i += 1

@@ -15,13 +15,16 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci import __version__
+from tinymlaas_ci.engine.cache import CACHE_DIR, StageCache
 from tinymlaas_ci.engine.executor import ExecOutcome, Executor, StageCall
 from tinymlaas_ci.engine.locks import file_lock
 from tinymlaas_ci.engine.progress import Progress
@@ -75,6 +78,10 @@ class RunOptions:
     lock_timeout: float | None = None
     work_dir: Path | None = None
     write_results: bool = True
+    jobs: int = 1
+    """How many runs execute at once (their stages in parallel; device locks still hold)."""
+    shared_cache: bool = True
+    """Reuse a stage that another run of the work dir generated under the same cache key."""
 
 
 @dataclass
@@ -214,10 +221,16 @@ class Engine:
         self.work_dir = (self.options.work_dir or default_work_dir(repo.root)).resolve()
         self.lock_dir = self.work_dir.parent / "locks"
         self._executors = dict(executors or {})
+        self._executors_lock = threading.Lock()
         self._warned_sandbox = False
+        self.cache = StageCache(self.work_dir / CACHE_DIR)
 
     # -- executors -----------------------------------------------------------------------------
     def executor(self, name: str) -> Executor:
+        with self._executors_lock:
+            return self._make_executor(name)
+
+    def _make_executor(self, name: str) -> Executor:
         if name not in self._executors:
             if name == "local":
                 from tinymlaas_ci.engine.local import LocalExecutor
@@ -243,31 +256,47 @@ class Engine:
 
     # -- plan ----------------------------------------------------------------------------------
     def execute(self, plan: Plan) -> list[RunOutcome]:
-        outcomes: list[RunOutcome] = []
-        stop = False
-        for run in plan.runs:
-            if stop:
-                outcomes.append(
-                    RunOutcome(run.id, "not-run", message="not run: an earlier run failed (use --keep-going)")
-                )
-                continue
+        """Execute every run of ``plan``, ``options.jobs`` at a time; outcomes in plan order.
+        Without ``keep_going``, a failed run stops the runs that have not started yet."""
+        self.cache.sweep_temporary()
+        stopped = threading.Event()
+
+        def one(run: PlannedRun) -> RunOutcome:
+            if stopped.is_set():
+                return RunOutcome(run.id, "not-run", message="not run: an earlier run failed (use --keep-going)")
             if run.status == "up-to-date" and not self.options.force:
-                outcomes.append(RunOutcome(run.id, "up-to-date", result_path=run.result_path))
                 self.progress.message(f"= {run.id}: up to date ({run.result_path})")
-                continue
+                return RunOutcome(run.id, "up-to-date", result_path=run.result_path)
             if run.status == "gates-failed" and not self.options.force:
                 # The committed result of this very spec failed its gates: that verdict stands.
                 message = (
                     f"recorded result {run.result_path} failed its gates; change the spec, or --force to measure again"
                 )
-                outcomes.append(RunOutcome(run.id, "gates-failed", result_path=run.result_path, message=message))
                 self.progress.message(f"= {run.id}: gates failed in its recorded result ({run.result_path})")
-                continue
+                return RunOutcome(run.id, "gates-failed", result_path=run.result_path, message=message)
             outcome = self.execute_run(run)
-            outcomes.append(outcome)
             if outcome.status == "failed" and not self.options.keep_going:
-                stop = True
-        return outcomes
+                stopped.set()
+            return outcome
+
+        try:
+            jobs = max(1, min(self.options.jobs, len(plan.runs)))
+            if jobs == 1:
+                return [one(run) for run in plan.runs]
+            self.progress.parallel = True
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="tinymlaas-run") as pool:
+                return list(pool.map(one, plan.runs))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End what the executors keep running between stages (the local stage workers)."""
+        with self._executors_lock:
+            executors = list(self._executors.values())
+        for executor in executors:
+            close = getattr(executor, "close", None)
+            if close is not None:
+                close()
 
     # -- one run -------------------------------------------------------------------------------
     def execute_run(self, run: PlannedRun) -> RunOutcome:
@@ -293,10 +322,11 @@ class Engine:
                 self.progress.stage_finished(run.id, stage.name, "skipped", None, f"{failed.name} failed")
                 continue
             record, out = self._stage(run, device, volume, stage, outputs)
+            busy = record.pop("error", None)
             records.append(record)
             if out is None:
                 failed = stage
-                err = read_error(volume.stage_dir(stage.name))
+                err = error_record(stage.name, busy) if busy else read_error(volume.stage_dir(stage.name))
                 message = err.message if err else f"exited with code {record.get('returncode')}"
                 if err and err.hint:
                     message += f" (hint: {err.hint})"
@@ -337,6 +367,45 @@ class Engine:
                 self.progress.stage_finished(run.id, stage.name, "cached", None, f"key {key[:8]}")
                 return self._record_from(previous, cache_hit=True), out
 
+        busy = self._owned_by_live_process(volume, stage, previous)
+        if busy is not None:
+            # Its folder is not written to, error.json included: the message travels in the record.
+            self.progress.stage_finished(run.id, stage.name, "failed", None, busy.message.splitlines()[0])
+            return {**self._record_from(previous, cache_hit=False), "status": "failed", "error": busy}, None
+
+        if not self._shares_cache(device, stage):
+            return self._locked_run_stage(run, device, volume, stage, outputs, call, executor, key)
+        with self.cache.claim(
+            key,
+            what=f"stage {stage.name!r} of another run with the same inputs",
+            timeout=opts.lock_timeout,
+            on_wait=self.progress.message,
+        ):
+            if not opts.force:
+                hit = self._from_shared_cache(run, volume, stage, key)
+                if hit is not None:
+                    return hit
+            record, out = self._locked_run_stage(run, device, volume, stage, outputs, call, executor, key)
+            if out is not None:
+                status = volume.status(stage.name)
+                self.cache.store(
+                    key,
+                    stage.name,
+                    volume.stage_dir(stage.name),
+                    run=run.id,
+                    created_at=status.finished_at or now_iso(),
+                    record={
+                        "duration_s": status.duration_s,
+                        "executor": status.executor,
+                        "image": status.image,
+                        "image_digest": status.image_digest,
+                    },
+                    artifacts=list(out.artifacts.values()),
+                )
+            return record, out
+
+    def _locked_run_stage(self, run, device, volume, stage, outputs: dict[str, StageOutputs], call, executor, key):
+        opts = self.options
         lock = nullcontext()
         if (stage.builtin or stage.name) in DEVICE_STAGES:
             lock = file_lock(
@@ -360,6 +429,73 @@ class Engine:
                 return self._record(volume, stage, "failed"), None
         with lock:
             return self._run_stage(run, device, volume, stage, inputs, call, executor, key)
+
+    # -- shared cache and folder ownership -----------------------------------------------------
+    @staticmethod
+    def _shares_cache(device, stage: PlannedStage) -> bool:
+        """Install and infer on a remote device describe state held on that device (a folder
+        on the board, named after the run), not only in the stage folder: those stay per run."""
+        return device.kind == "local" or (stage.builtin or stage.name) not in DEVICE_STAGES
+
+    def _from_shared_cache(
+        self, run: PlannedRun, volume: RunVolume, stage: PlannedStage, key: str
+    ) -> tuple[dict[str, Any], StageOutputs] | None:
+        entry = self.cache.lookup(key, stage.name)
+        if entry is None:
+            return None
+        started, clock = now_iso(), time.monotonic()
+        stage_dir = volume.reset_stage(stage.name)
+        if not self.cache.restore(entry, stage_dir):
+            self.progress.message(
+                f"  {run.id} {stage.name}: the cached outputs from {entry.run} changed on disk; running it again"
+            )
+            return None
+        out = self._outputs(volume, stage.name)
+        if out is None:
+            self.cache.discard(key)
+            return None
+        with open(stage_dir / LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(f"(outputs reused from the shared stage cache: entry {key[:16]}, generated by {entry.run})\n")
+        status = StageStatus(
+            stage=stage.name,
+            status="generated",
+            started_at=started,
+            finished_at=now_iso(),
+            duration_s=round(time.monotonic() - clock, 3),
+            cache_key=key,
+            cache_hit=True,
+            cache_entry=key,
+            cache_from=entry.run,
+            executor=entry.record.get("executor"),
+            image=entry.record.get("image"),
+            image_digest=entry.record.get("image_digest"),
+            artifacts=self._stat_artifacts(volume, out),
+        )
+        volume.write_status(status)
+        seal_stage(stage_dir)  # as read-only to later stages as outputs generated here
+        self.progress.stage_finished(run.id, stage.name, "cached", None, f"from {entry.run}, key {key[:8]}")
+        return self._record_from(status, cache_hit=True), out
+
+    @staticmethod
+    def _owned_by_live_process(volume: RunVolume, stage: PlannedStage, previous: StageStatus) -> TinymlError | None:
+        """A stage left ``running`` by a runner that died may still have its process alive (on a
+        system without parent-death signals, or one that escaped its process group): its
+        folder is not emptied under it. Waits a moment (a dying stage takes milliseconds)."""
+        from tinymlaas_ci.engine.worker import process_alive
+
+        if previous.status != "running" or previous.stage_pid is None:
+            return None
+        deadline = time.monotonic() + 3.0
+        while process_alive(previous.stage_pid, previous.stage_started):
+            if time.monotonic() >= deadline:
+                return TinymlError(
+                    f"stage {stage.name!r} of {volume.project}/{volume.name} is still being run by process "
+                    f"{previous.stage_pid}, left by an earlier 'tinymlaas run' that ended; its folder "
+                    f"{volume.stage_dir(stage.name)} is not touched while it lives",
+                    hint=f"wait for it to end, or stop it: kill -- -{previous.stage_pid}",
+                )
+            time.sleep(0.1)
+        return None
 
     def _run_stage(
         self,
@@ -403,7 +539,11 @@ class Engine:
             self._warned_sandbox = True
             self.progress.message(
                 "warning: the local executor cannot sandbox stages; a pickled PyTorch model runs "
-                "code with your rights when loaded. Use --executor docker for models you do not trust."
+                "code with your rights when loaded: it can read and change any file you can (SSH "
+                "keys, saved tokens such as ~/.cache/huggingface/token, this repository) and use the "
+                "network. Secrets in the environment are kept from it (HF_TOKEN reaches only the "
+                "stages that download, SMTP settings no stage). Use --executor docker for models "
+                "you do not trust."
             )
         self.progress.stage_started(run.id, stage.name)
         started = time.monotonic()
@@ -417,8 +557,16 @@ class Engine:
             log_file.flush()
             self.progress.stage_line(run.id, stage.name, line)
 
+        def on_start(pid: int) -> None:
+            from tinymlaas_ci.engine.worker import process_start_time
+
+            status.stage_pid = pid
+            status.stage_started = process_start_time(pid)
+            volume.write_status(status)
+
+        extra = {"on_start": on_start} if getattr(executor, "reports_pid", False) else {}
         try:
-            outcome = executor.run(call, volume.root, self.repo.root, sink)
+            outcome = executor.run(call, volume.root, self.repo.root, sink, **extra)
         except TinymlError as exc:  # the executor could not run it (engine, board, copy failed)
             outcome = ExecOutcome(returncode=-1, executor=executor.name)
             sink(f"error: {exc}")

@@ -64,12 +64,21 @@ class StageStatus(BaseModel):
     cache_key: str | None = None
     """The key the outputs were produced under; equal key and intact artifacts mean a cache hit."""
     cache_hit: bool = False
+    cache_entry: str | None = None
+    """When the outputs were copied from the shared stage cache: the entry's key."""
+    cache_from: str | None = None
+    """When the outputs were copied from the shared stage cache: the run that generated them."""
     executor: str | None = None
     image: str | None = None
     image_digest: str | None = None
     returncode: int | None = None
     pid: int | None = None
     """The runner process that ran the stage (a ``running`` stage whose runner is gone crashed)."""
+    stage_pid: int | None = None
+    """The stage's own process (the leader of its process group), while it runs."""
+    stage_started: int | None = None
+    """That process's start time (clock ticks since boot), which tells it apart from a later
+    process that got the same id."""
     artifacts: dict[str, ArtifactStat] = Field(default_factory=dict)
     """path -> size, mtime and sha256 of the outputs when the stage finished: a cheap stat
     check tells whether they are still what the stage produced."""

@@ -6,27 +6,34 @@ instead of two git processes per file: at 1,000 results the difference is minute
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tinymlaas_ci.git import git_output
 from tinymlaas_ci.results.layout import RESULT_GLOB, parse_result
-from tinymlaas_ci.results.models import Result
+from tinymlaas_ci.website.loader import Packed
 
 __all__ = ["DEFAULT_LIMIT", "HistoryEntry", "collect_history", "git_head"]
 
 DEFAULT_LIMIT = 50
 
 
-@dataclass
-class HistoryEntry:
-    """One committed version of a result file."""
+class HistoryEntry(Packed):
+    """One committed version of a result file: ``result`` parsed on demand, ``raw`` its bytes."""
 
-    commit: str
-    date: str
-    """Commit date, ISO 8601."""
-    result: Result
-    raw: bytes
+    __slots__ = ("commit", "date")
+
+    def __init__(self, commit: str, date: str, raw: bytes):
+        super().__init__(raw)
+        self.commit = commit
+        self.date = date
+        """Commit date, ISO 8601."""
+
+    def __repr__(self) -> str:
+        return f"HistoryEntry({self.commit[:12]!r}, {self.date!r})"
+
+
+_BATCH = 2000
+"""Versions read per ``git cat-file --batch``: its output is held in memory, one batch at a time."""
 
 
 def git_head(root: Path) -> str | None:
@@ -67,23 +74,26 @@ def collect_history(root: Path, paths: list[str], limit: int = DEFAULT_LIMIT) ->
                 wanted.append((rel, commit, date))
     if not wanted:
         return history
-    request = "".join(f"{commit}:{prefix}{rel}\n" for rel, commit, _ in wanted).encode()
-    out = git_output(root, "cat-file", "--batch", input=request)
-    if out is None:
-        return history
-    pos = 0
-    for rel, commit, date in wanted:
-        end = out.index(b"\n", pos)
-        header = out[pos:end].split()
-        pos = end + 1
-        if len(header) < 3 or header[1] != b"blob":
-            continue  # "missing": the file was deleted in that commit
-        size = int(header[2])
-        blob = out[pos : pos + size]
-        pos += size + 1
-        try:
-            result = parse_result(blob)
-        except ValueError:
-            continue
-        history[rel].append(HistoryEntry(commit, date, result, blob))
+    for start in range(0, len(wanted), _BATCH):
+        batch = wanted[start : start + _BATCH]
+        request = "".join(f"{commit}:{prefix}{rel}\n" for rel, commit, _ in batch).encode()
+        out = git_output(root, "cat-file", "--batch", input=request)
+        if out is None:
+            return history
+        pos = 0
+        for rel, commit, date in batch:
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            pos = end + 1
+            if len(header) < 3 or header[1] != b"blob":
+                continue  # "missing": the file was deleted in that commit
+            size = int(header[2])
+            blob = out[pos : pos + size]
+            pos += size + 1
+            try:
+                parse_result(blob)
+            except ValueError:
+                continue
+            history[rel].append(HistoryEntry(commit, date, blob))
+        del out
     return history
