@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -18,6 +19,8 @@ __all__ = [
     "cpu_info",
     "memory_mb",
     "normalise_arch",
+    "process_alive",
+    "process_start_time",
 ]
 
 RELEVANT_FLAGS = (
@@ -137,3 +140,34 @@ def normalise_arch(machine: str | None) -> str:
 def arch() -> str:
     """This machine's architecture as a device spec names it."""
     return normalise_arch(platform.machine())
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), which tells a live
+    process apart from a later one that got the same id; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces: split after it.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs (and, given ``started``, is the one that started then).
+    A zombie counts as gone: it runs nothing and holds no folder."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    with suppress(OSError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X"):
+            return False
+    return started is None or process_start_time(pid) in (None, started)

@@ -12,27 +12,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.cli.common import repo_root
+from tinymlaas_ci.hostinfo import process_alive
 
 __all__ = ["BUILTIN_ORDER", "cmd_status", "run_state", "stage_rows"]
 
 BUILTIN_ORDER = ("fetch", "compile", "install", "infer")
 _INTERRUPT_CODES = {-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _order(run_dir: Path, names: list[str], pipeline_order: dict[str, list[str]], run_id: str) -> list[str]:
@@ -62,7 +52,7 @@ def stage_rows(volume, run_dir: Path, pipeline_order: dict[str, list[str]], run_
             continue
         st = volume.status(name)
         state = st.status
-        if state == "running" and st.pid and not _alive(st.pid):
+        if state == "running" and st.pid and not process_alive(st.pid):
             state = "interrupted"  # its runner died (Ctrl-C, crash or kill -9); the next run redoes it
         elif state == "failed" and (
             st.returncode in _INTERRUPT_CODES

@@ -34,6 +34,7 @@ from typing import Any
 
 from tinymlaas_ci.engine.locks import file_lock
 from tinymlaas_ci.fs import atomic_write_json
+from tinymlaas_ci.hostinfo import process_alive
 
 __all__ = ["CACHE_DIR", "CacheEntry", "StageCache"]
 
@@ -191,7 +192,7 @@ class StageCache:
         for child in tmp.iterdir():
             with suppress(OSError):
                 pid = child.name.split("-", 1)[0]
-                dead = pid.isdigit() and not _pid_alive(int(pid))
+                dead = pid.isdigit() and not process_alive(int(pid))
                 if dead or now - child.stat().st_mtime > older_than_s:
                     _remove(child)
 
@@ -223,13 +224,3 @@ def _remove(path: Path) -> None:
     else:
         with suppress(OSError):
             path.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

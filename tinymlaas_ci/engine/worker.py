@@ -37,8 +37,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from pathlib import Path
 from typing import IO, Any
+
+from tinymlaas_ci.hostinfo import process_alive, process_start_time
 
 __all__ = [
     "PRELOAD",
@@ -74,37 +75,6 @@ def set_parent_death_signal(sig: int) -> bool:
         return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), which tells a live
-    process apart from a later one that got the same id; None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces: split after it.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int, started: int | None = None) -> bool:
-    """Whether process ``pid`` runs (and, given ``started``, is the one that started then).
-    A zombie counts as gone: it runs nothing and holds no folder."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    with suppress(OSError, ValueError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X"):
-            return False
-    return started is None or process_start_time(pid) in (None, started)
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
