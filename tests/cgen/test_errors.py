@@ -41,7 +41,8 @@ def test_a_float_model_is_refused(tmp_path):
 def test_dynamic_quantization_is_refused(tmp_path):
     from tinymlaas_ci.ml.compress import quantize_onnx
 
-    fp32 = export(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), (1, 5, 5), tmp_path / "fp32.onnx")
+    # dynamic-int8 quantizes MatMul/Gemm layers only: the model needs one.
+    fp32 = export(nn.Sequential(nn.Flatten(), nn.Linear(25, 3)), (1, 5, 5), tmp_path / "fp32.onnx")
     quantize_onnx(fp32, tmp_path / "dyn.onnx", "dynamic-int8")
     with pytest.raises(TinymlError, match="is not supported by the C generator"):
         generate_c(tmp_path / "dyn.onnx", tmp_path / "c")

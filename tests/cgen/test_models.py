@@ -92,10 +92,11 @@ def test_generated_code_compiles_for_cortex_m(net, tmp_path, cpu, flags, path):
     assert text <= (info.weights_bytes + info.quant_bytes) * 1.05 + 6 * 1024 + 2048 * (info.input_size > 0)
 
 
-def test_the_compile_stage_default_per_tensor_weights(tmp_path):
-    # compile's static-int8 without per_channel: one weight scale per tensor, broadcast per channel.
+def test_per_tensor_weights(tmp_path):
+    # int8 QDQ with one weight scale per tensor (ONNX Runtime's per_channel=False), broadcast per channel.
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
     from tests.cgen.conftest import export
-    from tinymlaas_ci.ml.compress import quantize_onnx
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -103,7 +104,25 @@ def test_the_compile_stage_default_per_tensor_weights(tmp_path):
     )
     fp32 = export(net, (2, 6, 6), tmp_path / "fp32.onnx")
     calib = np.random.default_rng(0).uniform(-1, 1, (16, 2, 6, 6)).astype(np.float32)
-    quantize_onnx(fp32, tmp_path / "int8.onnx", "static-int8", calibration=calib, per_channel=False)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x[None]}
+
+    quantize_static(
+        str(fp32),
+        str(tmp_path / "int8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=False,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
     graph, info, models = build(tmp_path / "int8.onnx", tmp_path, paths=("native", "portable"))
     assert len(set(graph.ops[0].multiplier.tolist())) == 1  # one scale: one multiplier for all channels
     want = assert_bit_exact(graph, models, n=8)
