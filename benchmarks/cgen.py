@@ -79,18 +79,18 @@ def _digits_data():
 def prepare(tmp: Path) -> list[dict]:
     """Both models as (fp32 ONNX, int8 QDQ ONNX, generated C folder) plus the samples to feed."""
     from tinymlaas_ci.ml import formats
+    from tinymlaas_ci.ml.c_runtime import compile_c
     from tinymlaas_ci.ml.cgen import generate_c, quantize_qdq
-    from tinymlaas_ci.ml.compress import compile_model
     from tinymlaas_ci.spec.models import Compression
 
     data = _digits_data()
-    digits = compile_model(
+    # The compile stage's runtime c path: fp32 baseline, int8 QDQ with int8 activations.
+    digits = compile_c(
         ROOT / "uploads" / "digits-cnn" / "model.pkl",
         tmp / "digits",
         compression=Compression(quantization="static-int8", per_channel=True, calibration_samples=256),
-        runtime="onnxruntime",
         data=data,
-    )
+    ).compiled
     models = [
         {
             "name": "digits CNN",
