@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
+    "PLACEMENT_NOISE",
     "compare_latency",
     "cpu_info",
     "device_record",
@@ -79,6 +80,16 @@ def eval_split(data: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndar
         )
     return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
 
+
+PLACEMENT_NOISE = 0.02
+"""Relative difference allowed between two sessions of the *same* model file in one process.
+
+Two ONNX Runtime sessions of one file, measured side by side, run at slightly different speeds
+for as long as they live (their buffers land at different addresses: cache sets, alignment);
+the digits CNN's two int8 sessions measured 0.990x with a bootstrap interval of 0.984-0.998
+over 15 stable rounds. A bootstrap over rounds cannot see that — every round reuses the same two
+sessions — so :func:`compare_latency` widens its interval by this much on each side: the
+recorded interval is about the two *models*, not the two sessions that happened to be built."""
 
 EVAL_BATCH_BYTES = 1024 * 1024
 """Input bytes per evaluation batch: large images get small batches, so the runtime's buffers
@@ -307,7 +318,8 @@ def compare_latency(
       of the kept attempt (latency gates judge ``latency.p50`` as before);
     * ``speedup_vs_baseline``: baseline p50 / deployed p50, each the median of the per-round
       medians (above 1: the deployed model is faster);
-    * ``speedup_ci95``: ``[low, high]``, a paired bootstrap over rounds (:func:`speedup_ci95`);
+    * ``speedup_ci95``: ``[low, high]``, a paired bootstrap over rounds (:func:`speedup_ci95`)
+      widened by :data:`PLACEMENT_NOISE` on each side (``low / 1.02``, ``high * 1.02``);
     * ``round_spread``: ``(max - min) / median`` of the per-round ratios, relative;
     * ``rounds``; ``load_before`` / ``load_after``: the 1-minute load average around the attempt;
     * ``unstable``: the rounds disagree by more than ``max_round_spread``. An unstable attempt is
@@ -334,6 +346,7 @@ def compare_latency(
         mid = statistics.median(ratios)
         spread = (max(ratios) - min(ratios)) / mid if mid > 0 else math.inf
         low, high = speedup_ci95(base, dep)
+        low, high = low / (1 + PLACEMENT_NOISE), high * (1 + PLACEMENT_NOISE)
         speedup = statistics.median(base) / statistics.median(dep)
         current = dict(
             latency=_pooled(times["deployed"], walls["deployed"], warmup),
