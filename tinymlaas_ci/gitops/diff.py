@@ -104,6 +104,10 @@ def speed_noise(result: Result | None) -> tuple[float, float, float] | None:
     return float(m.speedup_vs_baseline), low, high
 
 
+def _estimated(result: Result | None) -> bool:
+    return bool(result is not None and result.metrics is not None and result.metrics.latency_is_estimate)
+
+
 def _unstable(result: Result | None) -> bool:
     return bool(result is not None and result.metrics is not None and result.metrics.unstable)
 
@@ -138,7 +142,10 @@ def metric_changes(before: Result | None, after: Result | None) -> list[MetricCh
         if a is not None and b is not None and m.fmt.format(a) == m.fmt.format(b):
             continue  # differences below the shown precision are noise, not news
         noise = a is not None and b is not None and _within_noise(m.key, a, b, before, after)
-        out.append(MetricChange(m.key, m.label, a, b, m.better, m.fmt, within_noise=noise))
+        label = m.label
+        if m.key.startswith("latency_ms.") and (_estimated(before) or _estimated(after)):
+            label += ", estimate"  # instructions / clock on an emulated board, not timed
+        out.append(MetricChange(m.key, label, a, b, m.better, m.fmt, within_noise=noise))
     return out
 
 

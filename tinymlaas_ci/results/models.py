@@ -297,6 +297,13 @@ class Metrics(_Rec):
     the device. ``instructions``: an ESTIMATE, the exact instruction count of each inference on
     an emulated microcontroller divided by the clock (QEMU has no timing model). ``cycles``: the
     core's cycle counter on a real microcontroller divided by the clock."""
+
+    @property
+    def latency_is_estimate(self) -> bool:
+        """True when ``latency_ms`` is an estimate (instruction count / clock), not a measurement:
+        every table and card that shows it says so."""
+        return self.latency_source == "instructions"
+
     agreement_with_onnxruntime: float | None = None
     """``runtime: c``: share of predictions equal to ONNX Runtime's on the same int8 model and
     inputs (1.0: every prediction agrees)."""

@@ -117,6 +117,12 @@ class RunView:
         return m.latency_ms.p50 if m else None
 
     @property
+    def latency_estimated(self) -> bool:
+        """True when the latency is instructions / clock on an emulated board, not a timing."""
+        m = self.result.metrics
+        return bool(m is not None and m.latency_is_estimate)
+
+    @property
     def p99(self) -> float | None:
         m = self.result.metrics
         return m.latency_ms.p99 if m else None

@@ -111,14 +111,16 @@ def pareto_scatter(project: ProjectView, run_href) -> dict[str, Any]:
                 "x": [_clean(r.p50) for r in group],
                 "y": [_clean(r.accuracy) for r in group],
                 "text": [r.slug for r in group],
-                "customdata": [[run_href(r), r.size, r.status] for r in group],
+                "customdata": [
+                    [run_href(r), r.size, r.status, " (estimate)" if r.latency_estimated else ""] for r in group
+                ],
                 "marker": {
                     "size": [8 + 32 * math.sqrt((r.size or 0) / biggest) for r in group],
                     "color": _color(mode),
                     "opacity": 0.8,
                     "line": {"width": [3 if r.slug in project.pareto else 0.5 for r in group], "color": "#212121"},
                 },
-                "hovertemplate": "<b>%{text}</b><br>p50 %{x:.4g} ms<br>accuracy %{y:.4f}"
+                "hovertemplate": "<b>%{text}</b><br>p50 %{x:.4g} ms%{customdata[3]}<br>accuracy %{y:.4f}"
                 "<br>%{customdata[1]:,} bytes<br>%{customdata[2]}<extra>" + mode + "</extra>",
             }
         )
