@@ -46,6 +46,7 @@ __all__ = [
     "count_quantized_ops",
     "fp16_native",
     "integer_ops",
+    "optimized_graph",
     "quantize_onnx",
     "static_recipes",
     "to_torchscript",
@@ -115,6 +116,9 @@ class Recipe:
     """Why this recipe is tried on the architecture."""
     op_types: tuple[str, ...] | None = None
     """Quantize only these operator types (None: every type ONNX Runtime can quantize)."""
+    channels_last: bool = False
+    """Prepare the graph for ONNX Runtime's channels-last integer kernels first
+    (:mod:`tinymlaas_ci.ml.channels_last`): the Transposes it would add around them cancel out."""
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``quantize_static`` for this recipe (types as strings)."""
@@ -131,10 +135,20 @@ class Recipe:
         }
 
 
-def _recipe(acts: str, weights: str, per_channel: bool, why: str, reduce_range: bool = False) -> Recipe:
+def _recipe(
+    acts: str, weights: str, per_channel: bool, why: str, reduce_range: bool = False, channels_last: bool = True
+) -> Recipe:
     short = {"uint8": "u8", "int8": "s8"}
     name = f"qdq-{short[acts]}{short[weights]}-{'per-channel' if per_channel else 'per-tensor'}"
-    return Recipe(name + ("-reduce-range" if reduce_range else ""), acts, weights, per_channel, reduce_range, why)
+    return Recipe(
+        name + ("-reduce-range" if reduce_range else ""),
+        acts,
+        weights,
+        per_channel,
+        reduce_range,
+        why,
+        channels_last=channels_last,
+    )
 
 
 _X86_U8S8 = (
@@ -214,7 +228,12 @@ def count_integer_ops(optimized: onnx.ModelProto) -> dict[str, int]:
 
 
 def integer_ops(path: str | os.PathLike, *, threads: int = 1) -> dict[str, int]:
-    """:func:`count_integer_ops` of the graph ONNX Runtime really runs for the model at ``path``.
+    """:func:`count_integer_ops` of the graph ONNX Runtime really runs for the model at ``path``."""
+    return count_integer_ops(optimized_graph(path, threads=threads))
+
+
+def optimized_graph(path: str | os.PathLike, *, threads: int = 1) -> onnx.ModelProto:
+    """The graph ONNX Runtime really runs for the model at ``path``.
 
     Loads the model into this machine's ONNX Runtime (CPU, all graph optimizations) and reads the
     optimized graph it writes (``SessionOptions.optimized_model_filepath``).
@@ -238,7 +257,7 @@ def integer_ops(path: str | os.PathLike, *, threads: int = 1) -> dict[str, int]:
                 f"cannot read the optimized graph of {Path(path).name}: {type(exc).__name__}: {exc}",
                 hint="check that ONNX Runtime can load the model",
             ) from exc
-    return count_integer_ops(proto)
+    return proto
 
 
 def calibration_data(data: Mapping[str, np.ndarray], samples: int, *, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -376,7 +395,30 @@ def _quantize_dynamic(prepared: Path, dst: Path, per_channel: bool) -> None:
         ) from exc
 
 
-def _quantize_static(prepared: Path, dst: Path, calibration: np.ndarray, recipe: Recipe) -> None:
+def _quantize_static(prepared: Path, dst: Path, calibration: np.ndarray, recipe: Recipe) -> list[str]:
+    """Quantize ``prepared`` to ``dst`` with ``recipe``; returns the channels-last rewrites kept.
+
+    With ``recipe.channels_last`` the graph is prepared first; the prepared model is kept only
+    when every Transpose the preparation inserted cancels in ONNX Runtime's optimized graph
+    (otherwise it would add work), else the model is quantized as it is.
+    """
+    if recipe.channels_last:
+        from tinymlaas_ci.ml import channels_last
+
+        with tempfile.TemporaryDirectory(prefix="tinymlaas-cl-") as tmp:
+            ready = Path(tmp) / "channels-last.onnx"
+            rewrites = channels_last.prepare(prepared, ready)
+            if rewrites:
+                _run_quantize_static(ready, dst, calibration, recipe)
+                left = channels_last.surviving(optimized_graph(dst))
+                if not left:
+                    return rewrites
+                log.info("channels-last preparation not kept: %s stayed in the optimized graph", ", ".join(left))
+    _run_quantize_static(prepared, dst, calibration, recipe)
+    return []
+
+
+def _run_quantize_static(prepared: Path, dst: Path, calibration: np.ndarray, recipe: Recipe) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     name = _input_name(prepared)
@@ -439,7 +481,7 @@ def _static_best(
 ) -> dict[str, Any]:
     if not on_target or len(recipes) == 1:
         recipe = recipes[0]
-        _quantize_static(prepared, dst, calibration, recipe)
+        layout = _quantize_static(prepared, dst, calibration, recipe)
         where = (
             f"not timed: this machine is {host_arch()}, the device {target}"
             if not on_target
@@ -451,6 +493,7 @@ def _static_best(
             "recipe_reason": f"default for {target}: {recipe.why}; {where}",
             "recipe_candidates": [],
             "per_channel": recipe.per_channel,
+            "layout": layout,
         }
     return _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress)
 
@@ -474,7 +517,7 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
         path = tmp_dir / f"{recipe.name}.onnx"
         entry: dict[str, Any] = {"recipe": recipe.name}
         try:
-            _quantize_static(prepared, path, calibration, recipe)
+            entry["_layout"] = _quantize_static(prepared, path, calibration, recipe)
             session = load_session(path, "onnxruntime", threads=1)
         except TinymlError as exc:
             entry.update(error=str(exc), kept=False)
@@ -521,8 +564,10 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
     for c in candidates:
         c["kept"] = c is chosen
     shutil.copyfile(chosen.pop("_path"), dst)
-    for c in timed:
+    layout = chosen.pop("_layout", [])
+    for c in candidates:
         c.pop("_path", None)
+        c.pop("_layout", None)
     recipe = next(r for r in recipes if r.name == chosen["recipe"])
     summary = ", ".join(f"{c['recipe']} {c['speedup_vs_fp32']:.2f}x drop {c['accuracy_drop']:+.3f}" for c in timed)
     reason = (
@@ -536,6 +581,7 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
         "recipe_reason": reason,
         "recipe_candidates": candidates,
         "per_channel": recipe.per_channel,
+        "layout": layout,
     }
 
 

@@ -144,6 +144,10 @@ class CompressionRecord(_Rec):
     recipe_candidates: list[dict[str, Any]] = Field(default_factory=list)
     """The static-int8 recipes tried side by side: ``recipe``, ``speedup_vs_fp32``,
     ``accuracy_drop``, ``holds``, ``integer_ops``, ``kept``. Empty when none were timed."""
+    layout: list[str] = Field(default_factory=list)
+    """Rewrites made before quantizing so ONNX Runtime's channels-last integer kernels need no
+    Transposes around them (one line each, e.g. an input with one channel reshaped instead of
+    transposed); the outputs are unchanged. Empty when none applied or none paid off."""
     fp16_native: bool | None = None
     """fp16 only: whether the device's CPU computes in fp16 (avx512fp16/amx-fp16, asimdhp/fphp);
     False means ONNX Runtime runs the model through Casts and fp32 kernels. None: unknown."""
