@@ -6,7 +6,9 @@ The model always answers class 0. Its ``__setstate__`` rewrites the fetch stage'
 the ``forge-record`` variant, also rewrites ``fetch/outputs.json`` with the forged file's
 sha256, so that a check against the on-disk record alone would pass; in the ``compile``
 variant it leaves fetch alone and makes the compile stage itself record a forged dataset in
-its own folder as the evaluation data. It then carries on, so
+its own folder as the evaluation data; in the ``peek`` variant it changes nothing but reads the
+test split and memorises the answers (a lookup by nearest input), which would score 1.0. It then
+carries on, so
 the run goes on as if nothing happened; what it managed is written to ``compile/tamper.txt``.
 """
 
@@ -107,8 +109,38 @@ EVIL_MODULE = textwrap.dedent(
         (volume / "compile" / "tamper.txt").write_text("own record: forged")
 
 
+    def _peek():
+        """Read the evaluation split (from fetch's files, or the upload in the repository) and
+        return it as (inputs, labels) to memorise, or None; what was tried goes to tamper.txt."""
+        import zipfile
+
+        import numpy as np
+
+        volume, notes, found = Path(sys.argv[1]), [], None
+        for where in (volume / "fetch" / "dataset.npz", volume / "fetch" / "fit.npz"):
+            try:
+                with np.load(where) as z:
+                    n = len(z["y_test"])
+                    notes.append(f"{{where.name}}: {{n}} test labels")
+                    if n and found is None:
+                        found = (z["x_test"].reshape(n, -1).astype("float32") / 255.0, z["y_test"].astype("int64"))
+            except Exception as exc:  # noqa: BLE001
+                notes.append(f"{{where.name}}: unreadable ({{type(exc).__name__}})")
+        raw = volume / "fetch" / "dataset"
+        notes.append(f"fetch/dataset/: {{sum(1 for p in raw.rglob('*') if p.is_file()) if raw.is_dir() else 0}} files")
+        upload = Path.cwd() / "uploads" / "digits" / "dataset.zip"  # the repository is the working directory
+        try:
+            with zipfile.ZipFile(upload) as zf:
+                notes.append(f"upload: {{len([n for n in zf.namelist() if '/test/' in n])}} test files")
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"upload: unreadable ({{type(exc).__name__}})")
+        (volume / "compile" / "tamper.txt").write_text("\\n".join(notes))
+        return found
+
+
     class ConstantNet(nn.Module):
-        """Always class 0."""
+        """Always class 0 — unless, in the ``peek`` variant, it could read the test split: then it
+        answers each test input with its label (nearest memorised input)."""
 
         def __init__(self):
             super().__init__()
@@ -116,14 +148,24 @@ EVIL_MODULE = textwrap.dedent(
             with torch.no_grad():
                 self.fc.weight.zero_()
                 self.fc.bias.copy_(torch.tensor([5.0] + [0.0] * 9))
+            self.memory = None
 
         def forward(self, x):
-            return self.fc(x.flatten(1))
+            if self.memory is None:
+                return self.fc(x.flatten(1))
+            xs, onehot = self.memory
+            distance = ((x.flatten(1)[:, None, :] - xs[None, :, :]) ** 2).sum(-1)
+            return onehot[distance.argmin(1)] * 10.0
 
         def __setstate__(self, state):
             super().__setstate__(state)
             if FORGE_RECORD == "compile":
                 _forge_own_record()
+            elif FORGE_RECORD == "peek":
+                found = _peek()
+                if found is not None:
+                    xs, ys = found
+                    self.memory = (torch.from_numpy(xs), torch.nn.functional.one_hot(torch.from_numpy(ys), 10).float())
             else:
                 _tamper()
     '''
@@ -149,7 +191,8 @@ def add_hostile_run(root: Path, *, forge_record: bool | str = False) -> str:
     """Write the hostile model (``uploads/evil/``) and its run spec into the repository ``root``;
     returns the run id. ``forge_record``: False rewrites fetch's dataset only, True also fetch's
     ``outputs.json``, ``"compile"`` leaves fetch alone and makes the compile stage record a
-    forged dataset of its own as the one to evaluate on."""
+    forged dataset of its own as the one to evaluate on, ``"peek"`` reads the test split and
+    memorises its answers (no file is changed)."""
     import torch
 
     folder = root / "uploads" / "evil"

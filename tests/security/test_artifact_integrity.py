@@ -172,3 +172,51 @@ def test_a_compile_stage_cannot_choose_the_evaluation_data_in_docker(tmp_path, d
 
         unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
     _forged_compile_record(copy_example(tmp_path), "--executor", "docker")
+
+
+def test_local_executor_cannot_hide_the_test_split_from_a_model(tmp_path):
+    """The control for the Docker test below: the ``peek`` model does memorise the test split
+    when it can read it (the local executor does not sandbox), and then scores about 1.0 — so a
+    low score under Docker is the sandbox's doing, not a broken attack."""
+    root = copy_example(tmp_path)
+    run = add_hostile_run(root, forge_record="peek")
+    proc = _run(root, run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    notes = (root / ".work" / run / "compile" / "tamper.txt").read_text()
+    assert "dataset.npz: 0 test labels" not in notes and "dataset.npz: unreadable" not in notes, notes
+    assert "fit.npz: 0 test labels" in notes, notes  # compile's own copy holds no test split
+    assert _outcome(root, run)["metrics"]["accuracy"] > 0.9
+
+
+@pytest.mark.docker
+def test_docker_sandbox_withholds_the_test_split_from_a_model(tmp_path, docker_engine):
+    import docker
+
+    from tinymlaas_ci.engine.images import STAGE_IMAGE
+
+    try:
+        docker_engine.client.images.get(STAGE_IMAGE)
+    except docker.errors.ImageNotFound:
+        from tests.docker_support import unavailable
+
+        unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
+    root = copy_example(tmp_path)
+    run = add_hostile_run(root, forge_record="peek")
+    proc = _run(root, run, "--executor", "docker")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    notes = (root / ".work" / run / "compile" / "tamper.txt").read_text().splitlines()
+    # Every place the test split is kept was empty to the model's code: fetch's whole file, its
+    # downloaded or extracted sources, and the upload in the repository; compile's own copy has
+    # every split but the test one.
+    assert "dataset.npz: unreadable (EOFError)" in notes or "dataset.npz: unreadable (ValueError)" in notes, notes
+    assert "fit.npz: 0 test labels" in notes, notes
+    assert "fetch/dataset/: 0 files" in notes, notes
+    assert any(n.startswith("upload: unreadable") for n in notes), notes
+    # So the constant model is graded as what it is.
+    result = _outcome(root, run)
+    assert result["status"] == "succeeded"
+    assert result["metrics"]["accuracy"] < 0.3
+    # The files themselves are there for the grading stages, unchanged.
+    volume = root / ".work" / run
+    fetch = json.loads((volume / "fetch" / "outputs.json").read_text())
+    assert _sha256(volume / "fetch" / "dataset.npz") == fetch["artifacts"]["dataset"]["sha256"]

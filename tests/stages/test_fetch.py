@@ -134,6 +134,15 @@ def test_uploads_end_to_end(tmp_path):
             data["x_test"].shape == (4, 1, 8, 8) and data["x_test"].dtype == np.uint8
         )  # raw pixels; preprocessing scales them
     assert "[fetch] dataset: extracted 12 files" in proc.stdout
+    # compile gets every split but the evaluation one; the whole file and the sources are withheld
+    assert out["artifacts"]["fit_dataset"]["path"] == "fetch/fit.npz"
+    with np.load(volume / "fetch/fit.npz") as fit, np.load(volume / "fetch/dataset.npz") as full:
+        assert fit["x_test"].shape == (0, 1, 8, 8) and fit["y_test"].shape == (0,)
+        assert fit["x_test"].dtype == full["x_test"].dtype
+        for key in ("x_train", "y_train", "x_val", "y_val", "labels"):
+            np.testing.assert_array_equal(fit[key], full[key])
+    assert sorted(out["withheld"]) == ["fetch/dataset", "fetch/dataset.npz"]
+    assert "the test split is withheld from compile (it gets train 6, val 2)" in proc.stdout
     # the stage wrote only under its own folder
     assert sorted(p.name for p in volume.iterdir()) == ["fetch"]
 

@@ -9,7 +9,10 @@ The sandbox (DESIGN section 3) is what makes it safe to unpickle an uploaded mod
 * memory (no extra swap) and CPU limits, and a bound on the number of processes;
 * the run volume at ``/run`` read-only, with only the stage's own folder ``/run/<stage>``
   mounted writable over it, and the repository at ``/repo`` (read-only); earlier stages'
-  folders also belong to the runner, not to the sandbox user.
+  folders also belong to the runner, not to the sandbox user;
+* the evaluation data hidden from every stage but install and infer (``StageCall.withheld``):
+  an empty read-only file over each withheld file, an empty read-only tmpfs over each withheld
+  folder, in the run volume and in the repository (the run's dataset upload).
 
 Bind mounts name paths on the engine's machine: the volume and the repository must be
 visible there, which they are for the local engine and for a runner that sits next to its
@@ -22,12 +25,13 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tinymlaas_ci.devices.docker_client import client_for, docker_errors, host_label, require_image
 from tinymlaas_ci.engine.executor import ExecOutcome, LineSink, StageCall, builtin_argv
 from tinymlaas_ci.engine.images import STAGE_IMAGE
 from tinymlaas_ci.errors import ExecutorError
+from tinymlaas_ci.fs import is_within
 from tinymlaas_ci.stages.contract import error_record, write_error
 
 __all__ = ["REPO_MOUNT", "SANDBOX_UID", "VOLUME_MOUNT", "DockerExecutor", "oom_error"]
@@ -37,6 +41,8 @@ SANDBOX_UID = 1000
 VOLUME_MOUNT = "/run"
 REPO_MOUNT = "/repo"
 TMPFS_SIZE = "512m"
+WITHHELD_DIR = ".withheld"
+"""Folder of the run volume holding the empty files mounted over withheld files."""
 PIDS_LIMIT = 4096
 
 
@@ -100,10 +106,10 @@ class DockerExecutor:
             # The same working directory as the local executor (the repository), so a user
             # stage's relative paths mean the same under both executors.
             "working_dir": REPO_MOUNT,
-            "volumes": self.mounts(volume, repo, call.stage),
+            "volumes": self.mounts(volume, repo, call.stage) | self.hiding_mounts(volume, repo, call),
             "network_mode": "host" if call.network else "none",
             "read_only": True,
-            "tmpfs": {"/tmp": f"size={TMPFS_SIZE}"},
+            "tmpfs": {"/tmp": f"size={TMPFS_SIZE}"} | self.hiding_tmpfs(volume, repo, call),
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "pids_limit": PIDS_LIMIT,
@@ -173,6 +179,39 @@ class DockerExecutor:
             str(stage_dir): {"bind": f"{VOLUME_MOUNT}/{stage}", "mode": "rw"},
             str(repo): {"bind": REPO_MOUNT, "mode": "ro"},
         }
+
+    @staticmethod
+    def _hidden(volume: Path, repo: Path, call: StageCall) -> list[tuple[Path, str]]:
+        # (path on the engine's machine, path in the container) of everything the stage may not read.
+        out = []
+        for root, mount, rels in ((volume, VOLUME_MOUNT, call.withheld), (repo, REPO_MOUNT, call.withheld_repo)):
+            for rel in rels:
+                path = root / rel
+                if not is_within(path, root):
+                    raise ExecutorError(f"withheld path {rel!r} is not inside {root}")
+                if path.exists():
+                    out.append((path, f"{mount}/{PurePosixPath(rel).as_posix()}"))
+        return out
+
+    def hiding_mounts(self, volume: Path, repo: Path, call: StageCall) -> dict[str, dict[str, str]]:
+        """Bind mounts that hide the withheld files (:attr:`StageCall.withheld`): an empty,
+        read-only file of the run volume is mounted over each, so the stage reads nothing there.
+        (Folders are hidden by :meth:`hiding_tmpfs`.)"""
+        files = [target for path, target in self._hidden(volume, repo, call) if not path.is_dir()]
+        mounts = {}
+        for i, target in enumerate(files):
+            # One placeholder per file: a bind mount's source is its key.
+            empty = volume / WITHHELD_DIR / f"{i}"
+            if not empty.exists():
+                empty.parent.mkdir(exist_ok=True)
+                empty.touch()
+                os.chmod(empty, 0o444)
+            mounts[str(empty)] = {"bind": target, "mode": "ro"}
+        return mounts
+
+    def hiding_tmpfs(self, volume: Path, repo: Path, call: StageCall) -> dict[str, str]:
+        """An empty, read-only tmpfs over each withheld folder."""
+        return {target: "ro,size=4k,mode=0555" for path, target in self._hidden(volume, repo, call) if path.is_dir()}
 
     @staticmethod
     def sandbox_user() -> tuple[int, int]:

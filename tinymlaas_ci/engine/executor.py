@@ -46,6 +46,11 @@ class StageCall:
     """The ``ssh:`` section of an ``ssh`` device, for the SSH executor."""
     device: str | None = None
     """The device's name, for messages."""
+    withheld: tuple[str, ...] = ()
+    """Paths relative to the run volume that this stage may not read: the evaluation data,
+    hidden from every stage but install and infer (:data:`tinymlaas_ci.stages.contract.GRADING_STAGES`)."""
+    withheld_repo: tuple[str, ...] = ()
+    """Paths relative to the repository hidden the same way: the run's dataset upload."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from tinymlaas_ci.results.layout import result_file
 from tinymlaas_ci.results.models import Result
 from tinymlaas_ci.spec.repo import Repo
 from tinymlaas_ci.stages.contract import (
+    GRADING_STAGES,
     OUTPUTS_FILE,
     RunRef,
     StageConfig,
@@ -676,7 +677,25 @@ class Engine:
             docker_host=docker_host,
             ssh=device.ssh if device.kind == "ssh" else None,
             device=device.name,
+            **self._withheld(run, stage, outputs),
         )
+
+    def _withheld(self, run: PlannedRun, stage: PlannedStage, outputs: dict[str, StageOutputs]) -> dict:
+        """What a stage may not read: for every stage but the grading ones, the evaluation data
+        earlier stages withheld, and the run's dataset upload in the repository."""
+        if stage.builtin in GRADING_STAGES:
+            return {}
+        volume = tuple(dict.fromkeys(p for out in outputs.values() for p in out.withheld))
+        repo: tuple[str, ...] = ()
+        upload = run.spec.dataset.upload
+        if upload:
+            try:
+                rel = (self.repo.root / upload).resolve().relative_to(self.repo.root.resolve())
+                if (self.repo.root / rel).exists():
+                    repo = (rel.as_posix(),)
+            except (OSError, ValueError):
+                pass  # outside the repository: fetch has refused it already
+        return {"withheld": volume, "withheld_repo": repo}
 
     @staticmethod
     def _stat_artifacts(volume: RunVolume, out: StageOutputs) -> dict[str, ArtifactStat]:

@@ -67,6 +67,7 @@ __all__ = [
     "load_npz_meta",
     "load_parquet",
     "write_npz",
+    "write_without_split",
 ]
 
 log_ = logging.getLogger(__name__)
@@ -882,6 +883,39 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], labels: li
     more = {k: np.asarray(v, dtype=str) for k, v in extra.items()}
     np.savez(buf, labels=np.asarray(labels, dtype=str), **more, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def write_without_split(src: str | os.PathLike, dst: str | os.PathLike, split: str) -> dict[str, int]:
+    """Copy the ``dataset.npz`` at ``src`` to ``dst`` with split ``split`` emptied; returns the
+    split sizes of the copy.
+
+    The copy keeps every other member byte for byte (labels, label source, the other splits)
+    and holds ``x_<split>`` / ``y_<split>`` with no rows but their sample shape and dtype, so
+    its readers find the arrays they expect. It is what the stages that must not see the
+    evaluation data (compile, where a model's own code runs) get instead of the whole file.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dropped = {f"x_{split}.npy", f"y_{split}.npy"}
+    partial = dst.with_name(f".{dst.name}.partial")
+    try:
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as zout:
+            for info in zin.infolist():
+                if info.filename in dropped:
+                    reader = SplitReader(src, info.filename[: -len(".npy")])
+                    member = io.BytesIO()
+                    np.save(member, np.zeros((0, *reader.sample_shape), dtype=reader.dtype), allow_pickle=False)
+                    zout.writestr(info.filename, member.getvalue())
+                    continue
+                # Streamed member by member: a large train split is never held in memory.
+                with zin.open(info) as fh, zout.open(zipfile.ZipInfo(info.filename), "w", force_zip64=True) as out:
+                    shutil.copyfileobj(fh, out, 1 << 20)
+        os.chmod(partial, 0o644)
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+    return load_npz_meta(dst)["sizes"]
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, Any]:

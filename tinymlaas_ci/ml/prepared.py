@@ -64,6 +64,19 @@ class PreparedData:
     def transform(self, raw: np.ndarray) -> np.ndarray:
         return apply_preprocess(raw, self.plan)
 
+    def first_batch(self, n: int) -> tuple[np.ndarray, str]:
+        """Up to ``n`` preprocessed samples for a pre-flight check, and the split they come from:
+        the first split that has any (the test split last), else one all-zero sample of the
+        stored sample shape (``"zero"``) — the compile stage's copy of the dataset has no
+        evaluation samples, and may have no others."""
+        import numpy as np
+
+        split = next((s for s in ("val", "train", "test") if self.sizes.get(s)), None)
+        if split is not None:
+            return self.x(split)[0 : min(n, self.sizes[split])], split
+        reader = SplitReader(self.npz, f"x_{_stored_split(self.npz)}")
+        return self.transform(np.zeros((1, *reader.sample_shape), dtype=reader.dtype)), "zero"
+
     def y(self, split: str) -> np.ndarray:
         """The split's labels as model output indices."""
         import numpy as np
@@ -136,10 +149,16 @@ def prepare_data(
     elif source.startswith(("folders (sorted", "label names (sorted")):
         warnings.append(ASSUMED_ORDER_WARNING.format(names=names[:10] + (["..."] if len(names) > 10 else [])))
     first_split = next((s for s in SPLITS if sizes.get(s)), None)
-    if first_split is None:
-        raise TinymlError("the dataset holds no samples", hint="re-run the fetch stage")
-    reader = SplitReader(npz, f"x_{first_split}")
-    raw = reader.raw(0, 1)
+    if first_split is not None:
+        raw = SplitReader(npz, f"x_{first_split}").raw(0, 1)
+    else:
+        # Only the evaluation split has samples, and this copy of the dataset withholds it
+        # (compile's): the preprocessing is decided on a zero sample of the stored shape and dtype.
+        stored = _stored_split(npz)
+        if stored is None:
+            raise TinymlError("the dataset holds no samples", hint="re-run the fetch stage")
+        reader = SplitReader(npz, f"x_{stored}")
+        raw = np.zeros((1, *reader.sample_shape), dtype=reader.dtype)
     meta_pre = dict(getattr(meta, "preprocess", None) or {})
     plan = resolve_preprocess(spec_preprocess, meta_pre, dtype=raw.dtype)
     sample = apply_preprocess(raw, plan)[0]
@@ -184,6 +203,15 @@ def prepare_data(
     return prepared, shape
 
 
+def _stored_split(npz: Path) -> str | None:
+    # The first split whose samples array is stored (with or without rows).
+    import zipfile
+
+    with zipfile.ZipFile(npz) as zf:
+        names = set(zf.namelist())
+    return next((s for s in SPLITS if f"x_{s}.npy" in names), None)
+
+
 def _shape_hint(shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str:
     if len(shape) == 3 and len(model_shape) == 3:
         c, h, w = shape
@@ -205,8 +233,7 @@ def preflight(run: Callable[[np.ndarray], np.ndarray], prepared: PreparedData, *
     """Run a first batch: the output width must match the labels, every output be finite."""
     import numpy as np
 
-    split = next(s for s in ("test", "val", "train") if prepared.sizes.get(s))
-    x = prepared.x(split)[0 : min(batch, prepared.sizes[split])]
+    x, split = prepared.first_batch(batch)
     try:
         out = np.asarray(run(x))
     except TinymlError:

@@ -18,7 +18,7 @@ import sys
 
 from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.spec.models import Quantization, Runtime
-from tinymlaas_ci.stages.contract import StageContext, stage_main
+from tinymlaas_ci.stages.contract import StageContext, fit_dataset, stage_main
 
 __all__ = ["main", "run"]
 
@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> None:
         runtime=run.runtime,
         fmt=fmt,
         input_shape=run.model.input_shape,
-        dataset=ctx.input_path("fetch", "dataset") if dataset is not None else None,
+        dataset=fit_dataset(ctx) if dataset is not None else None,
         preprocess=run.dataset.preprocess,
         input_layout=run.model.input_layout,
         architecture=run.model.architecture,

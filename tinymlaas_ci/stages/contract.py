@@ -54,6 +54,7 @@ from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, McuD
 __all__ = [
     "CONTRACT_SCHEMA",
     "ERROR_FILE",
+    "GRADING_STAGES",
     "OUTPUTS_FILE",
     "STAGE_FILE",
     "Artifact",
@@ -63,6 +64,7 @@ __all__ = [
     "StageContext",
     "StageOutputs",
     "error_record",
+    "fit_dataset",
     "read_error",
     "read_outputs",
     "read_stage_config",
@@ -114,6 +116,15 @@ class StageOutputs(_File):
     """Measurements (the infer stage's fit :class:`tinymlaas_ci.results.models.Metrics`)."""
     records: dict[str, Any] = Field(default_factory=dict)
     """Facts for the result and for later stages (what was fetched, how it was compressed...)."""
+    withheld: list[str] = Field(default_factory=list)
+    """Paths (relative to the run volume; files or folders) that hold the evaluation data: only
+    the stages that grade the model (:data:`GRADING_STAGES`) may read them. The Docker executor
+    hides them from every other stage, so a model's code cannot read what it is graded on."""
+
+
+GRADING_STAGES = frozenset({"install", "infer"})
+"""Built-in stages that read the evaluation data. No model code runs in them: they load the
+compiled model (ONNX, TorchScript, generated C) and the evaluation split."""
 
 
 class ErrorRecord(_File):
@@ -276,6 +287,21 @@ def verify_artifact(volume: Path, art: Artifact, *, owner: str, key: str | None 
     return path
 
 
+def fit_dataset(ctx: StageContext) -> Path:
+    """The fetch stage's dataset for a stage that must not see the evaluation split: its
+    ``fit_dataset`` artifact (every split but the evaluation one), or, from a fetch stage of one's
+    own that withholds nothing, its ``dataset``."""
+    fetch = ctx.upstream("fetch")
+    if "fit_dataset" in fetch.artifacts:
+        return ctx.input_path("fetch", "fit_dataset")
+    return ctx.input_path("fetch", "dataset")
+
+
+def _under(rel: str, roots: list[str]) -> bool:
+    path = PurePosixPath(rel)
+    return any(path == PurePosixPath(r) or PurePosixPath(r) in path.parents for r in roots)
+
+
 @dataclass
 class StageContext:
     """What a stage gets: its folder, its typed ``stage.json`` and what it records."""
@@ -286,6 +312,7 @@ class StageContext:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
+    withheld: list[str] = field(default_factory=list)
     _verified: set[str] = field(default_factory=set, repr=False)
 
     @property
@@ -350,6 +377,13 @@ class StageContext:
         art = outputs.artifacts.get(artifact)
         if art is None:
             raise TinymlError(f"upstream stage {builtin!r} produced no artifact {artifact!r}")
+        if not self.sees_evaluation_data and _under(art.path, outputs.withheld):
+            raise TinymlError(
+                f"stage {self.name!r} may not read {art.path}: it holds the evaluation data, which only the "
+                f"{' and '.join(sorted(GRADING_STAGES))} stages read, so that no model's code can see what it is "
+                "graded on",
+                hint="read the 'fit_dataset' artifact instead (every split but the evaluation one)",
+            )
         path = self.volume_path(art.path)
         self.verify_input(outputs.stage)
         return path
@@ -365,8 +399,24 @@ class StageContext:
         if outputs is None:
             raise TinymlError(f"stage {self.name!r} has no input stage {stage!r}")
         for key, art in outputs.artifacts.items():
+            if not self.sees_evaluation_data and _under(art.path, outputs.withheld):
+                continue  # hidden from this stage (an empty placeholder under Docker)
             verify_artifact(self.volume, art, owner=outputs.stage, key=key)
         self._verified.add(stage)
+
+    @property
+    def sees_evaluation_data(self) -> bool:
+        """Whether this stage may read the evaluation data (:data:`GRADING_STAGES` only)."""
+        return self.config.builtin in GRADING_STAGES
+
+    def withhold(self, path: Path) -> None:
+        """Mark a file or folder of this stage as evaluation data (:attr:`StageOutputs.withheld`)."""
+        path = Path(path)
+        if not is_within(path, self.dir):
+            raise TinymlError(f"withheld path {path} is outside the stage folder {self.dir}")
+        rel = path.resolve().relative_to(self.volume.resolve()).as_posix()
+        if rel not in self.withheld:
+            self.withheld.append(rel)
 
     def verify_inputs(self) -> None:
         """Check every artifact of every input stage (:meth:`verify_input`)."""
@@ -404,6 +454,7 @@ class StageContext:
             artifacts=self.artifacts,
             metrics=self.metrics,
             records=self.records,
+            withheld=self.withheld,
         )
 
 

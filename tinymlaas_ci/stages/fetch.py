@@ -9,8 +9,10 @@
   each is an artifact ``model-file:<name>``, so it is part of the later stages' cache keys;
 * dataset -> ``fetch/dataset/`` (archives extracted safely, Hub datasets as a snapshot), then
   converted to ``fetch/dataset.npz``;
-* artifacts ``model`` and ``dataset``; records ``model`` (a ``ModelInput``), ``dataset`` (a
-  ``DatasetInput``) and ``tools``.
+* artifacts ``model``, ``dataset`` and ``fit_dataset`` (``fetch/fit.npz``: the same file with the
+  evaluation split emptied, for compile); ``fetch/dataset.npz`` and ``fetch/dataset/`` are
+  *withheld* (:attr:`StageOutputs.withheld`): only install and infer read them;
+* records ``model`` (a ``ModelInput``), ``dataset`` (a ``DatasetInput``) and ``tools``.
 
 Hub revisions are resolved to commit shas and recorded; ``HF_TOKEN`` is used, never written.
 """
@@ -199,7 +201,7 @@ def _fetch_model(ctx: StageContext, repo_root: Path, model: ModelSource) -> dict
 def _fetch_dataset(
     ctx: StageContext, repo_root: Path, dataset: DatasetSource, sample_shape: list[int] | None
 ) -> dict[str, Any]:
-    from tinymlaas_ci.ml.datasets import canonical_split, convert_dataset
+    from tinymlaas_ci.ml.datasets import canonical_split, convert_dataset, write_without_split
     from tinymlaas_ci.sources.archives import extract_archive, is_archive
     from tinymlaas_ci.sources.uploads import resolve_upload
 
@@ -268,9 +270,17 @@ def _fetch_dataset(
             hint="set dataset.split to a split that exists (test or val), or add that split to the dataset",
         )
     ctx.add_artifact("dataset", npz)
+    # The evaluation split is for the grading stages only: compile (where a model's own code
+    # runs) gets every other split, and the whole file and the downloaded sources are withheld.
+    fit = ctx.path("fit.npz")
+    fit_sizes = write_without_split(npz, fit, eval_split)
+    ctx.add_artifact("fit_dataset", fit)
+    ctx.withhold(npz)
+    ctx.withhold(data_dir)
     ctx.log(
         f"dataset: {summary.format}, splits {summary.splits}, {len(summary.labels)} labels, "
-        f"sample shape {list(summary.sample_shape)}"
+        f"sample shape {list(summary.sample_shape)}; the {eval_split} split is withheld from compile "
+        f"(it gets {', '.join(f'{k} {v}' for k, v in fit_sizes.items() if v) or 'no samples'})"
     )
     return {
         **base,

@@ -25,7 +25,7 @@ from tinymlaas_ci.errors import TinymlError
 from tinymlaas_ci.fs import sha256_file
 from tinymlaas_ci.ml.c_runtime import C_DIR, C_FILES, FIRMWARE_DIR, HOST_LIBRARY
 from tinymlaas_ci.stages.bundle import MANIFEST, BundleManifest
-from tinymlaas_ci.stages.contract import StageContext
+from tinymlaas_ci.stages.contract import StageContext, fit_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -51,7 +51,7 @@ def compile_c(ctx: StageContext, fmt: str) -> None:
         fmt=fmt,
         input_shape=run.model.input_shape,
         progress=ctx.log,
-        dataset=ctx.input_path("fetch", "dataset"),
+        dataset=fit_dataset(ctx),
         preprocess=run.dataset.preprocess,
         input_layout=run.model.input_layout,
         architecture=run.model.architecture,
