@@ -95,7 +95,8 @@ _FLOAT_KERNELS = {
 ACCURACY_TOLERANCE = 0.01
 """A recipe's accuracy "holds" when it is at most this much (absolute) below the fp32 model's."""
 SWITCH_MARGIN = 0.05
-"""Another recipe replaces the architecture's default only when it is timed this much faster."""
+"""Another recipe replaces the architecture's default only when it is timed this much faster,
+by the lower end of the 95% interval of the two recipes' speed ratio."""
 
 
 @dataclass(frozen=True)
@@ -501,7 +502,7 @@ def _static_best(
 def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress) -> dict[str, Any]:
     import numpy as np
 
-    from tinymlaas_ci.ml.measure import interleaved_rounds
+    from tinymlaas_ci.ml.measure import interleaved_rounds, speedup_ci95
     from tinymlaas_ci.ml.runtime import load_session
 
     fp32 = load_session(src, "onnxruntime", threads=1)
@@ -548,15 +549,23 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
         c["speedup_vs_fp32"] = base / statistics.median(statistics.median(r) for r in times[c["recipe"]])
     held = [c for c in timed if c["holds"]]
     if held:
-        # The default stays unless another recipe is clearly faster: close timings must not flip
-        # the choice from one compile of the same model to the next.
+        # The default stays unless another recipe is clearly faster: close timings, or a busy
+        # machine, must not flip the choice from one compile of the same model to the next. So a
+        # recipe replaces it only when the lower end of the 95% interval of their speed ratio,
+        # from the same interleaved rounds, is more than SWITCH_MARGIN above 1.
         chosen = held[0] if held[0]["recipe"] == recipes[0].name else max(held, key=lambda c: c["speedup_vs_fp32"])
-        faster = [c for c in held if c["speedup_vs_fp32"] > chosen["speedup_vs_fp32"] * (1 + SWITCH_MARGIN)]
+
+        anchor = [statistics.median(r) for r in times[chosen["recipe"]]]
+        for c in held:
+            if c is not chosen:
+                mine = [statistics.median(r) for r in times[c["recipe"]]]
+                c["ci95_vs_default"] = list(speedup_ci95(anchor, mine))
+        faster = [c for c in held if c is not chosen and c["ci95_vs_default"][0] > 1 + SWITCH_MARGIN]
         if faster:
             chosen = max(faster, key=lambda c: c["speedup_vs_fp32"])
         why = (
             f"fastest of {len(timed)} recipes timed side by side with fp32 whose accuracy holds "
-            f"(the default unless another is more than {SWITCH_MARGIN:.0%} faster)"
+            f"(the default unless another is more than {SWITCH_MARGIN:.0%} faster beyond the timing noise)"
         )
     else:
         chosen = min(timed, key=lambda c: c["accuracy_drop"])

@@ -143,7 +143,10 @@ class CompressionRecord(_Rec):
     accuracy held."""
     recipe_candidates: list[dict[str, Any]] = Field(default_factory=list)
     """The static-int8 recipes tried side by side: ``recipe``, ``speedup_vs_fp32``,
-    ``accuracy_drop``, ``holds``, ``integer_ops``, ``kept``. Empty when none were timed."""
+    ``accuracy_drop``, ``holds``, ``integer_ops``, ``kept``, and ``ci95_vs_default``: the 95%
+    interval of its speed against the default (the architecture's default recipe when its
+    accuracy holds, else the fastest that holds), which it must clear by ``SWITCH_MARGIN`` to
+    replace it. Empty when none were timed."""
     layout: list[str] = Field(default_factory=list)
     """Rewrites made before quantizing so ONNX Runtime's channels-last integer kernels need no
     Transposes around them (one line each, e.g. an input with one channel reshaped instead of
