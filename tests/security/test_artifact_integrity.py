@@ -129,7 +129,9 @@ def test_docker_sandbox_refuses_a_model_that_rewrites_its_evaluation_data(tmp_pa
     proc = _run(root, run, "--executor", "docker")
     volume = root / ".work" / run
     notes = (volume / "compile" / "tamper.txt").read_text()
-    # The model's code ran (inside the sandbox) and every way it tried to write was refused.
+    # The model's code ran (inside the sandbox): it could not even read the file (withheld from
+    # compile), and every way it tried to write over it was refused.
+    assert "read failed" in notes, notes
     assert "written" not in notes, notes
     assert "in place: refused" in notes and "replace: refused" in notes, notes
     fetch = json.loads((volume / "fetch" / "outputs.json").read_text())

@@ -682,8 +682,9 @@ class Engine:
 
     def _withheld(self, run: PlannedRun, stage: PlannedStage, outputs: dict[str, StageOutputs]) -> dict:
         """What a stage may not read: for every stage but the grading ones, the evaluation data
-        earlier stages withheld, and the run's dataset upload in the repository."""
-        if stage.builtin in GRADING_STAGES:
+        earlier stages withheld, and (for every stage but fetch, which reads it) the run's
+        dataset upload in the repository."""
+        if stage.builtin in GRADING_STAGES or stage.builtin == "fetch":
             return {}
         volume = tuple(dict.fromkeys(p for out in outputs.values() for p in out.withheld))
         repo: tuple[str, ...] = ()
