@@ -51,6 +51,19 @@ def _outcome(root: Path, run: str) -> dict:
     return json.loads((root / ".work" / project / name / "result.json").read_text())
 
 
+def _require_stage_image(docker_engine) -> None:
+    import docker
+
+    from tinymlaas_ci.engine.images import STAGE_IMAGE
+
+    try:
+        docker_engine.client.images.get(STAGE_IMAGE)
+    except docker.errors.ImageNotFound:
+        from tests.docker_support import unavailable
+
+        unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -114,16 +127,7 @@ def test_cached_outputs_with_an_edited_record_are_not_reused(tmp_path):
 @pytest.mark.docker
 @pytest.mark.parametrize("forge_record", [False, True], ids=["data", "data-and-record"])
 def test_docker_sandbox_refuses_a_model_that_rewrites_its_evaluation_data(tmp_path, docker_engine, forge_record):
-    import docker
-
-    from tinymlaas_ci.engine.images import STAGE_IMAGE
-
-    try:
-        docker_engine.client.images.get(STAGE_IMAGE)
-    except docker.errors.ImageNotFound:
-        from tests.docker_support import unavailable
-
-        unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
+    _require_stage_image(docker_engine)
     root = copy_example(tmp_path)
     run = add_hostile_run(root, forge_record=forge_record)
     proc = _run(root, run, "--executor", "docker")
@@ -163,16 +167,7 @@ def test_a_compile_stage_cannot_choose_the_evaluation_data(tmp_path):
 
 @pytest.mark.docker
 def test_a_compile_stage_cannot_choose_the_evaluation_data_in_docker(tmp_path, docker_engine):
-    import docker
-
-    from tinymlaas_ci.engine.images import STAGE_IMAGE
-
-    try:
-        docker_engine.client.images.get(STAGE_IMAGE)
-    except docker.errors.ImageNotFound:
-        from tests.docker_support import unavailable
-
-        unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
+    _require_stage_image(docker_engine)
     _forged_compile_record(copy_example(tmp_path), "--executor", "docker")
 
 
@@ -192,16 +187,7 @@ def test_local_executor_cannot_hide_the_test_split_from_a_model(tmp_path):
 
 @pytest.mark.docker
 def test_docker_sandbox_withholds_the_test_split_from_a_model(tmp_path, docker_engine):
-    import docker
-
-    from tinymlaas_ci.engine.images import STAGE_IMAGE
-
-    try:
-        docker_engine.client.images.get(STAGE_IMAGE)
-    except docker.errors.ImageNotFound:
-        from tests.docker_support import unavailable
-
-        unavailable(f"image {STAGE_IMAGE} is missing; build it with 'tinymlaas images build'")
+    _require_stage_image(docker_engine)
     root = copy_example(tmp_path)
     run = add_hostile_run(root, forge_record="peek")
     proc = _run(root, run, "--executor", "docker")
