@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -285,6 +288,40 @@ def test_interrupt_removes_the_container(executor, volume, repo, base_image, doc
     with pytest.raises(KeyboardInterrupt):
         executor.run(call, volume, repo, sink)
     assert leftover_containers(docker_client, call.run_id) == []
+
+
+RUNNER = """
+import sys, textwrap
+from pathlib import Path
+from tinymlaas_ci.engine.docker import DockerExecutor
+from tinymlaas_ci.engine.executor import StageCall
+
+run_id, image, volume, repo = sys.argv[1:5]
+call = StageCall(run_id=run_id, stage="sleeper", builtin=None, image=image,
+                 command=("python3", "-c", "import time; print('started', flush=True); time.sleep(300)"))
+DockerExecutor().run(call, Path(volume), Path(repo), lambda line: print(line, flush=True))
+"""
+
+
+def test_kill_9_of_the_runner_removes_its_stage_container(volume, repo, base_image, docker_client):
+    # The Docker engine, not the runner, is the container's parent: the reaper the executor
+    # starts next to each container removes it when the runner dies, kill -9 included.
+    run_id = f"test/{uuid.uuid4().hex[:12]}"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, run_id, base_image, str(volume), str(repo)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runner.stdout.readline().strip() == "started"
+        assert len(leftover_containers(docker_client, run_id)) == 1
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while leftover_containers(docker_client, run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftover_containers(docker_client, run_id) == [], "the stage container outlived its runner"
 
 
 def test_network_when_the_stage_asks_for_it(executor, volume, repo, base_image):

@@ -12,7 +12,9 @@ The sandbox (DESIGN section 3) is what makes it safe to unpickle an uploaded mod
   folders also belong to the runner, not to the sandbox user;
 * the evaluation data hidden from every stage but install and infer (``StageCall.withheld``):
   an empty read-only file over each withheld file, an empty read-only tmpfs over each withheld
-  folder, in the run volume and in the repository (the run's dataset upload).
+  folder, in the run volume and in the repository (the run's dataset upload);
+* the container removed when the runner dies for any reason, ``kill -9`` included, by a small
+  reaper process with a parent-death signal (:mod:`tinymlaas_ci.engine.reaper`).
 
 Bind mounts name paths on the engine's machine: the volume and the repository must be
 visible there, which they are for the local engine and for a runner that sits next to its
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -124,10 +128,11 @@ class DockerExecutor:
             kwargs["nano_cpus"] = int(call.cpus * 1_000_000_000)
 
         where = f"stage {call.stage!r} of {call.run_id} in {image_ref}"
-        container = None
+        container = reaper = None
         try:
             with docker_errors(host, f"creating the container for {where}"):
                 container = client.containers.create(**kwargs)
+            reaper = self._start_reaper(container.id, host)
             with docker_errors(host, f"starting {where}"):
                 # Attach before starting: a logs(follow=True) stream can end before the last
                 # line without a newline arrives; the attached stream carries every byte.
@@ -143,6 +148,9 @@ class DockerExecutor:
         finally:
             if container is not None:
                 self._remove(container)
+            if reaper is not None:
+                reaper.kill()
+                reaper.wait()
         if oom:
             # The stage could not write error.json itself: the kernel killed it. This is the one
             # place an OOM kill is detected and reported; the engine keeps this error.json.
@@ -297,6 +305,27 @@ class DockerExecutor:
                 sink(line.rstrip(b"\r").decode("utf-8", "replace"))
         if pending:
             sink(pending.rstrip(b"\r").decode("utf-8", "replace"))
+
+    @staticmethod
+    def _start_reaper(container_id: str, host: str | None) -> subprocess.Popen:
+        """The container's reaper (:mod:`tinymlaas_ci.engine.reaper`): it removes the container
+        if this process dies before it could (``kill -9`` included). Returns once the reaper's
+        parent-death signal is set."""
+        from tinymlaas_ci.engine.reaper import READY
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tinymlaas_ci.engine.reaper", str(os.getpid()), container_id, host or ""],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a Ctrl-C is the runner's to handle; it removes the container itself
+        )
+        line = proc.stdout.readline().strip() if proc.stdout else ""
+        if line != READY:
+            proc.kill()
+            proc.wait()
+            raise ExecutorError(f"could not start the reaper of container {container_id[:12]}: {line or 'no answer'}")
+        return proc
 
     @staticmethod
     def _remove(container) -> None:
