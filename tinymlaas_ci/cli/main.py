@@ -21,6 +21,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES = (
     "tinymlaas_ci.cli.specs",  # validate, plan, schema
     "tinymlaas_ci.cli.run",  # run, status
+    "tinymlaas_ci.cli.cache",  # cache list, cache prune
     "tinymlaas_ci.cli.images",  # images build
     "tinymlaas_ci.cli.site",  # site build, site serve
     "tinymlaas_ci.cli.gitops",  # results commit, github pr-comment|job-summary

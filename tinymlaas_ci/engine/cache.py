@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlaas_ci.engine.locks import file_lock
+from tinymlaas_ci.errors import LockTimeout
 from tinymlaas_ci.fs import atomic_write_json
 from tinymlaas_ci.hostinfo import process_alive
 
@@ -60,6 +61,19 @@ class CacheEntry:
     """Path inside the stage folder -> ``{"sha256", "bytes"}``."""
     record: dict[str, Any]
     """What the generating stage's status said: duration, executor, image."""
+
+    @property
+    def bytes(self) -> int:
+        """The size of the entry's files."""
+        return sum(int(f.get("bytes") or 0) for f in self.files.values())
+
+    @property
+    def last_used(self) -> float:
+        """When a run last stored or reused the entry (seconds since the epoch)."""
+        try:
+            return (self.path / "entry.json").stat().st_mtime
+        except OSError:
+            return 0.0
 
 
 class StageCache:
@@ -112,6 +126,8 @@ class StageCache:
                 digest, size = _copy_hashing(src_root / rel, dest)
                 if digest != meta.get("sha256") or size != meta.get("bytes"):
                     raise ValueError(rel)
+            with suppress(OSError):
+                os.utime(entry.path / "entry.json")  # last used now: prune keeps what is in use
         except (OSError, ValueError):
             self.discard(entry.key)
             for child in stage_dir.iterdir():
@@ -182,6 +198,60 @@ class StageCache:
         with suppress(OSError):
             os.rename(path, trash)
             _remove(trash)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every readable entry, least recently used first."""
+        found = []
+        if self.root.is_dir():
+            for path in self.root.glob("??/*/entry.json"):
+                try:
+                    meta = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(meta, dict) and meta.get("key") == path.parent.name:
+                    entry = self.lookup(path.parent.name, str(meta.get("stage")))
+                    if entry is not None:
+                        found.append(entry)
+        return sorted(found, key=lambda e: e.last_used)
+
+    def prune(
+        self,
+        *,
+        older_than_s: float | None = None,
+        max_bytes: int | None = None,
+        now: float | None = None,
+        dry_run: bool = False,
+    ) -> tuple[list[CacheEntry], list[CacheEntry]]:
+        """Remove entries not used for ``older_than_s`` seconds, then the least recently used
+        ones until the rest fit in ``max_bytes``; returns ``(removed, kept)`` (with ``dry_run``:
+        what would be removed, and nothing is).
+
+        An entry whose key a running stage holds (:meth:`claim`) is kept. Removing an entry never
+        changes a result: a run that needs it again runs its stage again.
+        """
+        now = time.time() if now is None else now
+        entries = self.entries()
+        total = sum(e.bytes for e in entries)
+        removed, kept = [], []
+        for entry in entries:  # least recently used first
+            stale = older_than_s is not None and now - entry.last_used > older_than_s
+            too_big = max_bytes is not None and total > max_bytes
+            if (stale or too_big) and (dry_run or self._discard_unclaimed(entry.key)):
+                removed.append(entry)
+                total -= entry.bytes
+            else:
+                kept.append(entry)
+        if not dry_run:
+            self.sweep_temporary()
+        return removed, kept
+
+    def _discard_unclaimed(self, key: str) -> bool:
+        try:
+            with file_lock(self.root / "locks" / f"{key}.lock", what=f"cache entry {key[:12]}", timeout=0):
+                self.discard(key)
+        except LockTimeout:
+            return False
+        return True
 
     def sweep_temporary(self, older_than_s: float = 3600.0) -> None:
         """Remove temporary folders left by processes that were killed mid-write."""
