@@ -164,22 +164,25 @@ static inline int32_t tinyml_hsum(__m256i v) {
 #define TINYML_VNNI_W(name) 0
 #endif
 
-/* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding. */
+/* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding, with
+ * mult in [0, 2^31). The doubling high multiply rounds half up, floor((x * mult + 2^30) / 2^31):
+ * the same as gemmlowp's nudge-and-truncate for every mult but INT32_MIN (never a multiplier
+ * here), and one SMULL plus a 64-bit add on Arm. The rounding shift rounds ties away from zero
+ * as gemmlowp's RoundingDivideByPOT: one less for a negative value (it is > INT32_MIN, since
+ * mult < 2^31), then the bits above the shift plus the last bit shifted out, which cannot
+ * overflow as adding 2^(r-1) could. */
 static inline int32_t tinyml_requantize(int32_t x, int32_t mult, int32_t shift) {
-    int32_t left = shift > 0 ? shift : 0;
-    int32_t right = shift > 0 ? 0 : -shift;
-    int64_t v = (int64_t)x * ((int64_t)1 << left);
-    int64_t ab, nudge;
-    int32_t high, mask, rem, threshold;
-    if (v > INT32_MAX) v = INT32_MAX;
-    if (v < INT32_MIN) v = INT32_MIN;
-    ab = v * (int64_t)mult;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    high = (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
-    mask = (int32_t)(((int64_t)1 << right) - 1);
-    rem = high & mask;
-    threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-    return (high >> right) + (rem > threshold ? 1 : 0);
+    int32_t high;
+    if (shift > 0) {
+        int64_t v = (int64_t)x * ((int64_t)1 << shift);
+        x = v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+    }
+    high = (int32_t)(((int64_t)x * mult + ((int64_t)1 << 30)) >> 31);
+    if (shift < 0) {
+        const int32_t r = -shift, t = high + (high >> 31);
+        high = (t >> r) + ((t >> (r - 1)) & 1);
+    }
+    return high;
 }
 
 static inline int8_t tinyml_clamp(int32_t v, int32_t lo, int32_t hi) {
