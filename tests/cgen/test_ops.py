@@ -2,7 +2,8 @@
 
 Each example is a small torch model exported to ONNX and quantized by ONNX Runtime (static
 int8, QDQ, per-channel weights) on calibration data whose range hypothesis draws, so the
-activation zero points vary too. The C is built with the native kernels and the portable ones.
+activation zero points vary too. The C is built for every kernel path the host can run (native,
+portable, AVX2, and the Arm DSP and MVE paths with C definitions of their intrinsics).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.cgen.conftest import assert_bit_exact, build, quantized
+from tests.cgen.conftest import PATHS, assert_bit_exact, build, quantized
 
 pytestmark = pytest.mark.usefixtures("cc")
 
@@ -30,7 +31,7 @@ RANGES = st.sampled_from([(-1.0, 1.0), (0.0, 1.0), (-3.0, 0.5), (-0.2, 2.0)])
 def check(module, shape, tmp_path, calib_range, *, ops=None):
     torch.manual_seed(0)
     path = quantized(module, shape, tmp_path, lo=calib_range[0], hi=calib_range[1])
-    graph, info, models = build(path, tmp_path, paths=("native", "portable"))
+    graph, info, models = build(path, tmp_path, paths=tuple(PATHS))
     if ops is not None:
         assert {op["kernel"] for op in info.ops} >= set(ops), info.ops
     want = assert_bit_exact(graph, models, n=6)

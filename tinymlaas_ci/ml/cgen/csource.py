@@ -128,18 +128,59 @@ static inline tinyml_s8x16 tinyml_vld1q_z_s8(const int8_t *p, tinyml_pred m) {
     for (i = 0; i < 16; i++) r.v[i] = (m >> i) & 1u ? p[i] : 0;
     return r;
 }
+static inline tinyml_s8x16 tinyml_vld1q_s8(const int8_t *p) { return tinyml_vld1q_z_s8(p, 0xffffu); }
 static inline int32_t tinyml_vmladavaq_s8(int32_t acc, tinyml_s8x16 a, tinyml_s8x16 b) {
     int i;
     for (i = 0; i < 16; i++) acc += (int32_t)a.v[i] * b.v[i];
     return acc;
 }
+/* Four int32 lanes: 4 int8 values sign-extended (VLDRB.S32), multiply-accumulate (VMLA). */
+typedef struct { int32_t v[4]; } tinyml_s32x4;
+static inline tinyml_pred tinyml_vctp32q(uint32_t n) { return (tinyml_pred)(n >= 4 ? 0xffffu : ((1u << (4 * n)) - 1u)); }
+static inline tinyml_s32x4 tinyml_vldrbq_z_s32(const int8_t *p, tinyml_pred m) {
+    tinyml_s32x4 r;
+    int i;
+    for (i = 0; i < 4; i++) r.v[i] = (m >> (4 * i)) & 1u ? p[i] : 0;
+    return r;
+}
+static inline tinyml_s32x4 tinyml_vldrbq_s32(const int8_t *p) { return tinyml_vldrbq_z_s32(p, 0xffffu); }
+static inline tinyml_s32x4 tinyml_vdupq_n_s32(int32_t x) {
+    tinyml_s32x4 r;
+    int i;
+    for (i = 0; i < 4; i++) r.v[i] = x;
+    return r;
+}
+static inline tinyml_s32x4 tinyml_vldrwq_s32(const int32_t *p) {
+    tinyml_s32x4 r;
+    memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+static inline tinyml_s32x4 tinyml_vmlaq_s32(tinyml_s32x4 acc, tinyml_s32x4 a, tinyml_s32x4 b) {
+    int i;
+    for (i = 0; i < 4; i++) acc.v[i] = (int32_t)((uint32_t)acc.v[i] + (uint32_t)a.v[i] * (uint32_t)b.v[i]);
+    return acc;
+}
+static inline tinyml_s32x4 tinyml_vmlaq_n_s32(tinyml_s32x4 acc, tinyml_s32x4 a, int32_t b) {
+    return tinyml_vmlaq_s32(acc, a, tinyml_vdupq_n_s32(b));
+}
+static inline void tinyml_vst1q_s32(int32_t *p, tinyml_s32x4 v) { memcpy(p, v.v, sizeof v.v); }
 #else
 #include <arm_mve.h>
 typedef int8x16_t tinyml_s8x16;
 typedef mve_pred16_t tinyml_pred;
 #define tinyml_vctp8q(n) vctp8q(n)
 #define tinyml_vld1q_z_s8(p, m) vld1q_z_s8((p), (m))
+#define tinyml_vld1q_s8(p) vld1q_s8(p)
 #define tinyml_vmladavaq_s8(acc, a, b) vmladavaq_s8((acc), (a), (b))
+typedef int32x4_t tinyml_s32x4;
+#define tinyml_vctp32q(n) vctp32q(n)
+#define tinyml_vldrbq_z_s32(p, m) vldrbq_z_s32((p), (m))
+#define tinyml_vldrbq_s32(p) vldrbq_s32(p)
+#define tinyml_vdupq_n_s32(x) vdupq_n_s32(x)
+#define tinyml_vldrwq_s32(p) vldrwq_s32(p)
+#define tinyml_vmlaq_s32(acc, a, b) vmlaq_s32((acc), (a), (b))
+#define tinyml_vmlaq_n_s32(acc, a, b) vmlaq_n_s32((acc), (a), (b))
+#define tinyml_vst1q_s32(p, v) vst1q_s32((p), (v))
 #endif
 #endif
 
@@ -195,7 +236,15 @@ static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int3
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     int32_t i = 0;
 #if defined(TINYML_USE_MVE)
-    for (; i < k; i += 16) {
+    /* Whole vectors unpredicated (a predicate costs a VPST per load), the tail predicated. */
+    for (; i + 16 <= k; i += 16) {
+        tinyml_s8x16 xv = tinyml_vld1q_s8(x + i);
+        a0 = tinyml_vmladavaq_s8(a0, xv, tinyml_vld1q_s8(w0 + i));
+        a1 = tinyml_vmladavaq_s8(a1, xv, tinyml_vld1q_s8(w1 + i));
+        a2 = tinyml_vmladavaq_s8(a2, xv, tinyml_vld1q_s8(w2 + i));
+        a3 = tinyml_vmladavaq_s8(a3, xv, tinyml_vld1q_s8(w3 + i));
+    }
+    if (i < k) {
         tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
         tinyml_s8x16 xv = tinyml_vld1q_z_s8(x + i, p);
         a0 = tinyml_vmladavaq_s8(a0, xv, tinyml_vld1q_z_s8(w0 + i, p));
@@ -255,7 +304,8 @@ static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int3
 static inline int32_t tinyml_dot1(const int8_t *x, const int8_t *w, int32_t k, int32_t acc) {
     int32_t i = 0;
 #if defined(TINYML_USE_MVE)
-    for (; i < k; i += 16) {
+    for (; i + 16 <= k; i += 16) acc = tinyml_vmladavaq_s8(acc, tinyml_vld1q_s8(x + i), tinyml_vld1q_s8(w + i));
+    if (i < k) {
         tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
         acc = tinyml_vmladavaq_s8(acc, tinyml_vld1q_z_s8(x + i, p), tinyml_vld1q_z_s8(w + i, p));
     }
@@ -685,8 +735,133 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
 }
 #endif
 
-/* Convolution, NHWC in and out, through im2col: col needs (in_c / groups) * kh * kw bytes,
- * rounded up to a multiple of 4. */
+#if defined(TINYML_USE_DSP)
+/* Two im2col columns c0, c1 of k int8 values widened to int16 and interleaved for
+ * tinyml_dot2x2: per 4 values a, b, c, d of each column the halfword pairs (a, c), (b, d) that
+ * SXTB16 and SXTB16 ROR 8 make of a weight word, c0's two words then c1's; the last k % 4
+ * values as int16, c0 and c1 alternating. */
+static inline void tinyml_widen2(const int8_t *c0, const int8_t *c1, int32_t k, uint32_t *dst) {
+    int16_t *tail;
+    int32_t i;
+    for (i = 0; i + 4 <= k; i += 4, dst += 4) {
+        const uint32_t u = tinyml_load32(c0 + i), v = tinyml_load32(c1 + i);
+        dst[0] = (uint32_t)tinyml_sxtb16(u);
+        dst[1] = (uint32_t)tinyml_sxtb16_ror8(u);
+        dst[2] = (uint32_t)tinyml_sxtb16(v);
+        dst[3] = (uint32_t)tinyml_sxtb16_ror8(v);
+    }
+    tail = (int16_t *)dst;
+    for (; i < k; i++) {
+        *tail++ = c0[i];
+        *tail++ = c1[i];
+    }
+}
+
+/* Two weight rows against two widened columns x (tinyml_widen2) over k values:
+ * acc = {w0.c0, w0.c1, w1.c0, w1.c1} added. The rows are interleaved as the DSP path stores them
+ * (per 4 values a word of each row, then the last k % 4 values of each row). Per 4 values: one
+ * LDM of the columns, 2 weight words, 4 SXTB16 and 8 SMLAD for 16 MACs, which fits the core's
+ * registers (CMSIS-NN's 2 x 2 scheme, with both operands in one stream each). */
+static inline void tinyml_dot2x2(const uint32_t *x, const int8_t *w, int32_t k, int32_t *acc) {
+    int32_t a = acc[0], b = acc[1], c = acc[2], d = acc[3], n;
+    const int16_t *t;
+    const int32_t rest = k & 3;
+    for (n = k >> 2; n > 0; n--, x += 4, w += 8) {
+        const uint32_t u = tinyml_load32(w), v = tinyml_load32(w + 4);
+        const int32_t x0e = (int32_t)x[0], x0o = (int32_t)x[1], x1e = (int32_t)x[2], x1o = (int32_t)x[3];
+        int32_t e = tinyml_sxtb16(u), o = tinyml_sxtb16_ror8(u);
+        a = tinyml_smlad(e, x0e, a);
+        a = tinyml_smlad(o, x0o, a);
+        b = tinyml_smlad(e, x1e, b);
+        b = tinyml_smlad(o, x1o, b);
+        e = tinyml_sxtb16(v);
+        o = tinyml_sxtb16_ror8(v);
+        c = tinyml_smlad(e, x0e, c);
+        c = tinyml_smlad(o, x0o, c);
+        d = tinyml_smlad(e, x1e, d);
+        d = tinyml_smlad(o, x1o, d);
+    }
+    t = (const int16_t *)x;
+    for (n = 0; n < rest; n++) {
+        a += w[n] * t[2 * n];
+        b += w[n] * t[2 * n + 1];
+        c += w[rest + n] * t[2 * n];
+        d += w[rest + n] * t[2 * n + 1];
+    }
+    acc[0] = a;
+    acc[1] = b;
+    acc[2] = c;
+    acc[3] = d;
+}
+
+/* One plain weight row against two widened columns: acc = {w.c0, w.c1} added. */
+static inline void tinyml_dot1x2(const uint32_t *x, const int8_t *w, int32_t k, int32_t *acc) {
+    int32_t a = acc[0], b = acc[1], n;
+    const int16_t *t;
+    for (n = k >> 2; n > 0; n--, x += 4, w += 4) {
+        const uint32_t u = tinyml_load32(w);
+        const int32_t e = tinyml_sxtb16(u), o = tinyml_sxtb16_ror8(u);
+        a = tinyml_smlad(e, (int32_t)x[0], a);
+        a = tinyml_smlad(o, (int32_t)x[1], a);
+        b = tinyml_smlad(e, (int32_t)x[2], b);
+        b = tinyml_smlad(o, (int32_t)x[3], b);
+    }
+    t = (const int16_t *)x;
+    for (n = 0; n < (k & 3); n++) {
+        a += w[n] * t[2 * n];
+        b += w[n] * t[2 * n + 1];
+    }
+    acc[0] = a;
+    acc[1] = b;
+}
+
+static inline int8_t tinyml_out1(const tinyml_conv_t *p, int32_t acc, int32_t ch) {
+    return tinyml_clamp(tinyml_requantize(acc, p->mult[ch], p->shift[ch]) + p->out_zp, p->act_min, p->act_max);
+}
+
+/* Convolution, two output positions at a time: their im2col columns widened to int16 once, then
+ * two output channels per pass of tinyml_dot2x2. col: the widened pair (4 * K4 bytes, K4 = K
+ * rounded up to 4), then the two int8 columns (K4 bytes each). */
+static void tinyml_conv_dsp(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+    const int32_t k = icg * p->kh * p->kw, k4 = (k + 3) & ~3, npos = p->out_h * p->out_w;
+    uint32_t *const wide = (uint32_t *)(void *)col;
+    int8_t *const col0 = col + 4 * k4, *const col1 = col0 + k4;
+    int32_t pos, g, o;
+    for (pos = 0; pos < npos; pos += 2) {
+        const int32_t pair = pos + 1 < npos;
+        int8_t *const dst0 = out + pos * p->out_c, *const dst1 = dst0 + p->out_c;
+        for (g = 0; g < p->groups; g++) {
+            const int32_t end = (g + 1) * ocg;
+            tinyml_im2col(p, in, g, pos / p->out_w, pos % p->out_w, col0);
+            if (pair) tinyml_im2col(p, in, g, (pos + 1) / p->out_w, (pos + 1) % p->out_w, col1);
+            tinyml_widen2(col0, pair ? col1 : col0, k, wide);
+            for (o = g * ocg; o + 2 <= end; o += 2) {
+                int32_t acc[4];
+                acc[0] = acc[1] = p->bias[o];
+                acc[2] = acc[3] = p->bias[o + 1];
+                tinyml_dot2x2(wide, p->weight + o * k, k, acc);
+                dst0[o] = tinyml_out1(p, acc[0], o);
+                dst0[o + 1] = tinyml_out1(p, acc[2], o + 1);
+                if (pair) {
+                    dst1[o] = tinyml_out1(p, acc[1], o);
+                    dst1[o + 1] = tinyml_out1(p, acc[3], o + 1);
+                }
+            }
+            if (o < end) {
+                int32_t acc[2];
+                acc[0] = acc[1] = p->bias[o];
+                tinyml_dot1x2(wide, p->weight + o * k, k, acc);
+                dst0[o] = tinyml_out1(p, acc[0], o);
+                if (pair) dst1[o] = tinyml_out1(p, acc[1], o);
+            }
+        }
+    }
+}
+#endif
+
+/* Convolution, NHWC in and out, through im2col: col needs 6 * K4 bytes, K4 = (in_c / groups) *
+ * kh * kw rounded up to 4 (the DSP path's two int8 and two int16 columns; the others use K4). */
 TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t k = icg * p->kh * p->kw;
@@ -698,6 +873,10 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
         (void)col;
         return;
     }
+#endif
+#if defined(TINYML_USE_DSP)
+    tinyml_conv_dsp(p, in, out, col);
+    return;
 #endif
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
