@@ -243,3 +243,30 @@ def test_reshape_between_images(tmp_path_factory, c, hw, calib):
 def test_conv_reading_kernel_rows_in_place(tmp_path, cin, cout, k, stride, pad, hw):
     # kw * C a multiple of 4: the AVX-512 path reads kernel rows from a padded copy, no im2col.
     check(ConvNet(cin, cout, k, stride, pad, 1, "relu"), (cin, hw, hw), tmp_path, (-1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "c, mult, k, stride, pad, hw",
+    [
+        (5, 1, (3, 3), (1, 1), (1, 1), 6),  # fewer channels than one vector, not a multiple of 4
+        (18, 1, (3, 3), (2, 2), (1, 1), 7),  # one 16-channel vector and a tail of 2
+        (36, 1, (3, 3), (1, 1), (1, 1), 5),  # two vectors and a tail of 4; a narrow image: mostly border
+        (20, 1, (5, 5), (1, 1), (2, 2), 6),
+        (6, 2, (3, 3), (1, 1), (1, 1), 5),  # channel multiplier 2
+    ],
+)
+def test_depthwise_channel_counts(tmp_path, c, mult, k, stride, pad, hw):
+    check(ConvNet(c, c * mult, k, stride, pad, c, "relu"), (c, hw, hw), tmp_path, (-1.0, 1.0), ops=["depthwise"])
+
+
+@pytest.mark.parametrize(
+    "cin, cout, k, stride, pad, hw",
+    [
+        (1, 16, (3, 3), (1, 1), (1, 1), 8),  # the digits CNN's first layer: K = 9
+        (1, 7, (10, 4), (2, 2), (5, 1), 12),  # DS-CNN's: K = 40, an odd channel count
+        (3, 16, (3, 3), (1, 1), (1, 1), 9),  # ResNet-8's: K = 27
+        (3, 5, (3, 3), (2, 2), (1, 1), 7),  # odd channels and an odd number of positions
+    ],
+)
+def test_first_convs_with_few_input_channels(tmp_path, cin, cout, k, stride, pad, hw):
+    check(ConvNet(cin, cout, k, stride, pad, 1, "none"), (cin, hw, hw), tmp_path, (0.0, 1.0), ops=["conv"])

@@ -93,10 +93,18 @@ static inline int32_t tinyml_smlad(int32_t a, int32_t b, int32_t acc) {
     return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff)
                + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
 }
+static inline int32_t tinyml_smlabb(int32_t a, int32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff);
+}
+static inline int32_t tinyml_smlatt(int32_t a, int32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
+}
 #else
 #include <arm_acle.h>
 #define tinyml_sxtb16(x) __sxtb16((int32_t)(x))
 #define tinyml_smlad(a, b, acc) __smlad((a), (b), (acc))
+#define tinyml_smlabb(a, b, acc) __smlabb((a), (b), (acc))
+#define tinyml_smlatt(a, b, acc) __smlatt((a), (b), (acc))
 #endif
 static inline uint32_t tinyml_load32(const int8_t *p) {
     uint32_t v;
@@ -178,7 +186,8 @@ typedef int32x4_t tinyml_s32x4;
 #define tinyml_vldrbq_s32(p) vldrbq_s32(p)
 #define tinyml_vdupq_n_s32(x) vdupq_n_s32(x)
 #define tinyml_vldrwq_s32(p) vldrwq_s32(p)
-#define tinyml_vmlaq_s32(acc, a, b) vmlaq_s32((acc), (a), (b))
+/* MVE multiplies-accumulates vectors by a scalar only: multiply, then add. */
+#define tinyml_vmlaq_s32(acc, a, b) vaddq_s32((acc), vmulq_s32((a), (b)))
 #define tinyml_vmlaq_n_s32(acc, a, b) vmlaq_n_s32((acc), (a), (b))
 #define tinyml_vst1q_s32(p, v) vst1q_s32((p), (v))
 #endif
@@ -487,6 +496,12 @@ static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const i
 }
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__)
+/* With a layer's constants inlined, GCC 12 analyses the n % 4 tail loop below even where it
+ * never runs (n a multiple of 4) and warns of an iteration that would overflow. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+#endif
 /* n outputs dst[r * dst_stride] = clamp(requantize(bias[r] + dot(x, w + r * k)) + out_zp). */
 static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t n, const int32_t *bias,
                                   const int32_t *wsum, const int32_t *mult, const int32_t *shift, int32_t out_zp,
@@ -514,17 +529,20 @@ static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
     for (; o + 4 <= n; o += 4) {
         int32_t acc[4];
         for (r = 0; r < 4; r++) acc[r] = bias[o + r];
-        tinyml_dot4(x, w + o * k, k, k, acc);
+        tinyml_dot4(x, w + (size_t)o * (size_t)k, k, k, acc);
         for (r = 0; r < 4; r++) {
             int32_t v = tinyml_requantize(acc[r], mult[o + r], shift[o + r]) + out_zp;
             dst[(o + r) * dst_stride] = tinyml_clamp(v, act_min, act_max);
         }
     }
     for (; o < n; o++) {
-        int32_t v = tinyml_requantize(tinyml_dot1(x, w + o * k, k, bias[o]), mult[o], shift[o]) + out_zp;
+        int32_t v = tinyml_requantize(tinyml_dot1(x, w + (size_t)o * (size_t)k, k, bias[o]), mult[o], shift[o]) + out_zp;
         dst[o * dst_stride] = tinyml_clamp(v, act_min, act_max);
     }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 typedef struct {
     int32_t in_c, in_h, in_w, out_c, out_h, out_w;
@@ -891,31 +909,181 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
     }
 }
 
-/* Depthwise convolution (one input channel per group), NHWC: direct loops, no im2col. */
+/* The input of tap (ky, kx) for channel c on, or zp (in_zp bytes) for a tap outside the image. */
+static inline const int8_t *tinyml_dw_src(const tinyml_conv_t *p, const int8_t *in, int32_t y, int32_t x, int32_t c,
+                                          const int8_t *zp) {
+    return (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w) ? zp : in + (y * p->in_w + x) * p->out_c + c;
+}
+
+/* acc[0..3] += four channels of one tap: x and w point at the tap's channels c .. c + 3. */
+#if defined(TINYML_USE_DSP)
+/* SXTB16 splits a word of four channels into halfword pairs (0, 2) and (1, 3); SMLABB / SMLATT
+ * multiply-accumulate the bottom / top halves. */
+#define TINYML_DW4_TAP(x, w)                                                                    \
+    do {                                                                                        \
+        const uint32_t u_ = tinyml_load32(x), v_ = tinyml_load32(w);                           \
+        const int32_t xe_ = tinyml_sxtb16(u_), xo_ = tinyml_sxtb16_ror8(u_);                   \
+        const int32_t we_ = tinyml_sxtb16(v_), wo_ = tinyml_sxtb16_ror8(v_);                   \
+        a0 = tinyml_smlabb(xe_, we_, a0);                                                       \
+        a1 = tinyml_smlabb(xo_, wo_, a1);                                                       \
+        a2 = tinyml_smlatt(xe_, we_, a2);                                                       \
+        a3 = tinyml_smlatt(xo_, wo_, a3);                                                       \
+    } while (0)
+#else
+#define TINYML_DW4_TAP(x, w)                                                                    \
+    do {                                                                                        \
+        a0 += (x)[0] * (w)[0];                                                                  \
+        a1 += (x)[1] * (w)[1];                                                                  \
+        a2 += (x)[2] * (w)[2];                                                                  \
+        a3 += (x)[3] * (w)[3];                                                                  \
+    } while (0)
+#endif
+
+/* Four channels c .. c + 3 of the output pixel whose window starts at (y0, x0), into acc.
+ * Inside the image the taps are read in place with no tests; at the border every tap reads the
+ * input or zp (the padding value: the bias is corrected for all taps). */
+static inline void tinyml_dw_4(const tinyml_conv_t *p, const int8_t *in, int32_t y0, int32_t x0, int32_t c,
+                               int32_t border, const int8_t *zp, int32_t *acc) {
+    const int32_t C = p->out_c;
+    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3], ky, kx;
+    const int8_t *w = p->weight + c;
+    if (!border) {
+        const int8_t *row = in + (y0 * p->in_w + x0) * C + c;
+        for (ky = 0; ky < p->kh; ky++, row += p->in_w * C) {
+            const int8_t *x = row;
+            for (kx = 0; kx < p->kw; kx++, x += C, w += C) TINYML_DW4_TAP(x, w);
+        }
+    } else {
+        for (ky = 0; ky < p->kh; ky++) {
+            for (kx = 0; kx < p->kw; kx++, w += C) {
+                const int8_t *x = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
+                TINYML_DW4_TAP(x, w);
+            }
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+#if defined(TINYML_USE_MVE)
+/* tinyml_dw_4 for n (<= 16) channels: four int32x4 accumulators; per tap four VLDRB.S32 of the
+ * input and of the weights, VMUL and VADD. Whole 16-channel blocks load unpredicated. */
+static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *in, int32_t y0, int32_t x0, int32_t c,
+                                 int32_t n, int32_t border, const int8_t *zp, int32_t *acc) {
+    const int32_t C = p->out_c;
+    tinyml_s32x4 a0, a1, a2, a3;
+    const int8_t *w = p->weight + c;
+    int32_t ky, kx;
+    if (n == 16) {
+        a0 = tinyml_vldrwq_s32(p->bias + c);
+        a1 = tinyml_vldrwq_s32(p->bias + c + 4);
+        a2 = tinyml_vldrwq_s32(p->bias + c + 8);
+        a3 = tinyml_vldrwq_s32(p->bias + c + 12);
+#define TINYML_DW16_TAP(src, w)                                                                     \
+    do {                                                                                            \
+        a0 = tinyml_vmlaq_s32(a0, tinyml_vldrbq_s32(src), tinyml_vldrbq_s32(w));                   \
+        a1 = tinyml_vmlaq_s32(a1, tinyml_vldrbq_s32((src) + 4), tinyml_vldrbq_s32((w) + 4));       \
+        a2 = tinyml_vmlaq_s32(a2, tinyml_vldrbq_s32((src) + 8), tinyml_vldrbq_s32((w) + 8));       \
+        a3 = tinyml_vmlaq_s32(a3, tinyml_vldrbq_s32((src) + 12), tinyml_vldrbq_s32((w) + 12));     \
+    } while (0)
+        if (!border) {
+            const int8_t *row = in + (y0 * p->in_w + x0) * C + c;
+            for (ky = 0; ky < p->kh; ky++, row += p->in_w * C) {
+                const int8_t *x = row;
+                for (kx = 0; kx < p->kw; kx++, x += C, w += C) TINYML_DW16_TAP(x, w);
+            }
+        } else {
+            for (ky = 0; ky < p->kh; ky++) {
+                for (kx = 0; kx < p->kw; kx++, w += C) {
+                    const int8_t *x = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
+                    TINYML_DW16_TAP(x, w);
+                }
+            }
+        }
+#undef TINYML_DW16_TAP
+    } else {
+        const tinyml_pred p0 = tinyml_vctp32q((uint32_t)n), p1 = tinyml_vctp32q((uint32_t)(n > 4 ? n - 4 : 0));
+        const tinyml_pred p2 = tinyml_vctp32q((uint32_t)(n > 8 ? n - 8 : 0));
+        const tinyml_pred p3 = tinyml_vctp32q((uint32_t)(n > 12 ? n - 12 : 0));
+        int32_t b[16];
+        memset(b, 0, sizeof b);
+        memcpy(b, p->bias + c, (size_t)n * 4);
+        a0 = tinyml_vldrwq_s32(b);
+        a1 = tinyml_vldrwq_s32(b + 4);
+        a2 = tinyml_vldrwq_s32(b + 8);
+        a3 = tinyml_vldrwq_s32(b + 12);
+        for (ky = 0; ky < p->kh; ky++) {
+            for (kx = 0; kx < p->kw; kx++, w += C) {
+                const int8_t *src = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
+                a0 = tinyml_vmlaq_s32(a0, tinyml_vldrbq_z_s32(src, p0), tinyml_vldrbq_z_s32(w, p0));
+                a1 = tinyml_vmlaq_s32(a1, tinyml_vldrbq_z_s32(src + 4, p1), tinyml_vldrbq_z_s32(w + 4, p1));
+                a2 = tinyml_vmlaq_s32(a2, tinyml_vldrbq_z_s32(src + 8, p2), tinyml_vldrbq_z_s32(w + 8, p2));
+                a3 = tinyml_vmlaq_s32(a3, tinyml_vldrbq_z_s32(src + 12, p3), tinyml_vldrbq_z_s32(w + 12, p3));
+            }
+        }
+    }
+    tinyml_vst1q_s32(acc, a0);
+    tinyml_vst1q_s32(acc + 4, a1);
+    tinyml_vst1q_s32(acc + 8, a2);
+    tinyml_vst1q_s32(acc + 12, a3);
+}
+#endif
+
+/* Depthwise convolution (one input channel per group), NHWC, weights [kh][kw][out_c] (channels
+ * contiguous per tap), no im2col. With a channel multiplier of 1 the channels are the inner
+ * loop, 16 at a time: only the taps inside the image are multiplied, and at the border the
+ * taps outside add in_zp * w, as the bias is corrected for all taps. */
 TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
-    const int32_t mult = p->out_c / p->in_c, ksize = p->kh * p->kw;
-    int32_t o, oy, ox, ky, kx;
+    const int32_t C = p->out_c, mult = C / p->in_c;
+    int8_t zp[16];
+    int32_t c, j, o, oy, ox, ky, kx;
+    memset(zp, (uint8_t)p->in_zp, sizeof zp);
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->sh - p->pad_t;
+        const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t x0 = ox * p->sw - p->pad_l;
-            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
-            for (o = 0; o < p->out_c; o++) {
-                const int8_t *w = p->weight + o * ksize;
-                const int32_t c = o / mult;
-                int32_t acc = p->bias[o], v;
-                for (ky = 0; ky < p->kh; ky++) {
-                    const int32_t y = y0 + ky;
-                    for (kx = 0; kx < p->kw; kx++) {
-                        const int32_t x = x0 + kx;
-                        const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
-                                               ? p->in_zp
-                                               : in[(y * p->in_w + x) * p->in_c + c];
-                        acc += xv * w[ky * p->kw + kx];
+            const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+            const int32_t border = ky0 > 0 || kx0 > 0 || ky1 < p->kh || kx1 < p->kw;
+            int8_t *dst = out + (oy * p->out_w + ox) * C;
+            if (mult != 1) {
+                for (o = 0; o < C; o++) {
+                    const int32_t ch = o / mult;
+                    int32_t acc = p->bias[o];
+                    for (ky = 0; ky < p->kh; ky++) {
+                        for (kx = 0; kx < p->kw; kx++) {
+                            const int32_t y = y0 + ky, x = x0 + kx;
+                            const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
+                                                   ? p->in_zp
+                                                   : in[(y * p->in_w + x) * p->in_c + ch];
+                            acc += xv * p->weight[(ky * p->kw + kx) * C + o];
+                        }
                     }
+                    dst[o] = tinyml_clamp(tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp, p->act_min,
+                                          p->act_max);
                 }
-                v = tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp;
-                dst[o] = tinyml_clamp(v, p->act_min, p->act_max);
+                continue;
+            }
+            for (c = 0; c < C; c += 16) {
+                const int32_t n = C - c < 16 ? C - c : 16;
+                int32_t acc[16];
+#if defined(TINYML_USE_MVE)
+                tinyml_dw_mve(p, in, y0, x0, c, n, border, zp, acc);
+#else
+                for (j = 0; j + 4 <= n; j += 4) tinyml_dw_4(p, in, y0, x0, c + j, border, zp, acc + j);
+                for (; j < n; j++) {
+                    acc[j] = p->bias[c + j];
+                    for (ky = 0; ky < p->kh; ky++)
+                        for (kx = 0; kx < p->kw; kx++)
+                            acc[j] += tinyml_dw_src(p, in, y0 + ky, x0 + kx, c + j, zp)[0] *
+                                      p->weight[(ky * p->kw + kx) * C + c + j];
+                }
+#endif
+                for (j = 0; j < n; j++)
+                    dst[c + j] = tinyml_clamp(tinyml_requantize(acc[j], p->mult[c + j], p->shift[c + j]) + p->out_zp,
+                                              p->act_min, p->act_max);
             }
         }
     }

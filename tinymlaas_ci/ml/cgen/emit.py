@@ -230,9 +230,10 @@ def _dsp_pairs(w: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _conv_weight_arrays(tag: str, op: ir.Conv) -> str:
-    w = _conv_weights(op)
     if op.depthwise:
-        return _array("int8_t", f"{tag}_w", w)
+        # [KH][KW][OC]: the channels of one tap contiguous, as the depthwise kernel reads them.
+        return _array("int8_t", f"{tag}_w", op.weight[:, 0].transpose(1, 2, 0))
+    w = _conv_weights(op)
     rows = w.reshape(w.shape[0], -1)
     return (
         "#if defined(TINYML_USE_DSP)\n"
