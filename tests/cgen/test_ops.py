@@ -270,3 +270,9 @@ def test_depthwise_channel_counts(tmp_path, c, mult, k, stride, pad, hw):
 )
 def test_first_convs_with_few_input_channels(tmp_path, cin, cout, k, stride, pad, hw):
     check(ConvNet(cin, cout, k, stride, pad, 1, "none"), (cin, hw, hw), tmp_path, (0.0, 1.0), ops=["conv"])
+
+
+@pytest.mark.parametrize("c, k, stride, pad", [(19, 2, 2, 0), (35, 3, 2, 1), (6, 3, 1, 1)])
+def test_maxpool_channel_counts(tmp_path, c, k, stride, pad):
+    # c + 1 channels: whole 16-byte vectors (MVE), 4-byte words (DSP) and a scalar tail.
+    check(PoolNet(c, "max", k, stride, pad, False), (c, 7, 7), tmp_path, (-1.0, 1.0), ops=["maxpool"])

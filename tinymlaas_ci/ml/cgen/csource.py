@@ -99,12 +99,39 @@ static inline int32_t tinyml_smlabb(int32_t a, int32_t b, int32_t acc) {
 static inline int32_t tinyml_smlatt(int32_t a, int32_t b, int32_t acc) {
     return acc + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
 }
+/* Bytewise signed max / min of two words (SSUB8 sets the GE flags, SEL picks by them). */
+static inline uint32_t tinyml_max8x4(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int8_t x = (int8_t)(a >> i), y = (int8_t)(b >> i);
+        r |= (uint32_t)(uint8_t)(x >= y ? x : y) << i;
+    }
+    return r;
+}
+static inline uint32_t tinyml_min8x4(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int8_t x = (int8_t)(a >> i), y = (int8_t)(b >> i);
+        r |= (uint32_t)(uint8_t)(x >= y ? y : x) << i;
+    }
+    return r;
+}
 #else
 #include <arm_acle.h>
 #define tinyml_sxtb16(x) __sxtb16((int32_t)(x))
 #define tinyml_smlad(a, b, acc) __smlad((a), (b), (acc))
 #define tinyml_smlabb(a, b, acc) __smlabb((a), (b), (acc))
 #define tinyml_smlatt(a, b, acc) __smlatt((a), (b), (acc))
+static inline uint32_t tinyml_max8x4(uint32_t a, uint32_t b) {
+    (void)__ssub8((int8x4_t)a, (int8x4_t)b);
+    return (uint32_t)__sel((uint8x4_t)a, (uint8x4_t)b);
+}
+static inline uint32_t tinyml_min8x4(uint32_t a, uint32_t b) {
+    (void)__ssub8((int8x4_t)a, (int8x4_t)b);
+    return (uint32_t)__sel((uint8x4_t)b, (uint8x4_t)a);
+}
 #endif
 static inline uint32_t tinyml_load32(const int8_t *p) {
     uint32_t v;
@@ -137,6 +164,22 @@ static inline tinyml_s8x16 tinyml_vld1q_z_s8(const int8_t *p, tinyml_pred m) {
     return r;
 }
 static inline tinyml_s8x16 tinyml_vld1q_s8(const int8_t *p) { return tinyml_vld1q_z_s8(p, 0xffffu); }
+static inline void tinyml_vst1q_s8(int8_t *p, tinyml_s8x16 v) { memcpy(p, v.v, 16); }
+static inline tinyml_s8x16 tinyml_vdupq_n_s8(int8_t x) {
+    tinyml_s8x16 r;
+    memset(r.v, (uint8_t)x, 16);
+    return r;
+}
+static inline tinyml_s8x16 tinyml_vmaxq_s8(tinyml_s8x16 a, tinyml_s8x16 b) {
+    int i;
+    for (i = 0; i < 16; i++) a.v[i] = a.v[i] >= b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
+static inline tinyml_s8x16 tinyml_vminq_s8(tinyml_s8x16 a, tinyml_s8x16 b) {
+    int i;
+    for (i = 0; i < 16; i++) a.v[i] = a.v[i] <= b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
 static inline int32_t tinyml_vmladavaq_s8(int32_t acc, tinyml_s8x16 a, tinyml_s8x16 b) {
     int i;
     for (i = 0; i < 16; i++) acc += (int32_t)a.v[i] * b.v[i];
@@ -179,6 +222,10 @@ typedef mve_pred16_t tinyml_pred;
 #define tinyml_vctp8q(n) vctp8q(n)
 #define tinyml_vld1q_z_s8(p, m) vld1q_z_s8((p), (m))
 #define tinyml_vld1q_s8(p) vld1q_s8(p)
+#define tinyml_vst1q_s8(p, v) vst1q_s8((p), (v))
+#define tinyml_vdupq_n_s8(x) vdupq_n_s8(x)
+#define tinyml_vmaxq_s8(a, b) vmaxq_s8((a), (b))
+#define tinyml_vminq_s8(a, b) vminq_s8((a), (b))
 #define tinyml_vmladavaq_s8(acc, a, b) vmladavaq_s8((acc), (a), (b))
 typedef int32x4_t tinyml_s32x4;
 #define tinyml_vctp32q(n) vctp32q(n)
@@ -1161,6 +1208,47 @@ static inline void tinyml_requantize_block(const int32_t *v, int32_t n, int32_t 
 
 #define TINYML_POOL_CHUNK 64
 
+#if defined(TINYML_USE_DSP) || defined(TINYML_USE_MVE)
+/* Max pooling that keeps the scale: four channels per word (DSP: SSUB8 + SEL) or sixteen per
+ * vector (MVE: VMAX), the clamp the same way. The scalar loop below takes the rest. */
+static int32_t tinyml_maxpool_simd(const tinyml_pool_t *p, const int8_t *in, int8_t *dst, int32_t y0, int32_t x0) {
+    int32_t c = 0, ky, kx;
+#if defined(TINYML_USE_MVE)
+    const tinyml_s8x16 lo = tinyml_vdupq_n_s8((int8_t)p->act_min), hi = tinyml_vdupq_n_s8((int8_t)p->act_max);
+    for (; c + 16 <= p->c; c += 16) {
+        tinyml_s8x16 m = tinyml_vdupq_n_s8(-128);
+        for (ky = 0; ky < p->kh; ky++) {
+            const int32_t y = y0 + ky;
+            if (y < 0 || y >= p->in_h) continue;
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) continue;
+                m = tinyml_vmaxq_s8(m, tinyml_vld1q_s8(in + (y * p->in_w + x) * p->c + c));
+            }
+        }
+        tinyml_vst1q_s8(dst + c, tinyml_vminq_s8(tinyml_vmaxq_s8(m, lo), hi));
+    }
+#else
+    const uint32_t lo = 0x01010101u * (uint8_t)p->act_min, hi = 0x01010101u * (uint8_t)p->act_max;
+    for (; c + 4 <= p->c; c += 4) {
+        uint32_t m = 0x80808080u;
+        for (ky = 0; ky < p->kh; ky++) {
+            const int32_t y = y0 + ky;
+            if (y < 0 || y >= p->in_h) continue;
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) continue;
+                m = tinyml_max8x4(m, tinyml_load32(in + (y * p->in_w + x) * p->c + c));
+            }
+        }
+        m = tinyml_min8x4(tinyml_max8x4(m, lo), hi);
+        memcpy(dst + c, &m, 4);
+    }
+#endif
+    return c;
+}
+#endif
+
 /* Max pooling, NHWC: channels innermost, 64 at a time. */
 TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
     int32_t c0, oy, ox, ky, kx, j;
@@ -1168,7 +1256,11 @@ TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, i
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
             int8_t *dst = out + (oy * p->out_w + ox) * p->c;
-            for (c0 = 0; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
+            c0 = 0;
+#if defined(TINYML_USE_DSP) || defined(TINYML_USE_MVE)
+            if (!p->rescale) c0 = tinyml_maxpool_simd(p, in, dst, y0, x0);
+#endif
+            for (; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
                 const int32_t n = p->c - c0 < TINYML_POOL_CHUNK ? p->c - c0 : TINYML_POOL_CHUNK;
                 int32_t m[TINYML_POOL_CHUNK];
                 for (j = 0; j < n; j++) m[j] = -128;
