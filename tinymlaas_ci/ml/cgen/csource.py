@@ -7,21 +7,36 @@ Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as 
 of ``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout
 and are transposed on the way in and out when the two orders differ. Weights are int8
 ``[OC][KH][KW][IC/groups]``: one contiguous row of ``K = KH * KW * IC/groups`` values per output
-channel. Every convolution and fully connected layer is a set of dot products between a weight
-row and an input column: the layer's input itself for a fully connected layer, an im2col copy of
-the receptive field (padded with the input zero point) for a convolution. The bias is stored
-pre-corrected as ``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals
-``bias + sum(w * (x - zp_in))`` exactly and padding contributes nothing in real terms.
-Depthwise convolution, pooling, Add and the layout changes are direct loops.
+channel (the Arm DSP build stores each pair of rows interleaved, see below). Every convolution
+and fully connected layer is a set of dot products between a weight row and an input column: the
+layer's input itself for a fully connected layer, an im2col copy of the receptive field (padded
+with the input zero point) for a convolution. The bias is stored pre-corrected as
+``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
+exactly and padding contributes nothing in real terms. Depthwise convolution has its weights as
+``[KH][KW][C]`` (the channels of one tap contiguous) and runs direct loops with the channels
+innermost; pooling, Add and the layout changes are direct loops too.
 
-The dot products have one implementation per instruction set, chosen at compile time by the
-target's predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
+The kernels have one implementation per instruction set, chosen at compile time by the target's
+predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
 
-* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8`` from
-  ``<arm_mve.h>``, the tail by a ``vctp8q`` predicate with zeroing loads;
-* ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33): four int8 values per 32-bit load, split by
-  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``
-  (``<arm_acle.h>``), four weight rows per column load;
+* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium, ``<arm_mve.h>``): dot products 16 int8 lanes per
+  ``vmladavaq_s8``, four weight rows per column vector, whole vectors unpredicated and the tail
+  by a ``vctp8q`` predicate with zeroing loads (a predicate costs a ``VPST`` per load). Depthwise
+  convolution keeps 16 channels of one output pixel in four ``int32x4`` accumulators: per tap
+  four ``vldrbq_s32`` (4 int8 values sign-extended to int32) of the input and of the weights,
+  ``vmulq`` and ``vaddq`` (MVE has no vector-by-vector multiply-accumulate). Max pooling is
+  ``vmaxq_s8`` on 16 channels;
+* ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33, ``<arm_acle.h>``): a convolution takes two output
+  positions at a time (CMSIS-NN's ``arm_nn_mat_mult_kernel_s8_s16`` scheme): their two im2col
+  columns are widened once to int16 in ``__sxtb16`` order and interleaved, and two output
+  channels are computed against both: per 4 values one load of the columns' four words, two
+  weight words split by ``__sxtb16`` / ``SXTB16 ROR 8`` and eight ``__smlad``, 16 MACs in about
+  19 instructions, all in registers. For that the generator emits each pair of weight rows
+  interleaved (a word of each row per 4 values) for this path only, in place of the plain rows,
+  so flash does not grow. Fully connected layers use four weight rows per input word. Depthwise
+  convolution takes four channels per 32-bit word, ``__sxtb16`` into halfword pairs and
+  ``__smlabb`` / ``__smlatt`` into four accumulators; max pooling four channels per word with
+  ``__ssub8`` and ``__sel``;
 * ``__AVX512VNNI__`` with AVX-512 BW/VL (x86-64 hosts): convolutions keep 16 output channels in
   the lanes of a vector and accumulate with ``VPDPBUSD`` against a second, interleaved copy of the
   weights (``[G][K/4][OC/G rounded up to 16][4]``, emitted only for this path). ``VPDPBUSD``
@@ -31,7 +46,12 @@ target's predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one a
   instead of an im2col column. Requantization, Add and pooling run 16 lanes at a time;
 * ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
   ``_mm256_madd_epi16``;
-* otherwise a portable C loop.
+* otherwise portable C loops.
+
+At the border of the image a depthwise tap outside reads the input zero point (the bias is
+corrected for every tap), and the taps of an output pixel inside the image are read with no
+tests. A convolution's scratch (``6 * K`` bytes, ``K`` rounded up to 4) holds the DSP path's two
+int8 columns and their int16 widening; the other paths use its first ``K`` bytes.
 
 Integer sums are exact, so every path gives bit-identical results: the tests build each path and
 compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on the host and
@@ -39,9 +59,13 @@ compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on 
 paths on any host with C definitions of the intrinsics, so their loop logic is also tested
 where no Arm toolchain is at hand.
 
-Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``;
-it relies on ``>>`` of a negative ``int32_t`` being an arithmetic shift, which GCC, Clang and
-Arm Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
+Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``,
+about a dozen instructions on Arm: the rounding doubling high multiply as one ``SMULL``/``SMLAL``
+and a 64-bit add (``floor((x * m + 2^30) / 2^31)``, equal to gemmlowp's nudge-and-truncate for
+every multiplier but ``INT32_MIN``, which never occurs), and the rounding shift with ties away
+from zero as ``(t >> r) + ((t >> (r - 1)) & 1)`` with ``t = x - 1`` for negative ``x``. It
+relies on ``>>`` of a negative integer being an arithmetic shift, which GCC, Clang and Arm
+Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
 padded input copy on the stack (host builds only).
 """
 
@@ -185,9 +209,11 @@ static inline int32_t tinyml_vmladavaq_s8(int32_t acc, tinyml_s8x16 a, tinyml_s8
     for (i = 0; i < 16; i++) acc += (int32_t)a.v[i] * b.v[i];
     return acc;
 }
-/* Four int32 lanes: 4 int8 values sign-extended (VLDRB.S32), multiply-accumulate (VMLA). */
+/* Four int32 lanes: 4 int8 values sign-extended (VLDRB.S32), multiplied and added. */
 typedef struct { int32_t v[4]; } tinyml_s32x4;
-static inline tinyml_pred tinyml_vctp32q(uint32_t n) { return (tinyml_pred)(n >= 4 ? 0xffffu : ((1u << (4 * n)) - 1u)); }
+static inline tinyml_pred tinyml_vctp32q(uint32_t n) {
+    return (tinyml_pred)(n >= 4 ? 0xffffu : ((1u << (4 * n)) - 1u));
+}
 static inline tinyml_s32x4 tinyml_vldrbq_z_s32(const int8_t *p, tinyml_pred m) {
     tinyml_s32x4 r;
     int i;
@@ -583,8 +609,8 @@ static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
         }
     }
     for (; o < n; o++) {
-        int32_t v = tinyml_requantize(tinyml_dot1(x, w + (size_t)o * (size_t)k, k, bias[o]), mult[o], shift[o]) + out_zp;
-        dst[o * dst_stride] = tinyml_clamp(v, act_min, act_max);
+        const int32_t acc = tinyml_dot1(x, w + (size_t)o * (size_t)k, k, bias[o]);
+        dst[o * dst_stride] = tinyml_clamp(tinyml_requantize(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
     }
 }
 #if defined(__GNUC__) && !defined(__clang__)
@@ -880,8 +906,8 @@ static inline void tinyml_dot1x2(const uint32_t *x, const int8_t *w, int32_t k, 
     acc[1] = b;
 }
 
-static inline int8_t tinyml_out1(const tinyml_conv_t *p, int32_t acc, int32_t ch) {
-    return tinyml_clamp(tinyml_requantize(acc, p->mult[ch], p->shift[ch]) + p->out_zp, p->act_min, p->act_max);
+static inline int8_t tinyml_out1(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi) {
+    return tinyml_clamp(tinyml_requantize(acc, mult, shift) + zp, lo, hi);
 }
 
 /* Convolution, two output positions at a time: their im2col columns widened to int16 once, then
@@ -892,6 +918,10 @@ static void tinyml_conv_dsp(const tinyml_conv_t *p, const int8_t *in, int8_t *ou
     const int32_t k = icg * p->kh * p->kw, k4 = (k + 3) & ~3, npos = p->out_h * p->out_w;
     uint32_t *const wide = (uint32_t *)(void *)col;
     int8_t *const col0 = col + 4 * k4, *const col1 = col0 + k4;
+    /* Locals, not p->...: the int8 output stores could alias them and force reloads. */
+    const int8_t *const weight = p->weight;
+    const int32_t *const bias = p->bias, *const mult = p->mult, *const shift = p->shift;
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
     int32_t pos, g, o;
     for (pos = 0; pos < npos; pos += 2) {
         const int32_t pair = pos + 1 < npos;
@@ -903,22 +933,28 @@ static void tinyml_conv_dsp(const tinyml_conv_t *p, const int8_t *in, int8_t *ou
             tinyml_widen2(col0, pair ? col1 : col0, k, wide);
             for (o = g * ocg; o + 2 <= end; o += 2) {
                 int32_t acc[4];
-                acc[0] = acc[1] = p->bias[o];
-                acc[2] = acc[3] = p->bias[o + 1];
-                tinyml_dot2x2(wide, p->weight + o * k, k, acc);
-                dst0[o] = tinyml_out1(p, acc[0], o);
-                dst0[o + 1] = tinyml_out1(p, acc[2], o + 1);
-                if (pair) {
-                    dst1[o] = tinyml_out1(p, acc[1], o);
-                    dst1[o + 1] = tinyml_out1(p, acc[3], o + 1);
+                acc[0] = acc[1] = bias[o];
+                acc[2] = acc[3] = bias[o + 1];
+                tinyml_dot2x2(wide, weight + o * k, k, acc);
+                {
+                    const int8_t v0 = tinyml_out1(acc[0], mult[o], shift[o], zp, lo, hi);
+                    const int8_t v1 = tinyml_out1(acc[1], mult[o], shift[o], zp, lo, hi);
+                    const int8_t v2 = tinyml_out1(acc[2], mult[o + 1], shift[o + 1], zp, lo, hi);
+                    const int8_t v3 = tinyml_out1(acc[3], mult[o + 1], shift[o + 1], zp, lo, hi);
+                    dst0[o] = v0;
+                    dst0[o + 1] = v2;
+                    if (pair) {
+                        dst1[o] = v1;
+                        dst1[o + 1] = v3;
+                    }
                 }
             }
             if (o < end) {
                 int32_t acc[2];
-                acc[0] = acc[1] = p->bias[o];
-                tinyml_dot1x2(wide, p->weight + o * k, k, acc);
-                dst0[o] = tinyml_out1(p, acc[0], o);
-                if (pair) dst1[o] = tinyml_out1(p, acc[1], o);
+                acc[0] = acc[1] = bias[o];
+                tinyml_dot1x2(wide, weight + o * k, k, acc);
+                dst0[o] = tinyml_out1(acc[0], mult[o], shift[o], zp, lo, hi);
+                if (pair) dst1[o] = tinyml_out1(acc[1], mult[o], shift[o], zp, lo, hi);
             }
         }
     }
@@ -954,6 +990,15 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
             }
         }
     }
+}
+
+/* dst[j] = clamp(requantize(acc[j]) + zp) for n channels. The constants are held in locals:
+ * an int8 store may alias anything, so read through a pointer they would be loaded again after
+ * every output. */
+static inline void tinyml_store_block(const int32_t *acc, int32_t n, const int32_t *mult, const int32_t *shift,
+                                      int32_t zp, int32_t lo, int32_t hi, int8_t *dst) {
+    int32_t j;
+    for (j = 0; j < n; j++) dst[j] = tinyml_clamp(tinyml_requantize(acc[j], mult[j], shift[j]) + zp, lo, hi);
 }
 
 /* The input of tap (ky, kx) for channel c on, or zp (in_zp bytes) for a tap outside the image. */
@@ -1128,9 +1173,7 @@ TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in,
                                       p->weight[(ky * p->kw + kx) * C + c + j];
                 }
 #endif
-                for (j = 0; j < n; j++)
-                    dst[c + j] = tinyml_clamp(tinyml_requantize(acc[j], p->mult[c + j], p->shift[c + j]) + p->out_zp,
-                                              p->act_min, p->act_max);
+                tinyml_store_block(acc, n, p->mult + c, p->shift + c, p->out_zp, p->act_min, p->act_max, dst + c);
             }
         }
     }
