@@ -1130,7 +1130,7 @@ static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *in, int32
 TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t C = p->out_c, mult = C / p->in_c;
     int8_t zp[16];
-    int32_t c, j, o, oy, ox, ky, kx;
+    int32_t c, o, oy, ox, ky, kx;
     memset(zp, (uint8_t)p->in_zp, sizeof zp);
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->sh - p->pad_t;
@@ -1164,6 +1164,7 @@ TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in,
 #if defined(TINYML_USE_MVE)
                 tinyml_dw_mve(p, in, y0, x0, c, n, border, zp, acc);
 #else
+                int32_t j;
                 for (j = 0; j + 4 <= n; j += 4) tinyml_dw_4(p, in, y0, x0, c + j, border, zp, acc + j);
                 for (; j < n; j++) {
                     acc[j] = p->bias[c + j];
