@@ -14,7 +14,9 @@
 plus ``tinyml_kernel_path`` (which kernel path the build selected: ``portable``, ``dsp``,
 ``mve``, ``avx512vnni`` or ``avx2``). ``model.c`` holds every weight, bias and requantization
 constant as a ``static const`` array (flash on a microcontroller; the extra arrays of the AVX-512
-path sit behind ``#if`` and never reach an Arm build), one static arena laid out by
+path sit behind ``#if`` and never reach an Arm build, and a convolution's weights are emitted
+twice behind ``#if``: row pairs interleaved for the Arm DSP path, plain rows for the others, so
+each build holds one copy), one static arena laid out by
 :mod:`tinymlaas_ci.ml.cgen.arena`, and ``tinyml_model_run``: one kernel call per operator, plus a
 layout change where an image tensor enters or leaves channels-last storage (the model input,
 the output, a Flatten/Reshape of an image). The first operator reads the caller's input buffer
@@ -23,7 +25,8 @@ buffer, so neither takes arena space.
 
 :func:`layout` turns the IR into these calls (:class:`Step`) over physical buffers: a Reshape
 between tensors stored alike is an alias (no code, no memory), and each call's scratch (the
-im2col columns of a convolution: ``6 * K`` bytes, ``K`` rounded up to 4) is a buffer live during that call.
+im2col columns of a convolution: ``6 * K`` bytes, ``K`` rounded up to 4) is a buffer live
+during that call.
 """
 
 from __future__ import annotations
