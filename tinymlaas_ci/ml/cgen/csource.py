@@ -621,7 +621,7 @@ typedef struct {
     int32_t in_c, in_h, in_w, out_c, out_h, out_w;
     int32_t kh, kw, sh, sw, pad_t, pad_l, groups;
     int32_t in_zp, out_zp, act_min, act_max;
-    const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] */
+    const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] (DSP: row pairs interleaved); depthwise [kh][kw][out_c] */
     const int32_t *bias;   /* bias - in_zp * sum(weight row) */
     const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
     const int32_t *mult;
