@@ -1,6 +1,7 @@
 """Instructions per MAC, flash and RAM of int8 models on the emulated Cortex-M boards.
 
-    python benchmarks/mcu.py [--boards mps2-an386,mps3-an547] [--model-dir DIR ...] [--samples 20]
+    python benchmarks/mcu.py [--boards mps2-an386,mps3-an547] [--generated digits,resnet8,dscnn]
+                             [--layers] [--model-dir DIR ...] [--samples 20]
                              [--out benchmarks/results/mcu.md]
 
 For each model and board: build the firmware (the device budgets of the board preset), run
@@ -11,18 +12,38 @@ RAM and the measured stack high-water. Instruction counts are exact and determin
 pass is enough; the latency column is instructions / the board's clock, an estimate (QEMU has
 no timing model).
 
-Without ``--model-dir`` the models are the hand-written int8 MLP test fixtures: a plain C MAC
-loop (the portable baseline) and the same model with a simple SMLAD (DSP) or Helium (MVE) dot
-product; all are checked bit for bit against their numpy reference. A ``--model-dir`` holds a
-generated ``model.h``/``model.c``; every row shows the ratio of its instructions per MAC to the
-plain-C baseline (784-256-128-10) on the same board.
+The models are, first, the hand-written int8 MLP test fixtures: a plain C MAC loop (the
+portable baseline) and the same model with a simple SMLAD (DSP) or Helium (MVE) dot product.
+Then the generated models named by ``--generated``, built here from torch the way the compile
+stage's ``runtime: c`` builds them (fp32 ONNX, static int8 QDQ per channel through
+:func:`~tinymlaas_ci.ml.cgen.quantize_qdq`, C from :func:`~tinymlaas_ci.ml.cgen.generate_c`):
+
+* ``digits``: the example digits CNN (``uploads/digits-cnn/model.pkl``, 1x8x8) compiled by
+  :func:`~tinymlaas_ci.ml.c_runtime.compile_c` with 256 calibration samples of its train split;
+* ``resnet8``: MLPerf Tiny's image-classification ResNet-8 (3x32x32, untrained);
+* ``dscnn``: MLPerf Tiny's keyword-spotting DS-CNN (1x49x10, 64 channels, depthwise-separable,
+  untrained);
+* ``mobilenet``: a width-0.25 MobileNet-v1 of the visual-wake-words shape on 3x48x48 (untrained).
+
+Untrained models have the same instruction counts as trained ones of their shape (the kernels
+have no data-dependent branches apart from clamping). Every model's outputs on the boards are
+checked bit for bit against the numpy integer reference (:mod:`tinymlaas_ci.ml.cgen.reference`
+for the generated ones). A ``--model-dir`` adds a folder that already holds a generated
+``model.h``/``model.c`` (not checked). Every row shows the ratio of its instructions per MAC to
+the plain-C baseline (784-256-128-10) on the same board. ``--layers`` adds a per-layer
+breakdown of the generated models on the Cortex-M4 and Cortex-M55 boards: the firmware is
+rebuilt with ``tinyml_model_run`` returning after each step in turn, and a step's instructions
+are the difference of two consecutive counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,6 +66,131 @@ FIXTURES = {
     "mlp 784-256-128-10 (SMLAD / MVE dot)": ((784, 256, 128, 10), True),
 }
 BASELINE = "mlp 784-256-128-10 (plain C)"
+GENERATED = {
+    "digits": "digits CNN (generated)",
+    "resnet8": "ResNet-8 (generated)",
+    "dscnn": "DS-CNN (generated)",
+    "mobilenet": "MobileNet-v1 0.25 (generated)",
+}
+DEFAULT_GENERATED = "digits,resnet8,dscnn"
+LAYER_BOARDS = ("mps2-an386", "mps3-an547")
+
+
+def _digits(tmp: Path) -> Path:
+    """The example digits CNN through the compile stage's runtime c path; returns the int8 ONNX."""
+    from tinymlaas_ci.ml.c_runtime import compile_c
+    from tinymlaas_ci.spec.models import Compression
+
+    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "uploads" / "digits-cnn" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    splits = train.make_splits()
+    data = {f"x_{k}": train.to_inputs(v[0]) for k, v in splits.items()}
+    data.update({f"y_{k}": v[1] for k, v in splits.items()})
+    compiled = compile_c(
+        ROOT / "uploads" / "digits-cnn" / "model.pkl",
+        tmp,
+        compression=Compression(quantization="static-int8", per_channel=True, calibration_samples=256),
+        data=data,
+    )
+    return compiled.compiled.deployed
+
+
+def _untrained(name: str, tmp: Path) -> Path:
+    """An untrained network of MLPerf Tiny's shape, static int8 on 64 uniform [-1, 1) samples."""
+    import torch
+
+    from tests.cgen import nets
+    from tinymlaas_ci.ml import formats
+    from tinymlaas_ci.ml.cgen import quantize_qdq
+
+    cls = {"resnet8": nets.ResNet8, "dscnn": nets.DSCNN, "mobilenet": nets.MobileNetV1}[name]
+    torch.manual_seed(0)
+    model = cls().eval()
+    tmp.mkdir(parents=True, exist_ok=True)
+    formats.export_onnx(model, tmp / "fp32.onnx", cls.input_shape)
+    calib = np.random.default_rng(0).uniform(-1, 1, (64, *cls.input_shape)).astype(np.float32)
+    quantize_qdq(tmp / "fp32.onnx", tmp / "int8.onnx", calib)
+    return tmp / "int8.onnx"
+
+
+def generated_model(name: str, tmp: Path):
+    """(C folder, reference function over int8 [n, input_size], CModelInfo) of one generated model."""
+    from tinymlaas_ci.ml.cgen import generate_from_graph
+    from tinymlaas_ci.ml.cgen.parse import load_graph
+    from tinymlaas_ci.ml.cgen.reference import run_graph
+
+    onnx_path = _digits(tmp) if name == "digits" else _untrained(name, tmp)
+    graph = load_graph(onnx_path)
+    info = generate_from_graph(graph, tmp / "cgen")
+    shape = graph.tensors[graph.input].shape
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return np.stack([run_graph(graph, s.reshape(shape)).reshape(-1) for s in x])
+
+    return info.out_dir, reference, info
+
+
+_STEP_RE = re.compile(r"^    (tinyml_\w+|for \(|memcpy\()")
+_TAG_RE = re.compile(r"/\* (l\d+): (\S+) (.*) -> (\[[^\]]*\]) \*/")
+
+
+def _steps(model_c: str) -> tuple[list[str], int, list[tuple[int, str]]]:
+    """model.c's lines, the index of tinyml_model_run's first line, and its top-level calls."""
+    lines = model_c.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("int tinyml_model_run("))
+    steps, i = [], start + 1
+    while lines[i] != "}":
+        if _STEP_RE.match(lines[i]):
+            first = i
+            if lines[i].startswith("    for ("):
+                while lines[i] != "    }":
+                    i += 1
+            steps.append((i, lines[first].strip()))
+        i += 1
+    return lines, start, steps
+
+
+def layer_breakdown(folder: Path, info, board: str, work: Path) -> list[dict]:
+    """Instructions of every call in tinyml_model_run on ``board``: prefix counts, differenced.
+
+    After every call the run returns when a volatile counter says so; only its initial value
+    differs between the builds, so the code (inlining, constants) is the same in all of them.
+    """
+    lines, start, steps = _steps((folder / "model.c").read_text())
+    text = "\n".join(lines)
+    tags = {m.group(1): (m.group(2), m.group(3), m.group(4)) for m in _TAG_RE.finditer(text)}
+    macs = {op["name"]: op["macs"] for op in info.ops}
+    x = np.random.default_rng(0).integers(-128, 128, size=(1, info.input_size)).astype(np.int8)
+    arena = next(i for i, ln in enumerate(lines) if ln == "    (void)arena;")
+    counts = []
+    for n in range(len(steps) + 1):
+        cut = work / f"model-{n}"
+        if cut.exists():
+            shutil.rmtree(cut)
+        shutil.copytree(folder, cut)
+        body = list(lines)
+        for at in sorted([arena] + [line for line, _call in steps], reverse=True):
+            body.insert(at + 1, "    if (tinyml_bench_steps-- == 0) return 0;")
+        body.insert(start, f"volatile int tinyml_bench_steps = {n};")
+        (cut / "model.c").write_text("\n".join(body))
+        fw = build_firmware(cut, board, out_dir=work / f"fw-{n}")
+        counts.append(run_on_board(fw, x).instructions[0])
+    rows = []
+    for n, (_line, call) in enumerate(steps):
+        fn = call.split("(")[0]
+        tag = re.search(r"&(l\d+)", call)
+        what = tags.get(tag.group(1)) if tag else None
+        name = what[1] if what else ""
+        rows.append(
+            {
+                "step": n,
+                "call": fn if what is None else f"{fn} ({what[0]} {what[2]})",
+                "macs": macs.get(name, 0),
+                "instructions": counts[n + 1] - counts[n],
+            }
+        )
+    return rows
 
 
 def measure(model_dir: Path, board: str, samples: int, work: Path, reference=None) -> dict:
@@ -99,19 +245,38 @@ def throughput(fw, samples: int, rounds: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--boards", default=",".join(sorted(BOARDS)))
+    parser.add_argument(
+        "--generated",
+        default=DEFAULT_GENERATED,
+        help=f"comma-separated generated models out of {', '.join(GENERATED)} ('' for none)",
+    )
+    parser.add_argument(
+        "--fixtures", action=argparse.BooleanOptionalAction, default=True, help="measure the hand-written MLPs"
+    )
+    parser.add_argument("--layers", action="store_true", help="per-layer breakdown of the generated models")
     parser.add_argument("--model-dir", action="append", default=[], type=Path)
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput measurement")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mcu.md")
     args = parser.parse_args()
     boards = [b for b in args.boards.split(",") if b]
+    generated = [g for g in args.generated.split(",") if g]
+    unknown = sorted(set(generated) - set(GENERATED))
+    if unknown:
+        parser.error(f"unknown generated model(s) {', '.join(unknown)}; choose from {', '.join(GENERATED)}")
     rows = []
+    layers = []
     with tempfile.TemporaryDirectory(prefix="tinymlaas-mcu-bench-") as tmp:
         tmp = Path(tmp)
         models = []
-        for name, (sizes, simd) in FIXTURES.items():
+        for name, (sizes, simd) in FIXTURES.items() if args.fixtures else ():
             fixture = make_mlp(sizes, seed=0)
             models.append((name, fixture.write(tmp / f"model-{len(models)}", simd=simd), fixture.reference))
+        infos = {}
+        for g in generated:
+            folder, reference, info = generated_model(g, tmp / f"gen-{g}")
+            models.append((GENERATED[g], folder, reference))
+            infos[GENERATED[g]] = info
         models += [(f"{d.name} (generated)", d.resolve(), None) for d in args.model_dir]
         for name, folder, reference in models:
             for board in boards:
@@ -121,12 +286,18 @@ def main() -> int:
                 if name == BASELINE:
                     row["throughput"] = throughput(row["fw"], args.samples, args.rounds)
                 print(f"{name:36s} {board:12s} {row['ipm']:.2f} instructions/MAC", flush=True)
+                if args.layers and name in infos and board in LAYER_BOARDS:
+                    for layer in layer_breakdown(folder, infos[name], board, tmp / f"layers-{len(rows)}"):
+                        layers.append({"model": name, "board": board, "total": row["ipi"]["median"], **layer})
     baseline = {r["board"]: r["ipm"] for r in rows if r["model"] == BASELINE}
     lines = [
         "# Int8 models on Cortex-M boards (QEMU)",
         "",
-        f"`python benchmarks/mcu.py --samples {args.samples} --rounds {args.rounds}`"
+        f"`python benchmarks/mcu.py --samples {args.samples} --rounds {args.rounds}"
+        + (f" --generated {args.generated}" if args.generated != DEFAULT_GENERATED else "")
+        + (" --layers" if args.layers else "")
         + "".join(f" --model-dir {d}" for d in args.model_dir)
+        + "`"
         + f": {args.samples} random int8 inputs per model and board, instructions counted exactly",
         "between the firmware's two marker functions by the QEMU instruction-count plugin (identical",
         "across runs). Flash and RAM are read from the linked image; stack is the measured high-water.",
@@ -140,8 +311,8 @@ def main() -> int:
         "## Instructions per MAC",
         "",
         "| model | board | core | MACs | instructions/inference median (min-max) | instructions/MAC | goal | "
-        "vs plain C | latency estimate ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "vs plain C | latency estimate ms | outputs |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ipi = r["ipi"]
@@ -150,8 +321,27 @@ def main() -> int:
         lines.append(
             f"| {r['model']} | {r['board']} | {r['cpu']} | {r['macs']} | {ipi['median']:.0f} "
             f"({ipi['min']}-{ipi['max']}) | {r['ipm']:.2f} | {'-' if goal is None else f'<= {goal}'} | "
-            f"{'-' if ratio is None else f'{ratio:.2f}x'} | {r['latency_ms']:.3f} @ {r['clock_mhz']:g} MHz |"
+            f"{'-' if ratio is None else f'{ratio:.2f}x'} | {r['latency_ms']:.3f} @ {r['clock_mhz']:g} MHz | "
+            f"{'bit-exact' if r['bit_exact'] else 'not checked'} |"
         )
+    if layers:
+        lines += [
+            "",
+            "## Per layer",
+            "",
+            "Instructions of each call in `tinyml_model_run` (one input; the firmware rebuilt to return",
+            "after each call in turn, consecutive counts differenced). Layout changes and pooling count",
+            "instructions but no MACs.",
+            "",
+            "| model | board | step | call | MACs | instructions | instructions/MAC | share |",
+            "|---|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in layers:
+            ipm = f"{r['instructions'] / r['macs']:.2f}" if r["macs"] else "-"
+            lines.append(
+                f"| {r['model']} | {r['board']} | {r['step']} | {r['call']} | {r['macs']} | {r['instructions']} | "
+                f"{ipm} | {100 * r['instructions'] / r['total']:.1f}% |"
+            )
     lines += [
         "",
         "## Flash and RAM",

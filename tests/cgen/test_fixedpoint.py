@@ -67,3 +67,45 @@ def test_tiny_and_invalid_factors():
         quantize_multiplier(2.0**31)
     with pytest.raises(TinymlError, match="not a finite"):
         quantize_multiplier(float("nan"))
+
+
+def _edge_cases(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random int32 inputs and multipliers, the extremes, and products that fall exactly on a tie."""
+    x = rng.integers(-(2**31), 2**31, n, dtype=np.int64)
+    m = rng.integers(0, 2**31, n, dtype=np.int64)
+    shift = rng.integers(-31, 8, n, dtype=np.int64)
+    x[:8] = [-(2**31), 2**31 - 1, -1, 0, 1, -(2**30), 2**30, -(2**31) + 1]
+    m[:8] = [2**31 - 1, 2**31 - 1, 2**30, 2**31 - 1, 2**30, 2**30, 2**30, 2**31 - 1]
+    # x * 2^30 / 2^31 = x / 2: ties of the high multiply; then ties of the shift for small x.
+    ties = slice(8, n // 2)
+    x[ties] = rng.integers(-(2**12), 2**12, n // 2 - 8)
+    m[ties] = 2**30
+    shift[ties] = rng.integers(-6, 1, n // 2 - 8)
+    return x, m, shift
+
+
+@pytest.mark.parametrize("path", ["portable", "dsp-emulated", "mve-emulated", "native"])
+def test_the_c_requantization_matches_numpy(tmp_path, cc, path):
+    import ctypes
+    import subprocess
+
+    from tests.cgen.conftest import PATHS
+    from tinymlaas_ci.ml.cgen.csource import KERNELS_H
+
+    (tmp_path / "kernels.h").write_text(KERNELS_H)
+    (tmp_path / "rq.c").write_text(
+        '#include "kernels.h"\n'
+        "void rq(const int32_t *x, const int32_t *m, const int32_t *s, int32_t *out, int n) {\n"
+        "    int i;\n"
+        "    for (i = 0; i < n; i++) out[i] = tinyml_requantize(x[i], m[i], s[i]);\n"
+        "}\n"
+    )
+    lib = tmp_path / "rq.so"
+    subprocess.run([cc, *PATHS[path], "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "rq.c")], check=True)
+    x, m, shift = _edge_cases(np.random.default_rng(7), 4000)
+    want = requantize(x, m, shift)
+    args = [np.ascontiguousarray(a, dtype=np.int32) for a in (x, m, shift)]
+    out = np.zeros(len(x), np.int32)
+    ptr = ctypes.POINTER(ctypes.c_int32)
+    ctypes.CDLL(str(lib)).rq(*(a.ctypes.data_as(ptr) for a in (*args, out)), ctypes.c_int(len(x)))
+    np.testing.assert_array_equal(out, want)

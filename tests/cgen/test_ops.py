@@ -2,7 +2,8 @@
 
 Each example is a small torch model exported to ONNX and quantized by ONNX Runtime (static
 int8, QDQ, per-channel weights) on calibration data whose range hypothesis draws, so the
-activation zero points vary too. The C is built with the native kernels and the portable ones.
+activation zero points vary too. The C is built for every kernel path the host can run (native,
+portable, AVX2, and the Arm DSP and MVE paths with C definitions of their intrinsics).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.cgen.conftest import assert_bit_exact, build, quantized
+from tests.cgen.conftest import PATHS, assert_bit_exact, build, quantized
 
 pytestmark = pytest.mark.usefixtures("cc")
 
@@ -30,7 +31,7 @@ RANGES = st.sampled_from([(-1.0, 1.0), (0.0, 1.0), (-3.0, 0.5), (-0.2, 2.0)])
 def check(module, shape, tmp_path, calib_range, *, ops=None):
     torch.manual_seed(0)
     path = quantized(module, shape, tmp_path, lo=calib_range[0], hi=calib_range[1])
-    graph, info, models = build(path, tmp_path, paths=("native", "portable"))
+    graph, info, models = build(path, tmp_path, paths=tuple(PATHS))
     if ops is not None:
         assert {op["kernel"] for op in info.ops} >= set(ops), info.ops
     want = assert_bit_exact(graph, models, n=6)
@@ -242,3 +243,36 @@ def test_reshape_between_images(tmp_path_factory, c, hw, calib):
 def test_conv_reading_kernel_rows_in_place(tmp_path, cin, cout, k, stride, pad, hw):
     # kw * C a multiple of 4: the AVX-512 path reads kernel rows from a padded copy, no im2col.
     check(ConvNet(cin, cout, k, stride, pad, 1, "relu"), (cin, hw, hw), tmp_path, (-1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "c, mult, k, stride, pad, hw",
+    [
+        (5, 1, (3, 3), (1, 1), (1, 1), 6),  # fewer channels than one vector, not a multiple of 4
+        (18, 1, (3, 3), (2, 2), (1, 1), 7),  # one 16-channel vector and a tail of 2
+        (36, 1, (3, 3), (1, 1), (1, 1), 5),  # two vectors and a tail of 4; a narrow image: mostly border
+        (20, 1, (5, 5), (1, 1), (2, 2), 6),
+        (6, 2, (3, 3), (1, 1), (1, 1), 5),  # channel multiplier 2
+    ],
+)
+def test_depthwise_channel_counts(tmp_path, c, mult, k, stride, pad, hw):
+    check(ConvNet(c, c * mult, k, stride, pad, c, "relu"), (c, hw, hw), tmp_path, (-1.0, 1.0), ops=["depthwise"])
+
+
+@pytest.mark.parametrize(
+    "cin, cout, k, stride, pad, hw",
+    [
+        (1, 16, (3, 3), (1, 1), (1, 1), 8),  # the digits CNN's first layer: K = 9
+        (1, 7, (10, 4), (2, 2), (5, 1), 12),  # DS-CNN's: K = 40, an odd channel count
+        (3, 16, (3, 3), (1, 1), (1, 1), 9),  # ResNet-8's: K = 27
+        (3, 5, (3, 3), (2, 2), (1, 1), 7),  # odd channels and an odd number of positions
+    ],
+)
+def test_first_convs_with_few_input_channels(tmp_path, cin, cout, k, stride, pad, hw):
+    check(ConvNet(cin, cout, k, stride, pad, 1, "none"), (cin, hw, hw), tmp_path, (0.0, 1.0), ops=["conv"])
+
+
+@pytest.mark.parametrize("c, k, stride, pad", [(19, 2, 2, 0), (35, 3, 2, 1), (6, 3, 1, 1)])
+def test_maxpool_channel_counts(tmp_path, c, k, stride, pad):
+    # c + 1 channels: whole 16-byte vectors (MVE), 4-byte words (DSP) and a scalar tail.
+    check(PoolNet(c, "max", k, stride, pad, False), (c, 7, 7), tmp_path, (-1.0, 1.0), ops=["maxpool"])

@@ -7,21 +7,36 @@ Activations are int8 and stored channels-last (an image tensor ``(C, H, W)`` as 
 of ``C`` channels, as CMSIS-NN does); the model's input and output keep the model's NCHW layout
 and are transposed on the way in and out when the two orders differ. Weights are int8
 ``[OC][KH][KW][IC/groups]``: one contiguous row of ``K = KH * KW * IC/groups`` values per output
-channel. Every convolution and fully connected layer is a set of dot products between a weight
-row and an input column: the layer's input itself for a fully connected layer, an im2col copy of
-the receptive field (padded with the input zero point) for a convolution. The bias is stored
-pre-corrected as ``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals
-``bias + sum(w * (x - zp_in))`` exactly and padding contributes nothing in real terms.
-Depthwise convolution, pooling, Add and the layout changes are direct loops.
+channel (the Arm DSP build stores each pair of rows interleaved, see below). Every convolution
+and fully connected layer is a set of dot products between a weight row and an input column: the
+layer's input itself for a fully connected layer, an im2col copy of the receptive field (padded
+with the input zero point) for a convolution. The bias is stored pre-corrected as
+``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
+exactly and padding contributes nothing in real terms. Depthwise convolution has its weights as
+``[KH][KW][C]`` (the channels of one tap contiguous) and runs direct loops with the channels
+innermost; pooling, Add and the layout changes are direct loops too.
 
-The dot products have one implementation per instruction set, chosen at compile time by the
-target's predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
+The kernels have one implementation per instruction set, chosen at compile time by the target's
+predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
 
-* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium): 16 int8 lanes per ``vmladavaq_s8`` from
-  ``<arm_mve.h>``, the tail by a ``vctp8q`` predicate with zeroing loads;
-* ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33): four int8 values per 32-bit load, split by
-  ``__sxtb16`` into two pairs of int16 and multiplied-accumulated two at a time by ``__smlad``
-  (``<arm_acle.h>``), four weight rows per column load;
+* ``__ARM_FEATURE_MVE`` (Cortex-M55, Helium, ``<arm_mve.h>``): dot products 16 int8 lanes per
+  ``vmladavaq_s8``, four weight rows per column vector, whole vectors unpredicated and the tail
+  by a ``vctp8q`` predicate with zeroing loads (a predicate costs a ``VPST`` per load). Depthwise
+  convolution keeps 16 channels of one output pixel in four ``int32x4`` accumulators: per tap
+  four ``vldrbq_s32`` (4 int8 values sign-extended to int32) of the input and of the weights,
+  ``vmulq`` and ``vaddq`` (MVE has no vector-by-vector multiply-accumulate). Max pooling is
+  ``vmaxq_s8`` on 16 channels;
+* ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33, ``<arm_acle.h>``): a convolution takes two output
+  positions at a time (CMSIS-NN's ``arm_nn_mat_mult_kernel_s8_s16`` scheme): their two im2col
+  columns are widened once to int16 in ``__sxtb16`` order and interleaved, and two output
+  channels are computed against both: per 4 values one load of the columns' four words, two
+  weight words split by ``__sxtb16`` / ``SXTB16 ROR 8`` and eight ``__smlad``, 16 MACs in about
+  19 instructions, all in registers. For that the generator emits each pair of weight rows
+  interleaved (a word of each row per 4 values) for this path only, in place of the plain rows,
+  so flash does not grow. Fully connected layers use four weight rows per input word. Depthwise
+  convolution takes four channels per 32-bit word, ``__sxtb16`` into halfword pairs and
+  ``__smlabb`` / ``__smlatt`` into four accumulators; max pooling four channels per word with
+  ``__ssub8`` and ``__sel``;
 * ``__AVX512VNNI__`` with AVX-512 BW/VL (x86-64 hosts): convolutions keep 16 output channels in
   the lanes of a vector and accumulate with ``VPDPBUSD`` against a second, interleaved copy of the
   weights (``[G][K/4][OC/G rounded up to 16][4]``, emitted only for this path). ``VPDPBUSD``
@@ -31,7 +46,12 @@ target's predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one a
   instead of an im2col column. Requantization, Add and pooling run 16 lanes at a time;
 * ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
   ``_mm256_madd_epi16``;
-* otherwise a portable C loop.
+* otherwise portable C loops.
+
+At the border of the image a depthwise tap outside reads the input zero point (the bias is
+corrected for every tap), and the taps of an output pixel inside the image are read with no
+tests. A convolution's scratch (``6 * K`` bytes, ``K`` rounded up to 4) holds the DSP path's two
+int8 columns and their int16 widening; the other paths use its first ``K`` bytes.
 
 Integer sums are exact, so every path gives bit-identical results: the tests build each path and
 compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on the host and
@@ -39,9 +59,13 @@ compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on 
 paths on any host with C definitions of the intrinsics, so their loop logic is also tested
 where no Arm toolchain is at hand.
 
-Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``;
-it relies on ``>>`` of a negative ``int32_t`` being an arithmetic shift, which GCC, Clang and
-Arm Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
+Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``,
+about a dozen instructions on Arm: the rounding doubling high multiply as one ``SMULL``/``SMLAL``
+and a 64-bit add (``floor((x * m + 2^30) / 2^31)``, equal to gemmlowp's nudge-and-truncate for
+every multiplier but ``INT32_MIN``, which never occurs), and the rounding shift with ties away
+from zero as ``(t >> r) + ((t >> (r - 1)) & 1)`` with ``t = x - 1`` for negative ``x``. It
+relies on ``>>`` of a negative integer being an arithmetic shift, which GCC, Clang and Arm
+Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
 padded input copy on the stack (host builds only).
 """
 
@@ -93,10 +117,45 @@ static inline int32_t tinyml_smlad(int32_t a, int32_t b, int32_t acc) {
     return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff)
                + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
 }
+static inline int32_t tinyml_smlabb(int32_t a, int32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff);
+}
+static inline int32_t tinyml_smlatt(int32_t a, int32_t b, int32_t acc) {
+    return acc + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
+}
+/* Bytewise signed max / min of two words (SSUB8 sets the GE flags, SEL picks by them). */
+static inline uint32_t tinyml_max8x4(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int8_t x = (int8_t)(a >> i), y = (int8_t)(b >> i);
+        r |= (uint32_t)(uint8_t)(x >= y ? x : y) << i;
+    }
+    return r;
+}
+static inline uint32_t tinyml_min8x4(uint32_t a, uint32_t b) {
+    uint32_t r = 0;
+    int i;
+    for (i = 0; i < 32; i += 8) {
+        const int8_t x = (int8_t)(a >> i), y = (int8_t)(b >> i);
+        r |= (uint32_t)(uint8_t)(x >= y ? y : x) << i;
+    }
+    return r;
+}
 #else
 #include <arm_acle.h>
 #define tinyml_sxtb16(x) __sxtb16((int32_t)(x))
 #define tinyml_smlad(a, b, acc) __smlad((a), (b), (acc))
+#define tinyml_smlabb(a, b, acc) __smlabb((a), (b), (acc))
+#define tinyml_smlatt(a, b, acc) __smlatt((a), (b), (acc))
+static inline uint32_t tinyml_max8x4(uint32_t a, uint32_t b) {
+    (void)__ssub8((int8x4_t)a, (int8x4_t)b);
+    return (uint32_t)__sel((uint8x4_t)a, (uint8x4_t)b);
+}
+static inline uint32_t tinyml_min8x4(uint32_t a, uint32_t b) {
+    (void)__ssub8((int8x4_t)a, (int8x4_t)b);
+    return (uint32_t)__sel((uint8x4_t)b, (uint8x4_t)a);
+}
 #endif
 static inline uint32_t tinyml_load32(const int8_t *p) {
     uint32_t v;
@@ -128,18 +187,82 @@ static inline tinyml_s8x16 tinyml_vld1q_z_s8(const int8_t *p, tinyml_pred m) {
     for (i = 0; i < 16; i++) r.v[i] = (m >> i) & 1u ? p[i] : 0;
     return r;
 }
+static inline tinyml_s8x16 tinyml_vld1q_s8(const int8_t *p) { return tinyml_vld1q_z_s8(p, 0xffffu); }
+static inline void tinyml_vst1q_s8(int8_t *p, tinyml_s8x16 v) { memcpy(p, v.v, 16); }
+static inline tinyml_s8x16 tinyml_vdupq_n_s8(int8_t x) {
+    tinyml_s8x16 r;
+    memset(r.v, (uint8_t)x, 16);
+    return r;
+}
+static inline tinyml_s8x16 tinyml_vmaxq_s8(tinyml_s8x16 a, tinyml_s8x16 b) {
+    int i;
+    for (i = 0; i < 16; i++) a.v[i] = a.v[i] >= b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
+static inline tinyml_s8x16 tinyml_vminq_s8(tinyml_s8x16 a, tinyml_s8x16 b) {
+    int i;
+    for (i = 0; i < 16; i++) a.v[i] = a.v[i] <= b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
 static inline int32_t tinyml_vmladavaq_s8(int32_t acc, tinyml_s8x16 a, tinyml_s8x16 b) {
     int i;
     for (i = 0; i < 16; i++) acc += (int32_t)a.v[i] * b.v[i];
     return acc;
 }
+/* Four int32 lanes: 4 int8 values sign-extended (VLDRB.S32), multiplied and added. */
+typedef struct { int32_t v[4]; } tinyml_s32x4;
+static inline tinyml_pred tinyml_vctp32q(uint32_t n) {
+    return (tinyml_pred)(n >= 4 ? 0xffffu : ((1u << (4 * n)) - 1u));
+}
+static inline tinyml_s32x4 tinyml_vldrbq_z_s32(const int8_t *p, tinyml_pred m) {
+    tinyml_s32x4 r;
+    int i;
+    for (i = 0; i < 4; i++) r.v[i] = (m >> (4 * i)) & 1u ? p[i] : 0;
+    return r;
+}
+static inline tinyml_s32x4 tinyml_vldrbq_s32(const int8_t *p) { return tinyml_vldrbq_z_s32(p, 0xffffu); }
+static inline tinyml_s32x4 tinyml_vdupq_n_s32(int32_t x) {
+    tinyml_s32x4 r;
+    int i;
+    for (i = 0; i < 4; i++) r.v[i] = x;
+    return r;
+}
+static inline tinyml_s32x4 tinyml_vldrwq_s32(const int32_t *p) {
+    tinyml_s32x4 r;
+    memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+static inline tinyml_s32x4 tinyml_vmlaq_s32(tinyml_s32x4 acc, tinyml_s32x4 a, tinyml_s32x4 b) {
+    int i;
+    for (i = 0; i < 4; i++) acc.v[i] = (int32_t)((uint32_t)acc.v[i] + (uint32_t)a.v[i] * (uint32_t)b.v[i]);
+    return acc;
+}
+static inline tinyml_s32x4 tinyml_vmlaq_n_s32(tinyml_s32x4 acc, tinyml_s32x4 a, int32_t b) {
+    return tinyml_vmlaq_s32(acc, a, tinyml_vdupq_n_s32(b));
+}
+static inline void tinyml_vst1q_s32(int32_t *p, tinyml_s32x4 v) { memcpy(p, v.v, sizeof v.v); }
 #else
 #include <arm_mve.h>
 typedef int8x16_t tinyml_s8x16;
 typedef mve_pred16_t tinyml_pred;
 #define tinyml_vctp8q(n) vctp8q(n)
 #define tinyml_vld1q_z_s8(p, m) vld1q_z_s8((p), (m))
+#define tinyml_vld1q_s8(p) vld1q_s8(p)
+#define tinyml_vst1q_s8(p, v) vst1q_s8((p), (v))
+#define tinyml_vdupq_n_s8(x) vdupq_n_s8(x)
+#define tinyml_vmaxq_s8(a, b) vmaxq_s8((a), (b))
+#define tinyml_vminq_s8(a, b) vminq_s8((a), (b))
 #define tinyml_vmladavaq_s8(acc, a, b) vmladavaq_s8((acc), (a), (b))
+typedef int32x4_t tinyml_s32x4;
+#define tinyml_vctp32q(n) vctp32q(n)
+#define tinyml_vldrbq_z_s32(p, m) vldrbq_z_s32((p), (m))
+#define tinyml_vldrbq_s32(p) vldrbq_s32(p)
+#define tinyml_vdupq_n_s32(x) vdupq_n_s32(x)
+#define tinyml_vldrwq_s32(p) vldrwq_s32(p)
+/* MVE multiplies-accumulates vectors by a scalar only: multiply, then add. */
+#define tinyml_vmlaq_s32(acc, a, b) vaddq_s32((acc), vmulq_s32((a), (b)))
+#define tinyml_vmlaq_n_s32(acc, a, b) vmlaq_n_s32((acc), (a), (b))
+#define tinyml_vst1q_s32(p, v) vst1q_s32((p), (v))
 #endif
 #endif
 
@@ -164,22 +287,25 @@ static inline int32_t tinyml_hsum(__m256i v) {
 #define TINYML_VNNI_W(name) 0
 #endif
 
-/* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding. */
+/* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding, with
+ * mult in [0, 2^31). The doubling high multiply rounds half up, floor((x * mult + 2^30) / 2^31):
+ * the same as gemmlowp's nudge-and-truncate for every mult but INT32_MIN (never a multiplier
+ * here), and one SMULL plus a 64-bit add on Arm. The rounding shift rounds ties away from zero
+ * as gemmlowp's RoundingDivideByPOT: one less for a negative value (it is > INT32_MIN, since
+ * mult < 2^31), then the bits above the shift plus the last bit shifted out, which cannot
+ * overflow as adding 2^(r-1) could. */
 static inline int32_t tinyml_requantize(int32_t x, int32_t mult, int32_t shift) {
-    int32_t left = shift > 0 ? shift : 0;
-    int32_t right = shift > 0 ? 0 : -shift;
-    int64_t v = (int64_t)x * ((int64_t)1 << left);
-    int64_t ab, nudge;
-    int32_t high, mask, rem, threshold;
-    if (v > INT32_MAX) v = INT32_MAX;
-    if (v < INT32_MIN) v = INT32_MIN;
-    ab = v * (int64_t)mult;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    high = (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C division truncates toward zero */
-    mask = (int32_t)(((int64_t)1 << right) - 1);
-    rem = high & mask;
-    threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-    return (high >> right) + (rem > threshold ? 1 : 0);
+    int32_t high;
+    if (shift > 0) {
+        int64_t v = (int64_t)x * ((int64_t)1 << shift);
+        x = v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+    }
+    high = (int32_t)(((int64_t)x * mult + ((int64_t)1 << 30)) >> 31);
+    if (shift < 0) {
+        const int32_t r = -shift, t = high + (high >> 31);
+        high = (t >> r) + ((t >> (r - 1)) & 1);
+    }
+    return high;
 }
 
 static inline int8_t tinyml_clamp(int32_t v, int32_t lo, int32_t hi) {
@@ -192,7 +318,15 @@ static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int3
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     int32_t i = 0;
 #if defined(TINYML_USE_MVE)
-    for (; i < k; i += 16) {
+    /* Whole vectors unpredicated (a predicate costs a VPST per load), the tail predicated. */
+    for (; i + 16 <= k; i += 16) {
+        tinyml_s8x16 xv = tinyml_vld1q_s8(x + i);
+        a0 = tinyml_vmladavaq_s8(a0, xv, tinyml_vld1q_s8(w0 + i));
+        a1 = tinyml_vmladavaq_s8(a1, xv, tinyml_vld1q_s8(w1 + i));
+        a2 = tinyml_vmladavaq_s8(a2, xv, tinyml_vld1q_s8(w2 + i));
+        a3 = tinyml_vmladavaq_s8(a3, xv, tinyml_vld1q_s8(w3 + i));
+    }
+    if (i < k) {
         tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
         tinyml_s8x16 xv = tinyml_vld1q_z_s8(x + i, p);
         a0 = tinyml_vmladavaq_s8(a0, xv, tinyml_vld1q_z_s8(w0 + i, p));
@@ -252,7 +386,8 @@ static inline void tinyml_dot4(const int8_t *x, const int8_t *w, int32_t k, int3
 static inline int32_t tinyml_dot1(const int8_t *x, const int8_t *w, int32_t k, int32_t acc) {
     int32_t i = 0;
 #if defined(TINYML_USE_MVE)
-    for (; i < k; i += 16) {
+    for (; i + 16 <= k; i += 16) acc = tinyml_vmladavaq_s8(acc, tinyml_vld1q_s8(x + i), tinyml_vld1q_s8(w + i));
+    if (i < k) {
         tinyml_pred p = tinyml_vctp8q((uint32_t)(k - i));
         acc = tinyml_vmladavaq_s8(acc, tinyml_vld1q_z_s8(x + i, p), tinyml_vld1q_z_s8(w + i, p));
     }
@@ -434,6 +569,12 @@ static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const i
 }
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__)
+/* With a layer's constants inlined, GCC 12 analyses the n % 4 tail loop below even where it
+ * never runs (n a multiple of 4) and warns of an iteration that would overflow. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+#endif
 /* n outputs dst[r * dst_stride] = clamp(requantize(bias[r] + dot(x, w + r * k)) + out_zp). */
 static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t n, const int32_t *bias,
                                   const int32_t *wsum, const int32_t *mult, const int32_t *shift, int32_t out_zp,
@@ -461,23 +602,26 @@ static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
     for (; o + 4 <= n; o += 4) {
         int32_t acc[4];
         for (r = 0; r < 4; r++) acc[r] = bias[o + r];
-        tinyml_dot4(x, w + o * k, k, k, acc);
+        tinyml_dot4(x, w + (size_t)o * (size_t)k, k, k, acc);
         for (r = 0; r < 4; r++) {
             int32_t v = tinyml_requantize(acc[r], mult[o + r], shift[o + r]) + out_zp;
             dst[(o + r) * dst_stride] = tinyml_clamp(v, act_min, act_max);
         }
     }
     for (; o < n; o++) {
-        int32_t v = tinyml_requantize(tinyml_dot1(x, w + o * k, k, bias[o]), mult[o], shift[o]) + out_zp;
-        dst[o * dst_stride] = tinyml_clamp(v, act_min, act_max);
+        const int32_t acc = tinyml_dot1(x, w + (size_t)o * (size_t)k, k, bias[o]);
+        dst[o * dst_stride] = tinyml_clamp(tinyml_requantize(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
     }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 typedef struct {
     int32_t in_c, in_h, in_w, out_c, out_h, out_w;
     int32_t kh, kw, sh, sw, pad_t, pad_l, groups;
     int32_t in_zp, out_zp, act_min, act_max;
-    const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] */
+    const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] (DSP: row pairs interleaved); depthwise [kh][kw][out_c] */
     const int32_t *bias;   /* bias - in_zp * sum(weight row) */
     const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
     const int32_t *mult;
@@ -682,8 +826,143 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
 }
 #endif
 
-/* Convolution, NHWC in and out, through im2col: col needs (in_c / groups) * kh * kw bytes,
- * rounded up to a multiple of 4. */
+#if defined(TINYML_USE_DSP)
+/* Two im2col columns c0, c1 of k int8 values widened to int16 and interleaved for
+ * tinyml_dot2x2: per 4 values a, b, c, d of each column the halfword pairs (a, c), (b, d) that
+ * SXTB16 and SXTB16 ROR 8 make of a weight word, c0's two words then c1's; the last k % 4
+ * values as int16, c0 and c1 alternating. */
+static inline void tinyml_widen2(const int8_t *c0, const int8_t *c1, int32_t k, uint32_t *dst) {
+    int16_t *tail;
+    int32_t i;
+    for (i = 0; i + 4 <= k; i += 4, dst += 4) {
+        const uint32_t u = tinyml_load32(c0 + i), v = tinyml_load32(c1 + i);
+        dst[0] = (uint32_t)tinyml_sxtb16(u);
+        dst[1] = (uint32_t)tinyml_sxtb16_ror8(u);
+        dst[2] = (uint32_t)tinyml_sxtb16(v);
+        dst[3] = (uint32_t)tinyml_sxtb16_ror8(v);
+    }
+    tail = (int16_t *)dst;
+    for (; i < k; i++) {
+        *tail++ = c0[i];
+        *tail++ = c1[i];
+    }
+}
+
+/* Two weight rows against two widened columns x (tinyml_widen2) over k values:
+ * acc = {w0.c0, w0.c1, w1.c0, w1.c1} added. The rows are interleaved as the DSP path stores them
+ * (per 4 values a word of each row, then the last k % 4 values of each row). Per 4 values: one
+ * LDM of the columns, 2 weight words, 4 SXTB16 and 8 SMLAD for 16 MACs, which fits the core's
+ * registers (CMSIS-NN's 2 x 2 scheme, with both operands in one stream each). */
+static inline void tinyml_dot2x2(const uint32_t *x, const int8_t *w, int32_t k, int32_t *acc) {
+    int32_t a = acc[0], b = acc[1], c = acc[2], d = acc[3], n;
+    const int16_t *t;
+    const int32_t rest = k & 3;
+    for (n = k >> 2; n > 0; n--, x += 4, w += 8) {
+        const uint32_t u = tinyml_load32(w), v = tinyml_load32(w + 4);
+        const int32_t x0e = (int32_t)x[0], x0o = (int32_t)x[1], x1e = (int32_t)x[2], x1o = (int32_t)x[3];
+        int32_t e = tinyml_sxtb16(u), o = tinyml_sxtb16_ror8(u);
+        a = tinyml_smlad(e, x0e, a);
+        a = tinyml_smlad(o, x0o, a);
+        b = tinyml_smlad(e, x1e, b);
+        b = tinyml_smlad(o, x1o, b);
+        e = tinyml_sxtb16(v);
+        o = tinyml_sxtb16_ror8(v);
+        c = tinyml_smlad(e, x0e, c);
+        c = tinyml_smlad(o, x0o, c);
+        d = tinyml_smlad(e, x1e, d);
+        d = tinyml_smlad(o, x1o, d);
+    }
+    t = (const int16_t *)x;
+    for (n = 0; n < rest; n++) {
+        a += w[n] * t[2 * n];
+        b += w[n] * t[2 * n + 1];
+        c += w[rest + n] * t[2 * n];
+        d += w[rest + n] * t[2 * n + 1];
+    }
+    acc[0] = a;
+    acc[1] = b;
+    acc[2] = c;
+    acc[3] = d;
+}
+
+/* One plain weight row against two widened columns: acc = {w.c0, w.c1} added. */
+static inline void tinyml_dot1x2(const uint32_t *x, const int8_t *w, int32_t k, int32_t *acc) {
+    int32_t a = acc[0], b = acc[1], n;
+    const int16_t *t;
+    for (n = k >> 2; n > 0; n--, x += 4, w += 4) {
+        const uint32_t u = tinyml_load32(w);
+        const int32_t e = tinyml_sxtb16(u), o = tinyml_sxtb16_ror8(u);
+        a = tinyml_smlad(e, (int32_t)x[0], a);
+        a = tinyml_smlad(o, (int32_t)x[1], a);
+        b = tinyml_smlad(e, (int32_t)x[2], b);
+        b = tinyml_smlad(o, (int32_t)x[3], b);
+    }
+    t = (const int16_t *)x;
+    for (n = 0; n < (k & 3); n++) {
+        a += w[n] * t[2 * n];
+        b += w[n] * t[2 * n + 1];
+    }
+    acc[0] = a;
+    acc[1] = b;
+}
+
+static inline int8_t tinyml_out1(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi) {
+    return tinyml_clamp(tinyml_requantize(acc, mult, shift) + zp, lo, hi);
+}
+
+/* Convolution, two output positions at a time: their im2col columns widened to int16 once, then
+ * two output channels per pass of tinyml_dot2x2. col: the widened pair (4 * K4 bytes, K4 = K
+ * rounded up to 4), then the two int8 columns (K4 bytes each). */
+static void tinyml_conv_dsp(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+    const int32_t k = icg * p->kh * p->kw, k4 = (k + 3) & ~3, npos = p->out_h * p->out_w;
+    uint32_t *const wide = (uint32_t *)(void *)col;
+    int8_t *const col0 = col + 4 * k4, *const col1 = col0 + k4;
+    /* Locals, not p->...: the int8 output stores could alias them and force reloads. */
+    const int8_t *const weight = p->weight;
+    const int32_t *const bias = p->bias, *const mult = p->mult, *const shift = p->shift;
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int32_t pos, g, o;
+    for (pos = 0; pos < npos; pos += 2) {
+        const int32_t pair = pos + 1 < npos;
+        int8_t *const dst0 = out + pos * p->out_c, *const dst1 = dst0 + p->out_c;
+        for (g = 0; g < p->groups; g++) {
+            const int32_t end = (g + 1) * ocg;
+            tinyml_im2col(p, in, g, pos / p->out_w, pos % p->out_w, col0);
+            if (pair) tinyml_im2col(p, in, g, (pos + 1) / p->out_w, (pos + 1) % p->out_w, col1);
+            tinyml_widen2(col0, pair ? col1 : col0, k, wide);
+            for (o = g * ocg; o + 2 <= end; o += 2) {
+                int32_t acc[4];
+                acc[0] = acc[1] = bias[o];
+                acc[2] = acc[3] = bias[o + 1];
+                tinyml_dot2x2(wide, weight + o * k, k, acc);
+                {
+                    const int8_t v0 = tinyml_out1(acc[0], mult[o], shift[o], zp, lo, hi);
+                    const int8_t v1 = tinyml_out1(acc[1], mult[o], shift[o], zp, lo, hi);
+                    const int8_t v2 = tinyml_out1(acc[2], mult[o + 1], shift[o + 1], zp, lo, hi);
+                    const int8_t v3 = tinyml_out1(acc[3], mult[o + 1], shift[o + 1], zp, lo, hi);
+                    dst0[o] = v0;
+                    dst0[o + 1] = v2;
+                    if (pair) {
+                        dst1[o] = v1;
+                        dst1[o + 1] = v3;
+                    }
+                }
+            }
+            if (o < end) {
+                int32_t acc[2];
+                acc[0] = acc[1] = bias[o];
+                tinyml_dot1x2(wide, weight + o * k, k, acc);
+                dst0[o] = tinyml_out1(acc[0], mult[o], shift[o], zp, lo, hi);
+                if (pair) dst1[o] = tinyml_out1(acc[1], mult[o], shift[o], zp, lo, hi);
+            }
+        }
+    }
+}
+#endif
+
+/* Convolution, NHWC in and out, through im2col: col needs 6 * K4 bytes, K4 = (in_c / groups) *
+ * kh * kw rounded up to 4 (the DSP path's two int8 and two int16 columns; the others use K4). */
 TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t k = icg * p->kh * p->kw;
@@ -695,6 +974,10 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
         (void)col;
         return;
     }
+#endif
+#if defined(TINYML_USE_DSP)
+    tinyml_conv_dsp(p, in, out, col);
+    return;
 #endif
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
@@ -709,31 +992,189 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
     }
 }
 
-/* Depthwise convolution (one input channel per group), NHWC: direct loops, no im2col. */
+/* dst[j] = clamp(requantize(acc[j]) + zp) for n channels. The constants are held in locals:
+ * an int8 store may alias anything, so read through a pointer they would be loaded again after
+ * every output. */
+static inline void tinyml_store_block(const int32_t *acc, int32_t n, const int32_t *mult, const int32_t *shift,
+                                      int32_t zp, int32_t lo, int32_t hi, int8_t *dst) {
+    int32_t j;
+    for (j = 0; j < n; j++) dst[j] = tinyml_clamp(tinyml_requantize(acc[j], mult[j], shift[j]) + zp, lo, hi);
+}
+
+/* The input of tap (ky, kx) for channel c on, or zp (in_zp bytes) for a tap outside the image. */
+static inline const int8_t *tinyml_dw_src(const tinyml_conv_t *p, const int8_t *in, int32_t y, int32_t x, int32_t c,
+                                          const int8_t *zp) {
+    return (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w) ? zp : in + (y * p->in_w + x) * p->out_c + c;
+}
+
+/* acc[0..3] += four channels of one tap: x and w point at the tap's channels c .. c + 3. */
+#if defined(TINYML_USE_DSP)
+/* SXTB16 splits a word of four channels into halfword pairs (0, 2) and (1, 3); SMLABB / SMLATT
+ * multiply-accumulate the bottom / top halves. */
+#define TINYML_DW4_TAP(x, w)                                                                    \
+    do {                                                                                        \
+        const uint32_t u_ = tinyml_load32(x), v_ = tinyml_load32(w);                           \
+        const int32_t xe_ = tinyml_sxtb16(u_), xo_ = tinyml_sxtb16_ror8(u_);                   \
+        const int32_t we_ = tinyml_sxtb16(v_), wo_ = tinyml_sxtb16_ror8(v_);                   \
+        a0 = tinyml_smlabb(xe_, we_, a0);                                                       \
+        a1 = tinyml_smlabb(xo_, wo_, a1);                                                       \
+        a2 = tinyml_smlatt(xe_, we_, a2);                                                       \
+        a3 = tinyml_smlatt(xo_, wo_, a3);                                                       \
+    } while (0)
+#else
+#define TINYML_DW4_TAP(x, w)                                                                    \
+    do {                                                                                        \
+        a0 += (x)[0] * (w)[0];                                                                  \
+        a1 += (x)[1] * (w)[1];                                                                  \
+        a2 += (x)[2] * (w)[2];                                                                  \
+        a3 += (x)[3] * (w)[3];                                                                  \
+    } while (0)
+#endif
+
+/* Four channels c .. c + 3 of the output pixel whose window starts at (y0, x0), into acc.
+ * Inside the image the taps are read in place with no tests; at the border every tap reads the
+ * input or zp (the padding value: the bias is corrected for all taps). */
+static inline void tinyml_dw_4(const tinyml_conv_t *p, const int8_t *in, int32_t y0, int32_t x0, int32_t c,
+                               int32_t border, const int8_t *zp, int32_t *acc) {
+    const int32_t C = p->out_c;
+    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3], ky, kx;
+    const int8_t *w = p->weight + c;
+    if (!border) {
+        const int8_t *row = in + (y0 * p->in_w + x0) * C + c;
+        for (ky = 0; ky < p->kh; ky++, row += p->in_w * C) {
+            const int8_t *x = row;
+            for (kx = 0; kx < p->kw; kx++, x += C, w += C) TINYML_DW4_TAP(x, w);
+        }
+    } else {
+        for (ky = 0; ky < p->kh; ky++) {
+            for (kx = 0; kx < p->kw; kx++, w += C) {
+                const int8_t *x = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
+                TINYML_DW4_TAP(x, w);
+            }
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+#if defined(TINYML_USE_MVE)
+/* tinyml_dw_4 for n (<= 16) channels: four int32x4 accumulators; per tap four VLDRB.S32 of the
+ * input and of the weights, VMUL and VADD. Whole 16-channel blocks load unpredicated. */
+static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *in, int32_t y0, int32_t x0, int32_t c,
+                                 int32_t n, int32_t border, const int8_t *zp, int32_t *acc) {
+    const int32_t C = p->out_c;
+    tinyml_s32x4 a0, a1, a2, a3;
+    const int8_t *w = p->weight + c;
+    int32_t ky, kx;
+    if (n == 16) {
+        a0 = tinyml_vldrwq_s32(p->bias + c);
+        a1 = tinyml_vldrwq_s32(p->bias + c + 4);
+        a2 = tinyml_vldrwq_s32(p->bias + c + 8);
+        a3 = tinyml_vldrwq_s32(p->bias + c + 12);
+#define TINYML_DW16_TAP(src, w)                                                                     \
+    do {                                                                                            \
+        a0 = tinyml_vmlaq_s32(a0, tinyml_vldrbq_s32(src), tinyml_vldrbq_s32(w));                   \
+        a1 = tinyml_vmlaq_s32(a1, tinyml_vldrbq_s32((src) + 4), tinyml_vldrbq_s32((w) + 4));       \
+        a2 = tinyml_vmlaq_s32(a2, tinyml_vldrbq_s32((src) + 8), tinyml_vldrbq_s32((w) + 8));       \
+        a3 = tinyml_vmlaq_s32(a3, tinyml_vldrbq_s32((src) + 12), tinyml_vldrbq_s32((w) + 12));     \
+    } while (0)
+        if (!border) {
+            const int8_t *row = in + (y0 * p->in_w + x0) * C + c;
+            for (ky = 0; ky < p->kh; ky++, row += p->in_w * C) {
+                const int8_t *x = row;
+                for (kx = 0; kx < p->kw; kx++, x += C, w += C) TINYML_DW16_TAP(x, w);
+            }
+        } else {
+            for (ky = 0; ky < p->kh; ky++) {
+                for (kx = 0; kx < p->kw; kx++, w += C) {
+                    const int8_t *x = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
+                    TINYML_DW16_TAP(x, w);
+                }
+            }
+        }
+#undef TINYML_DW16_TAP
+    } else {
+        const tinyml_pred p0 = tinyml_vctp32q((uint32_t)n), p1 = tinyml_vctp32q((uint32_t)(n > 4 ? n - 4 : 0));
+        const tinyml_pred p2 = tinyml_vctp32q((uint32_t)(n > 8 ? n - 8 : 0));
+        const tinyml_pred p3 = tinyml_vctp32q((uint32_t)(n > 12 ? n - 12 : 0));
+        int32_t b[16];
+        memset(b, 0, sizeof b);
+        memcpy(b, p->bias + c, (size_t)n * 4);
+        a0 = tinyml_vldrwq_s32(b);
+        a1 = tinyml_vldrwq_s32(b + 4);
+        a2 = tinyml_vldrwq_s32(b + 8);
+        a3 = tinyml_vldrwq_s32(b + 12);
+        for (ky = 0; ky < p->kh; ky++) {
+            for (kx = 0; kx < p->kw; kx++, w += C) {
+                const int8_t *src = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
+                a0 = tinyml_vmlaq_s32(a0, tinyml_vldrbq_z_s32(src, p0), tinyml_vldrbq_z_s32(w, p0));
+                a1 = tinyml_vmlaq_s32(a1, tinyml_vldrbq_z_s32(src + 4, p1), tinyml_vldrbq_z_s32(w + 4, p1));
+                a2 = tinyml_vmlaq_s32(a2, tinyml_vldrbq_z_s32(src + 8, p2), tinyml_vldrbq_z_s32(w + 8, p2));
+                a3 = tinyml_vmlaq_s32(a3, tinyml_vldrbq_z_s32(src + 12, p3), tinyml_vldrbq_z_s32(w + 12, p3));
+            }
+        }
+    }
+    tinyml_vst1q_s32(acc, a0);
+    tinyml_vst1q_s32(acc + 4, a1);
+    tinyml_vst1q_s32(acc + 8, a2);
+    tinyml_vst1q_s32(acc + 12, a3);
+}
+#endif
+
+/* Depthwise convolution (one input channel per group), NHWC, weights [kh][kw][out_c] (channels
+ * contiguous per tap), no im2col. With a channel multiplier of 1 the channels are the inner
+ * loop, 16 at a time: only the taps inside the image are multiplied, and at the border the
+ * taps outside add in_zp * w, as the bias is corrected for all taps. */
 TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
-    const int32_t mult = p->out_c / p->in_c, ksize = p->kh * p->kw;
-    int32_t o, oy, ox, ky, kx;
+    const int32_t C = p->out_c, mult = C / p->in_c;
+    int8_t zp[16];
+    int32_t c, o, oy, ox, ky, kx;
+    memset(zp, (uint8_t)p->in_zp, sizeof zp);
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->sh - p->pad_t;
+        const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t x0 = ox * p->sw - p->pad_l;
-            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
-            for (o = 0; o < p->out_c; o++) {
-                const int8_t *w = p->weight + o * ksize;
-                const int32_t c = o / mult;
-                int32_t acc = p->bias[o], v;
-                for (ky = 0; ky < p->kh; ky++) {
-                    const int32_t y = y0 + ky;
-                    for (kx = 0; kx < p->kw; kx++) {
-                        const int32_t x = x0 + kx;
-                        const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
-                                               ? p->in_zp
-                                               : in[(y * p->in_w + x) * p->in_c + c];
-                        acc += xv * w[ky * p->kw + kx];
+            const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
+            const int32_t border = ky0 > 0 || kx0 > 0 || ky1 < p->kh || kx1 < p->kw;
+            int8_t *dst = out + (oy * p->out_w + ox) * C;
+            if (mult != 1) {
+                for (o = 0; o < C; o++) {
+                    const int32_t ch = o / mult;
+                    int32_t acc = p->bias[o];
+                    for (ky = 0; ky < p->kh; ky++) {
+                        for (kx = 0; kx < p->kw; kx++) {
+                            const int32_t y = y0 + ky, x = x0 + kx;
+                            const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
+                                                   ? p->in_zp
+                                                   : in[(y * p->in_w + x) * p->in_c + ch];
+                            acc += xv * p->weight[(ky * p->kw + kx) * C + o];
+                        }
                     }
+                    dst[o] = tinyml_clamp(tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp, p->act_min,
+                                          p->act_max);
                 }
-                v = tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp;
-                dst[o] = tinyml_clamp(v, p->act_min, p->act_max);
+                continue;
+            }
+            for (c = 0; c < C; c += 16) {
+                const int32_t n = C - c < 16 ? C - c : 16;
+                int32_t acc[16];
+#if defined(TINYML_USE_MVE)
+                tinyml_dw_mve(p, in, y0, x0, c, n, border, zp, acc);
+#else
+                int32_t j;
+                for (j = 0; j + 4 <= n; j += 4) tinyml_dw_4(p, in, y0, x0, c + j, border, zp, acc + j);
+                for (; j < n; j++) {
+                    acc[j] = p->bias[c + j];
+                    for (ky = 0; ky < p->kh; ky++)
+                        for (kx = 0; kx < p->kw; kx++)
+                            acc[j] += tinyml_dw_src(p, in, y0 + ky, x0 + kx, c + j, zp)[0] *
+                                      p->weight[(ky * p->kw + kx) * C + c + j];
+                }
+#endif
+                tinyml_store_block(acc, n, p->mult + c, p->shift + c, p->out_zp, p->act_min, p->act_max, dst + c);
             }
         }
     }
@@ -811,6 +1252,47 @@ static inline void tinyml_requantize_block(const int32_t *v, int32_t n, int32_t 
 
 #define TINYML_POOL_CHUNK 64
 
+#if defined(TINYML_USE_DSP) || defined(TINYML_USE_MVE)
+/* Max pooling that keeps the scale: four channels per word (DSP: SSUB8 + SEL) or sixteen per
+ * vector (MVE: VMAX), the clamp the same way. The scalar loop below takes the rest. */
+static int32_t tinyml_maxpool_simd(const tinyml_pool_t *p, const int8_t *in, int8_t *dst, int32_t y0, int32_t x0) {
+    int32_t c = 0, ky, kx;
+#if defined(TINYML_USE_MVE)
+    const tinyml_s8x16 lo = tinyml_vdupq_n_s8((int8_t)p->act_min), hi = tinyml_vdupq_n_s8((int8_t)p->act_max);
+    for (; c + 16 <= p->c; c += 16) {
+        tinyml_s8x16 m = tinyml_vdupq_n_s8(-128);
+        for (ky = 0; ky < p->kh; ky++) {
+            const int32_t y = y0 + ky;
+            if (y < 0 || y >= p->in_h) continue;
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) continue;
+                m = tinyml_vmaxq_s8(m, tinyml_vld1q_s8(in + (y * p->in_w + x) * p->c + c));
+            }
+        }
+        tinyml_vst1q_s8(dst + c, tinyml_vminq_s8(tinyml_vmaxq_s8(m, lo), hi));
+    }
+#else
+    const uint32_t lo = 0x01010101u * (uint8_t)p->act_min, hi = 0x01010101u * (uint8_t)p->act_max;
+    for (; c + 4 <= p->c; c += 4) {
+        uint32_t m = 0x80808080u;
+        for (ky = 0; ky < p->kh; ky++) {
+            const int32_t y = y0 + ky;
+            if (y < 0 || y >= p->in_h) continue;
+            for (kx = 0; kx < p->kw; kx++) {
+                const int32_t x = x0 + kx;
+                if (x < 0 || x >= p->in_w) continue;
+                m = tinyml_max8x4(m, tinyml_load32(in + (y * p->in_w + x) * p->c + c));
+            }
+        }
+        m = tinyml_min8x4(tinyml_max8x4(m, lo), hi);
+        memcpy(dst + c, &m, 4);
+    }
+#endif
+    return c;
+}
+#endif
+
 /* Max pooling, NHWC: channels innermost, 64 at a time. */
 TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, int8_t *out) {
     int32_t c0, oy, ox, ky, kx, j;
@@ -818,7 +1300,11 @@ TINYML_KERNEL void tinyml_maxpool_s8(const tinyml_pool_t *p, const int8_t *in, i
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
             int8_t *dst = out + (oy * p->out_w + ox) * p->c;
-            for (c0 = 0; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
+            c0 = 0;
+#if defined(TINYML_USE_DSP) || defined(TINYML_USE_MVE)
+            if (!p->rescale) c0 = tinyml_maxpool_simd(p, in, dst, y0, x0);
+#endif
+            for (; c0 < p->c; c0 += TINYML_POOL_CHUNK) {
                 const int32_t n = p->c - c0 < TINYML_POOL_CHUNK ? p->c - c0 : TINYML_POOL_CHUNK;
                 int32_t m[TINYML_POOL_CHUNK];
                 for (j = 0; j < n; j++) m[j] = -128;

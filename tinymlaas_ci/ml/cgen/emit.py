@@ -14,7 +14,9 @@
 plus ``tinyml_kernel_path`` (which kernel path the build selected: ``portable``, ``dsp``,
 ``mve``, ``avx512vnni`` or ``avx2``). ``model.c`` holds every weight, bias and requantization
 constant as a ``static const`` array (flash on a microcontroller; the extra arrays of the AVX-512
-path sit behind ``#if`` and never reach an Arm build), one static arena laid out by
+path sit behind ``#if`` and never reach an Arm build, and a convolution's weights are emitted
+twice behind ``#if``: row pairs interleaved for the Arm DSP path, plain rows for the others, so
+each build holds one copy), one static arena laid out by
 :mod:`tinymlaas_ci.ml.cgen.arena`, and ``tinyml_model_run``: one kernel call per operator, plus a
 layout change where an image tensor enters or leaves channels-last storage (the model input,
 the output, a Flatten/Reshape of an image). The first operator reads the caller's input buffer
@@ -23,7 +25,8 @@ buffer, so neither takes arena space.
 
 :func:`layout` turns the IR into these calls (:class:`Step`) over physical buffers: a Reshape
 between tensors stored alike is an alias (no code, no memory), and each call's scratch (the
-im2col column of a convolution, ``K`` rounded up to 4 bytes) is a buffer live during that call.
+im2col columns of a convolution: ``6 * K`` bytes, ``K`` rounded up to 4) is a buffer live
+during that call.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def layout(graph: ir.Graph) -> Layout:
 
 def _scratch_bytes(op: ir.Op) -> int:
     if isinstance(op, ir.Conv) and not op.depthwise:
-        return (int(prod(op.weight.shape[1:])) + 3) // 4 * 4
+        # The Arm DSP path's two int8 im2col columns and their int16 widening; the others use K4.
+        return 6 * ((int(prod(op.weight.shape[1:])) + 3) // 4 * 4)
     return 0
 
 
@@ -208,6 +212,41 @@ def _conv_weights(op: ir.Conv) -> np.ndarray:
     return op.weight.transpose(0, 2, 3, 1)
 
 
+def _dsp_pairs(w: np.ndarray, groups: int) -> np.ndarray:
+    """Rows ``[OC][K]`` in the Arm DSP path's order: in each group, row pairs interleaved.
+
+    A pair ``(o, o + 1)`` takes its ``2 K`` bytes (where the two rows were) as one 4-byte word
+    of each row per 4 values, then the last ``K % 4`` values of each row; an odd last row of a
+    group stays as it is. One pointer then streams both rows of a pair.
+    """
+    import numpy as np
+
+    oc, k = w.shape
+    ocg, k4 = oc // groups, k // 4 * 4
+    out = w.copy()
+    for g in range(groups):
+        for o in range(g * ocg, (g + 1) * ocg - 1, 2):
+            pair = w[o : o + 2]
+            words = pair[:, :k4].reshape(2, k4 // 4, 4).transpose(1, 0, 2).reshape(-1)
+            out[o : o + 2] = np.concatenate([words, pair[:, k4:].reshape(-1)]).reshape(2, k)
+    return out
+
+
+def _conv_weight_arrays(tag: str, op: ir.Conv) -> str:
+    if op.depthwise:
+        # [KH][KW][OC]: the channels of one tap contiguous, as the depthwise kernel reads them.
+        return _array("int8_t", f"{tag}_w", op.weight[:, 0].transpose(1, 2, 0))
+    w = _conv_weights(op)
+    rows = w.reshape(w.shape[0], -1)
+    return (
+        "#if defined(TINYML_USE_DSP)\n"
+        + _array("int8_t", f"{tag}_w", _dsp_pairs(rows, op.groups))
+        + "#else\n"
+        + _array("int8_t", f"{tag}_w", rows)
+        + "#endif\n"
+    )
+
+
 def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> tuple[str, str]:
     """Declarations and the call for one IR operator."""
     x = graph.tensors[op.inputs[0]]
@@ -215,7 +254,7 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
     decls = [f"/* {tag}: {op.onnx_op} {_ident(op.name)} -> {list(y.shape)} */\n"]
     clamp = f"{op.act_min}, {op.act_max}"
     if isinstance(op, ir.Conv):
-        decls.append(_array("int8_t", f"{tag}_w", _conv_weights(op)))
+        decls.append(_conv_weight_arrays(tag, op))
         decls.append(_array("int32_t", f"{tag}_b", _effective_bias(op, x.zero_point)))
         decls.append(_wsum(tag, op))
         if not op.depthwise:
