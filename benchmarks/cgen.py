@@ -19,7 +19,6 @@ so descheduling on a busy machine is not counted; wall-clock ratios are reported
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -67,13 +66,9 @@ def _resnet8():
 
 
 def _digits_data():
-    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "uploads" / "digits-cnn" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    splits = train.make_splits()
-    data = {f"x_{k}": train.to_inputs(v[0]) for k, v in splits.items()}
-    data.update({f"y_{k}": v[1] for k, v in splits.items()})
-    return data
+    from tests.digits_example import digits_arrays
+
+    return digits_arrays()
 
 
 def prepare(tmp: Path) -> list[dict]:

@@ -39,7 +39,6 @@ are the difference of two consecutive counts.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import re
@@ -78,17 +77,13 @@ LAYER_BOARDS = ("mps2-an386", "mps3-an547")
 
 def _digits(tmp: Path) -> Path:
     """The example digits CNN through the compile stage's runtime c path; returns the int8 ONNX."""
+    from tests.digits_example import DIGITS_MODEL, digits_arrays
     from tinymlaas_ci.ml.c_runtime import compile_c
     from tinymlaas_ci.spec.models import Compression
 
-    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "uploads" / "digits-cnn" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    splits = train.make_splits()
-    data = {f"x_{k}": train.to_inputs(v[0]) for k, v in splits.items()}
-    data.update({f"y_{k}": v[1] for k, v in splits.items()})
+    data = digits_arrays()
     compiled = compile_c(
-        ROOT / "uploads" / "digits-cnn" / "model.pkl",
+        DIGITS_MODEL,
         tmp,
         compression=Compression(quantization="static-int8", per_channel=True, calibration_samples=256),
         data=data,

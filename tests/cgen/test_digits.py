@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.cgen.conftest import ROOT, assert_bit_exact
+from tests.cgen.conftest import assert_bit_exact
+from tests.digits_example import DIGITS_MODEL, digits_arrays
 from tinymlaas_ci.ml import measure
 from tinymlaas_ci.ml.cgen import generate_c
 from tinymlaas_ci.ml.cgen.host import CModel, build_shared, load_c_session
@@ -13,19 +14,11 @@ from tinymlaas_ci.ml.cgen.parse import load_graph
 from tinymlaas_ci.ml.runtime import load_session
 
 pytestmark = pytest.mark.usefixtures("cc")
-DIGITS_MODEL = ROOT / "uploads" / "digits-cnn" / "model.pkl"
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "uploads" / "digits-cnn" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    splits = train.make_splits()
-    data = {f"x_{k}": train.to_inputs(v[0]) for k, v in splits.items()}
-    data.update({f"y_{k}": v[1] for k, v in splits.items()})
+    data = digits_arrays()
     from tinymlaas_ci.ml.c_runtime import compile_c
     from tinymlaas_ci.spec.models import Compression
 

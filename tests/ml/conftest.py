@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS_MODEL = ROOT / "uploads" / "digits-cnn" / "model.pkl"
-
-
-def _train_module():
-    spec = importlib.util.spec_from_file_location("digits_train", ROOT / "uploads" / "digits-cnn" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.digits_example import DIGITS_MODEL, digits_arrays, digits_train_module
 
 
 @pytest.fixture(scope="session")
 def digits_train():
     """The example's training script as a module."""
-    return _train_module()
+    return digits_train_module()
 
 
 @pytest.fixture(scope="session")
 def digits_data(digits_train):
     """The digits splits exactly as the dataset loader yields them (float32 / 255, N,1,8,8)."""
-    splits = digits_train.make_splits()
-    data = {f"x_{k}": digits_train.to_inputs(v[0]) for k, v in splits.items()}
-    data.update({f"y_{k}": v[1] for k, v in splits.items()})
-    data["labels"] = [str(i) for i in range(10)]
-    return data
+    return digits_arrays(digits_train)
 
 
 @pytest.fixture(scope="session")
