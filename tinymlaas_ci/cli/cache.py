@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
-from tinymlaas_ci.cli.common import repo_root
+from tinymlaas_ci.cli.common import work_dir
 from tinymlaas_ci.errors import UsageError
 
 __all__ = ["parse_age", "parse_size", "register"]
@@ -66,10 +65,8 @@ def _common(p) -> None:
 
 def _cache(args):
     from tinymlaas_ci.engine.cache import CACHE_DIR, StageCache
-    from tinymlaas_ci.engine.volume import default_work_dir
 
-    work = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(repo_root(args))
-    return StageCache(work / CACHE_DIR)
+    return StageCache(work_dir(args) / CACHE_DIR)
 
 
 def _row(entry, now: float) -> str:
@@ -78,11 +75,9 @@ def _row(entry, now: float) -> str:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
+    from tinymlaas_ci.website.formatting import size
+
+    return size(n)
 
 
 def cmd_list(args) -> int:

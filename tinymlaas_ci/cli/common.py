@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinymlaas_ci.errors import UsageError
 
-__all__ = ["find_repo_root", "in_github_actions", "repo_root"]
+__all__ = ["find_repo_root", "in_github_actions", "repo_root", "work_dir"]
 
 _MARKERS = ("runs", "devices", "pipelines", ".git")
 
@@ -35,6 +35,14 @@ def repo_root(args) -> Path:
             hint="run from the repository, pass --repo DIR, or create one with 'tinymlaas init DIR'",
         )
     return found
+
+
+def work_dir(args) -> Path:
+    """The work dir (where run volumes and the shared stage cache live): ``--work-dir``, else
+    ``TINYMLAAS_WORK_DIR``, else ``.tinymlaas/work`` in the repository."""
+    from tinymlaas_ci.engine.volume import default_work_dir
+
+    return Path(args.work_dir).resolve() if getattr(args, "work_dir", None) else default_work_dir(repo_root(args))
 
 
 def in_github_actions() -> bool:

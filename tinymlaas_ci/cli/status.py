@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tinymlaas_ci.cli.common import repo_root
+from tinymlaas_ci.cli.common import repo_root, work_dir
 from tinymlaas_ci.hostinfo import process_alive
 
 __all__ = ["BUILTIN_ORDER", "cmd_status", "run_state", "stage_rows"]
@@ -112,10 +112,9 @@ def _valid_only(repo):
 
 
 def cmd_status(args) -> int:
-    from tinymlaas_ci.engine.volume import RunVolume, default_work_dir
+    from tinymlaas_ci.engine.volume import RunVolume
 
-    root = repo_root(args)
-    work = Path(args.work_dir).resolve() if args.work_dir else default_work_dir(root)
+    work = work_dir(args)
     orders = _pipeline_orders(args) if work.is_dir() else {}
     rows = []
     if work.is_dir():

@@ -98,6 +98,10 @@ class StageCache:
             meta = json.loads((path / "entry.json").read_text())
         except (OSError, ValueError):
             return None
+        return self._entry(key, stage, path, meta)
+
+    @staticmethod
+    def _entry(key: str, stage: str, path: Path, meta: Any) -> CacheEntry | None:
         if not isinstance(meta, dict) or meta.get("schema") != _SCHEMA or meta.get("key") != key:
             return None
         if meta.get("stage") != stage or not isinstance(meta.get("files"), dict):
@@ -208,8 +212,8 @@ class StageCache:
                     meta = json.loads(path.read_text())
                 except (OSError, ValueError):
                     continue
-                if isinstance(meta, dict) and meta.get("key") == path.parent.name:
-                    entry = self.lookup(path.parent.name, str(meta.get("stage")))
+                if isinstance(meta, dict):
+                    entry = self._entry(path.parent.name, str(meta.get("stage")), path.parent, meta)
                     if entry is not None:
                         found.append(entry)
         return sorted(found, key=lambda e: e.last_used)
