@@ -101,18 +101,28 @@ def test_real_ctrl_c_during_a_stage(tmp_path):
     pipe.write_text(pipe.read_text().replace("sleep: 0.0", "sleep: 30"))
     marker = root / ".work/p/r1/prepare/started"
     marker.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", work],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    stderr = tmp_path / "runner.stderr"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", work],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            # A runner that does not stop is made to print where each of its threads is.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=60) != 0
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        raise AssertionError("the runner did not stop within 60 s of Ctrl-C:\n" + stderr.read_text()[-6000:]) from None
+    assert code != 0
     [row] = json.loads(cli("status", "--work-dir", work, "--format", "json", cwd=root).stdout)
     stages = [(s["stage"], s["status"]) for s in row["stages"]]
     assert [s for s, _ in stages] == ["prepare", "install", "infer"]
