@@ -69,8 +69,9 @@ def test_a_board_on_a_serial_port_runs_the_split(pyserial, board_on_a_pty, mlp, 
     run = run_on_board(fw, samples[:12], transport=board)
     assert flashed.read_text() == fw.elf
     np.testing.assert_array_equal(run.outputs, mlp.reference(samples[:12]))
-    # No instruction counter on a serial board, and QEMU's cycle counter reads 0.
-    assert run.instructions == [] and run.cycles == []
+    # No instruction counter on a serial board. QEMU has no DWT cycle counter, so the firmware
+    # falls back to SysTick (which QEMU runs on the host's clock): one count per inference.
+    assert run.instructions == [] and len(run.cycles) == 12 and min(run.cycles) > 0
     assert run.transport == {"transport": "serial", "label": f"serial {tty}", "baudrate": 115200}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.docker_support import unavailable
+from tests.mcu.qemu_serial_board import stop as stop_qemu
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mcu"
@@ -66,8 +67,28 @@ def _sigmoid_model(path: Path) -> None:
     formats.export_onnx(model.eval(), path, (1, 8, 8))
 
 
+def _serial_board(root: Path) -> None:
+    """A device on the serial transport: the flash command boots the image in QEMU with its UART
+    on a pty linked at the device file's port, as a real board on /dev/ttyACM0 would be reached."""
+    try:
+        import serial  # noqa: F401
+    except ModuleNotFoundError:
+        unavailable("pyserial is not installed (pip install pyserial, or the mcu extra)")
+    flash = [sys.executable, str(ROOT / "tests/mcu/qemu_serial_board.py"), "--board", "mps2-an386"]
+    flash += ["--port", str(root / "board-tty"), "--pidfile", str(root / "board.pid"), "{elf}"]
+    device = {
+        "schema": 1,
+        "kind": "mcu",
+        "board": "mps2-an386",
+        "description": "A Cortex-M4F board on a serial port (QEMU on a pty, flashed by a command).",
+        "transport": "serial",
+        "serial": {"port": str(root / "board-tty"), "baudrate": 115200, "flash_command": flash},
+    }
+    (root / "devices" / "serial-m4.yaml").write_text(json.dumps(device, indent=2))
+
+
 @pytest.fixture(scope="session")
-def mcu_repo(tmp_path_factory):
+def mcu_repo(tmp_path_factory, request):
     """(repo root, work dir, CLI process, outcomes by run) after the one run of every spec."""
     _tools()
     root = tmp_path_factory.mktemp("mcu-repo")
@@ -80,14 +101,17 @@ def mcu_repo(tmp_path_factory):
         "schema: 1\nkind: mcu\nboard: mps2-an386\nflash_kb: 32\nram_kb: 64\n"
         "description: A Cortex-M4F part with 32 KiB of flash, too little for the digits CNN.\n"
     )
+    _serial_board(root)
     runs = root / "runs" / PROJECT
     runs.mkdir(parents=True)
-    for suffix, device in (*((k[4:], v) for k, v in BOARD_RUNS.items()), ("host", "host"), ("tiny", "tiny-m4")):
+    runs_and_devices = (*((k[4:], v) for k, v in BOARD_RUNS.items()), ("host", "host"), ("tiny", "tiny-m4"))
+    for suffix, device in (*runs_and_devices, ("serial", "serial-m4")):
         (runs / f"cnn-{suffix}.yaml").write_text(SPEC.format(suffix=suffix, device=device))
     (root / "uploads" / "sigmoid").mkdir()
     _sigmoid_model(root / "uploads" / "sigmoid" / "model.onnx")
     (runs / "sigmoid.yaml").write_text(BAD_OP_SPEC)
     work = root / ".work"
+    request.addfinalizer(lambda: stop_qemu(root / "board.pid"))
     proc = subprocess.run(
         [sys.executable, "-m", "tinymlaas_ci", "-C", str(root), "run", "--work-dir", str(work), "--keep-going"]
         + ["--json", str(root / "outcomes.json")],

@@ -85,3 +85,25 @@ def test_an_unsupported_operator_fails_compile_naming_node_and_operator(mcu_repo
     assert "operator Sigmoid is not supported by the C generator" in error["message"]
     assert "(Sigmoid)" in error["message"] and "node '" in error["message"]
     assert not (work / "mcu" / "sigmoid" / "compile" / "c").exists()
+
+
+def test_a_board_on_a_serial_port_runs_through_the_stages(mcu_repo):
+    """``transport: serial``: install builds the firmware, infer runs the device file's flash
+    command, then streams the split over the port with pyserial (QEMU on a pty here)."""
+    root, work, proc, outcomes = mcu_repo
+    assert outcomes["cnn-serial"]["status"] == "succeeded", proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = Result.model_validate(result_of(root, "cnn-serial"))
+    m = result.metrics
+    assert result.runtime.providers == ["board:mps2-an386", "transport:serial"]
+    assert result.runtime.transport["label"] == f"serial {root / 'board-tty'}"
+    # The flash command ran: it left the board (QEMU) running with its UART linked at the port.
+    assert (root / "board.pid").is_file() and (root / "board-tty").resolve().as_posix().startswith("/dev/pts/")
+    assert "over serial" in (work / "mcu" / "cnn-serial" / "infer" / "log.txt").read_text()
+    # The same firmware as the emulated Cortex-M4 run: the same predictions, on every sample.
+    assert m.samples == 360
+    assert m.confusion_matrix == result_of(root, "cnn-m4")["metrics"]["confusion_matrix"]
+    assert m.agreement_with_onnxruntime >= 0.99
+    # No instruction counter over a serial port: the latency comes from the board's cycles.
+    assert m.instructions_per_inference is None and m.latency_source == "cycles"
+    assert m.cycles_per_inference.n == 360 and m.latency_ms.p50 > 0
+    assert m.flash_bytes.firmware <= m.flash_bytes.budget
