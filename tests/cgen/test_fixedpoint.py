@@ -109,3 +109,50 @@ def test_the_c_requantization_matches_numpy(tmp_path, cc, path):
     ptr = ctypes.POINTER(ctypes.c_int32)
     ctypes.CDLL(str(lib)).rq(*(a.ctypes.data_as(ptr) for a in (*args, out)), ctypes.c_int(len(x)))
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("fast", [0, 1])
+@pytest.mark.parametrize("path", ["portable", "dsp-emulated", "mve-emulated", "native"])
+def test_the_output_stage_matches_numpy(tmp_path, cc, path, fast):
+    # tinyml_out_block: requantize, add the zero point, clamp; the DSP path's fast variant
+    # (normalized multipliers, shifts in [-21, -1]) included, at the saturation boundaries of 2x.
+    import ctypes
+    import subprocess
+
+    from tests.cgen.conftest import PATHS
+    from tinymlaas_ci.ml.cgen.csource import KERNELS_H
+
+    (tmp_path / "kernels.h").write_text(KERNELS_H)
+    (tmp_path / "out.c").write_text(
+        '#include "kernels.h"\n'
+        "void out(const int32_t *x, const int32_t *m, const int8_t *s, int32_t zp, int32_t lo, int32_t hi,\n"
+        "         int32_t fast, int32_t n, int8_t *dst, tinyml_rq_t *tab) {\n"
+        "    const tinyml_oq_t q = {m, s, (int16_t)zp, (int16_t)lo, (int16_t)hi, (int16_t)fast};\n"
+        "    tinyml_out_prepare(&q, n, tab);\n"
+        "    tinyml_out_block(&q, tab, 0, x, n, dst);\n"
+        "}\n"
+    )
+    lib = tmp_path / "out.so"
+    subprocess.run([cc, *PATHS[path], "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "out.c")], check=True)
+    rng = np.random.default_rng(11)
+    n = 4003  # not a multiple of 4: the packed loop and its tail
+    x, _, _ = _edge_cases(rng, n)
+    edges = [2**30 - 1, 2**30, -(2**30), -(2**30) - 1, 2**31 - 1, -(2**31), -1, 0]
+    x[8 : 8 + len(edges)] = edges
+    m = rng.integers(2**30, 2**31, n, dtype=np.int64)
+    m[::97] = 0
+    shift = rng.integers(-21, 0, n, dtype=np.int64) if fast else rng.integers(-31, 8, n, dtype=np.int64)
+    shift[m == 0] = -1
+    shift[:4] = [-1, -21, -1, -21] if fast else [0, 3, -31, 7]
+    for zp, lo, hi in [(-128, -128, 127), (5, 5, 127), (100, -128, 127), (-3, -20, 90)]:
+        want = np.clip(requantize(x, m, shift) + zp, lo, hi)
+        args = [np.ascontiguousarray(a, dtype=t) for a, t in ((x, np.int32), (m, np.int32), (shift, np.int8))]
+        got = np.zeros(n, np.int8)
+        tab = (ctypes.c_int32 * (3 * n))()
+        ctypes.CDLL(str(lib)).out(
+            *(a.ctypes.data_as(ctypes.c_void_p) for a in args),
+            *(ctypes.c_int32(v) for v in (zp, lo, hi, fast, n)),
+            got.ctypes.data_as(ctypes.c_void_p),
+            tab,
+        )
+        np.testing.assert_array_equal(got, want)

@@ -9,12 +9,20 @@ and are transposed on the way in and out when the two orders differ. Weights are
 ``[OC][KH][KW][IC/groups]``: one contiguous row of ``K = KH * KW * IC/groups`` values per output
 channel (the Arm DSP build stores each pair of rows interleaved, see below). Every convolution
 and fully connected layer is a set of dot products between a weight row and an input column: the
-layer's input itself for a fully connected layer, an im2col copy of the receptive field (padded
-with the input zero point) for a convolution. The bias is stored pre-corrected as
+layer's input itself for a fully connected layer, for a convolution the receptive field read in
+place when it is one contiguous run (a 1x1 kernel, or whole image rows, inside the image) and
+otherwise an im2col copy padded with the input zero point. The bias is stored pre-corrected as
 ``bias - zp_in * sum(w)``, so ``bias' + sum(w * x)`` equals ``bias + sum(w * (x - zp_in))``
 exactly and padding contributes nothing in real terms. Depthwise convolution has its weights as
 ``[KH][KW][C]`` (the channels of one tap contiguous) and runs direct loops with the channels
-innermost; pooling, Add and the layout changes are direct loops too.
+innermost; its bias is stored as it is and the taps multiply ``x - zp_in``, so that the window
+is clipped to the image and no tap is ever tested. Pooling, Add and the layout changes are
+direct loops too.
+
+Every convolution and fully connected layer ends in one output stage, ``tinyml_out_block``
+(out of line: one copy in flash, its loop with the registers to itself): a row of int32 sums
+requantized, offset by the output zero point, clamped and stored. Its constants are
+``tinyml_oq_t``: int32 multipliers and int8 shifts per output channel.
 
 The kernels have one implementation per instruction set, chosen at compile time by the target's
 predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
@@ -23,20 +31,34 @@ predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
   ``vmladavaq_s8``, four weight rows per column vector, whole vectors unpredicated and the tail
   by a ``vctp8q`` predicate with zeroing loads (a predicate costs a ``VPST`` per load). Depthwise
   convolution keeps 16 channels of one output pixel in four ``int32x4`` accumulators: per tap
-  four ``vldrbq_s32`` (4 int8 values sign-extended to int32) of the input and of the weights,
-  ``vmulq`` and ``vaddq`` (MVE has no vector-by-vector multiply-accumulate). Max pooling is
-  ``vmaxq_s8`` on 16 channels;
+  four ``vldrbq_s32`` (4 int8 values sign-extended to int32) of the input, ``vsubq`` of the zero
+  point, four of the weights, ``vmulq`` and ``vaddq`` (MVE has no vector-by-vector
+  multiply-accumulate). Requantization runs four lanes at a time: ``VQSHL`` by the left shifts,
+  ``VQRDMULH`` (the same rounding doubling high multiply) and the rounding right shift as
+  CMSIS-NN's ``arm_divide_by_power_of_two_mve`` (``VRSHL`` after one less for negative values).
+  Max pooling is ``vmaxq_s8`` on 16 channels;
 * ``__ARM_FEATURE_DSP`` (Cortex-M4/M7/M33, ``<arm_acle.h>``): a convolution takes two output
-  positions at a time (CMSIS-NN's ``arm_nn_mat_mult_kernel_s8_s16`` scheme): their two im2col
-  columns are widened once to int16 in ``__sxtb16`` order and interleaved, and two output
-  channels are computed against both: per 4 values one load of the columns' four words, two
-  weight words split by ``__sxtb16`` / ``SXTB16 ROR 8`` and eight ``__smlad``, 16 MACs in about
-  19 instructions, all in registers. For that the generator emits each pair of weight rows
-  interleaved (a word of each row per 4 values) for this path only, in place of the plain rows,
-  so flash does not grow. Fully connected layers use four weight rows per input word. Depthwise
-  convolution takes four channels per 32-bit word, ``__sxtb16`` into halfword pairs and
-  ``__smlabb`` / ``__smlatt`` into four accumulators; max pooling four channels per word with
-  ``__ssub8`` and ``__sel``;
+  positions at a time (CMSIS-NN's ``arm_nn_mat_mult_kernel_s8_s16`` scheme): their two columns
+  are widened once to int16 in ``__sxtb16`` order and interleaved, and two output channels are
+  computed against both: per 4 values one ``LDM`` of the columns' four words, two weight words
+  split by ``SXTB16`` / ``SXTB16 ROR 8`` and eight ``SMLAD``, 16 MACs in 16.5 instructions (the
+  loop is inline assembly, unrolled twice: GCC 12 spills its 13 registers when it allocates them
+  itself). For that the generator emits each pair of weight rows interleaved (a word of each row
+  per 4 values) for this path only, in place of the plain rows, so flash does not grow. Fully
+  connected layers use four weight rows per input word. Depthwise convolution takes four
+  channels per 32-bit word, ``SXTAB16`` (widening and subtracting the zero point in one
+  instruction) into halfword pairs and ``SMLABB`` / ``SMLATT`` into four accumulators, with the
+  weights emitted for this path as ``[C/4][KH][KW][4]`` (when ``C`` is a multiple of 4) so that
+  a channel group's taps are contiguous, and a row of three taps as 31 instructions of inline
+  assembly. The output stage has a fast variant, for layers whose multipliers are all 0 or in
+  ``[2^30, 2^31)`` and shifts in ``[-21, -1]`` (the generator checks and sets
+  ``tinyml_oq_t.fast``): per value ``QADD`` (2x, saturated), ``SMMLAR`` (the high multiply
+  plus the rounding and zero-point constant), an add of the sign, a shift and ``SSAT``, four
+  values packed into a word and clamped by ``SSUB8`` + ``SEL``, about 9.5 instructions per output
+  from per-channel constants prepared once per call (``tinyml_out_prepare``, 12 bytes per
+  channel of scratch). It is exact: with ``2x`` in range it computes the same integers, and
+  when ``2x`` saturates both give a value of magnitude at least 256 of the same sign, clamped
+  alike. Max pooling takes four channels per word with ``__ssub8`` and ``__sel``;
 * ``__AVX512VNNI__`` with AVX-512 BW/VL (x86-64 hosts): convolutions keep 16 output channels in
   the lanes of a vector and accumulate with ``VPDPBUSD`` against a second, interleaved copy of the
   weights (``[G][K/4][OC/G rounded up to 16][4]``, emitted only for this path). ``VPDPBUSD``
@@ -48,25 +70,25 @@ predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
   ``_mm256_madd_epi16``;
 * otherwise portable C loops.
 
-At the border of the image a depthwise tap outside reads the input zero point (the bias is
-corrected for every tap), and the taps of an output pixel inside the image are read with no
-tests. A convolution's scratch (``6 * K`` bytes, ``K`` rounded up to 4) holds the DSP path's two
-int8 columns and their int16 widening; the other paths use its first ``K`` bytes.
+A convolution's scratch (``6 * K + 20 * OC`` bytes, ``K`` rounded up to 4) holds the DSP path's
+two int8 columns, their int16 widening, two rows of sums and the output stage's constants; the
+other paths use its first ``K`` bytes. A depthwise convolution's scratch holds a pixel's sums and
+the constants (``16 * C + 64`` bytes), a fully connected layer's the constants.
 
 Integer sums are exact, so every path gives bit-identical results: the tests build each path and
 compare it with the numpy reference (:mod:`tinymlaas_ci.ml.cgen.reference`), on the host and
 (DSP, MVE) bare-metal under QEMU. ``TINYML_EMULATE_DSP`` / ``TINYML_EMULATE_MVE`` compile the Arm
-paths on any host with C definitions of the intrinsics, so their loop logic is also tested
-where no Arm toolchain is at hand.
+paths on any host with C definitions of the intrinsics (the inline assembly has C twins), so
+their loop logic is also tested where no Arm toolchain is at hand.
 
-Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``,
-about a dozen instructions on Arm: the rounding doubling high multiply as one ``SMULL``/``SMLAL``
-and a 64-bit add (``floor((x * m + 2^30) / 2^31)``, equal to gemmlowp's nudge-and-truncate for
-every multiplier but ``INT32_MIN``, which never occurs), and the rounding shift with ties away
-from zero as ``(t >> r) + ((t >> (r - 1)) & 1)`` with ``t = x - 1`` for negative ``x``. It
-relies on ``>>`` of a negative integer being an arithmetic shift, which GCC, Clang and Arm
-Compiler guarantee. The kernels need no heap; the AVX-512 convolution keeps its columns and
-padded input copy on the stack (host builds only).
+Requantization (:func:`tinymlaas_ci.ml.cgen.fixedpoint.requantize`) is ``tinyml_requantize``:
+the rounding doubling high multiply as one ``SMULL``/``SMLAL`` and a 64-bit add
+(``floor((x * m + 2^30) / 2^31)``, equal to gemmlowp's nudge-and-truncate for every multiplier but
+``INT32_MIN``, which never occurs; a left shift saturates in 32 bits first, so ``x`` stays an
+int32), and the rounding shift with ties away from zero as ``(t >> r) + ((t >> (r - 1)) & 1)``
+with ``t = x - 1`` for negative ``x``. It relies on ``>>`` of a negative integer being an
+arithmetic shift, which GCC, Clang and Arm Compiler guarantee. The kernels need no heap; the
+AVX-512 convolution keeps its columns and padded input copy on the stack (host builds only).
 """
 
 from __future__ import annotations
@@ -113,6 +135,11 @@ static inline int32_t tinyml_sxtb16(uint32_t x) {
     uint32_t hi = (uint32_t)(int32_t)(int8_t)((x >> 16) & 0xffu) & 0xffffu;
     return (int32_t)(lo | (hi << 16));
 }
+/* Halfwise a + the sign-extended bytes 0 and 2 of x. */
+static inline int32_t tinyml_sxtab16(int32_t a, uint32_t x) {
+    const uint32_t e = (uint32_t)tinyml_sxtb16(x);
+    return (int32_t)(((uint32_t)a + e) & 0xffffu) | (int32_t)((((uint32_t)a >> 16) + (e >> 16)) << 16);
+}
 static inline int32_t tinyml_smlad(int32_t a, int32_t b, int32_t acc) {
     return acc + (int32_t)(int16_t)(a & 0xffff) * (int16_t)(b & 0xffff)
                + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
@@ -122,6 +149,18 @@ static inline int32_t tinyml_smlabb(int32_t a, int32_t b, int32_t acc) {
 }
 static inline int32_t tinyml_smlatt(int32_t a, int32_t b, int32_t acc) {
     return acc + (int32_t)(int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
+}
+static inline int32_t tinyml_qadd(int32_t a, int32_t b) {
+    const int64_t v = (int64_t)a + b;
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+}
+static inline int32_t tinyml_smmulr(int32_t a, int32_t b) {
+    return (int32_t)(((int64_t)a * b + ((int64_t)1 << 31)) >> 32);
+}
+static inline int32_t tinyml_ssat8(int32_t v) { return v < -128 ? -128 : (v > 127 ? 127 : v); }
+/* acc + the high word of a * b rounded, modulo 2^32 (SMMLAR). */
+static inline int32_t tinyml_smmlar(int32_t a, int32_t b, int32_t acc) {
+    return (int32_t)((uint32_t)acc + (uint32_t)(int32_t)(((int64_t)a * b + ((int64_t)1 << 31)) >> 32));
 }
 /* Bytewise signed max / min of two words (SSUB8 sets the GE flags, SEL picks by them). */
 static inline uint32_t tinyml_max8x4(uint32_t a, uint32_t b) {
@@ -145,9 +184,27 @@ static inline uint32_t tinyml_min8x4(uint32_t a, uint32_t b) {
 #else
 #include <arm_acle.h>
 #define tinyml_sxtb16(x) __sxtb16((int32_t)(x))
+#define tinyml_sxtab16(a, x) __sxtab16((a), (int32_t)(x))
 #define tinyml_smlad(a, b, acc) __smlad((a), (b), (acc))
 #define tinyml_smlabb(a, b, acc) __smlabb((a), (b), (acc))
 #define tinyml_smlatt(a, b, acc) __smlatt((a), (b), (acc))
+#define tinyml_qadd(a, b) __qadd((a), (b))
+#define tinyml_ssat8(v) __ssat((v), 8)
+#if defined(__GNUC__)
+static inline int32_t tinyml_smmulr(int32_t a, int32_t b) {
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+static inline int32_t tinyml_smmlar(int32_t a, int32_t b, int32_t acc) {
+    int32_t r;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+#else
+#define tinyml_smmulr(a, b) ((int32_t)(((int64_t)(a) * (b) + ((int64_t)1 << 31)) >> 32))
+#define tinyml_smmlar(a, b, acc) ((int32_t)((uint32_t)(acc) + (uint32_t)tinyml_smmulr((a), (b))))
+#endif
 static inline uint32_t tinyml_max8x4(uint32_t a, uint32_t b) {
     (void)__ssub8((int8x4_t)a, (int8x4_t)b);
     return (uint32_t)__sel((uint8x4_t)a, (uint8x4_t)b);
@@ -171,8 +228,14 @@ static inline int32_t tinyml_sxtb16_ror8(uint32_t x) {
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
     return r;
 }
+static inline int32_t tinyml_sxtab16_ror8(int32_t a, uint32_t x) {
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+}
 #else
 #define tinyml_sxtb16_ror8(x) tinyml_sxtb16(TINYML_ROR8(x))
+#define tinyml_sxtab16_ror8(a, x) tinyml_sxtab16((a), TINYML_ROR8(x))
 #endif
 #endif
 
@@ -241,6 +304,66 @@ static inline tinyml_s32x4 tinyml_vmlaq_n_s32(tinyml_s32x4 acc, tinyml_s32x4 a, 
     return tinyml_vmlaq_s32(acc, a, tinyml_vdupq_n_s32(b));
 }
 static inline void tinyml_vst1q_s32(int32_t *p, tinyml_s32x4 v) { memcpy(p, v.v, sizeof v.v); }
+static inline tinyml_s32x4 tinyml_vldrwq_z_s32(const int32_t *p, tinyml_pred m) {
+    tinyml_s32x4 r;
+    int i;
+    for (i = 0; i < 4; i++) r.v[i] = (m >> (4 * i)) & 1u ? p[i] : 0;
+    return r;
+}
+static inline void tinyml_vstrbq_p_s32(int8_t *p, tinyml_s32x4 v, tinyml_pred m) {
+    int i;
+    for (i = 0; i < 4; i++)
+        if ((m >> (4 * i)) & 1u) p[i] = (int8_t)v.v[i];
+}
+static inline tinyml_s32x4 tinyml_vsubq_n_s32(tinyml_s32x4 a, int32_t b) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = (int32_t)((uint32_t)a.v[i] - (uint32_t)b);
+    return a;
+}
+static inline tinyml_s32x4 tinyml_vaddq_n_s32(tinyml_s32x4 a, int32_t b) {
+    return tinyml_vsubq_n_s32(a, (int32_t)(0u - (uint32_t)b));
+}
+static inline tinyml_s32x4 tinyml_vmaxq_s32(tinyml_s32x4 a, tinyml_s32x4 b) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = a.v[i] >= b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
+static inline tinyml_s32x4 tinyml_vminq_s32(tinyml_s32x4 a, tinyml_s32x4 b) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = a.v[i] <= b.v[i] ? a.v[i] : b.v[i];
+    return a;
+}
+static inline int32_t tinyml_sat32(int64_t v) {
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+}
+/* VQSHL (by a register vector, here >= 0), VQRDMULH, VQADD, VRSHL (here a right shift, s <= 0). */
+static inline tinyml_s32x4 tinyml_vqshlq_s32(tinyml_s32x4 a, tinyml_s32x4 s) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = tinyml_sat32((int64_t)a.v[i] * ((int64_t)1 << s.v[i]));
+    return a;
+}
+static inline tinyml_s32x4 tinyml_vqrdmulhq_s32(tinyml_s32x4 a, tinyml_s32x4 b) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = tinyml_sat32((2 * (int64_t)a.v[i] * b.v[i] + ((int64_t)1 << 31)) >> 32);
+    return a;
+}
+static inline tinyml_s32x4 tinyml_vqaddq_s32(tinyml_s32x4 a, tinyml_s32x4 b) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = tinyml_sat32((int64_t)a.v[i] + b.v[i]);
+    return a;
+}
+static inline tinyml_s32x4 tinyml_vrshlq_s32(tinyml_s32x4 a, tinyml_s32x4 s) {
+    int i;
+    for (i = 0; i < 4; i++)
+        if (s.v[i] < 0) a.v[i] = (int32_t)(((int64_t)a.v[i] + ((int64_t)1 << (-s.v[i] - 1))) >> -s.v[i]);
+    return a;
+}
+/* (a & s) >> 31 arithmetic: -1 in the lanes where both a and s are negative. */
+static inline tinyml_s32x4 tinyml_vnegfix_s32(tinyml_s32x4 a, tinyml_s32x4 s) {
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = (a.v[i] & s.v[i]) < 0 ? -1 : 0;
+    return a;
+}
 #else
 #include <arm_mve.h>
 typedef int8x16_t tinyml_s8x16;
@@ -263,6 +386,17 @@ typedef int32x4_t tinyml_s32x4;
 #define tinyml_vmlaq_s32(acc, a, b) vaddq_s32((acc), vmulq_s32((a), (b)))
 #define tinyml_vmlaq_n_s32(acc, a, b) vmlaq_n_s32((acc), (a), (b))
 #define tinyml_vst1q_s32(p, v) vst1q_s32((p), (v))
+#define tinyml_vldrwq_z_s32(p, m) vldrwq_z_s32((p), (m))
+#define tinyml_vstrbq_p_s32(p, v, m) vstrbq_p_s32((p), (v), (m))
+#define tinyml_vsubq_n_s32(a, b) vsubq_n_s32((a), (b))
+#define tinyml_vaddq_n_s32(a, b) vaddq_n_s32((a), (b))
+#define tinyml_vmaxq_s32(a, b) vmaxq_s32((a), (b))
+#define tinyml_vminq_s32(a, b) vminq_s32((a), (b))
+#define tinyml_vqshlq_s32(a, s) vqshlq_s32((a), (s))
+#define tinyml_vqrdmulhq_s32(a, b) vqrdmulhq_s32((a), (b))
+#define tinyml_vqaddq_s32(a, b) vqaddq_s32((a), (b))
+#define tinyml_vrshlq_s32(a, s) vrshlq_s32((a), (s))
+#define tinyml_vnegfix_s32(a, s) vshrq_n_s32(vandq_s32((a), (s)), 31)
 #endif
 #endif
 
@@ -278,13 +412,12 @@ static inline int32_t tinyml_hsum(__m256i v) {
 #endif
 
 #if defined(TINYML_USE_VNNI)
-/* Weight-row sums times 128: VPDPBUSD multiplies unsigned by signed bytes, so x is fed as
- * x + 128 (x ^ 0x80) and 128 * sum(w) is subtracted again. Only this path needs them. */
-#define TINYML_WSUM(name) name
-#define TINYML_VNNI_W(name) name
+/* Weight-row sums times 128 (VPDPBUSD multiplies unsigned by signed bytes, so x is fed as
+ * x + 128, x ^ 0x80, and 128 * sum(w) is subtracted again) and the interleaved weights: only this
+ * path has these fields in its layer structs. */
+#define TINYML_VNNI_FIELDS(...) , __VA_ARGS__
 #else
-#define TINYML_WSUM(name) 0
-#define TINYML_VNNI_W(name) 0
+#define TINYML_VNNI_FIELDS(...)
 #endif
 
 /* Fixed-point requantization: x * mult * 2^(shift - 31), TFLite / CMSIS-NN rounding, with
@@ -297,8 +430,9 @@ static inline int32_t tinyml_hsum(__m256i v) {
 static inline int32_t tinyml_requantize(int32_t x, int32_t mult, int32_t shift) {
     int32_t high;
     if (shift > 0) {
-        int64_t v = (int64_t)x * ((int64_t)1 << shift);
-        x = v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+        /* Saturated in 32 bits, so that x stays an int32 and the product is one SMULL. */
+        const int32_t lim = INT32_MAX >> shift;
+        x = x > lim ? INT32_MAX : (x < -lim - 1 ? INT32_MIN : (int32_t)((uint32_t)x << shift));
     }
     high = (int32_t)(((int64_t)x * mult + ((int64_t)1 << 30)) >> 31);
     if (shift < 0) {
@@ -310,6 +444,155 @@ static inline int32_t tinyml_requantize(int32_t x, int32_t mult, int32_t shift) 
 
 static inline int8_t tinyml_clamp(int32_t v, int32_t lo, int32_t hi) {
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+#if defined(__GNUC__)
+#define TINYML_NOINLINE __attribute__((noinline, unused))
+#else
+#define TINYML_NOINLINE
+#endif
+
+/* A layer's output quantization: per output channel multiplier and shift, zero point, clamp.
+ * fast: every multiplier is 0 or in [2^30, 2^31) and every shift in [-21, -1] (the emitter sets a
+ * zero multiplier's shift to -1), for the DSP path's shorter output stage. */
+typedef struct {
+    const int32_t *mult;
+    const int8_t *shift;
+    int16_t zp, lo, hi, fast;
+} tinyml_oq_t;
+
+/* The DSP path's per channel constants of a fast output stage, prepared once per layer call:
+ * the multiplier, 2^(r - 1) + zp * 2^r and r = -shift. */
+typedef struct {
+    int32_t mult, round, r;
+} tinyml_rq_t;
+
+#define TINYML_RQ_BYTES(n) (12 * (n))
+
+#if defined(TINYML_USE_MVE)
+/* tinyml_requantize on four lanes: VQSHL by the left shifts, VQRDMULH (the same rounding
+ * doubling high multiply), then the rounding right shift as CMSIS-NN's
+ * arm_divide_by_power_of_two_mve: one less for a negative value, VRSHL (round half up). */
+static inline tinyml_s32x4 tinyml_requantize_x4(tinyml_s32x4 x, tinyml_s32x4 mult, tinyml_s32x4 shift) {
+    const tinyml_s32x4 zero = tinyml_vdupq_n_s32(0);
+    const tinyml_s32x4 right = tinyml_vminq_s32(shift, zero);
+    tinyml_s32x4 h = tinyml_vqrdmulhq_s32(tinyml_vqshlq_s32(x, tinyml_vmaxq_s32(shift, zero)), mult);
+    h = tinyml_vqaddq_s32(h, tinyml_vnegfix_s32(h, right));
+    return tinyml_vrshlq_s32(h, right);
+}
+
+/* Channels c .. c + n - 1 (n <= 4; none when n <= 0) of acc requantized and stored to dst + c. */
+static inline void tinyml_out_x4(const tinyml_oq_t *q, int32_t c, tinyml_s32x4 acc, int32_t n, int8_t *dst) {
+    const tinyml_pred m = tinyml_vctp32q((uint32_t)(n > 0 ? n : 0));
+    const tinyml_s32x4 mult = tinyml_vldrwq_z_s32(q->mult + c, m), shift = tinyml_vldrbq_z_s32(q->shift + c, m);
+    tinyml_s32x4 v = tinyml_requantize_x4(acc, mult, shift);
+    v = tinyml_vmaxq_s32(tinyml_vaddq_n_s32(v, q->zp), tinyml_vdupq_n_s32(q->lo));
+    tinyml_vstrbq_p_s32(dst + c, tinyml_vminq_s32(v, tinyml_vdupq_n_s32(q->hi)), m);
+}
+#endif
+
+/* tab[j] for channels 0 .. n - 1 when q->fast (DSP path only; tab may be 0 elsewhere). */
+static TINYML_NOINLINE void tinyml_out_prepare(const tinyml_oq_t *q, int32_t n, tinyml_rq_t *tab) {
+#if defined(TINYML_USE_DSP)
+    int32_t j;
+    if (!q->fast) return;
+    for (j = 0; j < n; j++) {
+        const int32_t r = -q->shift[j];
+        tab[j].mult = q->mult[j];
+        tab[j].round = (int32_t)((1u << (r - 1)) + ((uint32_t)q->zp << r));
+        tab[j].r = r;
+    }
+#else
+    (void)q;
+    (void)n;
+    (void)tab;
+#endif
+}
+
+#if defined(TINYML_USE_DSP)
+/* The fast output stage (q->fast) of one value: 2x saturated (QADD); h, the high word of 2x * m
+ * rounded, plus 2^(r-1) + zp * 2^r (SMMLAR); one less if x is negative; >> r; saturated to int8.
+ * With 2x in range h is tinyml_requantize's high multiply and this its rounding shift plus zp
+ * exactly (|h| <= 2^30, nothing overflows; a negative x with h = 0 gives 0 either way as r >= 1);
+ * when 2x saturates, |x| >= 2^30 and both give |value| >= 2^29 >> 21 = 256 of the same sign,
+ * clamped alike. */
+static inline int32_t tinyml_out_fast(int32_t x, const tinyml_rq_t *t) {
+    const int32_t h = tinyml_smmlar(tinyml_qadd(x, x), t->mult, t->round);
+    return tinyml_ssat8((h + (x >> 31)) >> t->r);
+}
+#endif
+
+/* dst[c + j] = clamp(requantize(acc[j]) + zp) for j < n: the output stage of every convolution
+ * and fully connected layer, out of line (one copy in flash) and with few live values, so that
+ * the compiler keeps them all in registers. tab: tinyml_out_prepare's constants (DSP path). */
+static TINYML_NOINLINE void tinyml_out_block(const tinyml_oq_t *q, const tinyml_rq_t *tab, int32_t c,
+                                             const int32_t *acc, int32_t n, int8_t *dst) {
+    const int32_t *const mult = q->mult + c;
+    const int8_t *const shift = q->shift + c;
+    const int32_t zp = q->zp, lo = q->lo, hi = q->hi;
+    int32_t j = 0;
+#if defined(TINYML_USE_MVE)
+    for (; j < n; j += 4)
+        tinyml_out_x4(q, c + j, tinyml_vldrwq_z_s32(acc + j, tinyml_vctp32q((uint32_t)(n - j))), n - j, dst);
+    (void)tab;
+#elif defined(TINYML_USE_DSP)
+    if (q->fast) {
+        /* Four values a word, clamped bytewise (SSUB8 + SEL). */
+        const uint32_t lo4 = 0x01010101u * (uint8_t)lo, hi4 = 0x01010101u * (uint8_t)hi;
+        tab += c;
+        dst += c;
+#if defined(__GNUC__) && !defined(TINYML_EMULATE_DSP)
+        /* The loop below in assembly, 38 instructions per four outputs: LDM of a channel's three
+         * constants needs them in ascending registers. */
+        if (n >= 4) {
+            register int32_t m __asm__("r4"), rnd __asm__("r5"), r __asm__("r6");
+            const int32_t *a = acc, *const end = acc + (n & ~3);
+            int32_t x, t;
+            uint32_t v;
+            int8_t *d = dst;
+#define TINYML_OUT_ASM(store)                                                                  \
+    "ldm %[tab]!, {%[m], %[rnd], %[r]}\n\t"                                                    \
+    "ldr %[x], [%[a]], #4\n\t"                                                                 \
+    "qadd %[t], %[x], %[x]\n\t"                                                                \
+    "smmlar %[t], %[t], %[m], %[rnd]\n\t"                                                      \
+    "add %[t], %[t], %[x], asr #31\n\t"                                                        \
+    "asr %[t], %[t], %[r]\n\t" store
+            __asm__ volatile("1:\n\t"
+                             TINYML_OUT_ASM("ssat %[v], #8, %[t]\n\t")
+                             TINYML_OUT_ASM("ssat %[t], #8, %[t]\n\tbfi %[v], %[t], #8, #8\n\t")
+                             TINYML_OUT_ASM("ssat %[t], #8, %[t]\n\tbfi %[v], %[t], #16, #8\n\t")
+                             TINYML_OUT_ASM("ssat %[t], #8, %[t]\n\tbfi %[v], %[t], #24, #8\n\t")
+                             "ssub8 %[t], %[v], %[lo4]\n\t"
+                             "sel %[v], %[v], %[lo4]\n\t"
+                             "ssub8 %[t], %[v], %[hi4]\n\t"
+                             "sel %[v], %[hi4], %[v]\n\t"
+                             "str %[v], [%[d]], #4\n\t"
+                             "cmp %[a], %[end]\n\t"
+                             "bne 1b\n\t"
+                             : [tab] "+r"(tab), [a] "+r"(a), [d] "+r"(d), [m] "=&r"(m), [rnd] "=&r"(rnd),
+                               [r] "=&r"(r), [x] "=&r"(x), [t] "=&r"(t), [v] "=&r"(v)
+                             : [end] "r"(end), [lo4] "r"(lo4), [hi4] "r"(hi4)
+                             : "cc", "memory");
+#undef TINYML_OUT_ASM
+            j = n & ~3;
+        }
+#else
+        for (; j + 4 <= n; j += 4, tab += 4) {
+            uint32_t v = (uint8_t)tinyml_out_fast(acc[j], tab);
+            v |= (uint32_t)(uint8_t)tinyml_out_fast(acc[j + 1], tab + 1) << 8;
+            v |= (uint32_t)(uint8_t)tinyml_out_fast(acc[j + 2], tab + 2) << 16;
+            v |= (uint32_t)tinyml_out_fast(acc[j + 3], tab + 3) << 24;
+            v = tinyml_min8x4(tinyml_max8x4(v, lo4), hi4);
+            memcpy(dst + j, &v, 4);
+        }
+#endif
+        for (; j < n; j++, tab++) dst[j] = tinyml_clamp(tinyml_out_fast(acc[j], tab), lo, hi);
+        return;
+    }
+#else
+    (void)tab;
+#endif
+    for (; j < n; j++) dst[c + j] = tinyml_clamp(tinyml_requantize(acc[j], mult[j], shift[j]) + zp, lo, hi);
 }
 
 /* acc[r] += dot(x, w + r * stride) over k values, for r = 0..3. */
@@ -520,9 +803,9 @@ static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift
                                                       _mm512_zextsi256_si512(shift)));
 }
 
-static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
-    const __m256i m = _mm256_loadu_si256((const __m256i *)mult), s = _mm256_loadu_si256((const __m256i *)shift);
-    return tinyml_requantize8v(x, m, s);
+static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int8_t *shift) {
+    const __m256i m = _mm256_loadu_si256((const __m256i *)mult);
+    return tinyml_requantize8v(x, m, _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)shift)));
 }
 
 /* Eight int8 values widened to int32, minus the zero point. */
@@ -535,38 +818,6 @@ static inline void tinyml_store8(int8_t *p, __m256i v, int32_t lo, int32_t hi) {
     v = _mm256_min_epi32(_mm256_max_epi32(v, _mm256_set1_epi32(lo)), _mm256_set1_epi32(hi));
     _mm_storel_epi64((__m128i *)p, _mm256_cvtepi32_epi8(v));
 }
-#elif defined(TINYML_USE_AVX2)
-/* tinyml_requantize on eight lanes (the same integer steps, so the same results). */
-static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const int32_t *shift) {
-    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
-    const __m256i m = _mm256_loadu_si256((const __m256i *)mult), s = _mm256_loadu_si256((const __m256i *)shift);
-    const __m256i nudge_pos = _mm256_set1_epi64x((long long)1 << 30);
-    const __m256i nudge_step = _mm256_set1_epi64x(1 - ((long long)1 << 31));
-    const __m256i low31 = _mm256_set1_epi64x(((long long)1 << 31) - 1);
-    __m256i ab[2], high, right, mask, rem, threshold;
-    int32_t h;
-    if (!_mm256_testz_si256(_mm256_cmpgt_epi32(s, zero), _mm256_cmpgt_epi32(s, zero))) {
-        int32_t v[8], r;
-        _mm256_storeu_si256((__m256i *)v, x);
-        for (r = 0; r < 8; r++) v[r] = tinyml_requantize(v[r], mult[r], shift[r]);
-        return _mm256_loadu_si256((const __m256i *)v);
-    }
-    ab[0] = _mm256_mul_epi32(x, m); /* lanes 0, 2, 4, 6 as int64 */
-    ab[1] = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(m, 32));
-    for (h = 0; h < 2; h++) {
-        __m256i nudge = _mm256_add_epi64(nudge_pos, _mm256_and_si256(_mm256_cmpgt_epi64(zero, ab[h]), nudge_step));
-        __m256i t = _mm256_add_epi64(ab[h], nudge);
-        /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
-        t = _mm256_add_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(zero, t), low31));
-        ab[h] = _mm256_srli_epi64(t, 31);
-    }
-    high = _mm256_blend_epi32(ab[0], _mm256_slli_epi64(ab[1], 32), 0xaa);
-    right = _mm256_sub_epi32(zero, s);
-    mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);
-    rem = _mm256_and_si256(high, mask);
-    threshold = _mm256_sub_epi32(_mm256_srli_epi32(mask, 1), _mm256_cmpgt_epi32(zero, high));
-    return _mm256_sub_epi32(_mm256_srav_epi32(high, right), _mm256_cmpgt_epi32(rem, threshold));
-}
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -575,26 +826,21 @@ static inline __m256i tinyml_requantize8(__m256i x, const int32_t *mult, const i
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
 #endif
-/* n outputs dst[r * dst_stride] = clamp(requantize(bias[r] + dot(x, w + r * k)) + out_zp). */
+/* n outputs dst[c + r] = clamp(requantize(bias[r] + dot(x, w + r * k)) + zp), channels c .. c + n - 1
+ * (tab: tinyml_out_prepare's constants). */
 static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, int32_t n, const int32_t *bias,
-                                  const int32_t *wsum, const int32_t *mult, const int32_t *shift, int32_t out_zp,
-                                  int32_t act_min, int32_t act_max, int8_t *dst, int32_t dst_stride) {
+                                  const int32_t *wsum, const tinyml_oq_t *q, const tinyml_rq_t *tab, int32_t c,
+                                  int8_t *dst) {
     int32_t o = 0, r;
 #if defined(TINYML_USE_VNNI)
-    const __m256i zp = _mm256_set1_epi32(out_zp), lo = _mm256_set1_epi32(act_min), hi = _mm256_set1_epi32(act_max);
+    const __m256i zp = _mm256_set1_epi32(q->zp), lo = _mm256_set1_epi32(q->lo), hi = _mm256_set1_epi32(q->hi);
     for (; o + 8 <= n; o += 8) {
-        int32_t v[8];
         __m256i acc = tinyml_dot8_vnni(x, w + o * k, k);
         acc = _mm256_add_epi32(acc, _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(bias + o)),
                                                      _mm256_loadu_si256((const __m256i *)(wsum + o))));
-        acc = _mm256_add_epi32(tinyml_requantize8(acc, mult + o, shift + o), zp);
+        acc = _mm256_add_epi32(tinyml_requantize8(acc, q->mult + c + o, q->shift + c + o), zp);
         acc = _mm256_min_epi32(_mm256_max_epi32(acc, lo), hi);
-        if (dst_stride == 1) {
-            _mm_storel_epi64((__m128i *)(dst + o), _mm256_cvtepi32_epi8(acc));
-        } else {
-            _mm256_storeu_si256((__m256i *)v, acc);
-            for (r = 0; r < 8; r++) dst[(o + r) * dst_stride] = (int8_t)v[r];
-        }
+        _mm_storel_epi64((__m128i *)(dst + c + o), _mm256_cvtepi32_epi8(acc));
     }
 #else
     (void)wsum;
@@ -603,14 +849,16 @@ static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
         int32_t acc[4];
         for (r = 0; r < 4; r++) acc[r] = bias[o + r];
         tinyml_dot4(x, w + (size_t)o * (size_t)k, k, k, acc);
-        for (r = 0; r < 4; r++) {
-            int32_t v = tinyml_requantize(acc[r], mult[o + r], shift[o + r]) + out_zp;
-            dst[(o + r) * dst_stride] = tinyml_clamp(v, act_min, act_max);
-        }
+#if defined(TINYML_USE_MVE)
+        tinyml_out_x4(q, c + o, tinyml_vldrwq_s32(acc), 4, dst);
+        (void)tab;
+#else
+        tinyml_out_block(q, tab, c + o, acc, 4, dst);
+#endif
     }
     for (; o < n; o++) {
         const int32_t acc = tinyml_dot1(x, w + (size_t)o * (size_t)k, k, bias[o]);
-        dst[o * dst_stride] = tinyml_clamp(tinyml_requantize(acc, mult[o], shift[o]) + out_zp, act_min, act_max);
+        tinyml_out_block(q, tab, c + o, &acc, 1, dst);
     }
 }
 #if defined(__GNUC__) && !defined(__clang__)
@@ -618,15 +866,15 @@ static inline void tinyml_rows_s8(const int8_t *x, const int8_t *w, int32_t k, i
 #endif
 
 typedef struct {
-    int32_t in_c, in_h, in_w, out_c, out_h, out_w;
-    int32_t kh, kw, sh, sw, pad_t, pad_l, groups;
-    int32_t in_zp, out_zp, act_min, act_max;
+    tinyml_oq_t q;
     const int8_t *weight;  /* [out_c][kh][kw][in_c / groups] (DSP: row pairs interleaved); depthwise [kh][kw][out_c] */
-    const int32_t *bias;   /* bias - in_zp * sum(weight row) */
-    const int32_t *wsum;   /* 128 * sum(weight row), for the VNNI path only */
-    const int32_t *mult;
-    const int32_t *shift;
-    const int8_t *wq;      /* VNNI path: [groups][ceil(K / 4)][out_c / groups rounded up to 16][4] */
+    const int32_t *bias;   /* bias - in_zp * sum(weight row); depthwise: the bias as it is */
+    int16_t in_c, in_h, in_w, out_c, out_h, out_w;
+    int16_t kh, kw, sh, sw, pad_t, pad_l, groups, in_zp;
+#if defined(TINYML_USE_VNNI)
+    const int32_t *wsum;   /* 128 * sum(weight row) */
+    const int8_t *wq;      /* [groups][ceil(K / 4)][out_c / groups rounded up to 16][4] */
+#endif
 } tinyml_conv_t;
 
 /* One output position's receptive field of group g, ordered (ky, kx, c), padded with in_zp. */
@@ -657,6 +905,20 @@ static inline void tinyml_im2col(const tinyml_conv_t *p, const int8_t *in, int32
             }
         }
     }
+}
+
+/* The receptive field of output position pos as one contiguous run of K values: in place in the
+ * input when it is one (a 1x1 kernel, or whole image rows, inside the image, no groups), else
+ * its im2col copy in col. */
+static inline const int8_t *tinyml_column(const tinyml_conv_t *p, const int8_t *in, int32_t g, int32_t pos,
+                                          int8_t *col) {
+    const int32_t oy = pos / p->out_w, ox = pos - oy * p->out_w;
+    const int32_t y0 = oy * p->sh - p->pad_t, x0 = ox * p->sw - p->pad_l;
+    if (p->groups == 1 && (p->kh == 1 || p->kw == p->in_w) && y0 >= 0 && x0 >= 0 && y0 + p->kh <= p->in_h &&
+        x0 + p->kw <= p->in_w)
+        return in + (y0 * p->in_w + x0) * p->in_c;
+    tinyml_im2col(p, in, g, oy, ox, col);
+    return col;
 }
 
 #if defined(TINYML_USE_VNNI)
@@ -708,10 +970,10 @@ static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_
     __m512i mult, shift, v;
     acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, p->bias + o));
     acc = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, p->wsum + o));
-    mult = _mm512_maskz_loadu_epi32(m, p->mult + o);
-    shift = _mm512_maskz_loadu_epi32(m, p->shift + o);
-    v = _mm512_add_epi32(tinyml_requantize16(acc, mult, shift), _mm512_set1_epi32(p->out_zp));
-    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(p->act_min)), _mm512_set1_epi32(p->act_max));
+    mult = _mm512_maskz_loadu_epi32(m, p->q.mult + o);
+    shift = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p->q.shift + o));
+    v = _mm512_add_epi32(tinyml_requantize16(acc, mult, shift), _mm512_set1_epi32(p->q.zp));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(p->q.lo)), _mm512_set1_epi32(p->q.hi));
     _mm_mask_storeu_epi8(dst + o, m, _mm512_cvtepi32_epi8(v));
 }
 
@@ -827,10 +1089,10 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
 #endif
 
 #if defined(TINYML_USE_DSP)
-/* Two im2col columns c0, c1 of k int8 values widened to int16 and interleaved for
- * tinyml_dot2x2: per 4 values a, b, c, d of each column the halfword pairs (a, c), (b, d) that
- * SXTB16 and SXTB16 ROR 8 make of a weight word, c0's two words then c1's; the last k % 4
- * values as int16, c0 and c1 alternating. */
+/* Two columns c0, c1 of k int8 values widened to int16 and interleaved for tinyml_dot2x2: per 4
+ * values a, b, c, d of each column the halfword pairs (a, c), (b, d) that SXTB16 and SXTB16 ROR 8
+ * make of a weight word, c0's two words then c1's; the last k % 4 values as int16, c0 and c1
+ * alternating. */
 static inline void tinyml_widen2(const int8_t *c0, const int8_t *c1, int32_t k, uint32_t *dst) {
     int16_t *tail;
     int32_t i;
@@ -850,14 +1112,70 @@ static inline void tinyml_widen2(const int8_t *c0, const int8_t *c1, int32_t k, 
 
 /* Two weight rows against two widened columns x (tinyml_widen2) over k values:
  * acc = {w0.c0, w0.c1, w1.c0, w1.c1} added. The rows are interleaved as the DSP path stores them
- * (per 4 values a word of each row, then the last k % 4 values of each row). Per 4 values: one
- * LDM of the columns, 2 weight words, 4 SXTB16 and 8 SMLAD for 16 MACs, which fits the core's
+ * (per 4 values a word of each row, then the last k % 4 values of each row). Per 4 values: the
+ * columns' four words, 2 weight words, 4 SXTB16 and 8 SMLAD for 16 MACs, which fits the core's
  * registers (CMSIS-NN's 2 x 2 scheme, with both operands in one stream each). */
 static inline void tinyml_dot2x2(const uint32_t *x, const int8_t *w, int32_t k, int32_t *acc) {
     int32_t a = acc[0], b = acc[1], c = acc[2], d = acc[3], n;
     const int16_t *t;
     const int32_t rest = k & 3;
-    for (n = k >> 2; n > 0; n--, x += 4, w += 8) {
+#if defined(__GNUC__) && !defined(TINYML_EMULATE_DSP)
+    /* The same loop in assembly: 16.5 instructions per 16 MACs in 13 registers (GCC 12 spills
+     * some of them to the stack when this is inlined into a larger loop); the columns' four words
+     * by one LDM, which needs them in ascending registers. */
+    if (k >= 4) {
+        const int8_t *const end = w + 8 * (k >> 2);
+        register uint32_t x0e __asm__("r8"), x0o __asm__("r9"), x1e __asm__("r10"), x1o __asm__("r11");
+        uint32_t u, e;
+        __asm__ volatile(
+            /* Unrolled twice; an odd count enters at the second copy. */
+            "sub %[u], %[end], %[w]\n\t"
+            "tst %[u], #8\n\t"
+            "bne 2f\n\t"
+            "1:\n\t"
+            "ldm %[x]!, {%[x0e], %[x0o], %[x1e], %[x1o]}\n\t"
+            "ldr %[u], [%[w]], #4\n\t"
+            "sxtb16 %[e], %[u]\n\t"
+            "sxtb16 %[u], %[u], ror #8\n\t"
+            "smlad %[a], %[e], %[x0e], %[a]\n\t"
+            "smlad %[a], %[u], %[x0o], %[a]\n\t"
+            "smlad %[b], %[e], %[x1e], %[b]\n\t"
+            "smlad %[b], %[u], %[x1o], %[b]\n\t"
+            "ldr %[u], [%[w]], #4\n\t"
+            "sxtb16 %[e], %[u]\n\t"
+            "sxtb16 %[u], %[u], ror #8\n\t"
+            "smlad %[c], %[e], %[x0e], %[c]\n\t"
+            "smlad %[c], %[u], %[x0o], %[c]\n\t"
+            "smlad %[d], %[e], %[x1e], %[d]\n\t"
+            "smlad %[d], %[u], %[x1o], %[d]\n\t"
+            "2:\n\t"
+            "ldm %[x]!, {%[x0e], %[x0o], %[x1e], %[x1o]}\n\t"
+            "ldr %[u], [%[w]], #4\n\t"
+            "sxtb16 %[e], %[u]\n\t"
+            "sxtb16 %[u], %[u], ror #8\n\t"
+            "smlad %[a], %[e], %[x0e], %[a]\n\t"
+            "smlad %[a], %[u], %[x0o], %[a]\n\t"
+            "smlad %[b], %[e], %[x1e], %[b]\n\t"
+            "smlad %[b], %[u], %[x1o], %[b]\n\t"
+            "ldr %[u], [%[w]], #4\n\t"
+            "sxtb16 %[e], %[u]\n\t"
+            "sxtb16 %[u], %[u], ror #8\n\t"
+            "smlad %[c], %[e], %[x0e], %[c]\n\t"
+            "smlad %[c], %[u], %[x0o], %[c]\n\t"
+            "smlad %[d], %[e], %[x1e], %[d]\n\t"
+            "smlad %[d], %[u], %[x1o], %[d]\n\t"
+            "cmp %[w], %[end]\n\t"
+            "bne 1b\n\t"
+            : [a] "+r"(a), [b] "+r"(b), [c] "+r"(c), [d] "+r"(d), [x] "+r"(x), [w] "+r"(w), [x0e] "=&r"(x0e),
+              [x0o] "=&r"(x0o), [x1e] "=&r"(x1e), [x1o] "=&r"(x1o), [u] "=&r"(u), [e] "=&r"(e)
+            : [end] "r"(end)
+            : "cc", "memory");
+    }
+    n = 0;
+#else
+    n = k >> 2;
+#endif
+    for (; n > 0; n--, x += 4, w += 8) {
         const uint32_t u = tinyml_load32(w), v = tinyml_load32(w + 4);
         const int32_t x0e = (int32_t)x[0], x0o = (int32_t)x[1], x1e = (int32_t)x[2], x1o = (int32_t)x[3];
         int32_t e = tinyml_sxtb16(u), o = tinyml_sxtb16_ror8(u);
@@ -906,67 +1224,65 @@ static inline void tinyml_dot1x2(const uint32_t *x, const int8_t *w, int32_t k, 
     acc[1] = b;
 }
 
-static inline int8_t tinyml_out1(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi) {
-    return tinyml_clamp(tinyml_requantize(acc, mult, shift) + zp, lo, hi);
+/* The sums of output channels o .. end - 1 (weights w on) for two widened columns, into sum0 and
+ * sum1. Out of line, so that the inner loop has the registers to itself. */
+static TINYML_NOINLINE void tinyml_conv_dsp_sums(const uint32_t *wide, const int8_t *w, const int32_t *bias,
+                                                 int32_t k, int32_t o, int32_t end, int32_t *sum0, int32_t *sum1) {
+    for (; o + 2 <= end; o += 2, w += 2 * k) {
+        int32_t acc[4];
+        acc[0] = acc[1] = bias[o];
+        acc[2] = acc[3] = bias[o + 1];
+        tinyml_dot2x2(wide, w, k, acc);
+        sum0[o] = acc[0];
+        sum1[o] = acc[1];
+        sum0[o + 1] = acc[2];
+        sum1[o + 1] = acc[3];
+    }
+    if (o < end) {
+        int32_t acc[2];
+        acc[0] = acc[1] = bias[o];
+        tinyml_dot1x2(wide, w, k, acc);
+        sum0[o] = acc[0];
+        sum1[o] = acc[1];
+    }
 }
 
-/* Convolution, two output positions at a time: their im2col columns widened to int16 once, then
- * two output channels per pass of tinyml_dot2x2. col: the widened pair (4 * K4 bytes, K4 = K
- * rounded up to 4), then the two int8 columns (K4 bytes each). */
-static void tinyml_conv_dsp(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
-    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
+/* Convolution, two output positions at a time: their columns widened to int16 once, then two
+ * output channels per pass of tinyml_dot2x2 into two rows of int32 sums, requantized by
+ * tinyml_out_block. col: the widened pair (4 * K4 bytes, K4 = K rounded up to 4), the two int8
+ * columns (K4 bytes each), the two rows of sums (4 * out_c bytes each), then tab. */
+static void tinyml_conv_dsp(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col,
+                            const tinyml_rq_t *tab) {
+    const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups, oc = p->out_c;
     const int32_t k = icg * p->kh * p->kw, k4 = (k + 3) & ~3, npos = p->out_h * p->out_w;
     uint32_t *const wide = (uint32_t *)(void *)col;
     int8_t *const col0 = col + 4 * k4, *const col1 = col0 + k4;
-    /* Locals, not p->...: the int8 output stores could alias them and force reloads. */
-    const int8_t *const weight = p->weight;
-    const int32_t *const bias = p->bias, *const mult = p->mult, *const shift = p->shift;
-    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
-    int32_t pos, g, o;
+    int32_t *const sum0 = (int32_t *)(void *)(col1 + k4), *const sum1 = sum0 + oc;
+    int32_t pos, g;
     for (pos = 0; pos < npos; pos += 2) {
         const int32_t pair = pos + 1 < npos;
-        int8_t *const dst0 = out + pos * p->out_c, *const dst1 = dst0 + p->out_c;
+        int8_t *const dst0 = out + pos * oc;
         for (g = 0; g < p->groups; g++) {
             const int32_t end = (g + 1) * ocg;
-            tinyml_im2col(p, in, g, pos / p->out_w, pos % p->out_w, col0);
-            if (pair) tinyml_im2col(p, in, g, (pos + 1) / p->out_w, (pos + 1) % p->out_w, col1);
-            tinyml_widen2(col0, pair ? col1 : col0, k, wide);
-            for (o = g * ocg; o + 2 <= end; o += 2) {
-                int32_t acc[4];
-                acc[0] = acc[1] = bias[o];
-                acc[2] = acc[3] = bias[o + 1];
-                tinyml_dot2x2(wide, weight + o * k, k, acc);
-                {
-                    const int8_t v0 = tinyml_out1(acc[0], mult[o], shift[o], zp, lo, hi);
-                    const int8_t v1 = tinyml_out1(acc[1], mult[o], shift[o], zp, lo, hi);
-                    const int8_t v2 = tinyml_out1(acc[2], mult[o + 1], shift[o + 1], zp, lo, hi);
-                    const int8_t v3 = tinyml_out1(acc[3], mult[o + 1], shift[o + 1], zp, lo, hi);
-                    dst0[o] = v0;
-                    dst0[o + 1] = v2;
-                    if (pair) {
-                        dst1[o] = v1;
-                        dst1[o + 1] = v3;
-                    }
-                }
-            }
-            if (o < end) {
-                int32_t acc[2];
-                acc[0] = acc[1] = bias[o];
-                tinyml_dot1x2(wide, weight + o * k, k, acc);
-                dst0[o] = tinyml_out1(acc[0], mult[o], shift[o], zp, lo, hi);
-                if (pair) dst1[o] = tinyml_out1(acc[1], mult[o], shift[o], zp, lo, hi);
-            }
+            const int8_t *x0 = tinyml_column(p, in, g, pos, col0);
+            const int8_t *x1 = pair ? tinyml_column(p, in, g, pos + 1, col1) : x0;
+            tinyml_widen2(x0, x1, k, wide);
+            tinyml_conv_dsp_sums(wide, p->weight + g * ocg * k, p->bias, k, g * ocg, end, sum0, sum1);
         }
+        tinyml_out_block(&p->q, tab, 0, sum0, oc, dst0);
+        if (pair) tinyml_out_block(&p->q, tab, 0, sum1, oc, dst0 + oc);
     }
 }
 #endif
 
-/* Convolution, NHWC in and out, through im2col: col needs 6 * K4 bytes, K4 = (in_c / groups) *
- * kh * kw rounded up to 4 (the DSP path's two int8 and two int16 columns; the others use K4). */
+/* Convolution, NHWC in and out, through im2col: col needs 6 * K4 + 20 * out_c bytes, K4 =
+ * (in_c / groups) * kh * kw rounded up to 4 (the DSP path's two int8 and two int16 columns, two
+ * rows of sums and the output stage's constants; the others use K4). */
 TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *col) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
-    const int32_t k = icg * p->kh * p->kw;
-    int32_t g, oy, ox;
+    const int32_t k = icg * p->kh * p->kw, k4 = (k + 3) & ~3, npos = p->out_h * p->out_w;
+    tinyml_rq_t *const tab = (tinyml_rq_t *)(void *)(col + 6 * k4 + 8 * p->out_c);
+    int32_t g, pos;
 #if defined(TINYML_USE_VNNI)
     if (p->wq) {
         /* This path keeps its two columns on the stack. */
@@ -976,45 +1292,35 @@ TINYML_KERNEL void tinyml_conv_s8(const tinyml_conv_t *p, const int8_t *in, int8
     }
 #endif
 #if defined(TINYML_USE_DSP)
-    tinyml_conv_dsp(p, in, out, col);
+    tinyml_out_prepare(&p->q, p->out_c, tab);
+    tinyml_conv_dsp(p, in, out, col, tab);
     return;
 #endif
-    for (oy = 0; oy < p->out_h; oy++) {
-        for (ox = 0; ox < p->out_w; ox++) {
-            int8_t *dst = out + (oy * p->out_w + ox) * p->out_c;
-            for (g = 0; g < p->groups; g++) {
-                const int32_t o = g * ocg;
-                tinyml_im2col(p, in, g, oy, ox, col);
-                tinyml_rows_s8(col, p->weight + o * k, k, ocg, p->bias + o, p->wsum ? p->wsum + o : 0, p->mult + o,
-                               p->shift + o, p->out_zp, p->act_min, p->act_max, dst + o, 1);
-            }
+    for (pos = 0; pos < npos; pos++) {
+        int8_t *dst = out + pos * p->out_c;
+        for (g = 0; g < p->groups; g++) {
+            const int32_t o = g * ocg;
+            const int8_t *x = tinyml_column(p, in, g, pos, col);
+#if defined(TINYML_USE_VNNI)
+            const int32_t *ws = p->wsum ? p->wsum + o : 0;
+#else
+            const int32_t *ws = 0;
+#endif
+            tinyml_rows_s8(x, p->weight + o * k, k, ocg, p->bias + o, ws, &p->q, tab, o, dst);
         }
     }
 }
 
-/* dst[j] = clamp(requantize(acc[j]) + zp) for n channels. The constants are held in locals:
- * an int8 store may alias anything, so read through a pointer they would be loaded again after
- * every output. */
-static inline void tinyml_store_block(const int32_t *acc, int32_t n, const int32_t *mult, const int32_t *shift,
-                                      int32_t zp, int32_t lo, int32_t hi, int8_t *dst) {
-    int32_t j;
-    for (j = 0; j < n; j++) dst[j] = tinyml_clamp(tinyml_requantize(acc[j], mult[j], shift[j]) + zp, lo, hi);
-}
-
-/* The input of tap (ky, kx) for channel c on, or zp (in_zp bytes) for a tap outside the image. */
-static inline const int8_t *tinyml_dw_src(const tinyml_conv_t *p, const int8_t *in, int32_t y, int32_t x, int32_t c,
-                                          const int8_t *zp) {
-    return (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w) ? zp : in + (y * p->in_w + x) * p->out_c + c;
-}
-
-/* acc[0..3] += four channels of one tap: x and w point at the tap's channels c .. c + 3. */
+/* acc[0..3] += four channels of one tap: x and w point at the tap's channels c .. c + 3; the
+ * input minus its zero point, so that a tap outside the image (the padding) adds nothing. */
 #if defined(TINYML_USE_DSP)
-/* SXTB16 splits a word of four channels into halfword pairs (0, 2) and (1, 3); SMLABB / SMLATT
- * multiply-accumulate the bottom / top halves. */
+/* SXTAB16 widens a word of four channels into the halfword pairs (0, 2) and (1, 3) and adds
+ * -in_zp to each half in the same instruction; SMLABB / SMLATT multiply-accumulate the bottom /
+ * top halves. */
 #define TINYML_DW4_TAP(x, w)                                                                    \
     do {                                                                                        \
         const uint32_t u_ = tinyml_load32(x), v_ = tinyml_load32(w);                           \
-        const int32_t xe_ = tinyml_sxtb16(u_), xo_ = tinyml_sxtb16_ror8(u_);                   \
+        const int32_t xe_ = tinyml_sxtab16(nzp, u_), xo_ = tinyml_sxtab16_ror8(nzp, u_);       \
         const int32_t we_ = tinyml_sxtb16(v_), wo_ = tinyml_sxtb16_ror8(v_);                   \
         a0 = tinyml_smlabb(xe_, we_, a0);                                                       \
         a1 = tinyml_smlabb(xo_, wo_, a1);                                                       \
@@ -1024,34 +1330,24 @@ static inline const int8_t *tinyml_dw_src(const tinyml_conv_t *p, const int8_t *
 #else
 #define TINYML_DW4_TAP(x, w)                                                                    \
     do {                                                                                        \
-        a0 += (x)[0] * (w)[0];                                                                  \
-        a1 += (x)[1] * (w)[1];                                                                  \
-        a2 += (x)[2] * (w)[2];                                                                  \
-        a3 += (x)[3] * (w)[3];                                                                  \
+        a0 += ((x)[0] - zp) * (w)[0];                                                           \
+        a1 += ((x)[1] - zp) * (w)[1];                                                           \
+        a2 += ((x)[2] - zp) * (w)[2];                                                           \
+        a3 += ((x)[3] - zp) * (w)[3];                                                           \
     } while (0)
 #endif
 
-/* Four channels c .. c + 3 of the output pixel whose window starts at (y0, x0), into acc.
- * Inside the image the taps are read in place with no tests; at the border every tap reads the
- * input or zp (the padding value: the bias is corrected for all taps). */
-static inline void tinyml_dw_4(const tinyml_conv_t *p, const int8_t *in, int32_t y0, int32_t x0, int32_t c,
-                               int32_t border, const int8_t *zp, int32_t *acc) {
-    const int32_t C = p->out_c;
-    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3], ky, kx;
-    const int8_t *w = p->weight + c;
-    if (!border) {
-        const int8_t *row = in + (y0 * p->in_w + x0) * C + c;
-        for (ky = 0; ky < p->kh; ky++, row += p->in_w * C) {
-            const int8_t *x = row;
-            for (kx = 0; kx < p->kw; kx++, x += C, w += C) TINYML_DW4_TAP(x, w);
-        }
-    } else {
-        for (ky = 0; ky < p->kh; ky++) {
-            for (kx = 0; kx < p->kw; kx++, w += C) {
-                const int8_t *x = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
-                TINYML_DW4_TAP(x, w);
-            }
-        }
+/* Four channels of one output pixel over the window's taps inside the image: nky rows of nkx
+ * taps, x and w at the first one (rows xrow and wrow bytes apart, taps c bytes apart). */
+static inline void tinyml_dw_4(const int32_t *bias, const int8_t *x, const int8_t *w, int32_t nky, int32_t nkx,
+                               int32_t xrow, int32_t wrow, int32_t c, int32_t zp, int32_t *acc) {
+    int32_t a0 = bias[0], a1 = bias[1], a2 = bias[2], a3 = bias[3], ky, kx;
+#if defined(TINYML_USE_DSP)
+    const int32_t nzp = (int32_t)(((uint32_t)-zp & 0xffffu) * 0x10001u);
+#endif
+    for (ky = 0; ky < nky; ky++, x += xrow, w += wrow) {
+        const int8_t *xp = x, *wp = w;
+        for (kx = 0; kx < nkx; kx++, xp += c, wp += c) TINYML_DW4_TAP(xp, wp);
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -1059,60 +1355,110 @@ static inline void tinyml_dw_4(const tinyml_conv_t *p, const int8_t *in, int32_t
     acc[3] = a3;
 }
 
-#if defined(TINYML_USE_MVE)
-/* tinyml_dw_4 for n (<= 16) channels: four int32x4 accumulators; per tap four VLDRB.S32 of the
- * input and of the weights, VMUL and VADD. Whole 16-channel blocks load unpredicated. */
-static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *in, int32_t y0, int32_t x0, int32_t c,
-                                 int32_t n, int32_t border, const int8_t *zp, int32_t *acc) {
-    const int32_t C = p->out_c;
-    tinyml_s32x4 a0, a1, a2, a3;
-    const int8_t *w = p->weight + c;
-    int32_t ky, kx;
-    if (n == 16) {
-        a0 = tinyml_vldrwq_s32(p->bias + c);
-        a1 = tinyml_vldrwq_s32(p->bias + c + 4);
-        a2 = tinyml_vldrwq_s32(p->bias + c + 8);
-        a3 = tinyml_vldrwq_s32(p->bias + c + 12);
-#define TINYML_DW16_TAP(src, w)                                                                     \
-    do {                                                                                            \
-        a0 = tinyml_vmlaq_s32(a0, tinyml_vldrbq_s32(src), tinyml_vldrbq_s32(w));                   \
-        a1 = tinyml_vmlaq_s32(a1, tinyml_vldrbq_s32((src) + 4), tinyml_vldrbq_s32((w) + 4));       \
-        a2 = tinyml_vmlaq_s32(a2, tinyml_vldrbq_s32((src) + 8), tinyml_vldrbq_s32((w) + 8));       \
-        a3 = tinyml_vmlaq_s32(a3, tinyml_vldrbq_s32((src) + 12), tinyml_vldrbq_s32((w) + 12));     \
-    } while (0)
-        if (!border) {
-            const int8_t *row = in + (y0 * p->in_w + x0) * C + c;
-            for (ky = 0; ky < p->kh; ky++, row += p->in_w * C) {
-                const int8_t *x = row;
-                for (kx = 0; kx < p->kw; kx++, x += C, w += C) TINYML_DW16_TAP(x, w);
-            }
-        } else {
-            for (ky = 0; ky < p->kh; ky++) {
-                for (kx = 0; kx < p->kw; kx++, w += C) {
-                    const int8_t *x = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
-                    TINYML_DW16_TAP(x, w);
-                }
+#if defined(TINYML_USE_DSP)
+/* All channels of one output pixel, four at a time, for weights in this path's layout
+ * [C / 4][kh][kw][4] (the taps of four channels contiguous): nky rows of nkx taps inside the image,
+ * x and w at the first one of channel group 0, input taps c bytes apart (rows xrow), weight rows
+ * wrow bytes apart, groups kk4 bytes apart. A row of three taps is unrolled. Out of line, so that
+ * the tap loop has the registers to itself. */
+static TINYML_NOINLINE void tinyml_dw_pixel_dsp(const int32_t *bias, const int8_t *x, const int8_t *w, int32_t groups,
+                                                int32_t nky, int32_t nkx, int32_t xrow, int32_t wrow, int32_t kk4,
+                                                int32_t c, int32_t zp, int32_t *acc) {
+    const int32_t nzp = (int32_t)(((uint32_t)-zp & 0xffffu) * 0x10001u), c2 = 2 * c;
+    int32_t g, ky, kx;
+    for (g = 0; g < groups; g++, x += 4, w += kk4, bias += 4, acc += 4) {
+        int32_t a0 = bias[0], a1 = bias[1], a2 = bias[2], a3 = bias[3];
+        const int8_t *xr = x, *wr = w;
+        for (ky = 0; ky < nky; ky++, xr += xrow, wr += wrow) {
+            if (nkx == 3) {
+#if defined(__GNUC__) && !defined(TINYML_EMULATE_DSP)
+                /* A row of three taps in 31 instructions and 13 registers (GCC 12 spills). */
+                const int8_t *wp = wr;
+                uint32_t u, v, xe, we;
+                __asm__ volatile(
+#define TINYML_DW4_ASM(load)                                                                   \
+    load "ldr %[v], [%[w]], #4\n\t"                                                            \
+         "sxtab16 %[xe], %[z], %[u]\n\t"                                                       \
+         "sxtab16 %[u], %[z], %[u], ror #8\n\t"                                                \
+         "sxtb16 %[we], %[v]\n\t"                                                              \
+         "sxtb16 %[v], %[v], ror #8\n\t"                                                       \
+         "smlabb %[a0], %[xe], %[we], %[a0]\n\t"                                               \
+         "smlatt %[a2], %[xe], %[we], %[a2]\n\t"                                               \
+         "smlabb %[a1], %[u], %[v], %[a1]\n\t"                                                 \
+         "smlatt %[a3], %[u], %[v], %[a3]\n\t"
+                    TINYML_DW4_ASM("ldr %[u], [%[x]]\n\t")
+                    TINYML_DW4_ASM("ldr %[u], [%[x], %[c]]\n\t")
+                    TINYML_DW4_ASM("ldr %[u], [%[x], %[c2]]\n\t")
+#undef TINYML_DW4_ASM
+                    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [w] "+r"(wp), [u] "=&r"(u),
+                      [v] "=&r"(v), [xe] "=&r"(xe), [we] "=&r"(we)
+                    : [x] "r"(xr), [c] "r"(c), [c2] "r"(c2), [z] "r"(nzp)
+                    : "memory");
+#else
+                TINYML_DW4_TAP(xr, wr);
+                TINYML_DW4_TAP(xr + c, wr + 4);
+                TINYML_DW4_TAP(xr + c2, wr + 8);
+#endif
+            } else {
+                const int8_t *xp = xr, *wp = wr;
+                for (kx = 0; kx < nkx; kx++, xp += c, wp += 4) TINYML_DW4_TAP(xp, wp);
             }
         }
-#undef TINYML_DW16_TAP
+        acc[0] = a0;
+        acc[1] = a1;
+        acc[2] = a2;
+        acc[3] = a3;
+    }
+}
+#endif
+
+#if defined(TINYML_USE_MVE)
+/* 16 channels (n of them, n <= 16) of one output pixel, as tinyml_dw_4: four int32x4
+ * accumulators; per tap four VLDRB.S32 of the input, VSUB of the zero point, four VLDRB.S32 of
+ * the weights, VMUL and VADD, into acc (16 values, room for all). Whole blocks unpredicated. */
+static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *x, const int8_t *w, int32_t c, int32_t n,
+                                 int32_t nky, int32_t nkx, int32_t xrow, int32_t wrow, int32_t *acc) {
+    const int32_t C = p->out_c, zp = p->in_zp;
+    const int32_t *bias = p->bias + c;
+    tinyml_s32x4 a0, a1, a2, a3;
+    int32_t ky, kx;
+    x += c;
+    w += c;
+    if (n == 16) {
+        a0 = tinyml_vldrwq_s32(bias);
+        a1 = tinyml_vldrwq_s32(bias + 4);
+        a2 = tinyml_vldrwq_s32(bias + 8);
+        a3 = tinyml_vldrwq_s32(bias + 12);
+        for (ky = 0; ky < nky; ky++, x += xrow, w += wrow) {
+            const int8_t *xp = x, *wp = w;
+            for (kx = 0; kx < nkx; kx++, xp += C, wp += C) {
+                a0 = tinyml_vmlaq_s32(a0, tinyml_vsubq_n_s32(tinyml_vldrbq_s32(xp), zp), tinyml_vldrbq_s32(wp));
+                a1 = tinyml_vmlaq_s32(a1, tinyml_vsubq_n_s32(tinyml_vldrbq_s32(xp + 4), zp), tinyml_vldrbq_s32(wp + 4));
+                a2 = tinyml_vmlaq_s32(a2, tinyml_vsubq_n_s32(tinyml_vldrbq_s32(xp + 8), zp), tinyml_vldrbq_s32(wp + 8));
+                a3 = tinyml_vmlaq_s32(a3, tinyml_vsubq_n_s32(tinyml_vldrbq_s32(xp + 12), zp),
+                                      tinyml_vldrbq_s32(wp + 12));
+            }
+        }
     } else {
+        /* Lanes beyond n load 0 weights, so their input lanes add nothing. */
         const tinyml_pred p0 = tinyml_vctp32q((uint32_t)n), p1 = tinyml_vctp32q((uint32_t)(n > 4 ? n - 4 : 0));
         const tinyml_pred p2 = tinyml_vctp32q((uint32_t)(n > 8 ? n - 8 : 0));
         const tinyml_pred p3 = tinyml_vctp32q((uint32_t)(n > 12 ? n - 12 : 0));
-        int32_t b[16];
-        memset(b, 0, sizeof b);
-        memcpy(b, p->bias + c, (size_t)n * 4);
-        a0 = tinyml_vldrwq_s32(b);
-        a1 = tinyml_vldrwq_s32(b + 4);
-        a2 = tinyml_vldrwq_s32(b + 8);
-        a3 = tinyml_vldrwq_s32(b + 12);
-        for (ky = 0; ky < p->kh; ky++) {
-            for (kx = 0; kx < p->kw; kx++, w += C) {
-                const int8_t *src = tinyml_dw_src(p, in, y0 + ky, x0 + kx, c, zp);
-                a0 = tinyml_vmlaq_s32(a0, tinyml_vldrbq_z_s32(src, p0), tinyml_vldrbq_z_s32(w, p0));
-                a1 = tinyml_vmlaq_s32(a1, tinyml_vldrbq_z_s32(src + 4, p1), tinyml_vldrbq_z_s32(w + 4, p1));
-                a2 = tinyml_vmlaq_s32(a2, tinyml_vldrbq_z_s32(src + 8, p2), tinyml_vldrbq_z_s32(w + 8, p2));
-                a3 = tinyml_vmlaq_s32(a3, tinyml_vldrbq_z_s32(src + 12, p3), tinyml_vldrbq_z_s32(w + 12, p3));
+        a0 = tinyml_vldrwq_z_s32(bias, p0);
+        a1 = tinyml_vldrwq_z_s32(bias + 4, p1);
+        a2 = tinyml_vldrwq_z_s32(bias + 8, p2);
+        a3 = tinyml_vldrwq_z_s32(bias + 12, p3);
+        for (ky = 0; ky < nky; ky++, x += xrow, w += wrow) {
+            const int8_t *xp = x, *wp = w;
+            for (kx = 0; kx < nkx; kx++, xp += C, wp += C) {
+                a0 = tinyml_vmlaq_s32(a0, tinyml_vsubq_n_s32(tinyml_vldrbq_z_s32(xp, p0), zp),
+                                      tinyml_vldrbq_z_s32(wp, p0));
+                a1 = tinyml_vmlaq_s32(a1, tinyml_vsubq_n_s32(tinyml_vldrbq_z_s32(xp + 4, p1), zp),
+                                      tinyml_vldrbq_z_s32(wp + 4, p1));
+                a2 = tinyml_vmlaq_s32(a2, tinyml_vsubq_n_s32(tinyml_vldrbq_z_s32(xp + 8, p2), zp),
+                                      tinyml_vldrbq_z_s32(wp + 8, p2));
+                a3 = tinyml_vmlaq_s32(a3, tinyml_vsubq_n_s32(tinyml_vldrbq_z_s32(xp + 12, p3), zp),
+                                      tinyml_vldrbq_z_s32(wp + 12, p3));
             }
         }
     }
@@ -1124,74 +1470,85 @@ static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *in, int32
 #endif
 
 /* Depthwise convolution (one input channel per group), NHWC, weights [kh][kw][out_c] (channels
- * contiguous per tap), no im2col. With a channel multiplier of 1 the channels are the inner
- * loop, 16 at a time: only the taps inside the image are multiplied, and at the border the
- * taps outside add in_zp * w, as the bias is corrected for all taps. */
-TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
-    const int32_t C = p->out_c, mult = C / p->in_c;
-    int8_t zp[16];
-    int32_t c, o, oy, ox, ky, kx;
-    memset(zp, (uint8_t)p->in_zp, sizeof zp);
+ * contiguous per tap), no im2col. The bias is not corrected for the input zero point: the taps
+ * multiply x - in_zp, so that the window is simply clipped to the image (the padding adds
+ * nothing) and no tap is tested. With a channel multiplier of 1 the channels are the inner loop,
+ * 16 at a time. */
+TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    const int32_t C = p->out_c, mult = C / p->in_c, zp = p->in_zp, kw = p->kw;
+    const int32_t xrow = p->in_w * p->in_c, wrow = kw * C;
+    int32_t *const acc = (int32_t *)(void *)scratch;
+    tinyml_rq_t *const tab = (tinyml_rq_t *)(void *)(scratch + 4 * C);
+    int32_t c, j, oy, ox, ky, kx;
+    tinyml_out_prepare(&p->q, C, tab);
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->sh - p->pad_t;
         const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t x0 = ox * p->sw - p->pad_l;
-            const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < p->kw ? p->in_w - x0 : p->kw;
-            const int32_t border = ky0 > 0 || kx0 > 0 || ky1 < p->kh || kx1 < p->kw;
+            const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+            const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
+            /* The first tap inside the image, of input and weights. */
+            const int8_t *x = in + (y0 + ky0) * xrow + (x0 + kx0) * p->in_c;
+            const int8_t *w = p->weight + (ky0 * kw + kx0) * C;
             int8_t *dst = out + (oy * p->out_w + ox) * C;
-            if (mult != 1) {
-                for (o = 0; o < C; o++) {
-                    const int32_t ch = o / mult;
-                    int32_t acc = p->bias[o];
-                    for (ky = 0; ky < p->kh; ky++) {
-                        for (kx = 0; kx < p->kw; kx++) {
-                            const int32_t y = y0 + ky, x = x0 + kx;
-                            const int32_t xv = (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w)
-                                                   ? p->in_zp
-                                                   : in[(y * p->in_w + x) * p->in_c + ch];
-                            acc += xv * p->weight[(ky * p->kw + kx) * C + o];
-                        }
-                    }
-                    dst[o] = tinyml_clamp(tinyml_requantize(acc, p->mult[o], p->shift[o]) + p->out_zp, p->act_min,
-                                          p->act_max);
-                }
+#if defined(TINYML_USE_DSP)
+            if (mult == 1 && C % 4 == 0) {
+                /* The weights in groups of four channels (see tinyml_dw_pixel_dsp). */
+                tinyml_dw_pixel_dsp(p->bias, x, p->weight + (ky0 * kw + kx0) * 4, C / 4, nky, nkx, xrow, kw * 4,
+                                    p->kh * kw * 4, C, zp, acc);
+                tinyml_out_block(&p->q, tab, 0, acc, C, dst);
                 continue;
             }
+#endif
             for (c = 0; c < C; c += 16) {
                 const int32_t n = C - c < 16 ? C - c : 16;
-                int32_t acc[16];
 #if defined(TINYML_USE_MVE)
-                tinyml_dw_mve(p, in, y0, x0, c, n, border, zp, acc);
-#else
-                int32_t j;
-                for (j = 0; j + 4 <= n; j += 4) tinyml_dw_4(p, in, y0, x0, c + j, border, zp, acc + j);
-                for (; j < n; j++) {
-                    acc[j] = p->bias[c + j];
-                    for (ky = 0; ky < p->kh; ky++)
-                        for (kx = 0; kx < p->kw; kx++)
-                            acc[j] += tinyml_dw_src(p, in, y0 + ky, x0 + kx, c + j, zp)[0] *
-                                      p->weight[(ky * p->kw + kx) * C + c + j];
+                if (mult == 1) {
+                    tinyml_dw_mve(p, x, w, c, n, nky, nkx, xrow, wrow, acc + c);
+                    continue;
                 }
 #endif
-                tinyml_store_block(acc, n, p->mult + c, p->shift + c, p->out_zp, p->act_min, p->act_max, dst + c);
+                j = 0;
+#if !defined(TINYML_USE_DSP)
+                if (mult == 1)
+                    for (; j + 4 <= n; j += 4)
+                        tinyml_dw_4(p->bias + c + j, x + c + j, w + c + j, nky, nkx, xrow, wrow, C, zp, acc + c + j);
+#endif
+                for (; j < n; j++) {
+                    const int32_t o = c + j, ch = o / mult;
+                    int32_t a = p->bias[o];
+                    for (ky = 0; ky < nky; ky++)
+                        for (kx = 0; kx < nkx; kx++)
+                            a += (x[ky * xrow + kx * p->in_c + ch] - zp) * w[ky * wrow + kx * C + o];
+                    acc[c + j] = a;
+                }
             }
+            tinyml_out_block(&p->q, tab, 0, acc, C, dst);
         }
     }
 }
 
 typedef struct {
-    int32_t in_n, out_n, out_zp, act_min, act_max;
+    tinyml_oq_t q;
     const int8_t *weight; /* [out_n][in_n] */
     const int32_t *bias;  /* bias - in_zp * sum(weight row) */
-    const int32_t *wsum;  /* 128 * sum(weight row), for the VNNI path only */
-    const int32_t *mult;
-    const int32_t *shift;
+    int32_t in_n, out_n;
+#if defined(TINYML_USE_VNNI)
+    const int32_t *wsum;  /* 128 * sum(weight row) */
+#endif
 } tinyml_fc_t;
 
-TINYML_KERNEL void tinyml_fc_s8(const tinyml_fc_t *p, const int8_t *in, int8_t *out) {
-    tinyml_rows_s8(in, p->weight, p->in_n, p->out_n, p->bias, p->wsum, p->mult, p->shift, p->out_zp, p->act_min,
-                   p->act_max, out, 1);
+/* Fully connected; scratch: the output stage's constants, 12 * out_n bytes. */
+TINYML_KERNEL void tinyml_fc_s8(const tinyml_fc_t *p, const int8_t *in, int8_t *out, int8_t *scratch) {
+    tinyml_rq_t *const tab = (tinyml_rq_t *)(void *)scratch;
+#if defined(TINYML_USE_VNNI)
+    const int32_t *ws = p->wsum;
+#else
+    const int32_t *ws = 0;
+#endif
+    tinyml_out_prepare(&p->q, p->out_n, tab);
+    tinyml_rows_s8(in, p->weight, p->in_n, p->out_n, p->bias, ws, &p->q, tab, 0, out);
 }
 
 typedef struct {

@@ -16,7 +16,8 @@ plus ``tinyml_kernel_path`` (which kernel path the build selected: ``portable``,
 constant as a ``static const`` array (flash on a microcontroller; the extra arrays of the AVX-512
 path sit behind ``#if`` and never reach an Arm build, and a convolution's weights are emitted
 twice behind ``#if``: row pairs interleaved for the Arm DSP path, plain rows for the others, so
-each build holds one copy), one static arena laid out by
+each build holds one copy; a depthwise convolution's likewise, in groups of four channels for
+the DSP path), one static arena laid out by
 :mod:`tinymlaas_ci.ml.cgen.arena`, and ``tinyml_model_run``: one kernel call per operator, plus a
 layout change where an image tensor enters or leaves channels-last storage (the model input,
 the output, a Flatten/Reshape of an image). The first operator reads the caller's input buffer
@@ -25,8 +26,10 @@ buffer, so neither takes arena space.
 
 :func:`layout` turns the IR into these calls (:class:`Step`) over physical buffers: a Reshape
 between tensors stored alike is an alias (no code, no memory), and each call's scratch (the
-im2col columns of a convolution: ``6 * K`` bytes, ``K`` rounded up to 4) is a buffer live
-during that call.
+im2col columns of a convolution, its rows of sums and its output stage's constants:
+``6 * K + 20 * OC`` bytes, ``K`` rounded up to 4; see :mod:`tinymlaas_ci.ml.cgen.csource`) is a
+buffer live during that call. The layer structs are compact (int16 shapes, int8 shifts), and
+each carries the ``fast`` flag of the DSP path's output stage (:func:`_fast_output`).
 """
 
 from __future__ import annotations
@@ -131,9 +134,16 @@ def layout(graph: ir.Graph) -> Layout:
 
 
 def _scratch_bytes(op: ir.Op) -> int:
-    if isinstance(op, ir.Conv) and not op.depthwise:
-        # The Arm DSP path's two int8 im2col columns and their int16 widening; the others use K4.
-        return 6 * ((int(prod(op.weight.shape[1:])) + 3) // 4 * 4)
+    # The Arm DSP path's output stage keeps 12 bytes of constants per output channel.
+    if isinstance(op, ir.Conv) and op.depthwise:
+        # A pixel's int32 sums (the MVE path writes whole blocks of 16) and the constants.
+        return 16 * op.weight.shape[0] + 64
+    if isinstance(op, ir.Conv):
+        # The DSP path's two int8 im2col columns, their int16 widening, two rows of int32 sums and
+        # the constants; the others use the first K4 bytes.
+        return 6 * ((int(prod(op.weight.shape[1:])) + 3) // 4 * 4) + 20 * op.weight.shape[0]
+    if isinstance(op, ir.FullyConnected):
+        return 12 * op.weight.shape[0]
     return 0
 
 
@@ -207,6 +217,23 @@ def _wsum(tag: str, op: ir.Conv | ir.FullyConnected) -> str:
     return "#if defined(TINYML_USE_VNNI)\n" + _array("int32_t", f"{tag}_ws", rows) + "#endif\n"
 
 
+def _shifts(op: ir.Conv | ir.FullyConnected) -> np.ndarray:
+    """The shifts as int8; a zero multiplier's (its outputs are the zero point) as -1, as
+    the fast output stage expects."""
+    import numpy as np
+
+    return np.where(op.multiplier == 0, -1, op.shift)
+
+
+def _fast_output(op: ir.Conv | ir.FullyConnected) -> bool:
+    """Whether the Arm DSP path's fast output stage is exact for this layer (``tinyml_oq_t.fast``):
+    multipliers 0 or normalized, shifts in [-21, -1]."""
+    import numpy as np
+
+    m, s = op.multiplier.astype(np.int64), _shifts(op)
+    return bool(np.all((m == 0) | (m >= 1 << 30)) and np.all((s >= -21) & (s <= -1)))
+
+
 def _conv_weights(op: ir.Conv) -> np.ndarray:
     """``[OC][KH][KW][IC/groups]``: the im2col order of channels-last input."""
     return op.weight.transpose(0, 2, 3, 1)
@@ -235,7 +262,19 @@ def _dsp_pairs(w: np.ndarray, groups: int) -> np.ndarray:
 def _conv_weight_arrays(tag: str, op: ir.Conv) -> str:
     if op.depthwise:
         # [KH][KW][OC]: the channels of one tap contiguous, as the depthwise kernel reads them.
-        return _array("int8_t", f"{tag}_w", op.weight[:, 0].transpose(1, 2, 0))
+        w = op.weight[:, 0].transpose(1, 2, 0)
+        oc, kh, kw = op.weight.shape[0], op.weight.shape[2], op.weight.shape[3]
+        if oc % 4 or oc != op.in_shape[0]:
+            return _array("int8_t", f"{tag}_w", w)
+        # The Arm DSP path takes four channels at a time: [OC / 4][KH][KW][4].
+        groups = w.reshape(kh, kw, oc // 4, 4).transpose(2, 0, 1, 3)
+        return (
+            "#if defined(TINYML_USE_DSP)\n"
+            + _array("int8_t", f"{tag}_w", groups)
+            + "#else\n"
+            + _array("int8_t", f"{tag}_w", w)
+            + "#endif\n"
+        )
     w = _conv_weights(op)
     rows = w.reshape(w.shape[0], -1)
     return (
@@ -253,25 +292,35 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
     y = graph.tensors[op.output]
     decls = [f"/* {tag}: {op.onnx_op} {_ident(op.name)} -> {list(y.shape)} */\n"]
     clamp = f"{op.act_min}, {op.act_max}"
+    oq = ""
+    if isinstance(op, (ir.Conv, ir.FullyConnected)):
+        oq = f"{{{tag}_m, {tag}_s, {y.zero_point}, {clamp}, {int(_fast_output(op))}}}"
     if isinstance(op, ir.Conv):
         decls.append(_conv_weight_arrays(tag, op))
-        decls.append(_array("int32_t", f"{tag}_b", _effective_bias(op, x.zero_point)))
-        decls.append(_wsum(tag, op))
+        # Depthwise kernels subtract the input zero point themselves (padding then adds nothing).
+        bias = op.bias if op.depthwise else _effective_bias(op, x.zero_point)
+        decls.append(_array("int32_t", f"{tag}_b", bias))
         if not op.depthwise:
+            decls.append(_wsum(tag, op))
             decls.append(_vnni_weights(tag, op))
         decls.append(_array("int32_t", f"{tag}_m", op.multiplier))
-        decls.append(_array("int32_t", f"{tag}_s", op.shift))
+        decls.append(_array("int8_t", f"{tag}_s", _shifts(op)))
         c, h, w = op.in_shape
         oc, oh, ow = op.out_shape
         _, _, kh, kw = op.weight.shape
+        geometry = [c, h, w, oc, oh, ow, kh, kw, *op.stride, op.pads[0], op.pads[1], op.groups, x.zero_point]
+        if max(abs(v) for v in geometry) > 32767:
+            raise TinymlError(
+                f"node {op.name!r} ({op.onnx_op}): a dimension above 32767 does not fit the C kernels",
+                hint="split the layer or use a smaller input",
+            )
+        vnni = "0, 0" if op.depthwise else f"{tag}_ws, {tag}_wq"
         decls.append(
-            f"static const tinyml_conv_t {tag} = {{{c}, {h}, {w}, {oc}, {oh}, {ow}, {kh}, {kw}, "
-            f"{op.stride[0]}, {op.stride[1]}, {op.pads[0]}, {op.pads[1]}, {op.groups}, "
-            f"{x.zero_point}, {y.zero_point}, {clamp}, {tag}_w, {tag}_b, TINYML_WSUM({tag}_ws), {tag}_m, {tag}_s, "
-            f"{'0' if op.depthwise else f'TINYML_VNNI_W({tag}_wq)'}}};\n\n"
+            f"static const tinyml_conv_t {tag} = {{{oq}, {tag}_w, {tag}_b, "
+            f"{', '.join(str(v) for v in geometry)} TINYML_VNNI_FIELDS({vnni})}};\n\n"
         )
         if op.depthwise:
-            call = f"    tinyml_depthwise_s8(&{tag}, {ptr(0)}, {ptr(-1)});"
+            call = f"    tinyml_depthwise_s8(&{tag}, {ptr(0)}, {ptr(-1)}, {scratch});"
         else:
             call = f"    tinyml_conv_s8(&{tag}, {ptr(0)}, {ptr(-1)}, {scratch});"
     elif isinstance(op, ir.FullyConnected):
@@ -279,13 +328,13 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
         decls.append(_array("int32_t", f"{tag}_b", _effective_bias(op, x.zero_point)))
         decls.append(_wsum(tag, op))
         decls.append(_array("int32_t", f"{tag}_m", op.multiplier))
-        decls.append(_array("int32_t", f"{tag}_s", op.shift))
+        decls.append(_array("int8_t", f"{tag}_s", _shifts(op)))
         n_out, n_in = op.weight.shape
         decls.append(
-            f"static const tinyml_fc_t {tag} = {{{n_in}, {n_out}, {y.zero_point}, {clamp}, "
-            f"{tag}_w, {tag}_b, TINYML_WSUM({tag}_ws), {tag}_m, {tag}_s}};\n\n"
+            f"static const tinyml_fc_t {tag} = {{{oq}, {tag}_w, {tag}_b, {n_in}, {n_out} "
+            f"TINYML_VNNI_FIELDS({tag}_ws)}};\n\n"
         )
-        call = f"    tinyml_fc_s8(&{tag}, {ptr(0)}, {ptr(-1)});"
+        call = f"    tinyml_fc_s8(&{tag}, {ptr(0)}, {ptr(-1)}, {scratch});"
     elif isinstance(op, ir.Add):
         b = graph.tensors[op.inputs[1]]
         decls.append(

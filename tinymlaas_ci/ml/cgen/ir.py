@@ -123,7 +123,7 @@ class Conv(Op):
 
     @property
     def quant_bytes(self) -> int:
-        return int(8 * self.multiplier.size)
+        return int(5 * self.multiplier.size)  # int32 multipliers, int8 shifts
 
 
 @dataclass
@@ -147,7 +147,7 @@ class FullyConnected(Op):
 
     @property
     def quant_bytes(self) -> int:
-        return int(8 * self.multiplier.size)
+        return int(5 * self.multiplier.size)  # int32 multipliers, int8 shifts
 
 
 @dataclass
