@@ -98,3 +98,43 @@ def test_device_check_logs_in_and_probes_the_board(tmp_path, ssh_board):
     proc = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "lacks tinymlaas_ci" in proc.stdout and "pip install tinymlaas-ci onnxruntime numpy" in proc.stdout
+
+
+def test_runtime_c_is_built_and_measured_on_the_ssh_board(tmp_path, ssh_board):
+    """``runtime: c`` on an ssh device: the bundle carries the generated C, the board builds it
+    with its own compiler at infer and runs it next to ONNX Runtime's int8 model."""
+    root = copy_example(tmp_path)
+    _board(root, ssh_board)
+    spec = yaml.safe_load((root / "runs/digits/cnn.yaml").read_text())
+    spec.update(runtime="c", device="board")
+    spec["compression"]["quantization"] = "static-int8"
+    spec["matrix"] = {"compression.quantization": ["static-int8"]}  # keeps the run's name
+    (root / "runs/digits/cnn.yaml").write_text(yaml.safe_dump(spec))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinymlaas_ci",
+            "-C",
+            str(root),
+            "run",
+            "--select",
+            RUN,
+            "--work-dir",
+            str(root / ".work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((root / "runs/digits/results/cnn-static-int8.json").read_text())
+    executors = {s["name"]: s["executor"] for s in result["stages"]}
+    assert executors["infer"] == "ssh" and result["device"]["kind"] == "ssh"
+    assert result["runtime"]["name"] == "c"
+    m = result["metrics"]
+    assert m["latency_source"] == "measured" and m["latency_ms"]["p50"] > 0
+    assert m["agreement_with_onnxruntime"] >= 0.99 and m["accuracy"] >= 0.95 and m["samples"] == 360
+    # Built on the board, in its copy of the bundle.
+    board = root / "board/work/digits/cnn-static-int8"
+    assert list((board / "install/bundle").rglob("*.so")), sorted(p.name for p in board.rglob("*"))
