@@ -210,6 +210,9 @@ def side_by_side(variant: Path, baseline: Path, x, seconds: float) -> dict:
         "ci95": cmp["speedup_ci95"],
         "spread": cmp["round_spread"],
         "unstable": cmp["unstable"],
+        "unstable_reason": cmp["unstable_reason"],
+        "cpu_share": cmp["cpu_share"],
+        "runnable_others": cmp["runnable_others"],
         "remeasured": cmp["remeasured"],
         "p50_ms": cmp["latency"]["p50"],
         "baseline_p50_ms": cmp["baseline_latency"]["p50"],
@@ -365,18 +368,29 @@ def markdown(report: dict) -> str:
             "ResNet-8 static-int8 against its fp32 baseline, first without, then twice with one busy "
             "process per core started by the benchmark:",
             "",
-            "| measurement | speed vs fp32 (95% CI) | round spread | load before -> after | unstable |",
-            "|---|---:|---:|---|---|",
+            "| measurement | speed vs fp32 (95% CI) | round spread | load before -> after | CPU share | other runnable | unstable |",
+            "|---|---:|---:|---|---:|---:|---|",
         ]
         for name, m in [("without the load", lm["quiet"])] + [
             (f"loaded #{i}", x) for i, x in enumerate(lm["loaded"], 1)
         ]:
             lines.append(
                 f"| {name} | {m['speedup']:.2f}x ({m['ci95'][0]:.2f}-{m['ci95'][1]:.2f}) | {m['spread']:.1%} | "
-                f"{m['load'][0]:.1f} -> {m['load'][1]:.1f} | {m['unstable']} |"
+                f"{m['load'][0]:.1f} -> {m['load'][1]:.1f} | {_pct(m.get('cpu_share'))} | "
+                f"{_num(m.get('runnable_others'))} | {m['unstable']}"
+                + (f" ({m['unstable_reason']})" if m.get("unstable_reason") else "")
+                + " |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -137,7 +141,16 @@ def test_infer_measure_speed_fills_the_metric_fields(compiled, digits_data):
     base = load_session(compiled("none").baseline, threads=1)
     how = Measure(warmup=5, min_iterations=70, min_seconds=0.1, rounds=5)
     speed = measure_speed(deployed.run, base.run, digits_data["x_test"][:1], how)
-    for key in ("speedup_vs_baseline", "speedup_ci95", "rounds", "round_spread", "load_before", "load_after"):
+    for key in (
+        "speedup_vs_baseline",
+        "speedup_ci95",
+        "rounds",
+        "round_spread",
+        "load_before",
+        "load_after",
+        "cpu_share",
+        "cpus",
+    ):
         assert speed[key] is not None, key
     assert speed["rounds"] == 5 and isinstance(speed["unstable"], bool)
     m = Metrics.model_validate(
@@ -154,3 +167,68 @@ def test_infer_measure_speed_fills_the_metric_fields(compiled, digits_data):
     assert m.latency_ms.p50 > 0 and m.baseline_latency_ms.p50 > 0
     low, high = m.speedup_ci95
     assert low <= m.speedup_vs_baseline <= high
+
+
+@contextmanager
+def _busy_processes(n: int, seconds: float = 60.0):
+    # Real processes spinning on the CPU, ended when the block ends (or after ``seconds``).
+    code = "import time, sys\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end: pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(seconds)]) for _ in range(n)]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(measure.runnable_processes() is None, reason="needs Linux's /proc/stat")
+def test_a_cpu_shared_with_other_work_marks_the_measurement_unstable():
+    # One busy process per CPU: every CPU has other work, so the rounds may agree with each other
+    # and still be wrong. The measurement says so, tries again, and gives up with the reason.
+    cpus = os.cpu_count() or 1
+    log: list[str] = []
+    with _busy_processes(cpus):
+        cmp = measure.compare_latency(
+            Runner(100), Runner(300), None, rounds=4, warmup=0, min_iterations=80, min_seconds=0, log=log.append
+        )
+    assert cmp["unstable"] and cmp["remeasured"] == 2, cmp
+    assert cmp["unstable_reason"].startswith("the CPU was shared with other work: "), cmp["unstable_reason"]
+    assert cmp["runnable_others"] >= cpus or cmp["cpu_share"] < measure.MIN_CPU_SHARE
+    assert cmp["cpus"] == cpus
+    assert len(log) == 2 and all("measuring again" in line for line in log), log
+
+
+@pytest.mark.skipif(measure.runnable_processes() is None, reason="needs Linux's /proc/stat")
+def test_the_contention_check_can_be_turned_off():
+    # ``measure.contention: false``: only the rounds' spread decides, as it did before the check.
+    with _busy_processes(os.cpu_count() or 1):
+        cmp = measure.compare_latency(
+            Runner(100),
+            Runner(300),
+            None,
+            rounds=4,
+            warmup=0,
+            min_iterations=80,
+            min_seconds=0,
+            max_round_spread=100.0,
+            contention=False,
+        )
+    assert not cmp["unstable"] and cmp["unstable_reason"] is None and cmp["remeasured"] == 0
+    assert cmp["runnable_others"] is not None
+
+
+def test_contention_is_judged_from_runnable_processes_and_cpu_share():
+    use = measure.CpuUse()
+    assert use.contention(2) is None  # nothing measured: nothing known
+    use.cpu_ns, use.wall_ns, use.runnable = 95, 100, [1, 2, 1]
+    assert use.share == pytest.approx(0.95) and use.others == 0
+    assert use.contention(2) is None
+    use.runnable = [3, 3, 2]  # two others on two CPUs, most of the time
+    assert use.contention(2) == "2 other runnable processes on 2 CPUs"
+    assert use.contention(4) is None
+    use.cpu_ns = 60  # preempted 40% of the time
+    assert use.contention(4) == "the measuring thread was on a CPU 60% of the time"
+    use.cpu_ns = 120  # thread time may run ahead of a coarse wall clock: capped at 1
+    assert use.share == 1.0

@@ -5,7 +5,8 @@
   ``min_seconds`` are reached; percentiles, not a single time;
 * speed against a baseline: both models in the same process, in interleaved rounds
   (:func:`compare_latency`), with a confidence interval of the ratio, the spread between rounds
-  and the machine's load; rounds that disagree mark the measurement ``unstable``;
+  and the machine's load; rounds that disagree, or a CPU shared with other work while
+  measuring, mark the measurement ``unstable``;
 * the CPU model and ISA flags recorded next to the latency; peak resident memory of the process.
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 __all__ = [
+    "MIN_CPU_SHARE",
     "PLACEMENT_NOISE",
     "compare_latency",
     "cpu_info",
@@ -46,6 +48,7 @@ __all__ = [
     "peak_memory_mb",
     "percentile",
     "read_dataset",
+    "runnable_processes",
     "speedup_ci95",
     "tool_versions",
 ]
@@ -90,6 +93,14 @@ the digits CNN's two int8 sessions measured 0.990x with a bootstrap interval of 
 over 15 stable rounds. A bootstrap over rounds cannot see that — every round reuses the same two
 sessions — so :func:`compare_latency` widens its interval by this much on each side: the
 recorded interval is about the two *models*, not the two sessions that happened to be built."""
+
+MIN_CPU_SHARE = 0.9
+"""Least share of the wall time the measuring thread must spend on a CPU for a trusted ratio.
+
+Below it the thread was preempted by other work, throttled by a CPU quota or lost time to the
+hypervisor, and the two models did not pay for it equally: on a 2-core machine with one busy
+process per core, ResNet-8's int8 speed ratio read 0.82 of its quiet value in rounds that agreed
+with each other, so the spread between rounds alone did not show it."""
 
 EVAL_BATCH_BYTES = 1024 * 1024
 """Input bytes per evaluation batch: large images get small batches, so the runtime's buffers
@@ -231,6 +242,60 @@ def machine_load() -> float | None:
         return None
 
 
+def runnable_processes() -> int | None:
+    """Processes runnable on the machine at this moment, this one included, or None off Linux.
+
+    Linux's ``procs_running`` (``/proc/stat``): the threads on a CPU or waiting for one.
+    """
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class CpuUse:
+    """What the measuring thread got of a CPU during timed calls, for :func:`interleaved_rounds`.
+
+    ``cpu_ns`` / ``wall_ns``: the thread's CPU time and the wall time of the timed calls (a
+    thread preempted by other work, throttled by a CPU quota or robbed by the hypervisor gets
+    less CPU than wall time); ``runnable``: :func:`runnable_processes` sampled before each
+    timed block.
+    """
+
+    def __init__(self) -> None:
+        self.cpu_ns = 0
+        self.wall_ns = 0
+        self.runnable: list[int] = []
+
+    @property
+    def share(self) -> float | None:
+        """CPU time / wall time of the timed calls (1.0: never off the CPU), None before any."""
+        return min(1.0, self.cpu_ns / self.wall_ns) if self.wall_ns > 0 else None
+
+    @property
+    def others(self) -> float | None:
+        """Median number of other runnable processes while measuring, None where unknown."""
+        return float(statistics.median(self.runnable)) - 1 if self.runnable else None
+
+    def contention(self, cpus: int | None, min_share: float = MIN_CPU_SHARE) -> str | None:
+        """Why the CPU was not the measurement's own, or None when it was.
+
+        Oversubscribed: at least as many other runnable processes as CPUs, so every CPU had
+        other work to share; or the thread was off the CPU for more than ``1 - min_share`` of
+        the time. Either changes the two models' times unequally (caches, time slices).
+        """
+        others, share = self.others, self.share
+        if others is not None and cpus and others >= cpus:
+            return f"{others:g} other runnable processes on {cpus} CPUs"
+        if share is not None and share < min_share:
+            return f"the measuring thread was on a CPU {share:.0%} of the time"
+        return None
+
+
 def interleaved_rounds(
     runners: Mapping[str, Callable[[Any], Any]],
     batch: Any,
@@ -240,6 +305,7 @@ def interleaved_rounds(
     min_iterations: int = 200,
     min_seconds: float = 1.0,
     walls: dict[str, float] | None = None,
+    cpu: CpuUse | None = None,
 ) -> dict[str, list[list[int]]]:
     """Time every runner in ``rounds`` interleaved rounds; returns name -> per-round call times (ns).
 
@@ -247,7 +313,8 @@ def interleaved_rounds(
     for at least ``min_iterations / rounds`` calls and ``min_seconds / rounds`` seconds, so the
     totals over all rounds meet the same limits as :func:`measure_latency`. The order alternates
     between rounds (A B, then B A), so a drift of the machine's speed hits every runner alike.
-    ``walls``, when given, receives each runner's total wall time of timed calls in seconds.
+    ``walls``, when given, receives each runner's total wall time of timed calls in seconds;
+    ``cpu``, when given, what the calling thread got of a CPU during them (:class:`CpuUse`).
     """
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
@@ -261,7 +328,15 @@ def interleaved_rounds(
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
+            if cpu is not None:
+                runnable = runnable_processes()
+                if runnable is not None:
+                    cpu.runnable.append(runnable)
+                cpu_start = time.thread_time_ns()
             times, seconds = _timed_calls(runners[name], batch, per_iter, per_sec)
+            if cpu is not None:
+                cpu.cpu_ns += time.thread_time_ns() - cpu_start
+                cpu.wall_ns += int(seconds * 1e9)
             out[name].append(times)
             if walls is not None:
                 walls[name] = walls.get(name, 0.0) + seconds
@@ -307,6 +382,7 @@ def compare_latency(
     min_seconds: float = 1.0,
     max_round_spread: float = 0.15,
     max_remeasure: int = 2,
+    contention: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
     """Measure ``run`` against ``baseline`` side by side, in the same process and interleaved rounds.
@@ -322,14 +398,20 @@ def compare_latency(
       widened by :data:`PLACEMENT_NOISE` on each side (``low / 1.02``, ``high * 1.02``);
     * ``round_spread``: ``(max - min) / median`` of the per-round ratios, relative;
     * ``rounds``; ``load_before`` / ``load_after``: the 1-minute load average around the attempt;
-    * ``unstable``: the rounds disagree by more than ``max_round_spread``. An unstable attempt is
-      measured again, up to ``max_remeasure`` times; the attempt with the smallest spread is
-      kept, and ``remeasured`` says how many extra attempts were made.
+    * ``cpu_share``: the measuring thread's CPU time / wall time over the timed calls;
+      ``runnable_others``: the median number of other runnable processes (Linux), ``cpus``;
+    * ``unstable``: the rounds disagree by more than ``max_round_spread``, or (``contention``)
+      the CPU was shared with other work while measuring (:meth:`CpuUse.contention`);
+      ``unstable_reason`` says which. An unstable attempt is measured again, up to
+      ``max_remeasure`` times; a stable attempt ends it, otherwise the attempt with the smallest
+      spread is kept. ``remeasured`` says how many extra attempts were made.
     """
+    cpus = os.cpu_count()
     best: dict[str, Any] | None = None
     for attempt in range(int(max_remeasure) + 1):
         load_before = machine_load()
         walls: dict[str, float] = {}
+        cpu = CpuUse()
         times = interleaved_rounds(
             {"deployed": run, "baseline": baseline},
             batch,
@@ -338,6 +420,7 @@ def compare_latency(
             min_iterations=min_iterations,
             min_seconds=min_seconds,
             walls=walls,
+            cpu=cpu,
         )
         load_after = machine_load()
         dep = [_median_ns(t) for t in times["deployed"]]
@@ -348,6 +431,13 @@ def compare_latency(
         low, high = speedup_ci95(base, dep)
         low, high = low / (1 + PLACEMENT_NOISE), high * (1 + PLACEMENT_NOISE)
         speedup = statistics.median(base) / statistics.median(dep)
+        reason = None
+        if spread > max_round_spread:
+            reason = f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x (spread {spread:.0%} > {max_round_spread:.0%})"
+        elif contention:
+            busy = cpu.contention(cpus)
+            if busy is not None:
+                reason = f"the CPU was shared with other work: {busy}"
         current = dict(
             latency=_pooled(times["deployed"], walls["deployed"], warmup),
             baseline_latency=_pooled(times["baseline"], walls["baseline"], warmup),
@@ -358,19 +448,20 @@ def compare_latency(
             round_spread=spread,
             load_before=load_before,
             load_after=load_after,
-            unstable=spread > max_round_spread,
+            cpu_share=cpu.share,
+            runnable_others=cpu.others,
+            cpus=cpus,
+            unstable=reason is not None,
+            unstable_reason=reason,
             remeasured=attempt,
         )
-        if best is None or current["round_spread"] < best["round_spread"]:
+        if best is None or not current["unstable"] or (best["unstable"] and spread < best["round_spread"]):
             best = current
         best["remeasured"] = attempt
         if not current["unstable"]:
             break
         if attempt < max_remeasure:
-            log(
-                f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x "
-                f"(spread {spread:.0%} > {max_round_spread:.0%}, load {load_before} -> {load_after}); measuring again"
-            )
+            log(f"{reason} (load {load_before} -> {load_after}); measuring again")
     assert best is not None
     return best
 

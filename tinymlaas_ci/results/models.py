@@ -281,9 +281,20 @@ class Metrics(_Rec):
     """1-minute load average of the device before measuring."""
     load_after: float | None = None
     """1-minute load average of the device after measuring."""
+    cpu_share: float | None = None
+    """CPU time / wall time of the measuring thread over the timed calls (1.0: it never had to
+    leave the CPU; less: preempted by other work, throttled by a CPU quota, or hypervisor steal)."""
+    runnable_others: float | None = None
+    """Median number of other runnable processes on the device while measuring (Linux)."""
+    cpus: int | None = None
+    """Logical CPUs of the device, to read ``runnable_others`` against."""
     unstable: bool = False
-    """The rounds disagreed by more than ``measure.max_round_spread`` even after re-measuring:
-    the speed numbers are not to be trusted for ranking."""
+    """The speed numbers are not to be trusted for ranking, even after re-measuring: the rounds
+    disagreed by more than ``measure.max_round_spread``, or the CPU was shared with other work
+    while measuring (``measure.contention``). ``unstable_reason`` says which."""
+    unstable_reason: str | None = None
+    """Why the measurement is ``unstable``, e.g. ``rounds disagree: ...`` or ``the CPU was shared
+    with other work: 2 other runnable processes on 2 CPUs``."""
     remeasured: int = 0
     """Extra measurement attempts made because the rounds disagreed."""
     labels: list[str] = Field(default_factory=list)

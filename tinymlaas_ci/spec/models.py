@@ -421,6 +421,12 @@ class Measure(_Spec):
     the measurement is repeated, and marked ``unstable`` if it stays beyond."""
     max_remeasure: int = Field(default=2, ge=0, le=20)
     """How many times an unstable measurement is repeated before it is recorded as ``unstable``."""
+    contention: bool = True
+    """Also mark the measurement unstable (and repeat it) when the CPU was shared with other work
+    while measuring: at least as many other runnable processes as the device has CPUs, or the
+    measuring thread on a CPU less than 90% of the time (preempted, throttled by a CPU quota,
+    or robbed by the hypervisor). Such rounds can agree with each other and still be wrong.
+    ``false`` keeps only the check of the rounds' spread."""
     batch_size: int = Field(default=1, ge=1, le=4096)
     """Samples per inference call."""
     threads: int = Field(default=1, ge=1, le=256)

@@ -142,8 +142,8 @@ def measure_speed(
     Both models are timed in the same process, in ``how.rounds`` interleaved rounds
     (:func:`tinymlaas_ci.ml.measure.compare_latency`); returns ``Metrics`` fields:
     ``latency_ms``, ``baseline_latency_ms``, ``speedup_vs_baseline``, ``speedup_ci95``, ``rounds``,
-    ``round_ratios``, ``round_spread``, ``load_before``, ``load_after``, ``unstable``,
-    ``remeasured``. When the baseline cannot take ``batch`` (``same_batch`` False), only the
+    ``round_ratios``, ``round_spread``, ``load_before``, ``load_after``, ``cpu_share``,
+    ``runnable_others``, ``cpus``, ``unstable``, ``unstable_reason``, ``remeasured``. When the baseline cannot take ``batch`` (``same_batch`` False), only the
     deployed model is timed and the comparison fields are left out.
     """
     from tinymlaas_ci.ml import measure
@@ -164,6 +164,7 @@ def measure_speed(
         min_seconds=how.min_seconds,
         max_round_spread=how.max_round_spread,
         max_remeasure=how.max_remeasure,
+        contention=how.contention,
         log=log,
     )
     latency, base = cmp["latency"], cmp["baseline_latency"]
@@ -175,8 +176,13 @@ def measure_speed(
     log(
         f"speed vs baseline {cmp['speedup_vs_baseline']:.3f}x (95% CI {low:.3f}-{high:.3f}) over "
         f"{cmp['rounds']} interleaved rounds, spread {cmp['round_spread']:.1%}, "
-        f"load {_load(cmp['load_before'])} -> {_load(cmp['load_after'])}"
-        + (f" -- UNSTABLE after {cmp['remeasured']} re-measurements" if cmp["unstable"] else "")
+        f"load {_load(cmp['load_before'])} -> {_load(cmp['load_after'])}, "
+        f"CPU share {_share(cmp['cpu_share'])}"
+        + (
+            f" -- UNSTABLE after {cmp['remeasured']} re-measurements ({cmp['unstable_reason']})"
+            if cmp["unstable"]
+            else ""
+        )
     )
     return {
         "latency_ms": latency,
@@ -188,13 +194,21 @@ def measure_speed(
         "round_spread": cmp["round_spread"],
         "load_before": cmp["load_before"],
         "load_after": cmp["load_after"],
+        "cpu_share": cmp["cpu_share"],
+        "runnable_others": cmp["runnable_others"],
+        "cpus": cmp["cpus"],
         "unstable": cmp["unstable"],
+        "unstable_reason": cmp["unstable_reason"],
         "remeasured": cmp["remeasured"],
     }
 
 
 def _load(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.0%}"
 
 
 def run(ctx: StageContext) -> None:

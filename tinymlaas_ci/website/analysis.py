@@ -206,6 +206,13 @@ class RunView:
         return bool(getattr(m, "unstable", False)) if m else False
 
     @property
+    def unstable_reason(self) -> str | None:
+        """Why the latency was too noisy to compare, when the result says."""
+        m = self.result.metrics
+        reason = getattr(m, "unstable_reason", None) if m else None
+        return reason if self.unstable and isinstance(reason, str) else None
+
+    @property
     def speed_known(self) -> bool:
         """True when :attr:`speedup` differs from 1 by more than the noise: outside its confidence
         interval when there is one, else by more than :data:`NOISE_RATIO`; never when unstable."""
