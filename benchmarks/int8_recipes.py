@@ -368,7 +368,8 @@ def markdown(report: dict) -> str:
             "ResNet-8 static-int8 against its fp32 baseline, first without, then twice with one busy "
             "process per core started by the benchmark:",
             "",
-            "| measurement | speed vs fp32 (95% CI) | round spread | load before -> after | CPU share | other runnable | unstable |",
+            "| measurement | speed vs fp32 (95% CI) | round spread | load before -> after | CPU share "
+            "| other runnable | unstable |",
             "|---|---:|---:|---|---:|---:|---|",
         ]
         for name, m in [("without the load", lm["quiet"])] + [

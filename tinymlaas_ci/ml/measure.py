@@ -433,7 +433,10 @@ def compare_latency(
         speedup = statistics.median(base) / statistics.median(dep)
         reason = None
         if spread > max_round_spread:
-            reason = f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x (spread {spread:.0%} > {max_round_spread:.0%})"
+            reason = (
+                f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x "
+                f"(spread {spread:.0%} > {max_round_spread:.0%})"
+            )
         elif contention:
             busy = cpu.contention(cpus)
             if busy is not None:

@@ -143,8 +143,9 @@ def measure_speed(
     (:func:`tinymlaas_ci.ml.measure.compare_latency`); returns ``Metrics`` fields:
     ``latency_ms``, ``baseline_latency_ms``, ``speedup_vs_baseline``, ``speedup_ci95``, ``rounds``,
     ``round_ratios``, ``round_spread``, ``load_before``, ``load_after``, ``cpu_share``,
-    ``runnable_others``, ``cpus``, ``unstable``, ``unstable_reason``, ``remeasured``. When the baseline cannot take ``batch`` (``same_batch`` False), only the
-    deployed model is timed and the comparison fields are left out.
+    ``runnable_others``, ``cpus``, ``unstable``, ``unstable_reason``, ``remeasured``. When the
+    baseline cannot take ``batch`` (``same_batch`` False), only the deployed model is timed and
+    the comparison fields are left out.
     """
     from tinymlaas_ci.ml import measure
 
