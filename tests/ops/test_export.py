@@ -86,6 +86,64 @@ def test_standalone_runner_reproduces_the_recorded_accuracy(digits_run, exported
     assert out["accuracy"] == metrics["accuracy"]
     assert out["samples"] == metrics["samples"] == 360
     assert out["latency_ms"]["p50"] > 0
+    # Timed as the pipeline times it: side by side with the baseline, in interleaved rounds.
+    assert out["baseline_latency_ms"]["p50"] > 0
+    low, high = out["speedup_ci95"]
+    assert low <= out["speedup_vs_baseline"] <= high
+    assert out["rounds"] == len(out["round_ratios"]) == 7
+    assert isinstance(out["unstable"], bool) and (out["unstable_reason"] is None) != out["unstable"]
+    assert 0 < out["cpu_share"] <= 1 and out["cpus"] == os.cpu_count()
+
+
+def test_runner_times_a_model_alone_on_request(exported):
+    for args in (["--alone"], ["--model", "baseline"]):
+        proc = subprocess.run(
+            [sys.executable, "-I", "infer.py", "--seconds", "0.05", "--iterations", "20", *args],
+            cwd=exported,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["latency_ms"]["iterations"] >= 20
+        assert "speedup_vs_baseline" not in out and "baseline_latency_ms" not in out, args
+
+
+def test_runner_measures_speed_with_the_pipelines_arithmetic():
+    # The bundle cannot import tinymlaas_ci, so it carries its own copy of the comparison; the
+    # same rounds must give the same interval, and the same spin-wait models the same verdicts.
+    import importlib.util
+    import time
+
+    from tinymlaas_ci.ml import measure
+
+    spec = importlib.util.spec_from_file_location("exported_infer", Path(infer_py()))
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    base, dep = [10.0, 11.0, 9.5, 10.2, 10.8, 9.9], [5.0, 5.1, 4.9, 5.3, 5.0, 5.2]
+    assert runner.bootstrap_ci95(base, dep) == measure.speedup_ci95(base, dep)
+    assert runner.PLACEMENT_NOISE == measure.PLACEMENT_NOISE and runner.MIN_CPU_SHARE == measure.MIN_CPU_SHARE
+    assert (runner.runnable_processes() is None) == (measure.runnable_processes() is None)
+
+    def spin(us):
+        def call():
+            end = time.perf_counter_ns() + us * 1000
+            while time.perf_counter_ns() < end:
+                pass
+
+        return call
+
+    how = {"rounds": 5, "warmup": 0, "min_iterations": 100, "min_seconds": 0, "max_round_spread": 0.5}
+    out = runner.side_by_side(spin(100), spin(300), how)
+    assert 2.3 < out["speedup_vs_baseline"] < 3.5, out["round_ratios"]
+    assert out["rounds"] == 5 and out["latency_ms"]["iterations"] == 100
+    assert out["speedup_ci95"][0] <= out["speedup_vs_baseline"] <= out["speedup_ci95"][1]
+
+
+def infer_py() -> Path:
+    return Path(__file__).resolve().parents[2] / "tinymlaas_ci" / "engine" / "export_runtime" / "infer.py"
 
 
 def test_runner_predicts_user_inputs(exported, tmp_path):

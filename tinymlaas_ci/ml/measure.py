@@ -431,16 +431,16 @@ def compare_latency(
         low, high = speedup_ci95(base, dep)
         low, high = low / (1 + PLACEMENT_NOISE), high * (1 + PLACEMENT_NOISE)
         speedup = statistics.median(base) / statistics.median(dep)
-        reason = None
+        reasons = []
         if spread > max_round_spread:
-            reason = (
+            reasons.append(
                 f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x "
                 f"(spread {spread:.0%} > {max_round_spread:.0%})"
             )
-        elif contention:
-            busy = cpu.contention(cpus)
-            if busy is not None:
-                reason = f"the CPU was shared with other work: {busy}"
+        busy = cpu.contention(cpus) if contention else None
+        if busy is not None:
+            reasons.append(f"the CPU was shared with other work: {busy}")
+        reason = "; ".join(reasons) or None
         current = dict(
             latency=_pooled(times["deployed"], walls["deployed"], warmup),
             baseline_latency=_pooled(times["baseline"], walls["baseline"], warmup),

@@ -3,15 +3,24 @@
 
 Needs Python 3.9+, numpy and onnxruntime (``pip install -r requirements.txt``); nothing else.
 
-    python infer.py                      # accuracy and latency over eval.npz (the test split)
+    python infer.py                      # accuracy, latency and speed vs the fp32 baseline
     python infer.py --inputs x.npy       # predictions for your own inputs
     python infer.py --model baseline     # the uncompressed fp32 baseline instead
+    python infer.py --alone              # time the model alone, without the baseline
 
 Accuracy is computed the way the pipeline measured it (batches of up to 64, one thread, the whole
 evaluation split, the same preprocessing from ``manifest.json``), so it reproduces the recorded
 value. ``--inputs`` are raw samples like ``eval.npz`` holds (e.g. uint8 images ``C,H,W``) and get
-that preprocessing too, unless ``--no-preprocess``. Latency is per call at batch size 1
-after a warm-up, as median and percentiles.
+that preprocessing too, unless ``--no-preprocess``. Latency is per call at the recorded batch
+size after a warm-up, as median and percentiles.
+
+The deployed model's speed is measured as the pipeline measured it: side by side with the fp32
+baseline in this process, in interleaved rounds (the order alternating), so a change of the
+machine's speed hits both alike. ``speedup_vs_baseline`` is baseline p50 / deployed p50 with a
+95% bootstrap interval over rounds; rounds that disagree by more than ``max_round_spread``, or a
+CPU shared with other work while measuring (as many other runnable processes as CPUs, or this
+thread on a CPU less than 90% of the time), make the measurement ``unstable``: it is repeated up
+to ``max_remeasure`` times and then reported with ``unstable_reason``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import json
 import math
 import os
 import platform
+import random
+import statistics
 import sys
 import time
 
@@ -159,22 +170,8 @@ def percentile(values: list, q: float) -> float:
     return float(values[lo] + (values[hi] - values[lo]) * (k - lo))
 
 
-def latency(
-    session, in_name: str, out_name: str, sample: np.ndarray, warmup: int, iterations: int, seconds: float
-) -> dict:
-    feed = {in_name: np.ascontiguousarray(sample, dtype=np.float32)}
-    for _ in range(warmup):
-        session.run([out_name], feed)
-    times = []
-    started = time.perf_counter_ns()
-    while True:
-        t0 = time.perf_counter_ns()
-        session.run([out_name], feed)
-        t1 = time.perf_counter_ns()
-        times.append((t1 - t0) / 1e6)
-        if len(times) >= iterations and (t1 - started) / 1e9 >= seconds:
-            break
-    times.sort()
+def latency_stats(times_ns: list, warmup: int) -> dict:
+    times = sorted(t / 1e6 for t in times_ns)
     mean = sum(times) / len(times)
     return {
         "p50": percentile(times, 50),
@@ -186,6 +183,127 @@ def latency(
         "iterations": len(times),
         "warmup": warmup,
     }
+
+
+def timed_calls(call, iterations: int, seconds: float) -> list:
+    """Per-call times (ns) of ``call()`` until both ``iterations`` and ``seconds`` are reached."""
+    times = []
+    started = time.perf_counter_ns()
+    while True:
+        t0 = time.perf_counter_ns()
+        call()
+        t1 = time.perf_counter_ns()
+        times.append(t1 - t0)
+        if len(times) >= iterations and (t1 - started) / 1e9 >= seconds:
+            return times
+
+
+def latency(call, warmup: int, iterations: int, seconds: float) -> dict:
+    """Latency of ``call()`` alone, in milliseconds."""
+    for _ in range(warmup):
+        call()
+    return latency_stats(timed_calls(call, iterations, seconds), warmup)
+
+
+PLACEMENT_NOISE = 0.02  # two sessions of one model file differ by about this much (buffer placement)
+MIN_CPU_SHARE = 0.9  # below it, the thread was preempted, throttled or robbed by the hypervisor
+
+
+def runnable_processes():
+    """Processes runnable on the machine now, this one included (Linux ``procs_running``), or None."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def bootstrap_ci95(base: list, dep: list, resamples: int = 2000, seed: int = 0) -> tuple:
+    """95% interval of median(base) / median(dep), resampling rounds as pairs (seeded)."""
+    n = len(base)
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples if n > 1 else 1):
+        idx = [rng.randrange(n) for _ in range(n)] if n > 1 else [0]
+        b = statistics.median(base[i] for i in idx)
+        d = statistics.median(dep[i] for i in idx)
+        ratios.append(b / d if d > 0 else math.inf)
+    ratios.sort()
+    return percentile(ratios, 2.5), percentile(ratios, 97.5)
+
+
+def side_by_side(deployed, baseline, how: dict) -> dict:
+    """``deployed()`` against ``baseline()`` in interleaved rounds, as the pipeline measures."""
+    rounds = max(1, int(how.get("rounds", 7)))
+    warmup = int(how.get("warmup", 20))
+    per_iter = max(1, -(-int(how.get("min_iterations", 200)) // rounds))
+    per_sec = float(how.get("min_seconds", 1.0)) / rounds
+    max_spread = float(how.get("max_round_spread", 0.15))
+    check_cpu = bool(how.get("contention", True))
+    cpus = os.cpu_count()
+    calls = {"deployed": deployed, "baseline": baseline}
+    best = None
+    for attempt in range(int(how.get("max_remeasure", 2)) + 1):
+        for call in calls.values():
+            for _ in range(warmup if attempt == 0 else min(warmup, 5)):
+                call()
+        times = {name: [] for name in calls}
+        cpu_ns = wall_ns = 0
+        runnable = []
+        for r in range(rounds):
+            for name in list(calls) if r % 2 == 0 else list(calls)[::-1]:
+                count = runnable_processes()
+                if count is not None:
+                    runnable.append(count)
+                cpu0, wall0 = time.thread_time_ns(), time.perf_counter_ns()
+                times[name].append(timed_calls(calls[name], per_iter, per_sec))
+                cpu_ns += time.thread_time_ns() - cpu0
+                wall_ns += time.perf_counter_ns() - wall0
+        dep = [statistics.median(t) for t in times["deployed"]]
+        base = [statistics.median(t) for t in times["baseline"]]
+        ratios = [base[i] / dep[i] for i in range(rounds)]  # zip(strict=) needs 3.10
+        mid = statistics.median(ratios)
+        spread = (max(ratios) - min(ratios)) / mid if mid > 0 else math.inf
+        low, high = bootstrap_ci95(base, dep)
+        share = min(1.0, cpu_ns / wall_ns) if wall_ns else None
+        others = float(statistics.median(runnable)) - 1 if runnable else None
+        reasons = []
+        if spread > max_spread:
+            reasons.append(
+                f"rounds disagree: speed ratios {min(ratios):.3g}x to {max(ratios):.3g}x "
+                f"(spread {spread:.0%} > {max_spread:.0%})"
+            )
+        if check_cpu and others is not None and cpus and others >= cpus:
+            reasons.append(f"the CPU was shared with other work: {others:g} other runnable processes on {cpus} CPUs")
+        elif check_cpu and share is not None and share < MIN_CPU_SHARE:
+            reasons.append(
+                f"the CPU was shared with other work: the measuring thread was on a CPU {share:.0%} of the time"
+            )
+        reason = "; ".join(reasons) or None
+        current = {
+            "latency_ms": latency_stats([t for r in times["deployed"] for t in r], warmup),
+            "baseline_latency_ms": latency_stats([t for r in times["baseline"] for t in r], warmup),
+            "speedup_vs_baseline": statistics.median(base) / statistics.median(dep),
+            "speedup_ci95": [low / (1 + PLACEMENT_NOISE), high * (1 + PLACEMENT_NOISE)],
+            "rounds": rounds,
+            "round_ratios": ratios,
+            "round_spread": spread,
+            "cpu_share": share,
+            "runnable_others": others,
+            "cpus": cpus,
+            "unstable": reason is not None,
+            "unstable_reason": reason,
+        }
+        if best is None or reason is None or (best["unstable"] and spread < best["round_spread"]):
+            best = current
+        best["remeasured"] = attempt
+        if reason is None:
+            break
+        print(f"{reason}; measuring again", file=sys.stderr)
+    return best
 
 
 def shape_inputs(x: np.ndarray, sample_shapes: list) -> np.ndarray:
@@ -229,6 +347,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=None, help="timed calls, at least")
     parser.add_argument("--seconds", type=float, default=None, help="seconds of timed calls, at least")
     parser.add_argument("--no-latency", action="store_true", help="measure accuracy only")
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="time the model alone; by default the deployed model is timed side by side with the baseline",
+    )
     args = parser.parse_args(argv)
 
     manifest = load_manifest(args.bundle)
@@ -274,15 +397,35 @@ def main(argv: list | None = None) -> int:
     if not args.no_latency:
         batch = int(measure.get("batch_size", 1))
         sample = apply_preprocess(np.concatenate([x[:batch]] * (-(-batch // len(x))))[:batch], plan)
-        report["latency_ms"] = latency(
-            session,
-            in_name,
-            out_name,
-            sample,
-            warmup=args.warmup if args.warmup is not None else int(measure.get("warmup", 20)),
-            iterations=args.iterations if args.iterations is not None else int(measure.get("min_iterations", 200)),
-            seconds=args.seconds if args.seconds is not None else float(measure.get("min_seconds", 1.0)),
-        )
+        how = dict(measure)
+        for key, value in (("warmup", args.warmup), ("min_iterations", args.iterations), ("min_seconds", args.seconds)):
+            if value is not None:
+                how[key] = value
+        feed = {in_name: np.ascontiguousarray(sample, dtype=np.float32)}
+
+        def deployed():
+            return session.run([out_name], feed)
+
+        base = None
+        if args.model == "deployed" and not args.alone:
+            b_session, b_in, b_out, b_fixed, _ = load_model(os.path.join(args.bundle, manifest["baseline"]), threads)
+            if b_fixed in (None, batch) and fixed in (None, batch):
+                b_feed = {b_in: feed[in_name]}
+
+                def base():
+                    return b_session.run([b_out], b_feed)
+
+            else:
+                report["speed_note"] = f"the baseline takes batches of {b_fixed}, the model {fixed}: timed alone"
+        if base is not None:
+            report.update(side_by_side(deployed, base, how))
+        else:
+            report["latency_ms"] = latency(
+                deployed,
+                warmup=int(how.get("warmup", 20)),
+                iterations=int(how.get("min_iterations", 200)),
+                seconds=float(how.get("min_seconds", 1.0)),
+            )
         report["batch_size"] = batch
     recorded = os.path.join(args.bundle, "export.json")
     if os.path.isfile(recorded) and args.model == "deployed":
