@@ -42,6 +42,13 @@ runpy.run_path("infer.py", run_name="__main__")
 """Run infer.py so that any import of tinymlaas_ci fails."""
 
 
+def python_i(cwd: Path, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -I ARGV`` in ``cwd``: isolated mode, no user site, no cwd on sys.path."""
+    return subprocess.run(
+        [sys.executable, "-I", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def recorded(repo: Path) -> dict:
     return json.loads((repo / "runs" / "digits" / "results" / "int8.json").read_text())
 
@@ -70,16 +77,7 @@ def test_export_writes_a_self_contained_bundle(digits_run, exported):
 
 def test_standalone_runner_reproduces_the_recorded_accuracy(digits_run, exported):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # -I: isolated mode, no user site, no cwd on sys.path; from a folder without tinymlaas_ci.
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", GUARDED_RUN],
-        cwd=exported,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = python_i(exported, "-c", GUARDED_RUN, env=env)  # from a folder without tinymlaas_ci
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     metrics = recorded(digits_run)["metrics"]
@@ -97,14 +95,7 @@ def test_standalone_runner_reproduces_the_recorded_accuracy(digits_run, exported
 
 def test_runner_times_a_model_alone_on_request(exported):
     for args in (["--alone"], ["--model", "baseline"]):
-        proc = subprocess.run(
-            [sys.executable, "-I", "infer.py", "--seconds", "0.05", "--iterations", "20", *args],
-            cwd=exported,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = python_i(exported, "infer.py", "--seconds", "0.05", "--iterations", "20", *args)
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
         assert out["latency_ms"]["iterations"] >= 20
@@ -153,14 +144,7 @@ def test_runner_predicts_user_inputs(exported, tmp_path):
         x, y = npz["x"][:5], npz["y"][:5]
     np.save(tmp_path / "one.npy", x[0])
     np.save(tmp_path / "batch.npy", x[1:])
-    proc = subprocess.run(
-        [sys.executable, "-I", "infer.py", "--inputs", str(tmp_path / "one.npy"), str(tmp_path / "batch.npy")],
-        cwd=exported,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = python_i(exported, "infer.py", "--inputs", str(tmp_path / "one.npy"), str(tmp_path / "batch.npy"))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["samples"] == 5
