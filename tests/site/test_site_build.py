@@ -243,3 +243,26 @@ def test_cli_site_help_lists_commands():
         env=dict(os.environ),
     )
     assert proc.returncode == 0 and "build" in proc.stdout and "serve" in proc.stdout
+
+
+def test_run_page_is_html_with_its_table_of_contents(built_site):
+    _, out, _, _ = built_site
+    html = (out / "projects/digits/runs/cnn-static-int8.html").read_text()
+    article = html[html.index("<article") : html.index("</article>")]
+    assert "|---" not in article and "**" not in article and "](" not in article  # no Markdown left over
+    toc = html[html.index("md-nav--secondary") :]
+    for anchor in ("metrics", "gates", "comparison", "stages", "inputs", "provenance", "spec"):
+        assert f'<h2 id="{anchor}">' in article
+        assert f'href="#{anchor}"' in toc  # the theme's table of contents, made from the headings
+
+
+def test_a_site_can_keep_a_markdown_run_page_template(tmp_path):
+    make_repo(tmp_path, 3, commits=1, invalid=False)
+    (tmp_path / "site/templates").mkdir()
+    (tmp_path / "site/templates/run.md.j2").write_text(
+        '---\ntitle: "{{ run.slug }}"\n---\n\n# {{ run.slug }}\n\n## Our numbers\n\n'
+        "| Metric | Value |\n|---|---|\n| Accuracy | {{ run.accuracy | pct }} |\n"
+    )
+    build_site(tmp_path, tmp_path / "out", cli_parser=build_parser())
+    page = next((tmp_path / "out/projects").glob("*/runs/*.html")).read_text()
+    assert '<h2 id="our-numbers">Our numbers' in page and "<td>Accuracy</td>" in page

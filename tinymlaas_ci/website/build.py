@@ -121,6 +121,7 @@ class _Pages:
         self.docs = docs
         self.common = common
         self.count = 0
+        self.html: set[str] = set()  # pages written as HTML: MkDocs converts no Markdown in them
 
     def helpers(self, page: str) -> dict[str, Callable[..., str]]:
         base = posixpath.dirname(page) or "."
@@ -164,6 +165,8 @@ class _Pages:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         self.count += 1
+        if template.endswith(".html.j2"):
+            self.html.add(page)
 
     def render_string(self, source: str, page: str) -> str:
         return self.env.from_string(source).render(**self.common, **self.helpers(page))
@@ -238,9 +241,9 @@ def build_site(
             say(f"skipped post {s.format()}")
         phase("stage")
 
-        report.pages = _render_pages(root, staging, docs, data, report, cli_parser)
+        report.pages, html_pages = _render_pages(root, staging, docs, data, report, cli_parser)
         phase("render")
-        _mkdocs_build(staging, staging_root / "out", strict, data)
+        _mkdocs_build(staging, staging_root / "out", strict, html_pages)
         phase("mkdocs")
         (staging_root / "out" / SITE_MARKER).write_text("built by tinymlaas site build\n")
         (staging_root / "out" / ".nojekyll").write_text("")
@@ -261,7 +264,8 @@ def _render_pages(
     data: SiteData,
     report: BuildReport,
     cli_parser: argparse.ArgumentParser | None,
-) -> int:
+) -> tuple[int, set[str]]:
+    """Writes the generated pages; returns how many, and which of them are HTML."""
     from tinymlaas_ci.website.references import (
         RESULT_MODELS,
         SPEC_MODELS,
@@ -280,13 +284,15 @@ def _render_pages(
         "readme_blocks": _readme_blocks(root),
     }
     pages = _Pages(env, docs, common)
+    # A site that kept its own Markdown run page template (site/templates/run.md.j2) gets it.
+    run_template = "run.md.j2" if (staging / "templates" / "run.md.j2").is_file() else "run.html.j2"
     pages.write("index.md.j2", "index.md")
     pages.write("projects.md.j2", "projects/index.md")
     for project in data.projects:
         pages.write("project.md.j2", f"projects/{project.name}/index.md", project=project)
         pages.write("compare.md.j2", f"projects/{project.name}/compare.md", project=project)
         for run in project.runs:
-            pages.write("run.md.j2", f"projects/{project.name}/runs/{run.slug}.md", project=project, run=run)
+            pages.write(run_template, f"projects/{project.name}/runs/{run.slug}.md", project=project, run=run)
     pages.write(
         "spec-reference.md.j2",
         "reference/spec.md",
@@ -303,27 +309,62 @@ def _render_pages(
         (docs / page).write_text(text, encoding="utf-8")
         src.unlink()
         pages.count += 1
-    return pages.count
+    return pages.count, pages.html
 
 
-def _release_plugin():
-    """A MkDocs plugin that keeps the generated pages small in memory.
+_HEADING = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)<a class="headerlink"', re.DOTALL)
 
-    MkDocs converts every page to HTML first and applies the theme afterwards, holding every
-    page's Markdown and HTML in between; at thousands of run pages that was most of a build's
-    memory. For the pages under ``projects/`` (generated, read by no other page: the
+
+def _generated_pages_plugin(html_pages: set[str]):
+    """A MkDocs plugin for the generated pages: the ones written as HTML, and memory.
+
+    **HTML pages** (``html_pages``, the run pages): MkDocs reads their front matter and applies
+    the theme, but converts no Markdown; the table of contents is made from the headings'
+    ids. Python-Markdown spent about 10 ms on each run page, most of a large site's build.
+
+    **Memory:** MkDocs converts every page first and applies the theme afterwards, holding
+    every page's Markdown and HTML in between; at thousands of run pages that was most of a
+    build's memory. For the pages under ``projects/`` (generated, read by no other page: the
     navigation uses titles and URLs), this drops the Markdown once converted, keeps the HTML
     compressed until the page's turn, and drops it once the page is written."""
+    import html as html_lib
     import zlib
 
     from mkdocs.plugins import BasePlugin, event_priority
+    from mkdocs.structure.pages import Page
+    from mkdocs.structure.toc import get_toc
+
+    class HtmlPage(Page):
+        def render(self, config, files) -> None:
+            if self.markdown is None:
+                raise RuntimeError("`markdown` field hasn't been set (via `read_source`)")
+            self.content = self.markdown
+            tokens: list[dict] = []
+            open_levels: list[dict] = []
+            for level, anchor, title in _HEADING.findall(self.content):
+                token = {"level": int(level), "id": anchor, "name": title.strip(), "children": []}
+                while open_levels and open_levels[-1]["level"] >= token["level"]:
+                    open_levels.pop()
+                (open_levels[-1]["children"] if open_levels else tokens).append(token)
+                open_levels.append(token)
+            self.toc = get_toc(tokens)
+            first = tokens[0] if tokens and tokens[0]["level"] == 1 else None
+            self._title_from_render = html_lib.unescape(first["name"]) if first else None
+            self.present_anchor_ids = {anchor for _, anchor, _ in _HEADING.findall(self.content)}
+            self.links_to_anchors = {}
 
     def generated(page) -> bool:
         return page.file.src_uri.startswith("projects/")
 
-    class Release(BasePlugin):
+    class GeneratedPages(BasePlugin):
         def __init__(self) -> None:
             self.packed: dict[str, bytes] = {}
+
+        def on_files(self, files, config):
+            for file in files.documentation_pages():
+                if file.src_uri in html_pages:
+                    HtmlPage(None, file, config)  # becomes file.page, which MkDocs then uses
+            return files
 
         @event_priority(-100)  # after every other plugin has seen the HTML
         def on_page_content(self, html: str, page, config, files):
@@ -345,7 +386,7 @@ def _release_plugin():
                 page.content = None
             return output
 
-    return Release()
+    return GeneratedPages()
 
 
 class _Collect(logging.Handler):
@@ -357,7 +398,7 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _mkdocs_build(staging: Path, out: Path, strict: bool, data: SiteData) -> None:
+def _mkdocs_build(staging: Path, out: Path, strict: bool, html_pages: set[str]) -> None:
     try:
         from mkdocs.commands.build import build
         from mkdocs.config import load_config
@@ -372,7 +413,7 @@ def _mkdocs_build(staging: Path, out: Path, strict: bool, data: SiteData) -> Non
         # The navigation is the same on every page, so it names no project or run: listing
         # every project there made each run page grow with the number of projects (33 KB to
         # 60 KB from 2 to 100). Projects are reached from the projects page, runs from theirs.
-        config.plugins["tinymlaas-release-pages"] = _release_plugin()
+        config.plugins["tinymlaas-generated-pages"] = _generated_pages_plugin(html_pages)
         build(config)
     except MkDocsException as exc:
         details = "\n".join(f"  {m}" for m in collect.messages[:20]) or f"  {exc}"

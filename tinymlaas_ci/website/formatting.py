@@ -112,6 +112,25 @@ def text(value: Any):
     return Markup(escape(_MD_SPECIAL.sub(r"\\\1", one_line)))
 
 
+def line(value: Any) -> str:
+    """Text from a spec or a result placed *inside HTML* (the run pages): one line, terminal
+    codes removed. The page template HTML-escapes it, so nothing in it becomes markup."""
+    return "" if value is None else " ".join(_ANSI.sub("", str(value)).split())
+
+
+def thousands(value: int | None) -> str:
+    """``150452`` -> ``150,452``."""
+    return "–" if _missing(value) else f"{value:,}"
+
+
+def anchor(title: str) -> str:
+    """A heading's id, as the Markdown ``toc`` extension makes it: ``Device and runtime`` ->
+    ``device-and-runtime``; so a page written as HTML keeps the anchors it had as Markdown."""
+    from markdown.extensions.toc import slugify
+
+    return slugify(str(title), "-")
+
+
 def paragraph(value: Any):
     """Free text (a run's description) as a raw HTML paragraph: Markdown does not look inside
     a block of raw HTML, and the text itself is HTML-escaped, so nothing in it is a link, an
@@ -154,6 +173,9 @@ FILTERS = {
     "to_yaml": to_yaml,
     "text": text,
     "paragraph": paragraph,
+    "line": line,
+    "thousands": thousands,
+    "anchor": anchor,
     "code": code,
 }
 
