@@ -63,9 +63,12 @@ predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
   the lanes of a vector and accumulate with ``VPDPBUSD`` against a second, interleaved copy of the
   weights (``[G][K/4][OC/G rounded up to 16][4]``, emitted only for this path). ``VPDPBUSD``
   multiplies unsigned by signed bytes, so activations are fed as ``x + 128`` and
-  ``128 * sum(w)`` (also emitted only for this path) is subtracted. When a kernel row is a whole
-  number of 4-byte words the rows are read in place from a zero-point-padded copy of the input
-  instead of an im2col column. Requantization, Add and pooling run 16 lanes at a time;
+  ``128 * sum(w)`` (also emitted only for this path) is subtracted. Output positions go eight
+  (16 channels) or four (32 or more) at a time, so that each weight vector loaded serves them
+  all and eight accumulator chains are in flight. Without groups the input is copied once as
+  ``x + 128`` with its zero-point padding: when a kernel row is a whole number of 4-byte words
+  the rows are read from it in place, else (a first convolution of 3 channels) copied from it
+  row by row. Requantization, Add and pooling run 16 lanes at a time;
 * ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
   ``_mm256_madd_epi16``;
 * otherwise portable C loops.
@@ -977,27 +980,68 @@ static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_
     _mm_mask_storeu_epi8(dst + o, m, _mm512_cvtepi32_epi8(v));
 }
 
+/* One tile of the lane-parallel convolution: np output positions (their columns at x[0 .. np - 1],
+ * nseg segments of words 4-byte words each, seg_stride apart) times nb blocks of 16 channels
+ * (weights w, one step per word). Each accumulator is its own VPDPBUSD chain; np * nb = 8 keeps
+ * eight chains in flight, and every weight vector loaded serves np positions. Called with
+ * constant np and nb, so the accumulators live in registers. Only the first valid positions
+ * are stored. */
+static inline __attribute__((always_inline)) void tinyml_vnni_tile(const tinyml_conv_t *p, const uint8_t *const *x,
+                                                                  const int32_t np, const int32_t nb,
+                                                                  const int8_t *w, size_t step, int32_t nseg,
+                                                                  size_t seg_stride, int32_t words, int32_t o,
+                                                                  int32_t left, int32_t valid, int8_t *const *dst) {
+    __m512i acc[8][2];
+    int32_t i, seg, q;
+    for (i = 0; i < np; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    for (seg = 0; seg < nseg; seg++) {
+        const size_t at = (size_t)seg * seg_stride;
+        for (q = 0; q < words; q++, w += step) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)w);
+            const __m512i w1 = nb > 1 ? _mm512_loadu_si512((const void *)(w + 64)) : w0;
+            for (i = 0; i < np; i++) {
+                int32_t word;
+                __m512i u;
+                memcpy(&word, x[i] + at + 4 * (size_t)q, 4);
+                u = _mm512_set1_epi32(word);
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], u, w0);
+                if (nb > 1) acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], u, w1);
+            }
+        }
+    }
+    for (i = 0; i < np && i < valid; i++) {
+        tinyml_vnni_out16(p, acc[i][0], o, left, dst[i]);
+        if (nb > 1) tinyml_vnni_out16(p, acc[i][1], o + 16, left - 16, dst[i]);
+    }
+}
+
 /* Convolution with output channels in vector lanes: per 4 column bytes, one VPDPBUSD per 16
- * channels against the interleaved weights wq, no horizontal sums. Two output positions share
- * each weight load; even and odd column words go to separate accumulators so that the
- * multiply-accumulate chains overlap. */
+ * channels against the interleaved weights wq, no horizontal sums. Output positions are taken
+ * eight at a time (one block of 16 channels) or four at a time (two blocks), see
+ * tinyml_vnni_tile. Without groups the input is first copied once as uint8 (x + 128) with its
+ * zero-point padding, so a position's kernel rows are read from it in place (whole 4-byte words
+ * per kernel row) or copied from it row by row (a first convolution of 3 channels); with groups
+ * each position's column is gathered from the input. */
 static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
-    const int32_t kq = (icg * p->kh * p->kw + 3) / 4, ocp = (ocg + 15) & ~15;
+    const int32_t k = icg * p->kh * p->kw, kq = (k + 3) / 4, ocp = (ocg + 15) & ~15;
     const size_t step = (size_t)ocp * 4;
-    /* Without groups and with whole 4-byte words per kernel row, the kernel rows are read in
-     * place from a zero-point-padded uint8 copy of the input: no im2col per position. */
-    const int32_t direct = p->groups == 1 && (p->kw * p->in_c) % 4 == 0;
-    const int32_t ph = direct ? (p->out_h - 1) * p->sh + p->kh : 1;
-    const int32_t pw = direct ? (p->out_w - 1) * p->sw + p->kw : 1;
-    const int32_t nseg = direct ? p->kh : 1, words = direct ? p->kw * p->in_c / 4 : kq;
+    const int32_t whole = p->groups == 1, row_bytes = p->kw * p->in_c;
+    const int32_t direct = whole && row_bytes % 4 == 0;
+    const int32_t ph = whole ? (p->out_h - 1) * p->sh + p->kh : 1;
+    const int32_t pw = whole ? (p->out_w - 1) * p->sw + p->kw : 1;
+    const int32_t nseg = direct ? p->kh : 1, words = direct ? row_bytes / 4 : kq;
     const size_t seg_stride = direct ? (size_t)pw * p->in_c : 0;
-    uint8_t col[2][4 * kq];
-    uint8_t padded[direct ? ph * pw * p->in_c : 1];
-    int32_t g, oy, ox, b, q, seg;
-    /* The columns' last partial group of 4 bytes: zero once, im2col never writes there. */
-    for (q = icg * p->kh * p->kw; q < 4 * kq; q++) col[0][q] = col[1][q] = 0;
-    if (direct) {
+    const int32_t positions = p->out_h * p->out_w, np = ocp == 16 ? 8 : 4;
+    uint8_t col[direct ? 1 : 8][4 * kq];
+    uint8_t padded[whole ? ph * pw * p->in_c : 1];
+    const uint8_t *x[8];
+    int8_t *dst[8];
+    int32_t g, pos, b, i, q;
+    if (!direct) /* The columns' last partial group of 4 bytes: zero once, never written after. */
+        for (i = 0; i < 8; i++)
+            for (q = k; q < 4 * kq; q++) col[i][q] = 0;
+    if (whole) {
         const uint8_t pad = (uint8_t)(p->in_zp + 128);
         int32_t y;
         for (y = 0; y < ph; y++) {
@@ -1011,77 +1055,38 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
             memset(row + (left + mid) * p->in_c, pad, (size_t)(pw - left - mid) * p->in_c);
         }
     }
-    for (oy = 0; oy < p->out_h; oy++) {
-        for (ox = 0; ox < p->out_w; ox += 2) {
-            const int32_t pair = ox + 1 < p->out_w;
-            int8_t *dst0 = out + (oy * p->out_w + ox) * p->out_c, *dst1 = dst0 + p->out_c;
-            for (g = 0; g < p->groups; g++) {
-                const int8_t *wg = p->wq + (size_t)g * kq * step;
-                const uint8_t *x0, *y0;
-                if (direct) {
-                    x0 = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
-                    y0 = pair ? x0 + (size_t)p->sw * p->in_c : x0;
+    for (pos = 0; pos < positions; pos += np) {
+        const int32_t valid = positions - pos < np ? positions - pos : np;
+        for (g = 0; g < p->groups; g++) {
+            const int8_t *wg = p->wq + (size_t)g * kq * step;
+            for (i = 0; i < np; i++) {
+                /* Positions past the end repeat the last one; they are computed, never stored. */
+                const int32_t at = pos + (i < valid ? i : valid - 1);
+                const int32_t oy = at / p->out_w, ox = at - oy * p->out_w;
+                dst[i] = out + (size_t)at * p->out_c;
+                if (i >= valid) {
+                    x[i] = x[valid - 1];
+                } else if (direct) {
+                    x[i] = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
+                } else if (whole) {
+                    const uint8_t *src = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
+                    int32_t ky;
+                    for (ky = 0; ky < p->kh; ky++)
+                        memcpy(col[i] + ky * row_bytes, src + (size_t)ky * pw * p->in_c, (size_t)row_bytes);
+                    x[i] = col[i];
                 } else {
-                    tinyml_im2col_u8(p, in, g, oy, ox, col[0]);
-                    if (pair) tinyml_im2col_u8(p, in, g, oy, ox + 1, col[1]);
-                    x0 = col[0];
-                    y0 = col[pair];
+                    tinyml_im2col_u8(p, in, g, oy, ox, col[i]);
+                    x[i] = col[i];
                 }
-                for (b = 0; b < ocp; b += 32) {
-                    const int32_t two = b + 16 < ocp;
-                    __m512i a0 = _mm512_setzero_si512(), a1 = a0, e0 = a0, e1 = a0;
-                    __m512i c0 = a0, c1 = a0, f0 = a0, f1 = a0;
-                    const int8_t *w = wg + (size_t)b * 4;
-                    for (seg = 0; seg < nseg; seg++) {
-                        const uint8_t *x = x0 + seg * seg_stride, *y = y0 + seg * seg_stride;
-                        for (q = 0; q + 2 <= words; q += 2, w += 2 * step, x += 8, y += 8) {
-                            int32_t xw[2], yw[2];
-                            __m512i u0, u1, v0, v1, w0, w1;
-                            memcpy(xw, x, 8);
-                            memcpy(yw, y, 8);
-                            u0 = _mm512_set1_epi32(xw[0]);
-                            u1 = _mm512_set1_epi32(xw[1]);
-                            v0 = _mm512_set1_epi32(yw[0]);
-                            v1 = _mm512_set1_epi32(yw[1]);
-                            w0 = _mm512_loadu_si512((const void *)w);
-                            w1 = _mm512_loadu_si512((const void *)(w + step));
-                            a0 = _mm512_dpbusd_epi32(a0, u0, w0);
-                            a1 = _mm512_dpbusd_epi32(a1, u1, w1);
-                            e0 = _mm512_dpbusd_epi32(e0, v0, w0);
-                            e1 = _mm512_dpbusd_epi32(e1, v1, w1);
-                            if (two) {
-                                w0 = _mm512_loadu_si512((const void *)(w + 64));
-                                w1 = _mm512_loadu_si512((const void *)(w + step + 64));
-                                c0 = _mm512_dpbusd_epi32(c0, u0, w0);
-                                c1 = _mm512_dpbusd_epi32(c1, u1, w1);
-                                f0 = _mm512_dpbusd_epi32(f0, v0, w0);
-                                f1 = _mm512_dpbusd_epi32(f1, v1, w1);
-                            }
-                        }
-                        if (q < words) {
-                            int32_t xw, yw;
-                            __m512i w0 = _mm512_loadu_si512((const void *)w), u0, v0;
-                            memcpy(&xw, x, 4);
-                            memcpy(&yw, y, 4);
-                            u0 = _mm512_set1_epi32(xw);
-                            v0 = _mm512_set1_epi32(yw);
-                            a0 = _mm512_dpbusd_epi32(a0, u0, w0);
-                            e0 = _mm512_dpbusd_epi32(e0, v0, w0);
-                            if (two) {
-                                w0 = _mm512_loadu_si512((const void *)(w + 64));
-                                c0 = _mm512_dpbusd_epi32(c0, u0, w0);
-                                f0 = _mm512_dpbusd_epi32(f0, v0, w0);
-                            }
-                            w += step;
-                        }
-                    }
-                    tinyml_vnni_out16(p, _mm512_add_epi32(a0, a1), g * ocg + b, ocg - b, dst0);
-                    if (pair) tinyml_vnni_out16(p, _mm512_add_epi32(e0, e1), g * ocg + b, ocg - b, dst1);
-                    if (two) {
-                        tinyml_vnni_out16(p, _mm512_add_epi32(c0, c1), g * ocg + b + 16, ocg - b - 16, dst0);
-                        if (pair) tinyml_vnni_out16(p, _mm512_add_epi32(f0, f1), g * ocg + b + 16, ocg - b - 16, dst1);
-                    }
-                }
+            }
+            for (b = 0; b < ocp; b += 32) {
+                const int8_t *w = wg + (size_t)b * 4;
+                if (np == 8)
+                    tinyml_vnni_tile(p, x, 8, 1, w, step, nseg, seg_stride, words, g * ocg + b, ocg - b, valid, dst);
+                else if (b + 16 < ocp)
+                    tinyml_vnni_tile(p, x, 4, 2, w, step, nseg, seg_stride, words, g * ocg + b, ocg - b, valid, dst);
+                else
+                    tinyml_vnni_tile(p, x, 4, 1, w, step, nseg, seg_stride, words, g * ocg + b, ocg - b, valid, dst);
             }
         }
     }
