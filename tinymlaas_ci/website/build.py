@@ -341,7 +341,8 @@ def _generated_pages_plugin(html_pages: set[str]):
             self.content = self.markdown
             tokens: list[dict] = []
             open_levels: list[dict] = []
-            for level, anchor, title in _HEADING.findall(self.content):
+            headings = _HEADING.findall(self.content)
+            for level, anchor, title in headings:
                 token = {"level": int(level), "id": anchor, "name": title.strip(), "children": []}
                 while open_levels and open_levels[-1]["level"] >= token["level"]:
                     open_levels.pop()
@@ -350,7 +351,7 @@ def _generated_pages_plugin(html_pages: set[str]):
             self.toc = get_toc(tokens)
             first = tokens[0] if tokens and tokens[0]["level"] == 1 else None
             self._title_from_render = html_lib.unescape(first["name"]) if first else None
-            self.present_anchor_ids = {anchor for _, anchor, _ in _HEADING.findall(self.content)}
+            self.present_anchor_ids = {anchor for _, anchor, _ in headings}
             self.links_to_anchors = {}
 
     def generated(page) -> bool:

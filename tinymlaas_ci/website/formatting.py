@@ -96,6 +96,12 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")
 HTML-escaped instead."""
 
 
+def line(value: Any) -> str:
+    """Text from a spec or a result placed *inside HTML* (the run pages): one line, terminal
+    codes removed. The page template HTML-escapes it, so nothing in it becomes markup."""
+    return "" if value is None else " ".join(_ANSI.sub("", str(value)).split())
+
+
 def text(value: Any):
     """Text from a spec or a result placed *inside Markdown* (a paragraph or a table cell),
     made inert: HTML escaped, every Markdown punctuation character backslash-escaped, one line.
@@ -107,15 +113,9 @@ def text(value: Any):
 
     if value is None:
         return Markup("")
-    one_line = " ".join(_ANSI.sub("", str(value)).split())
+    one_line = line(value)
     # Markdown escapes first, HTML escapes second: an entity like &#34; must stay whole.
     return Markup(escape(_MD_SPECIAL.sub(r"\\\1", one_line)))
-
-
-def line(value: Any) -> str:
-    """Text from a spec or a result placed *inside HTML* (the run pages): one line, terminal
-    codes removed. The page template HTML-escapes it, so nothing in it becomes markup."""
-    return "" if value is None else " ".join(_ANSI.sub("", str(value)).split())
 
 
 def thousands(value: int | None) -> str:
