@@ -156,3 +156,48 @@ def test_the_output_stage_matches_numpy(tmp_path, cc, path, fast):
             tab,
         )
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_vnni_requantization_matches_numpy(tmp_path, cc):
+    # tinyml_requantize16, sixteen lanes at a time: blocks whose shifts are all <= 0 (the 32-bit
+    # route), blocks that mix in left shifts (the int64 route), and the ties and extremes.
+    import ctypes
+    import subprocess
+
+    from tests.cgen.conftest import PATHS
+    from tinymlaas_ci.ml.cgen.csource import KERNELS_H
+
+    (tmp_path / "kernels.h").write_text(KERNELS_H)
+    (tmp_path / "rq16.c").write_text(
+        '#include "kernels.h"\n'
+        "int rq16(const int32_t *x, const int32_t *m, const int32_t *s, int32_t *out, int n) {\n"
+        "#if defined(TINYML_USE_VNNI)\n"
+        "    int i;\n"
+        "    for (i = 0; i + 16 <= n; i += 16) {\n"
+        "        __m512i v = tinyml_requantize16(_mm512_loadu_si512((const void *)(x + i)),\n"
+        "                                        _mm512_loadu_si512((const void *)(m + i)),\n"
+        "                                        _mm512_loadu_si512((const void *)(s + i)));\n"
+        "        _mm512_storeu_si512((void *)(out + i), v);\n"
+        "    }\n"
+        "    return 1;\n"
+        "#else\n"
+        "    (void)x; (void)m; (void)s; (void)out; (void)n;\n"
+        "    return 0;\n"
+        "#endif\n"
+        "}\n"
+    )
+    lib = tmp_path / "rq16.so"
+    subprocess.run([cc, *PATHS["native"], "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "rq16.c")], check=True)
+    rng = np.random.default_rng(5)
+    x, m, shift = _edge_cases(rng, 4096)
+    # The first half's shifts made <= 0, so its blocks take the 32-bit route throughout.
+    shift[: len(x) // 2] = -np.abs(shift[: len(x) // 2])
+    shift[:16] = [0, -1, -31, 0, -30, -2, 0, -1, -31, 0, -17, -5, 0, 0, -1, -31]
+    want = requantize(x, m, shift)
+    args = [np.ascontiguousarray(a, dtype=np.int32) for a in (x, m, shift)]
+    out = np.zeros(len(x), np.int32)
+    ptr = ctypes.POINTER(ctypes.c_int32)
+    ran = ctypes.CDLL(str(lib)).rq16(*(a.ctypes.data_as(ptr) for a in (*args, out)), ctypes.c_int(len(x)))
+    if not ran:
+        pytest.skip("this CPU has no AVX-512 VNNI, so the native build has no tinyml_requantize16")
+    np.testing.assert_array_equal(out, want)

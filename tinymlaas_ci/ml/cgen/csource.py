@@ -744,43 +744,27 @@ static inline __m256i tinyml_dot8_vnni(const int8_t *x, const int8_t *w, int32_t
 /* tinyml_requantize on eight lanes widened to int64 (the same integer steps, so the same results). */
 static inline __m256i tinyml_requantize8_wide(__m256i x, __m256i mult, __m256i shift) {
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1);
-    const __m512i m = _mm512_cvtepi32_epi64(mult);
     const __m512i s = _mm512_cvtepi32_epi64(shift);
     const __m512i left = _mm512_max_epi64(s, zero), right = _mm512_max_epi64(_mm512_sub_epi64(zero, s), zero);
-    __m512i v = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(x), left), ab, mask, rem, threshold;
+    __m512i v = _mm512_sllv_epi64(_mm512_cvtepi32_epi64(x), left), t;
     v = _mm512_min_epi64(_mm512_max_epi64(v, _mm512_set1_epi64(INT32_MIN)), _mm512_set1_epi64(INT32_MAX));
-    ab = _mm512_mul_epi32(v, m);
-    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero),
-                                                      _mm512_set1_epi64((long long)1 << 30),
-                                                      _mm512_set1_epi64(1 - ((long long)1 << 30))));
-    /* Division by 2^31 truncating toward zero. */
-    ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
-    ab = _mm512_srai_epi64(ab, 31);
-    mask = _mm512_sub_epi64(_mm512_sllv_epi64(one, right), one);
-    rem = _mm512_and_si512(ab, mask);
-    threshold = _mm512_srli_epi64(mask, 1);
-    threshold = _mm512_mask_add_epi64(threshold, _mm512_cmplt_epi64_mask(ab, zero), threshold, one);
-    v = _mm512_srav_epi64(ab, right);
-    v = _mm512_mask_add_epi64(v, _mm512_cmpgt_epi64_mask(rem, threshold), v, one);
+    v = _mm512_mul_epi32(v, _mm512_cvtepi32_epi64(mult));
+    v = _mm512_srai_epi64(_mm512_add_epi64(v, _mm512_set1_epi64((long long)1 << 30)), 31);
+    t = _mm512_add_epi64(v, _mm512_srai_epi64(v, 63));
+    v = _mm512_add_epi64(_mm512_srav_epi64(t, right),
+                         _mm512_and_si512(_mm512_srav_epi64(t, _mm512_sub_epi64(right, one)), one));
     return _mm512_cvtepi64_epi32(v);
 }
 
-/* The high 32 bits of 2 * a * m for the int32 values in the even lanes, as in tinyml_requantize. */
-static inline __m512i tinyml_srdhm_even(__m512i a, __m512i m) {
-    const __m512i zero = _mm512_setzero_si512();
-    __m512i ab = _mm512_mul_epi32(a, m);
-    ab = _mm512_add_epi64(ab, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(ab, zero),
-                                                      _mm512_set1_epi64((long long)1 << 30),
-                                                      _mm512_set1_epi64(1 - ((long long)1 << 30))));
-    /* Division by 2^31 truncating toward zero; the quotient fits in the low 32 bits. */
-    ab = _mm512_mask_add_epi64(ab, _mm512_cmplt_epi64_mask(ab, zero), ab, _mm512_set1_epi64(((long long)1 << 31) - 1));
-    return _mm512_srli_epi64(ab, 31);
-}
-
-/* tinyml_requantize on sixteen int32 lanes. */
+/* tinyml_requantize on sixteen int32 lanes, the same integer steps: the high multiply as
+ * (x * mult + 2^30) >> 31 on the even and the odd lanes' int64 products (the odd ones shifted
+ * left by one so that their result is the high half), then the rounding shift t >> r plus bit
+ * r - 1 of t, t one less for a negative value. A lane with r = 0 comes out unchanged: bit -1 is
+ * read as the sign, which adds back the one taken. */
 static inline __m512i tinyml_requantize16(__m512i x, __m512i mult, __m512i shift) {
     const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
-    __m512i high, right, mask, rem, threshold, v;
+    const __m512i half = _mm512_set1_epi64((long long)1 << 30);
+    __m512i even, odd, high, right, t;
     if (_mm512_cmpgt_epi32_mask(shift, zero)) {
         /* Some factor is >= 1 and needs a saturating left shift first: the int64 route. */
         __m256i lo = tinyml_requantize8_wide(_mm512_castsi512_si256(x), _mm512_castsi512_si256(mult),
@@ -789,16 +773,14 @@ static inline __m512i tinyml_requantize16(__m512i x, __m512i mult, __m512i shift
                                              _mm512_extracti64x4_epi64(shift, 1));
         return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     }
-    high = _mm512_mask_blend_epi32((__mmask16)0xaaaa, tinyml_srdhm_even(x, mult),
-                                   _mm512_slli_epi64(tinyml_srdhm_even(_mm512_srli_epi64(x, 32),
-                                                                       _mm512_srli_epi64(mult, 32)), 32));
+    even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, mult), half), 31);
+    odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(mult, 32));
+    odd = _mm512_slli_epi64(_mm512_add_epi64(odd, half), 1);
+    high = _mm512_mask_blend_epi32((__mmask16)0xaaaa, even, odd);
     right = _mm512_sub_epi32(zero, shift);
-    mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
-    rem = _mm512_and_si512(high, mask);
-    threshold = _mm512_srli_epi32(mask, 1);
-    threshold = _mm512_mask_add_epi32(threshold, _mm512_cmplt_epi32_mask(high, zero), threshold, one);
-    v = _mm512_srav_epi32(high, right);
-    return _mm512_mask_add_epi32(v, _mm512_cmpgt_epi32_mask(rem, threshold), v, one);
+    t = _mm512_add_epi32(high, _mm512_srai_epi32(high, 31));
+    return _mm512_add_epi32(_mm512_srav_epi32(t, right),
+                            _mm512_and_si512(_mm512_srav_epi32(t, _mm512_sub_epi32(right, one)), one));
 }
 
 static inline __m256i tinyml_requantize8v(__m256i x, __m256i mult, __m256i shift) {
