@@ -266,6 +266,11 @@ def test_depthwise_channel_counts(tmp_path, c, mult, k, stride, pad, hw):
         (1, 7, (10, 4), (2, 2), (5, 1), 12),  # DS-CNN's: K = 40, an odd channel count
         (3, 16, (3, 3), (1, 1), (1, 1), 9),  # ResNet-8's: K = 27
         (3, 5, (3, 3), (2, 2), (1, 1), 7),  # odd channels and an odd number of positions
+        # AVX-512: 3 or more channels, not a multiple of 4, are padded to one (zero weights)
+        (5, 9, (3, 3), (1, 1), (1, 1), 6),
+        (7, 33, (2, 3), (2, 1), (1, 0), 9),  # two 16-channel blocks and a tail of 1
+        (67, 16, (1, 1), (1, 1), (0, 0), 4),  # more than 64 bytes per pixel once padded
+        (2, 16, (3, 3), (1, 1), (1, 1), 7),  # 2 channels: kernel rows of 6 bytes copied
     ],
 )
 def test_first_convs_with_few_input_channels(tmp_path, cin, cout, k, stride, pad, hw):

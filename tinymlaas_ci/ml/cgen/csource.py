@@ -949,17 +949,60 @@ static inline void tinyml_im2col_u8(const tinyml_conv_t *p, const int8_t *in, in
     }
 }
 
-/* Requantize, clamp and store outputs o .. o + n - 1 (n <= 16) held in the lanes of acc. */
-static inline void tinyml_vnni_out16(const tinyml_conv_t *p, __m512i acc, int32_t o, int32_t n, int8_t *dst) {
-    const __mmask16 m = (__mmask16)(n >= 16 ? 0xffffu : ((1u << n) - 1u));
-    __m512i mult, shift, v;
-    acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, p->bias + o));
-    acc = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, p->wsum + o));
-    mult = _mm512_maskz_loadu_epi32(m, p->q.mult + o);
-    shift = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p->q.shift + o));
-    v = _mm512_add_epi32(tinyml_requantize16(acc, mult, shift), _mm512_set1_epi32(p->q.zp));
-    v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(p->q.lo)), _mm512_set1_epi32(p->q.hi));
-    _mm_mask_storeu_epi8(dst + o, m, _mm512_cvtepi32_epi8(v));
+/* The lanes of output channels o .. o + n - 1 (n <= 16; none past n). */
+static inline __mmask16 tinyml_lanes16(int32_t n) {
+    return (__mmask16)(n >= 16 ? 0xffffu : (n > 0 ? (1u << n) - 1u : 0u));
+}
+
+/* The starting sums of channels o .. o + n - 1: bias - 128 * sum(weight row), the second term
+ * undoing the + 128 of the uint8 columns. */
+static inline __m512i tinyml_vnni_bias16(const tinyml_conv_t *p, int32_t o, int32_t n) {
+    const __mmask16 m = tinyml_lanes16(n);
+    return _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, p->bias + o), _mm512_maskz_loadu_epi32(m, p->wsum + o));
+}
+
+/* The output stage of 16 channels o .. o + n - 1, its per-channel terms computed once for all
+ * the output positions of a tile (tinyml_vnni_oq_load), then applied to each position's
+ * accumulator (tinyml_vnni_store): requantize, add the zero point, clamp, store channels below
+ * n. With no left shift among the channels (every factor below 1, the usual case)
+ * tinyml_requantize16's 32-bit route is spelled out with those terms hoisted. */
+typedef struct {
+    __m512i mult, mult_odd, shift, right, right1, zp, lo, hi;
+    __mmask16 lanes;
+    int wide; /* some factor is >= 1: tinyml_requantize16 as it is */
+} tinyml_vnni_oq_t;
+
+static inline __attribute__((always_inline)) void tinyml_vnni_oq_load(const tinyml_conv_t *p, int32_t o, int32_t n,
+                                                                     tinyml_vnni_oq_t *r) {
+    const __m512i zero = _mm512_setzero_si512();
+    r->lanes = tinyml_lanes16(n);
+    r->mult = _mm512_maskz_loadu_epi32(r->lanes, p->q.mult + o);
+    r->mult_odd = _mm512_srli_epi64(r->mult, 32);
+    r->shift = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(r->lanes, p->q.shift + o));
+    r->right = _mm512_sub_epi32(zero, r->shift);
+    r->right1 = _mm512_sub_epi32(r->right, _mm512_set1_epi32(1));
+    r->zp = _mm512_set1_epi32(p->q.zp);
+    r->lo = _mm512_set1_epi32(p->q.lo);
+    r->hi = _mm512_set1_epi32(p->q.hi);
+    r->wide = _mm512_cmpgt_epi32_mask(r->shift, zero) != 0;
+}
+
+static inline __attribute__((always_inline)) void tinyml_vnni_store(const tinyml_vnni_oq_t *r, __m512i x,
+                                                                   int8_t *dst) {
+    __m512i v;
+    if (r->wide) {
+        v = tinyml_requantize16(x, r->mult, r->shift);
+    } else {
+        const __m512i half = _mm512_set1_epi64((long long)1 << 30), one = _mm512_set1_epi32(1);
+        const __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, r->mult), half), 31);
+        const __m512i odd =
+            _mm512_slli_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), r->mult_odd), half), 1);
+        const __m512i high = _mm512_mask_blend_epi32((__mmask16)0xaaaa, even, odd);
+        const __m512i t = _mm512_add_epi32(high, _mm512_srai_epi32(high, 31));
+        v = _mm512_add_epi32(_mm512_srav_epi32(t, r->right), _mm512_and_si512(_mm512_srav_epi32(t, r->right1), one));
+    }
+    v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, r->zp), r->lo), r->hi);
+    _mm_mask_storeu_epi8(dst, r->lanes, _mm512_cvtepi32_epi8(v));
 }
 
 /* One tile of the lane-parallel convolution: np output positions (their columns at x[0 .. np - 1],
@@ -973,9 +1016,11 @@ static inline __attribute__((always_inline)) void tinyml_vnni_tile(const tinyml_
                                                                   const int8_t *w, size_t step, int32_t nseg,
                                                                   size_t seg_stride, int32_t words, int32_t o,
                                                                   int32_t left, int32_t valid, int8_t *const *dst) {
-    __m512i acc[8][2];
+    __m512i acc[2][8];
+    tinyml_vnni_oq_t oq;
     int32_t i, seg, q;
-    for (i = 0; i < np; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    const __m512i b0 = tinyml_vnni_bias16(p, o, left), b1 = nb > 1 ? tinyml_vnni_bias16(p, o + 16, left - 16) : b0;
+    for (i = 0; i < np; i++) acc[0][i] = b0, acc[1][i] = b1;
     for (seg = 0; seg < nseg; seg++) {
         const size_t at = (size_t)seg * seg_stride;
         for (q = 0; q < words; q++, w += step) {
@@ -986,80 +1031,121 @@ static inline __attribute__((always_inline)) void tinyml_vnni_tile(const tinyml_
                 __m512i u;
                 memcpy(&word, x[i] + at + 4 * (size_t)q, 4);
                 u = _mm512_set1_epi32(word);
-                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], u, w0);
-                if (nb > 1) acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], u, w1);
+                acc[0][i] = _mm512_dpbusd_epi32(acc[0][i], u, w0);
+                if (nb > 1) acc[1][i] = _mm512_dpbusd_epi32(acc[1][i], u, w1);
             }
         }
     }
-    for (i = 0; i < np && i < valid; i++) {
-        tinyml_vnni_out16(p, acc[i][0], o, left, dst[i]);
-        if (nb > 1) tinyml_vnni_out16(p, acc[i][1], o + 16, left - 16, dst[i]);
+    tinyml_vnni_oq_load(p, o, left, &oq);
+    for (i = 0; i < np && i < valid; i++) tinyml_vnni_store(&oq, acc[0][i], dst[i] + o);
+    if (nb > 1) {
+        tinyml_vnni_oq_load(p, o + 16, left - 16, &oq);
+        for (i = 0; i < np && i < valid; i++) tinyml_vnni_store(&oq, acc[1][i], dst[i] + o + 16);
     }
+}
+
+/* The channel stride of the VNNI convolution's padded input copy: a convolution without groups
+ * whose input has 3 or more channels, not a multiple of 4, gets its channels padded to the next
+ * multiple of 4 (the weights of the added channels are zero, see the emitter), so that its
+ * kernel rows are whole 4-byte words read in place; other inputs keep their channel count. */
+static inline int32_t tinyml_vnni_stride(const tinyml_conv_t *p) {
+    return p->groups == 1 && p->in_c % 4 != 0 && p->in_c >= 3 ? (p->in_c + 3) & ~3 : p->in_c;
 }
 
 /* Convolution with output channels in vector lanes: per 4 column bytes, one VPDPBUSD per 16
  * channels against the interleaved weights wq, no horizontal sums. Output positions are taken
  * eight at a time (one block of 16 channels) or four at a time (two blocks), see
  * tinyml_vnni_tile. Without groups the input is first copied once as uint8 (x + 128) with its
- * zero-point padding, so a position's kernel rows are read from it in place (whole 4-byte words
- * per kernel row) or copied from it row by row (a first convolution of 3 channels); with groups
- * each position's column is gathered from the input. */
+ * zero-point padding (and its channels padded, see tinyml_vnni_stride), so that a position's
+ * kernel rows are read from it in place as whole 4-byte words, or, for an input of 1 or 2
+ * channels, copied from it row by row; with groups each position's column is gathered from the
+ * input. */
 static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
     const int32_t icg = p->in_c / p->groups, ocg = p->out_c / p->groups;
     const int32_t k = icg * p->kh * p->kw, kq = (k + 3) / 4, ocp = (ocg + 15) & ~15;
     const size_t step = (size_t)ocp * 4;
-    const int32_t whole = p->groups == 1, row_bytes = p->kw * p->in_c;
+    const int32_t whole = p->groups == 1, cs = tinyml_vnni_stride(p), row_bytes = p->kw * cs;
     const int32_t direct = whole && row_bytes % 4 == 0;
     const int32_t ph = whole ? (p->out_h - 1) * p->sh + p->kh : 1;
     const int32_t pw = whole ? (p->out_w - 1) * p->sw + p->kw : 1;
     const int32_t nseg = direct ? p->kh : 1, words = direct ? row_bytes / 4 : kq;
-    const size_t seg_stride = direct ? (size_t)pw * p->in_c : 0;
+    const size_t seg_stride = direct ? (size_t)pw * cs : 0;
     const int32_t positions = p->out_h * p->out_w, np = ocp == 16 ? 8 : 4;
+    const __mmask64 row_mask = row_bytes < 64 ? (__mmask64)(~0ULL >> (64 - row_bytes)) : ~(__mmask64)0;
     uint8_t col[direct ? 1 : 8][4 * kq];
-    uint8_t padded[whole ? ph * pw * p->in_c : 1];
+    uint8_t padded[whole ? ph * pw * cs : 1];
     const uint8_t *x[8];
     int8_t *dst[8];
-    int32_t g, pos, b, i, q;
+    int32_t g, pos, b, i, q, oy0 = 0, ox0 = 0;
     if (!direct) /* The columns' last partial group of 4 bytes: zero once, never written after. */
         for (i = 0; i < 8; i++)
             for (q = k; q < 4 * kq; q++) col[i][q] = 0;
     if (whole) {
         const uint8_t pad = (uint8_t)(p->in_zp + 128);
-        int32_t y;
+        int32_t y, c;
         for (y = 0; y < ph; y++) {
-            uint8_t *row = padded + (size_t)y * pw * p->in_c;
+            uint8_t *row = padded + (size_t)y * pw * cs;
             const int32_t iy = y - p->pad_t;
             const int32_t left = p->pad_l < pw ? p->pad_l : pw;
             int32_t mid = pw - left < p->in_w ? pw - left : p->in_w;
+            const int8_t *src = in;
             if (iy < 0 || iy >= p->in_h) mid = 0;
-            memset(row, pad, (size_t)left * p->in_c);
-            if (mid > 0) tinyml_copy_flip(row + left * p->in_c, in + (size_t)iy * p->in_w * p->in_c, mid * p->in_c);
-            memset(row + (left + mid) * p->in_c, pad, (size_t)(pw - left - mid) * p->in_c);
+            else src += (size_t)iy * p->in_w * p->in_c;
+            if (cs == p->in_c) {
+                memset(row, pad, (size_t)left * cs);
+                if (mid > 0) tinyml_copy_flip(row + left * cs, src, mid * cs);
+                memset(row + (left + mid) * cs, pad, (size_t)(pw - left - mid) * cs);
+            } else {
+                /* Padded channels: the pixel's channels, then pad bytes (against zero weights). */
+                memset(row, pad, (size_t)pw * cs);
+                if (cs <= 64) {
+                    const __mmask64 keep = (__mmask64)(~0ULL >> (64 - p->in_c));
+                    const __mmask64 all = cs < 64 ? (__mmask64)(~0ULL >> (64 - cs)) : ~(__mmask64)0;
+                    const __m512i padv = _mm512_set1_epi8((char)pad), flip = _mm512_set1_epi8((char)0x80);
+                    for (i = 0; i < mid; i++) {
+                        const __m512i v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(keep, src + i * p->in_c), flip);
+                        _mm512_mask_storeu_epi8(row + (left + i) * cs, all, _mm512_mask_blend_epi8(keep, padv, v));
+                    }
+                } else {
+                    for (i = 0; i < mid; i++)
+                        for (c = 0; c < p->in_c; c++)
+                            row[(left + i) * cs + c] = (uint8_t)(src[i * p->in_c + c] ^ 0x80);
+                }
+            }
         }
     }
     for (pos = 0; pos < positions; pos += np) {
         const int32_t valid = positions - pos < np ? positions - pos : np;
         for (g = 0; g < p->groups; g++) {
             const int8_t *wg = p->wq + (size_t)g * kq * step;
+            int32_t oy = oy0, ox = ox0;
             for (i = 0; i < np; i++) {
                 /* Positions past the end repeat the last one; they are computed, never stored. */
-                const int32_t at = pos + (i < valid ? i : valid - 1);
-                const int32_t oy = at / p->out_w, ox = at - oy * p->out_w;
-                dst[i] = out + (size_t)at * p->out_c;
                 if (i >= valid) {
                     x[i] = x[valid - 1];
-                } else if (direct) {
-                    x[i] = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
+                    dst[i] = dst[valid - 1];
+                    continue;
+                }
+                dst[i] = out + (size_t)(pos + i) * p->out_c;
+                if (direct) {
+                    x[i] = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * cs;
                 } else if (whole) {
-                    const uint8_t *src = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * p->in_c;
+                    const uint8_t *src = padded + ((size_t)oy * p->sh * pw + (size_t)ox * p->sw) * cs;
                     int32_t ky;
-                    for (ky = 0; ky < p->kh; ky++)
-                        memcpy(col[i] + ky * row_bytes, src + (size_t)ky * pw * p->in_c, (size_t)row_bytes);
+                    for (ky = 0; ky < p->kh; ky++) {
+                        uint8_t *to = col[i] + ky * row_bytes;
+                        const uint8_t *from = src + (size_t)ky * pw * cs;
+                        if (row_bytes <= 64)
+                            _mm512_mask_storeu_epi8(to, row_mask, _mm512_maskz_loadu_epi8(row_mask, from));
+                        else
+                            memcpy(to, from, (size_t)row_bytes);
+                    }
                     x[i] = col[i];
                 } else {
                     tinyml_im2col_u8(p, in, g, oy, ox, col[i]);
                     x[i] = col[i];
                 }
+                if (++ox == p->out_w) ox = 0, oy++;
             }
             for (b = 0; b < ocp; b += 32) {
                 const int8_t *w = wg + (size_t)b * 4;
@@ -1071,6 +1157,8 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
                     tinyml_vnni_tile(p, x, 4, 1, w, step, nseg, seg_stride, words, g * ocg + b, ocg - b, valid, dst);
             }
         }
+        ox0 += valid;
+        while (ox0 >= p->out_w) ox0 -= p->out_w, oy0++;
     }
 }
 #endif

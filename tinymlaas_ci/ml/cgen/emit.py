@@ -400,12 +400,23 @@ def _op_code(op: ir.Op, tag: str, graph: ir.Graph, ptr, scratch: str | None) -> 
     return "".join(decls), call
 
 
+def _vnni_stride(op: ir.Conv) -> int:
+    """The channel stride of the VNNI kernel's padded input, as ``tinyml_vnni_stride`` computes it:
+    3 or more input channels, not a multiple of 4, without groups, are padded to a multiple of 4."""
+    c = op.in_shape[0]
+    return (c + 3) // 4 * 4 if op.groups == 1 and c % 4 and c >= 3 else c
+
+
 def _vnni_weights(tag: str, op: ir.Conv) -> str:
-    """The weights interleaved for the AVX-512 VNNI convolution: ``[G][ceil(K/4)][OCg up to 16][4]``."""
+    """The weights interleaved for the AVX-512 VNNI convolution: ``[G][ceil(K/4)][OCg up to 16][4]``,
+    ``K`` counting the zero weights of padded input channels (:func:`_vnni_stride`)."""
     import numpy as np
 
     groups = op.groups
-    w = _conv_weights(op).reshape(groups, op.weight.shape[0] // groups, -1)  # G, OCg, K
+    w = _conv_weights(op)  # OC, KH, KW, IC/G
+    if groups == 1:
+        w = np.pad(w, ((0, 0), (0, 0), (0, 0), (0, _vnni_stride(op) - w.shape[3])))
+    w = w.reshape(groups, op.weight.shape[0] // groups, -1)  # G, OCg, K
     _, ocg, k = w.shape
     kq, ocp = (k + 3) // 4, (ocg + 15) // 16 * 16
     padded = np.zeros((groups, ocp, kq * 4), np.int8)
