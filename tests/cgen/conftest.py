@@ -17,6 +17,14 @@ from tests.docker_support import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 # Every kernel path the host can build and run: the native one (AVX-512 VNNI / AVX2 on x86-64),
 # AVX2 alone, the portable C loop, and the Arm DSP and MVE paths with C definitions of their
 # intrinsics (their loop logic; the instructions themselves run under QEMU in the firmware tests).
@@ -28,6 +36,10 @@ PATHS = {
 }
 if platform.machine() in ("x86_64", "AMD64"):
     PATHS["avx2"] = ["-O3", "-mavx2", "-mfma"]
+    _FLAGS = next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines() if line.startswith("flags")), [])
+    if {"avx512_vnni", "avx512vbmi"} <= set(_FLAGS):
+        # The AVX-512 VNNI path of a CPU without VBMI (Cascade Lake): the Add without its tables.
+        PATHS["avx512-no-vbmi"] = ["-O3", "-march=native", "-mno-avx512vbmi"]
 
 
 def need_compiler() -> str:

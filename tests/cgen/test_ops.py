@@ -140,6 +140,16 @@ def test_add(tmp_path_factory, c, hw, relu, calib):
     check(ResidualAdd(c, relu), (c, hw, hw), tmp, calib, ops=["add"])
 
 
+@pytest.mark.parametrize(
+    "c, hw, relu, calib",
+    [(16, 12, False, (-1.0, 1.0)), (9, 10, True, (0.0, 1.0)), (20, 7, False, (-3.0, 0.5))],
+)
+def test_long_adds(tmp_path, c, hw, relu, calib):
+    # 512 values or more: the AVX-512 VBMI path rescales both inputs by table lookup, 64 at a time,
+    # then finishes with the 16-value loop and the scalar tail.
+    check(ResidualAdd(c, relu), (c, hw, hw), tmp_path, calib, ops=["add"])
+
+
 class PoolNet(nn.Module):
     def __init__(self, c, kind, k, stride, pad, include_pad):
         super().__init__()

@@ -65,10 +65,17 @@ predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
   multiplies unsigned by signed bytes, so activations are fed as ``x + 128`` and
   ``128 * sum(w)`` (also emitted only for this path) is subtracted. Output positions go eight
   (16 channels) or four (32 or more) at a time, so that each weight vector loaded serves them
-  all and eight accumulator chains are in flight. Without groups the input is copied once as
-  ``x + 128`` with its zero-point padding: when a kernel row is a whole number of 4-byte words
-  the rows are read from it in place, else (a first convolution of 3 channels) copied from it
-  row by row. Requantization, Add and pooling run 16 lanes at a time;
+  all and eight accumulator chains are in flight; a layer of 16 channels whose kernel rows are an
+  even number of words takes two words per 8-byte broadcast, against weights emitted with each
+  channel's word pairs side by side (channels 0-7, then 8-15, in the two vectors). Without groups
+  the input is copied once as ``x + 128`` with its zero-point padding, an input of 3 or more
+  channels that are not a multiple of 4 padded to the next multiple of 4 (with zero weights
+  for the added channels), so that kernel rows are whole 4-byte words read from it in place;
+  an input of 1 or 2 channels has its kernel rows copied from it. The output stage computes a
+  tile's per-channel terms once for all its positions. Requantization and pooling run 16 lanes
+  at a time; an Add of 512 values or more, with AVX-512 VBMI, rescales each input by lookup in
+  a table of its 256 possible values (``VPERMI2B`` on four byte planes), 64 values at a time,
+  and requantizes only the sum;
 * ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
   ``_mm256_madd_epi16``;
 * otherwise portable C loops.
@@ -1044,6 +1051,46 @@ static inline __attribute__((always_inline)) void tinyml_vnni_tile(const tinyml_
     }
 }
 
+/* The tile of a convolution of at most 16 output channels (per group): eight output positions,
+ * two column words per load. The weights hold, per pair of words, channels 0-7 then 8-15, each
+ * channel's two words side by side (lane 2c: word q of channel c, lane 2c + 1: word q + 1), so
+ * that one 8-byte broadcast of a position's two words feeds both vectors: half the broadcasts
+ * of tinyml_vnni_tile. Used when every segment of the column has an even number of words. The
+ * lanes' two halves are added at the end. */
+static inline __attribute__((always_inline)) void tinyml_vnni_tile_pairs(const tinyml_conv_t *p,
+                                                                        const uint8_t *const *x, const int8_t *w,
+                                                                        int32_t nseg, size_t seg_stride,
+                                                                        int32_t pairs, int32_t o, int32_t left,
+                                                                        int32_t valid, int8_t *const *dst) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i bias = tinyml_vnni_bias16(p, o, left);
+    __m512i lo[8], hi[8];
+    tinyml_vnni_oq_t oq;
+    int32_t i, seg, q;
+    for (i = 0; i < 8; i++) lo[i] = hi[i] = _mm512_setzero_si512();
+    for (seg = 0; seg < nseg; seg++) {
+        const size_t at = (size_t)seg * seg_stride;
+        for (q = 0; q < pairs; q++, w += 128) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
+            for (i = 0; i < 8; i++) {
+                long long words;
+                __m512i u;
+                memcpy(&words, x[i] + at + 8 * (size_t)q, 8);
+                u = _mm512_set1_epi64(words);
+                lo[i] = _mm512_dpbusd_epi32(lo[i], u, w0);
+                hi[i] = _mm512_dpbusd_epi32(hi[i], u, w1);
+            }
+        }
+    }
+    tinyml_vnni_oq_load(p, o, left, &oq);
+    for (i = 0; i < 8 && i < valid; i++) {
+        const __m512i sum = _mm512_add_epi32(_mm512_permutex2var_epi32(lo[i], even, hi[i]),
+                                             _mm512_permutex2var_epi32(lo[i], odd, hi[i]));
+        tinyml_vnni_store(&oq, _mm512_add_epi32(sum, bias), dst[i] + o);
+    }
+}
+
 /* The channel stride of the VNNI convolution's padded input copy: a convolution without groups
  * whose input has 3 or more channels, not a multiple of 4, gets its channels padded to the next
  * multiple of 4 (the weights of the added channels are zero, see the emitter), so that its
@@ -1068,7 +1115,11 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
     const int32_t direct = whole && row_bytes % 4 == 0;
     const int32_t ph = whole ? (p->out_h - 1) * p->sh + p->kh : 1;
     const int32_t pw = whole ? (p->out_w - 1) * p->sw + p->kw : 1;
+    /* Up to 16 channels whose segments (kernel rows read in place, or the whole column) are an
+     * even number of words: words in pairs (tinyml_vnni_tile_pairs), as the emitter lays out the
+     * weights. */
     const int32_t nseg = direct ? p->kh : 1, words = direct ? row_bytes / 4 : kq;
+    const int32_t pairs = ocp == 16 && words % 2 == 0;
     const size_t seg_stride = direct ? (size_t)pw * cs : 0;
     const int32_t positions = p->out_h * p->out_w, np = ocp == 16 ? 8 : 4;
     const __mmask64 row_mask = row_bytes < 64 ? (__mmask64)(~0ULL >> (64 - row_bytes)) : ~(__mmask64)0;
@@ -1149,7 +1200,9 @@ static void tinyml_conv_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *o
             }
             for (b = 0; b < ocp; b += 32) {
                 const int8_t *w = wg + (size_t)b * 4;
-                if (np == 8)
+                if (pairs)
+                    tinyml_vnni_tile_pairs(p, x, w, nseg, seg_stride, words / 2, g * ocg, ocg, valid, dst);
+                else if (np == 8)
                     tinyml_vnni_tile(p, x, 8, 1, w, step, nseg, seg_stride, words, g * ocg + b, ocg - b, valid, dst);
                 else if (b + 16 < ocp)
                     tinyml_vnni_tile(p, x, 4, 2, w, step, nseg, seg_stride, words, g * ocg + b, ocg - b, valid, dst);
@@ -1631,8 +1684,74 @@ typedef struct {
     int32_t a_mult, a_shift, b_mult, b_shift, out_mult, out_shift;
 } tinyml_add_t;
 
+#if defined(TINYML_USE_VNNI) && defined(__AVX512VBMI__)
+/* An Add input's rescaled value requantize((x - zp) << left_shift, mult, shift) depends on its
+ * int8 value x only: a table of 256 int32 (index x + 128), kept as four byte planes for VPERMI2B. */
+static inline void tinyml_add_table(int32_t zp, int32_t left_shift, int32_t mult, int32_t shift,
+                                    uint8_t planes[4][256]) {
+    const __m512i m = _mm512_set1_epi32(mult), s = _mm512_set1_epi32(shift);
+    const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    int32_t v, k;
+    for (v = 0; v < 256; v += 16) {
+        const __m512i x = _mm512_add_epi32(lanes, _mm512_set1_epi32(v - 128 - zp));
+        const __m512i t = tinyml_requantize16(_mm512_sllv_epi32(x, _mm512_set1_epi32(left_shift)), m, s);
+        for (k = 0; k < 4; k++)
+            _mm_storeu_si128((__m128i *)(planes[k] + v), _mm512_cvtepi32_epi8(_mm512_srli_epi32(t, 8 * k)));
+    }
+}
+
+/* Byte k of the table entries of the 64 indices idx (x + 128; hi: their top bits). */
+static inline __m512i tinyml_add_plane(const uint8_t *plane, __m512i idx, __mmask64 hi) {
+    const __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)plane), idx,
+                                                _mm512_loadu_si512((const void *)(plane + 64)));
+    const __m512i up = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void *)(plane + 128)), idx,
+                                                _mm512_loadu_si512((const void *)(plane + 192)));
+    return _mm512_mask_blend_epi8(hi, lo, up);
+}
+
+/* The table entries of 64 int8 values as int32, in the order of the byte unpacks: d[j] holds,
+ * in each 128-bit lane c, the entries of values 16c + 4j .. 16c + 4j + 3. */
+static inline void tinyml_add_lookup(const uint8_t planes[4][256], const int8_t *x, __m512i d[4]) {
+    const __m512i idx = _mm512_xor_si512(_mm512_loadu_si512((const void *)x), _mm512_set1_epi8((char)0x80));
+    const __mmask64 hi = _mm512_movepi8_mask(idx);
+    const __m512i b0 = tinyml_add_plane(planes[0], idx, hi), b1 = tinyml_add_plane(planes[1], idx, hi);
+    const __m512i b2 = tinyml_add_plane(planes[2], idx, hi), b3 = tinyml_add_plane(planes[3], idx, hi);
+    const __m512i l01 = _mm512_unpacklo_epi8(b0, b1), h01 = _mm512_unpackhi_epi8(b0, b1);
+    const __m512i l23 = _mm512_unpacklo_epi8(b2, b3), h23 = _mm512_unpackhi_epi8(b2, b3);
+    d[0] = _mm512_unpacklo_epi16(l01, l23);
+    d[1] = _mm512_unpackhi_epi16(l01, l23);
+    d[2] = _mm512_unpacklo_epi16(h01, h23);
+    d[3] = _mm512_unpackhi_epi16(h01, h23);
+}
+#endif
+
 TINYML_KERNEL void tinyml_add_s8(const tinyml_add_t *p, const int8_t *a, const int8_t *b, int8_t *out) {
     int32_t i = 0;
+#if defined(TINYML_USE_VNNI) && defined(__AVX512VBMI__)
+    /* Long inputs: each input's rescaling by table lookup (tinyml_add_table), 64 values at a
+     * time; only the sum is requantized. The packs undo the unpacks' order (values are clamped
+     * to int8 first, so they do not saturate). */
+    if (p->n >= 512) {
+        uint8_t ta[4][256], tb[4][256];
+        const __m512i om = _mm512_set1_epi32(p->out_mult), os = _mm512_set1_epi32(p->out_shift);
+        const __m512i ozp = _mm512_set1_epi32(p->out_zp);
+        const __m512i lo = _mm512_set1_epi32(p->act_min), hi = _mm512_set1_epi32(p->act_max);
+        tinyml_add_table(p->a_zp, p->left_shift, p->a_mult, p->a_shift, ta);
+        tinyml_add_table(p->b_zp, p->left_shift, p->b_mult, p->b_shift, tb);
+        for (; i + 64 <= p->n; i += 64) {
+            __m512i da[4], db[4], o[4];
+            int32_t j;
+            tinyml_add_lookup((const uint8_t(*)[256])ta, a + i, da);
+            tinyml_add_lookup((const uint8_t(*)[256])tb, b + i, db);
+            for (j = 0; j < 4; j++) {
+                const __m512i v = _mm512_add_epi32(tinyml_requantize16(_mm512_add_epi32(da[j], db[j]), om, os), ozp);
+                o[j] = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+            }
+            _mm512_storeu_si512((void *)(out + i), _mm512_packs_epi16(_mm512_packs_epi32(o[0], o[1]),
+                                                                      _mm512_packs_epi32(o[2], o[3])));
+        }
+    }
+#endif
 #if defined(TINYML_USE_VNNI)
     const __m512i am = _mm512_set1_epi32(p->a_mult), as = _mm512_set1_epi32(p->a_shift);
     const __m512i bm = _mm512_set1_epi32(p->b_mult), bs = _mm512_set1_epi32(p->b_shift);

@@ -408,20 +408,35 @@ def _vnni_stride(op: ir.Conv) -> int:
 
 
 def _vnni_weights(tag: str, op: ir.Conv) -> str:
-    """The weights interleaved for the AVX-512 VNNI convolution: ``[G][ceil(K/4)][OCg up to 16][4]``,
-    ``K`` counting the zero weights of padded input channels (:func:`_vnni_stride`)."""
+    """The weights interleaved for the AVX-512 VNNI convolution, as ``tinyml_conv_vnni`` reads them.
+
+    Per group, the column of ``K`` bytes (zero weights for padded input channels, see
+    :func:`_vnni_stride`) in 4-byte words, each word as ``[OCg rounded up to 16][4]``. A group of
+    at most 16 channels whose column segments (kernel rows when the kernel reads them in place,
+    else the whole column) are an even number of words takes its words in pairs
+    (``tinyml_vnni_tile_pairs``): a pair is laid out as channels 0-7 then 8-15, each channel's
+    two words side by side.
+    """
     import numpy as np
 
     groups = op.groups
     w = _conv_weights(op)  # OC, KH, KW, IC/G
-    if groups == 1:
-        w = np.pad(w, ((0, 0), (0, 0), (0, 0), (0, _vnni_stride(op) - w.shape[3])))
-    w = w.reshape(groups, op.weight.shape[0] // groups, -1)  # G, OCg, K
-    _, ocg, k = w.shape
-    kq, ocp = (k + 3) // 4, (ocg + 15) // 16 * 16
-    padded = np.zeros((groups, ocp, kq * 4), np.int8)
-    padded[:, :ocg, :k] = w
-    inter = padded.reshape(groups, ocp, kq, 4).transpose(0, 2, 1, 3)
+    _, kh, kw, icg = w.shape
+    cs = _vnni_stride(op) if groups == 1 else icg
+    w = np.pad(w, ((0, 0), (0, 0), (0, 0), (0, cs - icg)))
+    ocg = op.weight.shape[0] // groups
+    ocp = (ocg + 15) // 16 * 16
+    direct = groups == 1 and kw * cs % 4 == 0
+    # Segments of the column: kernel rows read in place, or the whole column.
+    segments = w.reshape(groups, ocg, kh, kw * cs) if direct else w.reshape(groups, ocg, 1, -1)
+    words = -(-segments.shape[3] // 4)
+    padded = np.zeros((groups, ocp, segments.shape[2], words * 4), np.int8)
+    padded[:, :ocg, :, : segments.shape[3]] = segments
+    kq = segments.shape[2] * words
+    if ocp == 16 and words % 2 == 0:
+        inter = padded.reshape(groups, 2, 8, kq // 2, 2, 4).transpose(0, 3, 1, 2, 4, 5)
+    else:
+        inter = padded.reshape(groups, ocp, kq, 4).transpose(0, 2, 1, 3)
     return "#if defined(TINYML_USE_VNNI)\n" + _array("int8_t", f"{tag}_wq", inter) + "#endif\n"
 
 
