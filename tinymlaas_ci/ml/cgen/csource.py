@@ -72,8 +72,10 @@ predefined macros (``TINYML_FORCE_PORTABLE`` selects the portable one anywhere):
   channels that are not a multiple of 4 padded to the next multiple of 4 (with zero weights
   for the added channels), so that kernel rows are whole 4-byte words read from it in place;
   an input of 1 or 2 channels has its kernel rows copied from it. The output stage computes a
-  tile's per-channel terms once for all its positions. Requantization and pooling run 16 lanes
-  at a time; an Add of 512 values or more, with AVX-512 VBMI, rescales each input by lookup in
+  tile's per-channel terms once for all its positions. A depthwise convolution of channel
+  multiplier 1 takes 16 channels per vector, pixel after pixel, with the taps' weights widened
+  to int32 once per block of channels (``VPMULLD`` per tap). Requantization and pooling run 16
+  lanes at a time; an Add of 512 values or more, with AVX-512 VBMI, rescales each input by lookup in
   a table of its 256 possible values (``VPERMI2B`` on four byte planes), 64 values at a time,
   and requantizes only the sum;
 * ``__AVX2__``: 16 int8 values sign-extended to int16 and multiplied pairwise into int32 by
@@ -1597,6 +1599,44 @@ static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *x, const 
 }
 #endif
 
+#if defined(TINYML_USE_VNNI)
+/* Depthwise convolution with a channel multiplier of 1, 16 channels per vector: per block of
+ * channels the taps' weights are widened to int32 once and the output stage's terms computed
+ * once, then every output pixel sums its window's taps inside the image (x - in_zp times the
+ * weight, VPMULLD) from the bias and goes through tinyml_vnni_store. */
+static void tinyml_dw_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out) {
+    const int32_t C = p->out_c, kw = p->kw, taps = p->kh * p->kw;
+    const __m512i zp = _mm512_set1_epi32(p->in_zp);
+    __m512i wt[taps];
+    int32_t c, t, oy, ox, ky, kx;
+    for (c = 0; c < C; c += 16) {
+        const int32_t n = C - c < 16 ? C - c : 16;
+        const __mmask16 m = tinyml_lanes16(n);
+        const __m512i bias = _mm512_maskz_loadu_epi32(m, p->bias + c);
+        tinyml_vnni_oq_t oq;
+        tinyml_vnni_oq_load(p, c, n, &oq);
+        for (t = 0; t < taps; t++) wt[t] = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p->weight + t * C + c));
+        for (oy = 0; oy < p->out_h; oy++) {
+            const int32_t y0 = oy * p->sh - p->pad_t;
+            const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+            for (ox = 0; ox < p->out_w; ox++) {
+                const int32_t x0 = ox * p->sw - p->pad_l;
+                const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+                __m512i acc = bias;
+                for (ky = ky0; ky < ky1; ky++) {
+                    const int8_t *row = in + (size_t)(y0 + ky) * p->in_w * C + c;
+                    for (kx = kx0; kx < kx1; kx++) {
+                        const __m512i x = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, row + (size_t)(x0 + kx) * C));
+                        acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_sub_epi32(x, zp), wt[ky * kw + kx]));
+                    }
+                }
+                tinyml_vnni_store(&oq, acc, out + ((size_t)oy * p->out_w + ox) * C + c);
+            }
+        }
+    }
+}
+#endif
+
 /* Depthwise convolution (one input channel per group), NHWC, weights [kh][kw][out_c] (channels
  * contiguous per tap), no im2col. The bias is not corrected for the input zero point: the taps
  * multiply x - in_zp, so that the window is simply clipped to the image (the padding adds
@@ -1608,6 +1648,12 @@ TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in,
     int32_t *const acc = (int32_t *)(void *)scratch;
     tinyml_rq_t *const tab = (tinyml_rq_t *)(void *)(scratch + 4 * C);
     int32_t c, j, oy, ox, ky, kx;
+#if defined(TINYML_USE_VNNI)
+    if (mult == 1) {
+        tinyml_dw_vnni(p, in, out);
+        return;
+    }
+#endif
     tinyml_out_prepare(&p->q, C, tab);
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t y0 = oy * p->sh - p->pad_t;
