@@ -299,9 +299,13 @@ C_VARIANT = "static-int8, runtime: c"
 
 
 def c_compiler() -> str | None:
-    import shutil
+    from tinymlaas_ci.errors import TinymlError
+    from tinymlaas_ci.ml.cgen.host import compiler
 
-    return next((cc for cc in ("cc", "gcc", "clang") if shutil.which(cc)), None)
+    try:
+        return compiler()
+    except TinymlError:
+        return None
 
 
 GOALS = {

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from tests.docker_support import unavailable
+from tinymlaas_ci.hostinfo import cpu_info
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
 
 
 # Every kernel path the host can build and run: the native one (AVX-512 VNNI / AVX2 on x86-64),
@@ -36,8 +30,7 @@ PATHS = {
 }
 if platform.machine() in ("x86_64", "AMD64"):
     PATHS["avx2"] = ["-O3", "-mavx2", "-mfma"]
-    _FLAGS = next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines() if line.startswith("flags")), [])
-    if {"avx512_vnni", "avx512vbmi"} <= set(_FLAGS):
+    if {"avx512_vnni", "avx512vbmi"} <= set(cpu_info()["isa_flags"]):
         # The AVX-512 VNNI path of a CPU without VBMI (Cascade Lake): the Add without its tables.
         PATHS["avx512-no-vbmi"] = ["-O3", "-march=native", "-mno-avx512vbmi"]
 

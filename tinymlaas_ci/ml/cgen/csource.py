@@ -1599,6 +1599,16 @@ static inline void tinyml_dw_mve(const tinyml_conv_t *p, const int8_t *x, const 
 }
 #endif
 
+/* The taps k0 .. k1 - 1 of a depthwise window along one axis that fall inside the image: the
+ * window of output o starts at o * stride - pad (returned), kernel k, image size n. */
+static inline int32_t tinyml_dw_clip(int32_t o, int32_t stride, int32_t pad, int32_t k, int32_t n, int32_t *k0,
+                                     int32_t *k1) {
+    const int32_t start = o * stride - pad;
+    *k0 = start < 0 ? -start : 0;
+    *k1 = n - start < k ? n - start : k;
+    return start;
+}
+
 #if defined(TINYML_USE_VNNI)
 /* Depthwise convolution with a channel multiplier of 1, 16 channels per vector: per block of
  * channels the taps' weights are widened to int32 once and the output stage's terms computed
@@ -1617,11 +1627,10 @@ static void tinyml_dw_vnni(const tinyml_conv_t *p, const int8_t *in, int8_t *out
         tinyml_vnni_oq_load(p, c, n, &oq);
         for (t = 0; t < taps; t++) wt[t] = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p->weight + t * C + c));
         for (oy = 0; oy < p->out_h; oy++) {
-            const int32_t y0 = oy * p->sh - p->pad_t;
-            const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+            int32_t ky0, ky1, kx0, kx1;
+            const int32_t y0 = tinyml_dw_clip(oy, p->sh, p->pad_t, p->kh, p->in_h, &ky0, &ky1);
             for (ox = 0; ox < p->out_w; ox++) {
-                const int32_t x0 = ox * p->sw - p->pad_l;
-                const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+                const int32_t x0 = tinyml_dw_clip(ox, p->sw, p->pad_l, kw, p->in_w, &kx0, &kx1);
                 __m512i acc = bias;
                 for (ky = ky0; ky < ky1; ky++) {
                     const int8_t *row = in + (size_t)(y0 + ky) * p->in_w * C + c;
@@ -1656,11 +1665,10 @@ TINYML_KERNEL void tinyml_depthwise_s8(const tinyml_conv_t *p, const int8_t *in,
 #endif
     tinyml_out_prepare(&p->q, C, tab);
     for (oy = 0; oy < p->out_h; oy++) {
-        const int32_t y0 = oy * p->sh - p->pad_t;
-        const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = p->in_h - y0 < p->kh ? p->in_h - y0 : p->kh;
+        int32_t ky0, ky1, kx0, kx1;
+        const int32_t y0 = tinyml_dw_clip(oy, p->sh, p->pad_t, p->kh, p->in_h, &ky0, &ky1);
         for (ox = 0; ox < p->out_w; ox++) {
-            const int32_t x0 = ox * p->sw - p->pad_l;
-            const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = p->in_w - x0 < kw ? p->in_w - x0 : kw;
+            const int32_t x0 = tinyml_dw_clip(ox, p->sw, p->pad_l, kw, p->in_w, &kx0, &kx1);
             const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
             /* The first tap inside the image, of input and weights. */
             const int8_t *x = in + (y0 + ky0) * xrow + (x0 + kx0) * p->in_c;
