@@ -50,7 +50,7 @@ def test_validate_invalid_repository_exits_1_with_every_problem(demo: Path):
     out = tinymlaas("validate", cwd=demo)
     assert out.returncode == 1
     assert out.stdout.splitlines() == [
-        "runs/demo/bad.yaml:6:10: runtime: 'tflite' is not one of: onnxruntime, pytorch, c",
+        "runs/demo/bad.yaml:6:10: runtime: 'tflite' is not one of: onnxruntime, pytorch, c, auto",
         "runs/demo/bad.yaml:7:19: measure.warmup: must be at least 0, got -1",
     ]
     assert out.stderr == "2 problems in 1 file\n"

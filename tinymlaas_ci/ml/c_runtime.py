@@ -11,6 +11,9 @@ microcontroller harness (:mod:`tinymlaas_ci.devices.mcu`) do the work:
 * install: :func:`host_build_flags` and :func:`build_host_library` build the generated C with
   the host compiler for a Linux device (``-O3`` and the device's ISA); the ``mcu`` device kind
   builds firmware with :func:`tinymlaas_ci.devices.mcu.build_firmware` instead.
+* ``runtime: auto``: :class:`CCandidate` is the generated C as one more static-int8 candidate,
+  timed by :func:`~tinymlaas_ci.ml.quantize.quantize_onnx` side by side with ONNX Runtime's
+  recipes and kept when it is faster there.
 * infer: :func:`ort_agreement` compares the predictions of the board or the host build with
   ONNX Runtime running the same int8 model.
 
@@ -43,6 +46,7 @@ __all__ = [
     "C_FILES",
     "FIRMWARE_DIR",
     "HOST_LIBRARY",
+    "CCandidate",
     "CCompileOutcome",
     "build_host_library",
     "c_record",
@@ -148,6 +152,59 @@ def compile_c(
         compressed_gzip_bytes=gzip_size(deployed),
     )
     return CCompileOutcome(compiled=compiled, c_dir=c_dir, info=info)
+
+
+class CCandidate:
+    """The generated C as a static-int8 candidate of ``runtime: auto``, built for this machine.
+
+    :meth:`candidate` is passed to :func:`~tinymlaas_ci.ml.quantize.quantize_onnx`; when it
+    builds, the C sources are in ``c_dir`` and :attr:`info` describes them, exactly what
+    :func:`compile_c` would have generated from the same fp32 model and calibration samples.
+    """
+
+    RECIPE = "qdq-s8s8-per-channel, generated C"
+
+    def __init__(self, c_dir: str | os.PathLike, flags: Sequence[str]) -> None:
+        self.c_dir = Path(c_dir)
+        self.flags = list(flags)
+        self.info: CModelInfo | None = None
+
+    def candidate(self):
+        """The :class:`~tinymlaas_ci.ml.quantize.RuntimeCandidate`."""
+        from tinymlaas_ci.ml.quantize import RuntimeCandidate
+
+        return RuntimeCandidate(
+            runtime=Runtime.c.value,
+            recipe=self.RECIPE,
+            why=(
+                "int8 activations and per-channel weights in C generated for this model, "
+                f"built with {' '.join(self.flags)}; no float fallback"
+            ),
+            build=self._build,
+        )
+
+    def _build(self, fp32: Path, calibration: np.ndarray, work: Path):
+        from tinymlaas_ci.ml.cgen import generate_c, quantize_qdq
+        from tinymlaas_ci.ml.cgen.host import CModel, build_shared
+
+        int8 = work / "model.onnx"
+        quantize_qdq(fp32, int8, calibration)
+        if self.c_dir.exists():
+            shutil.rmtree(self.c_dir)
+        try:
+            info = generate_c(int8, self.c_dir)
+            model = CModel(build_shared(self.c_dir, work / HOST_LIBRARY, flags=tuple(self.flags)))
+        except BaseException:
+            shutil.rmtree(self.c_dir, ignore_errors=True)
+            raise
+        self.info = info
+        dense = sum(1 for op in info.ops if op["onnx_op"] in ("Conv", "Gemm", "MatMul"))
+        return int8, model.run, {"integer_ops": {"integer": dense, "total": dense}}
+
+    def discard(self) -> None:
+        """Remove the generated sources (ONNX Runtime was kept)."""
+        shutil.rmtree(self.c_dir, ignore_errors=True)
+        self.info = None
 
 
 def c_record(info: CModelInfo) -> dict[str, Any]:

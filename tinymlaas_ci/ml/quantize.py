@@ -40,6 +40,7 @@ __all__ = [
     "QUANTIZATIONS",
     "SWITCH_MARGIN",
     "Recipe",
+    "RuntimeCandidate",
     "calibration_data",
     "convert_onnx_fp16",
     "count_integer_ops",
@@ -134,6 +135,29 @@ class Recipe:
             "extra_options": extra,
             "op_types_to_quantize": list(self.op_types) if self.op_types else None,
         }
+
+
+@dataclass
+class RuntimeCandidate:
+    """A runtime other than ONNX Runtime that can run a static-int8 model, timed with the recipes.
+
+    :func:`quantize_onnx` calls ``build(fp32_model, calibration, work_dir)``, which quantizes the
+    fp32 model its own way and returns ``(int8_onnx_path, run, facts)``: ``run`` maps a float32
+    batch to the outputs, ``facts`` holds at least ``integer_ops``. A build that raises
+    :class:`~tinymlaas_ci.errors.TinymlError` (an operator the runtime lacks) is recorded as a
+    candidate with its error and not kept.
+    """
+
+    runtime: str
+    """The runtime's name in a run spec, e.g. ``c``."""
+    recipe: str
+    """Recorded as the candidate's ``recipe``."""
+    why: str
+    """Why the runtime is worth trying, recorded in ``recipe_reason`` when it is kept."""
+    build: Callable[[Path, np.ndarray, Path], tuple[Path, Callable[[Any], Any], dict[str, Any]]]
+    """``(fp32 model, calibration inputs, work folder) -> (int8 ONNX model, run, facts)``."""
+    per_channel: bool = True
+    """Whether its weights have one scale per output channel."""
 
 
 def _recipe(
@@ -311,6 +335,7 @@ def quantize_onnx(
     check: tuple[np.ndarray, np.ndarray | None] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     recipes: Sequence[Recipe] | None = None,
+    runtimes: Sequence[RuntimeCandidate] = (),
 ) -> dict[str, Any]:
     """Write a quantized copy of the fp32 ONNX model ``src`` to ``dst``; returns what was done.
 
@@ -326,9 +351,13 @@ def quantize_onnx(
     another is more than :data:`SWITCH_MARGIN` faster); otherwise the
     architecture's default recipe is used untimed. ``per_channel`` True allows only per-channel
     recipes. ``recipes`` replaces the architecture's list (one recipe: used as is, untimed).
+    ``runtimes`` are other runtimes timed in the same rounds when this machine is the device
+    (static-int8 only): one replaces ONNX Runtime's chosen recipe only when its accuracy holds
+    and it is more than :data:`SWITCH_MARGIN` faster beyond the timing noise.
 
     Returns fields of ``results.models.CompressionRecord``: ``recipe``, ``recipe_reason``,
-    ``recipe_candidates`` (static-int8), ``per_channel``, ``fp16_native`` (fp16).
+    ``recipe_candidates`` (static-int8), ``per_channel``, ``fp16_native`` (fp16), and with
+    ``runtimes`` also ``runtime`` (``onnxruntime`` or the candidate's) and ``runtime_reason``.
     """
     src, dst = Path(src), Path(dst)
     target = _device_arch(arch) if arch else host_arch()
@@ -366,7 +395,9 @@ def quantize_onnx(
             if recipes is None:
                 recipes = static_recipes(target, flags, per_channel_only=per_channel)
             recipes = list(recipes)
-            return _static_best(src, prepared, dst, calibration, recipes, target, on_target, check, tmp_dir, progress)
+            return _static_best(
+                src, prepared, dst, calibration, recipes, target, on_target, check, tmp_dir, progress, list(runtimes)
+            )
     finally:
         root.setLevel(level)
 
@@ -479,8 +510,11 @@ def _static_best(
     check: tuple[np.ndarray, np.ndarray | None] | None,
     tmp_dir: Path,
     progress: Callable[[str], None],
+    runtimes: list[RuntimeCandidate],
 ) -> dict[str, Any]:
-    if not on_target or len(recipes) == 1:
+    if not on_target:
+        runtimes = []
+    if not on_target or (len(recipes) == 1 and not runtimes):
         recipe = recipes[0]
         layout = _quantize_static(prepared, dst, calibration, recipe)
         where = (
@@ -496,10 +530,12 @@ def _static_best(
             "per_channel": recipe.per_channel,
             "layout": layout,
         }
-    return _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress)
+    return _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress, runtimes)
 
 
-def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress) -> dict[str, Any]:
+def _time_recipes(
+    src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress, runtimes=()
+) -> dict[str, Any]:
     import numpy as np
 
     from tinymlaas_ci.ml.measure import interleaved_rounds, speedup_ci95
@@ -512,6 +548,17 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
     if y is not None:
         y = np.asarray(y[: len(x)])
         fp32_acc = float((ref == y).mean())
+
+    def judge(entry: dict[str, Any], run: Callable[[Any], Any], fixed: int | None) -> None:
+        pred = _top1(run, x, fixed)
+        if y is not None:
+            entry["accuracy"] = float((pred == y).mean())
+            entry["accuracy_drop"] = fp32_acc - entry["accuracy"]
+        else:
+            entry["agreement"] = float((pred == ref).mean())
+            entry["accuracy_drop"] = 1.0 - entry["agreement"]
+        entry["holds"] = entry["accuracy_drop"] <= ACCURACY_TOLERANCE + 1e-12
+
     candidates: list[dict[str, Any]] = []
     runners = {"fp32": fp32.run}
     for recipe in recipes:
@@ -524,17 +571,28 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
             entry.update(error=str(exc), kept=False)
             candidates.append(entry)
             continue
-        pred = _top1(session.run, x, session.fixed_batch)
-        if y is not None:
-            entry["accuracy"] = float((pred == y).mean())
-            entry["accuracy_drop"] = fp32_acc - entry["accuracy"]
-        else:
-            entry["agreement"] = float((pred == ref).mean())
-            entry["accuracy_drop"] = 1.0 - entry["agreement"]
-        entry["holds"] = entry["accuracy_drop"] <= ACCURACY_TOLERANCE + 1e-12
+        judge(entry, session.run, session.fixed_batch)
         entry["integer_ops"] = integer_ops(path)
         entry["_path"] = path
         runners[recipe.name] = session.run
+        candidates.append(entry)
+    by_runtime: dict[str, RuntimeCandidate] = {}
+    for cand in runtimes:
+        entry = {"recipe": cand.recipe, "runtime": cand.runtime}
+        work = tmp_dir / f"runtime-{cand.runtime}"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            path, run, facts = cand.build(Path(src), calibration, work)
+        except TinymlError as exc:
+            progress(f"runtime {cand.runtime} is not a candidate for this model: {exc}")
+            entry.update(error=str(exc), kept=False)
+            candidates.append(entry)
+            continue
+        judge(entry, run, None)
+        entry.update(facts)
+        entry["_path"] = path
+        runners[cand.recipe] = run
+        by_runtime[cand.recipe] = cand
         candidates.append(entry)
     timed = [c for c in candidates if "_path" in c]
     if not timed:
@@ -544,32 +602,51 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
         )
     batch = np.ascontiguousarray(x[: fp32.fixed_batch or 1])
     times = interleaved_rounds(runners, batch, rounds=5, warmup=10, min_iterations=50, min_seconds=0.25)
-    base = statistics.median(statistics.median(r) for r in times["fp32"])
+
+    def medians(name: str) -> list[float]:
+        return [statistics.median(r) for r in times[name]]
+
+    base = statistics.median(medians("fp32"))
     for c in timed:
-        c["speedup_vs_fp32"] = base / statistics.median(statistics.median(r) for r in times[c["recipe"]])
-    held = [c for c in timed if c["holds"]]
+        c["speedup_vs_fp32"] = base / statistics.median(medians(c["recipe"]))
+    ort = [c for c in timed if "runtime" not in c]
+    held = [c for c in ort if c["holds"]]
     if held:
         # The default stays unless another recipe is clearly faster: close timings, or a busy
         # machine, must not flip the choice from one compile of the same model to the next. So a
         # recipe replaces it only when the lower end of the 95% interval of their speed ratio,
         # from the same interleaved rounds, is more than SWITCH_MARGIN above 1.
         chosen = held[0] if held[0]["recipe"] == recipes[0].name else max(held, key=lambda c: c["speedup_vs_fp32"])
-
-        anchor = [statistics.median(r) for r in times[chosen["recipe"]]]
         for c in held:
             if c is not chosen:
-                mine = [statistics.median(r) for r in times[c["recipe"]]]
-                c["ci95_vs_default"] = list(speedup_ci95(anchor, mine))
+                c["ci95_vs_default"] = list(speedup_ci95(medians(chosen["recipe"]), medians(c["recipe"])))
         faster = [c for c in held if c is not chosen and c["ci95_vs_default"][0] > 1 + SWITCH_MARGIN]
         if faster:
             chosen = max(faster, key=lambda c: c["speedup_vs_fp32"])
         why = (
-            f"fastest of {len(timed)} recipes timed side by side with fp32 whose accuracy holds "
+            f"fastest of {len(ort)} recipes timed side by side with fp32 whose accuracy holds "
             f"(the default unless another is more than {SWITCH_MARGIN:.0%} faster beyond the timing noise)"
         )
+    elif ort:
+        chosen = min(ort, key=lambda c: c["accuracy_drop"])
+        why = f"no recipe kept accuracy within {ACCURACY_TOLERANCE:g}; the most accurate of {len(ort)}"
     else:
+        chosen, why = None, "ONNX Runtime could quantize the model with none of its recipes"
+    ort_chosen = chosen
+    # Another runtime takes over under the same rule, against ONNX Runtime's choice; or when
+    # its accuracy holds and ONNX Runtime's does not.
+    other = [c for c in timed if "runtime" in c and c["holds"]]
+    if chosen is not None:
+        for c in other:
+            c["ci95_vs_default"] = list(speedup_ci95(medians(chosen["recipe"]), medians(c["recipe"])))
+    if chosen is None or not chosen["holds"]:
+        faster = other
+    else:
+        faster = [c for c in other if c["ci95_vs_default"][0] > 1 + SWITCH_MARGIN]
+    if faster:
+        chosen = max(faster, key=lambda c: c["speedup_vs_fp32"])
+    if chosen is None:
         chosen = min(timed, key=lambda c: c["accuracy_drop"])
-        why = f"no recipe kept accuracy within {ACCURACY_TOLERANCE:g}; the most accurate of {len(timed)}"
     for c in candidates:
         c["kept"] = c is chosen
     shutil.copyfile(chosen.pop("_path"), dst)
@@ -577,21 +654,59 @@ def _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_d
     for c in candidates:
         c.pop("_path", None)
         c.pop("_layout", None)
-    recipe = next(r for r in recipes if r.name == chosen["recipe"])
-    summary = ", ".join(f"{c['recipe']} {c['speedup_vs_fp32']:.2f}x drop {c['accuracy_drop']:+.3f}" for c in timed)
-    reason = (
-        f"{why}, on this {target} machine ({chosen['speedup_vs_fp32']:.2f}x vs fp32, "
-        f"{chosen['integer_ops']['integer']} of {chosen['integer_ops']['total']} Conv/Gemm/MatMul integer); "
-        f"{recipe.why}"
+    summary = ", ".join(
+        f"{c['recipe']} {c['speedup_vs_fp32']:.2f}x drop {c['accuracy_drop']:+.3f}"
+        + (f" ({c['runtime']})" if "runtime" in c else "")
+        for c in timed
     )
     progress(f"static-int8 recipes: {summary}; kept {chosen['recipe']}")
-    return {
-        "recipe": chosen["recipe"],
-        "recipe_reason": reason,
-        "recipe_candidates": candidates,
-        "per_channel": recipe.per_channel,
-        "layout": layout,
-    }
+    out: dict[str, Any] = {"recipe": chosen["recipe"], "recipe_candidates": candidates, "layout": layout}
+    speed = (
+        f"{chosen['speedup_vs_fp32']:.2f}x vs fp32, "
+        f"{chosen['integer_ops']['integer']} of {chosen['integer_ops']['total']} Conv/Gemm/MatMul integer"
+    )
+    if "runtime" in chosen:
+        cand = by_runtime[chosen["recipe"]]
+        if ort_chosen is not None and ort_chosen["holds"]:
+            lo, hi = chosen["ci95_vs_default"]
+            vs = (
+                f"{lo:.2f}-{hi:.2f}x the speed of ONNX Runtime's {ort_chosen['recipe']} "
+                f"({ort_chosen['speedup_vs_fp32']:.2f}x vs fp32; 95% interval), more than {SWITCH_MARGIN:.0%} "
+                "faster beyond the timing noise"
+            )
+        else:
+            vs = "its accuracy holds and ONNX Runtime's does not"
+        out.update(
+            recipe_reason=f"{cand.why}; on this {target} machine {speed}",
+            runtime_reason=f"runtime {cand.runtime}: {vs}, timed side by side with fp32 on this {target} machine",
+            per_channel=cand.per_channel,
+            runtime=cand.runtime,
+        )
+        return out
+    recipe = next(r for r in recipes if r.name == chosen["recipe"])
+    out.update(
+        recipe_reason=f"{why}, on this {target} machine ({speed}); {recipe.why}",
+        per_channel=recipe.per_channel,
+    )
+    if runtimes:
+        rivals = [c for c in candidates if "runtime" in c]
+        out["runtime"] = "onnxruntime"
+        out["runtime_reason"] = "; ".join(_rival_note(c, SWITCH_MARGIN) for c in rivals)
+    return out
+
+
+def _rival_note(c: dict[str, Any], margin: float) -> str:
+    """Why runtime candidate ``c`` was not kept, in one clause."""
+    name = f"runtime {c['runtime']}"
+    if "error" in c:
+        return f"{name} cannot run this model: {c['error']}"
+    if not c["holds"]:
+        return f"{name} lost {c['accuracy_drop']:.3f} of accuracy, more than {ACCURACY_TOLERANCE:g}"
+    lo, hi = c["ci95_vs_default"]
+    return (
+        f"{name} timed {c['speedup_vs_fp32']:.2f}x vs fp32, {lo:.2f}-{hi:.2f}x ONNX Runtime's speed "
+        f"(95% interval), not more than {margin:.0%} faster beyond the timing noise"
+    )
 
 
 def convert_onnx_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:

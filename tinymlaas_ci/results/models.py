@@ -146,11 +146,18 @@ class CompressionRecord(_Rec):
     ``accuracy_drop``, ``holds``, ``integer_ops``, ``kept``, and ``ci95_vs_default``: the 95%
     interval of its speed against the default (the architecture's default recipe when its
     accuracy holds, else the fastest that holds), which it must clear by ``SWITCH_MARGIN`` to
-    replace it. Empty when none were timed."""
+    replace it. With ``runtime: auto`` a candidate of another runtime has ``runtime`` (``c``),
+    and its ``ci95_vs_default`` is against ONNX Runtime's chosen recipe. Empty when none were
+    timed."""
     layout: list[str] = Field(default_factory=list)
     """Rewrites made before quantizing so ONNX Runtime's channels-last integer kernels need no
     Transposes around them (one line each, e.g. an input with one channel reshaped instead of
     transposed); the outputs are unchanged. Empty when none applied or none paid off."""
+    runtime: str | None = None
+    """The runtime the model was compiled for: the spec's, or the one ``runtime: auto`` chose
+    (``onnxruntime`` or ``c``)."""
+    runtime_reason: str | None = None
+    """``runtime: auto`` only: why that runtime, with the timings it was chosen on."""
     fp16_native: bool | None = None
     """fp16 only: whether the device's CPU computes in fp16 (avx512fp16/amx-fp16, asimdhp/fphp);
     False means ONNX Runtime runs the model through Casts and fp32 kernels. None: unknown."""

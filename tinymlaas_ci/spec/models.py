@@ -172,11 +172,13 @@ class InputLayout(str, Enum):
 
 
 class Runtime(str, Enum):
-    """The inference runtime: ONNX Runtime, TorchScript, or C generated from the int8 model."""
+    """The inference runtime: ONNX Runtime, TorchScript, C generated from the int8 model, or
+    ``auto``: the faster of ONNX Runtime and C for a static-int8 model, timed at compile."""
 
     onnxruntime = "onnxruntime"
     pytorch = "pytorch"
     c = "c"
+    auto = "auto"
 
 
 class _Source(_Spec):
@@ -480,8 +482,12 @@ class RunSpec(_Spec):
     device: Name = "host"
     """Name of a device in ``devices/<name>.yaml``."""
     runtime: Runtime = Runtime.onnxruntime
-    """Inference runtime on the device: ``onnxruntime``, ``pytorch``, or ``c`` (C99 generated from
-    the static-int8 model: firmware on an ``mcu`` device, a host-compiled library elsewhere)."""
+    """Inference runtime on the device: ``onnxruntime``, ``pytorch``, ``c`` (C99 generated from
+    the static-int8 model: firmware on an ``mcu`` device, a host-compiled library elsewhere), or
+    ``auto``: for ``static-int8`` on a device that is the runner machine, the compile stage times
+    ONNX Runtime's recipes and the generated C side by side with the fp32 model and deploys the
+    faster whose accuracy holds (``c`` on an ``mcu`` device; ``onnxruntime`` otherwise). The
+    result's ``compression.runtime`` says which, and why."""
     pipeline: Name = "default"
     """Name of a pipeline in ``pipelines/<name>.yaml``; ``default`` is built in."""
     measure: Measure = Measure()

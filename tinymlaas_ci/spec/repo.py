@@ -606,14 +606,27 @@ class Loader:
         """A microcontroller runs generated C only, and generated C needs a static-int8 model."""
         spec = run.spec
         device = self.repo.devices[spec.device]
-        if device.kind == "mcu" and spec.runtime.value != "c":
-            at = where(("runtime",)) if "runtime" in run.matrix or "runtime" in loaded.data else where(("device",))
+        if device.kind != "mcu":
+            return
+        at = where(("runtime",)) if "runtime" in run.matrix or "runtime" in loaded.data else where(("device",))
+        if spec.runtime.value not in ("c", "auto"):
             self.repo.problems.append(
                 loaded.problem(
                     at,
                     f"device {spec.device!r} is a microcontroller ({device.board}): it needs runtime 'c', "
                     f"not {spec.runtime.value!r}",
                     hint="set 'runtime: c' and 'compression.quantization: static-int8'",
+                )
+            )
+        elif spec.runtime.value == "auto" and spec.compression.quantization.value != "static-int8":
+            q = ("compression", "quantization")
+            self.repo.problems.append(
+                loaded.problem(
+                    where(q) if "compression.quantization" in run.matrix or "compression" in loaded.data else at,
+                    f"device {spec.device!r} is a microcontroller ({device.board}): runtime 'auto' deploys "
+                    f"generated C there, which runs static-int8 models only, not "
+                    f"'{spec.compression.quantization.value}'",
+                    hint="set 'compression.quantization: static-int8'",
                 )
             )
 

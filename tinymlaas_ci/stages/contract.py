@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinymlaas_ci.errors import IntegrityError, TinymlError, os_error
 from tinymlaas_ci.fs import atomic_write_json, is_within, sha256_file
-from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, McuDevice, RunSpec, SshDevice
+from tinymlaas_ci.spec.models import DeviceSpec, DockerDevice, LocalDevice, McuDevice, RunSpec, Runtime, SshDevice
 
 __all__ = [
     "CONTRACT_SCHEMA",
@@ -328,6 +328,32 @@ class StageContext:
     def device(self) -> Device:
         """The device spec (``LocalDevice``, ``DockerDevice`` or ``SshDevice``)."""
         return self.config.device
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime the model is deployed for: the spec's, or for ``runtime: auto`` the one
+        the upstream compile stage chose (its ``compression.runtime`` record; ``onnxruntime``
+        when a compile stage of the user's own records none)."""
+        declared = self.run.runtime
+        if declared is not Runtime.auto:
+            return declared
+        if self.config.builtin == "compile" or not self.has_upstream("compile"):
+            raise TinymlError(
+                f"stage {self.name!r} needs the compile stage's choice of runtime (the spec says runtime: auto), "
+                "but it has no compile stage upstream",
+                hint="add 'compile' to the stage's needs in the pipeline, or set the runtime in the spec",
+            )
+        chosen = (self.upstream("compile").records.get("compression") or {}).get("runtime")
+        try:
+            runtime = Runtime(chosen or Runtime.onnxruntime.value)
+            if runtime is Runtime.auto:
+                raise ValueError(chosen)
+            return runtime
+        except ValueError:
+            raise TinymlError(
+                f"the compile stage recorded runtime {chosen!r}, which is not a runtime",
+                hint="a compile stage records compression.runtime as one of: onnxruntime, pytorch, c",
+            ) from None
 
     @property
     def params(self) -> dict[str, Any]:

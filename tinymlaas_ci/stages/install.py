@@ -26,6 +26,7 @@ from typing import Any
 
 from tinymlaas_ci.errors import DeviceError, TinymlError
 from tinymlaas_ci.fs import atomic_write_bytes, sha256_file
+from tinymlaas_ci.spec.models import Runtime
 from tinymlaas_ci.stages.bundle import MANIFEST, BundleDevice, BundleManifest, write_manifest
 from tinymlaas_ci.stages.contract import StageContext, stage_main
 
@@ -72,12 +73,12 @@ def build_bundle(ctx: StageContext, bundle: Path) -> BundleManifest:
     np.savez(buf, x=x, y=y, labels=np.asarray(labels, dtype=str))
     atomic_write_bytes(bundle / "eval.npz", buf.getvalue())
     files["eval.npz"] = sha256_file(bundle / "eval.npz")
-    if ctx.run.runtime.value == "c":
+    if ctx.runtime is Runtime.c:
         from tinymlaas_ci.stages.runtime_c import add_c_to_bundle
 
         files.update(add_c_to_bundle(ctx, bundle))
     manifest = BundleManifest(
-        runtime=ctx.run.runtime,
+        runtime=ctx.runtime,
         model=model.name,
         baseline=baseline.name,
         data="eval.npz",

@@ -167,9 +167,9 @@ def install_mcu(ctx: StageContext) -> dict[str, Any]:
     """The installer of an ``mcu`` device: the bundle (with the firmware) in the run volume."""
     from tinymlaas_ci.stages.install import _record, build_bundle
 
-    if ctx.run.runtime.value != "c":
+    if ctx.runtime.value != "c":
         raise TinymlError(
-            f"device {ctx.device.name!r} is a microcontroller: it runs runtime 'c', not {ctx.run.runtime.value!r}",
+            f"device {ctx.device.name!r} is a microcontroller: it runs runtime 'c', not {ctx.runtime.value!r}",
             hint="set runtime: c and compression.quantization: static-int8",
         )
     bundle = ctx.path("bundle", MANIFEST).parent
