@@ -60,13 +60,25 @@ def test_validate_refuses_an_mcu_device_with_another_runtime(tmp_path):
         "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
         "compression: {quantization: static-int8}\nruntime: c\ndevice: m4\n"
     )
+    # runtime: auto deploys C on a microcontroller, so it needs static-int8 there.
+    (tmp_path / "runs" / "p" / "auto.yaml").write_text(
+        "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
+        "compression: {quantization: static-int8}\nruntime: auto\ndevice: m4\n"
+    )
+    (tmp_path / "runs" / "p" / "auto-fp16.yaml").write_text(
+        "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
+        "compression: {quantization: fp16}\nruntime: auto\ndevice: m4\n"
+    )
     out = subprocess.run(
         [sys.executable, "-m", "tinymlaas_ci", "-C", str(tmp_path), "validate"], capture_output=True, text=True
     )
     assert out.returncode == 1
     assert out.stdout.splitlines() == [
+        "runs/p/auto-fp16.yaml:4:29: device 'm4' is a microcontroller (mps2-an386): runtime 'auto' deploys "
+        "generated C there, which runs static-int8 models only, not 'fp16' "
+        "(set 'compression.quantization: static-int8')",
         "runs/p/ort.yaml:5:10: device 'm4' is a microcontroller (mps2-an386): it needs runtime 'c', not "
-        "'onnxruntime' (set 'runtime: c' and 'compression.quantization: static-int8')"
+        "'onnxruntime' (set 'runtime: c' and 'compression.quantization: static-int8')",
     ], out.stdout
 
 

@@ -260,3 +260,52 @@ def test_empty_eval_split_is_refused_at_install(tmp_path, trained_tiny):
     proc, error = run_stage(volume, "install", spec, {"compile": _fake_compile(volume, fetch)})
     assert proc.returncode == 1
     assert "no samples in split 'val'" in error["message"] and "dataset.split" in error["hint"]
+
+
+def test_runtime_auto_deploys_and_measures_the_runtime_compile_chose(tmp_path, trained_tiny):
+    from tests.cgen.conftest import need_compiler
+
+    need_compiler()
+    folder, data = trained_tiny
+    volume = tmp_path / "run"
+    spec = spec_json(runtime="auto", compression={"quantization": "static-int8", "calibration_samples": 64})
+    fetch = write_fetch(volume, folder / "model.pkl", data, fmt="pytorch")
+
+    proc, compiled = run_stage(volume, "compile", spec, {"fetch": fetch})
+    assert proc.returncode == 0, proc.stderr
+    comp = CompressionRecord.model_validate(compiled["records"]["compression"])
+    assert comp.runtime in ("onnxruntime", "c") and comp.runtime_reason
+    timed = {c.get("runtime", "onnxruntime") for c in comp.recipe_candidates}
+    assert timed == {"onnxruntime", "c"}, comp.recipe_candidates
+    assert f"runtime auto: kept {comp.runtime}" in proc.stdout
+    c_files = {k for k in compiled["artifacts"] if k.startswith("c/")}
+    assert c_files == ({"c/model.h", "c/model.c", "c/kernels.h"} if comp.runtime == "c" else set())
+    assert ("cgen" in compiled["records"]) == (comp.runtime == "c")
+    assert (volume / "compile" / "c").is_dir() == (comp.runtime == "c")
+
+    proc, installed = run_stage(volume, "install", spec, {"compile": compiled})
+    assert proc.returncode == 0, proc.stderr
+    assert installed["records"]["bundle"]["runtime"] == comp.runtime
+    proc, inferred = run_stage(volume, "infer", spec, {"install": installed})
+    assert proc.returncode == 0, proc.stderr
+    runtime = RuntimeRecord.model_validate(inferred["records"]["runtime"])
+    assert runtime.name == comp.runtime
+    metrics = inferred["metrics"]
+    assert metrics["accuracy"] >= 0.85
+    if comp.runtime == "c":
+        assert metrics["agreement_with_onnxruntime"] == 1.0
+
+
+def test_runtime_auto_runs_other_quantizations_in_onnx_runtime(tmp_path, trained_tiny):
+    folder, data = trained_tiny
+    volume = tmp_path / "run"
+    spec = spec_json(runtime="auto", compression={"quantization": "fp16"})
+    fetch = write_fetch(volume, folder / "model.pkl", data, fmt="pytorch")
+    proc, compiled = run_stage(volume, "compile", spec, {"fetch": fetch})
+    assert proc.returncode == 0, proc.stderr
+    comp = compiled["records"]["compression"]
+    assert comp["runtime"] == "onnxruntime" and "only static-int8" in comp["runtime_reason"]
+    assert "runtime auto: onnxruntime (quantization fp16 runs in ONNX Runtime" in proc.stdout
+    proc, installed = run_stage(volume, "install", spec, {"compile": compiled})
+    assert proc.returncode == 0, proc.stderr
+    assert installed["records"]["bundle"]["runtime"] == "onnxruntime"
