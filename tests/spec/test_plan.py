@@ -60,6 +60,20 @@ def test_compression_changes_compile_install_infer_but_not_fetch(repo: Path):
         assert after[stage] != before[stage], stage
 
 
+def test_compile_follows_the_device_and_the_measured_batch_but_not_the_timing_budget(repo: Path):
+    # static-int8 (and runtime auto) choose what to deploy by timing on the device's CPU at the
+    # batch and threads the infer stage measures: those are the compile's inputs.
+    _write(repo, "runs/p/a.yaml", RUN)
+    before = _keys(repo, "p/a")
+    _write(repo, "runs/p/a.yaml", RUN + "measure: {warmup: 3, min_seconds: 0.1}\n")
+    assert _keys(repo, "p/a")["compile"] == before["compile"]
+    (repo / "devices" / "lab.yaml").write_text("schema: 1\nkind: local\nrunner: [self-hosted, lab]\n")
+    for extra in ("measure: {batch_size: 8}\n", "measure: {threads: 2}\n", "device: lab\n"):
+        _write(repo, "runs/p/a.yaml", RUN + extra)
+        after = _keys(repo, "p/a")
+        assert after["fetch"] == before["fetch"] and after["compile"] != before["compile"], extra
+
+
 def test_upload_bytes_change_fetch_key_and_spec_hash(repo: Path):
     _write(repo, "runs/p/a.yaml", RUN)
     before = _keys(repo, "p/a")

@@ -194,9 +194,17 @@ class CCandidate:
         try:
             info = generate_c(int8, self.c_dir)
             model = CModel(build_shared(self.c_dir, work / HOST_LIBRARY, flags=tuple(self.flags)))
-        except BaseException:
+        except TinymlError:
             shutil.rmtree(self.c_dir, ignore_errors=True)
             raise
+        except Exception as exc:
+            # A fault of the generator must not fail a run that ONNX Runtime can deploy: it is
+            # recorded as this candidate's error (in the result) and ONNX Runtime is kept.
+            shutil.rmtree(self.c_dir, ignore_errors=True)
+            raise TinymlError(
+                f"the C generator failed on this model: {type(exc).__name__}: {exc}",
+                hint="deploy with runtime: onnxruntime, or report the model to the project",
+            ) from exc
         self.info = info
         dense = sum(1 for op in info.ops if op["onnx_op"] in ("Conv", "Gemm", "MatMul"))
         return int8, model.run, {"integer_ops": {"integer": dense, "total": dense}}

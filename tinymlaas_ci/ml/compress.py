@@ -84,6 +84,8 @@ def compile_model(
     calibrate: bool = False,
     device_arch: str | None = None,
     runtimes: Sequence[Any] = (),
+    batch_size: int = 1,
+    threads: int = 1,
 ) -> CompileOutcome:
     """Load, prune, quantize and save a model for ``runtime``.
 
@@ -100,7 +102,8 @@ def compile_model(
     ``device_arch`` is the device's architecture (default: this machine's): ``static-int8``
     picks its recipe for it (:func:`tinymlaas_ci.ml.quantize.quantize_onnx`), and ``runtimes``
     (:class:`~tinymlaas_ci.ml.quantize.RuntimeCandidate`) are timed with its recipes; the record's
-    ``runtime`` then names the runtime whose model was deployed.
+    ``runtime`` then names the runtime whose model was deployed. ``batch_size`` and ``threads``
+    are the run's ``measure`` settings, at which the candidates are timed.
     """
     data = dict(data or {})
     runtime = Runtime(runtime).value
@@ -226,6 +229,8 @@ def compile_model(
                         check=check,
                         progress=progress,
                         runtimes=runtimes if quant == "static-int8" else (),
+                        batch_size=batch_size,
+                        threads=threads,
                     )
                 )
             proto = formats.check_onnx(deployed)

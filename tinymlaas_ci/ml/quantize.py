@@ -336,6 +336,8 @@ def quantize_onnx(
     progress: Callable[[str], None] = lambda _msg: None,
     recipes: Sequence[Recipe] | None = None,
     runtimes: Sequence[RuntimeCandidate] = (),
+    batch_size: int = 1,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Write a quantized copy of the fp32 ONNX model ``src`` to ``dst``; returns what was done.
 
@@ -353,7 +355,9 @@ def quantize_onnx(
     recipes. ``recipes`` replaces the architecture's list (one recipe: used as is, untimed).
     ``runtimes`` are other runtimes timed in the same rounds when this machine is the device
     (static-int8 only): one replaces ONNX Runtime's chosen recipe only when its accuracy holds
-    and it is more than :data:`SWITCH_MARGIN` faster beyond the timing noise.
+    and it is more than :data:`SWITCH_MARGIN` faster beyond the timing noise. The candidates are
+    timed at the run's ``batch_size`` with ONNX Runtime on ``threads`` intra-op threads, as the
+    infer stage will measure them.
 
     Returns fields of ``results.models.CompressionRecord``: ``recipe``, ``recipe_reason``,
     ``recipe_candidates`` (static-int8), ``per_channel``, ``fp16_native`` (fp16), and with
@@ -396,7 +400,18 @@ def quantize_onnx(
                 recipes = static_recipes(target, flags, per_channel_only=per_channel)
             recipes = list(recipes)
             return _static_best(
-                src, prepared, dst, calibration, recipes, target, on_target, check, tmp_dir, progress, list(runtimes)
+                src,
+                prepared,
+                dst,
+                calibration,
+                recipes,
+                target,
+                on_target,
+                check,
+                tmp_dir,
+                progress,
+                list(runtimes),
+                timing=(batch_size, threads),
             )
     finally:
         root.setLevel(level)
@@ -511,6 +526,8 @@ def _static_best(
     tmp_dir: Path,
     progress: Callable[[str], None],
     runtimes: list[RuntimeCandidate],
+    *,
+    timing: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
     if not on_target:
         runtimes = []
@@ -530,18 +547,21 @@ def _static_best(
             "per_channel": recipe.per_channel,
             "layout": layout,
         }
-    return _time_recipes(src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress, runtimes)
+    return _time_recipes(
+        src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress, runtimes, timing=timing
+    )
 
 
 def _time_recipes(
-    src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress, runtimes=()
+    src, prepared, dst, calibration, recipes, target, check, tmp_dir, progress, runtimes=(), *, timing=(1, 1)
 ) -> dict[str, Any]:
     import numpy as np
 
     from tinymlaas_ci.ml.measure import interleaved_rounds, speedup_ci95
     from tinymlaas_ci.ml.runtime import load_session
 
-    fp32 = load_session(src, "onnxruntime", threads=1)
+    batch_size, threads = timing
+    fp32 = load_session(src, "onnxruntime", threads=threads)
     x, y = check if check is not None else (calibration, None)
     x = np.ascontiguousarray(x[:1000], dtype=np.float32)
     ref = _top1(fp32.run, x, fp32.fixed_batch)
@@ -566,7 +586,7 @@ def _time_recipes(
         entry: dict[str, Any] = {"recipe": recipe.name}
         try:
             entry["_layout"] = _quantize_static(prepared, path, calibration, recipe)
-            session = load_session(path, "onnxruntime", threads=1)
+            session = load_session(path, "onnxruntime", threads=threads)
         except TinymlError as exc:
             entry.update(error=str(exc), kept=False)
             candidates.append(entry)
@@ -600,7 +620,9 @@ def _time_recipes(
             f"no static-int8 recipe could quantize the model: {candidates[0].get('error')}",
             hint="try dynamic-int8, fp16 or quantization: none",
         )
-    batch = np.ascontiguousarray(x[: fp32.fixed_batch or 1])
+    # The batch the infer stage will measure (a model of a fixed batch size: that size).
+    n = fp32.fixed_batch or batch_size
+    batch = np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])) if len(x) < n else x[:n])
     times = interleaved_rounds(runners, batch, rounds=5, warmup=10, min_iterations=50, min_seconds=0.25)
 
     def medians(name: str) -> list[float]:

@@ -42,7 +42,18 @@ unless forced."""
 
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "fetch": ("model", "dataset"),
-    "compile": ("compression", "model.format", "model.input_shape", "runtime"),
+    # The device and the measured batch and threads: static-int8 times its candidates on the
+    # device's CPU at the batch and threads the infer stage will measure, and runtime auto
+    # deploys what won there.
+    "compile": (
+        "compression",
+        "model.format",
+        "model.input_shape",
+        "runtime",
+        "device",
+        "measure.batch_size",
+        "measure.threads",
+    ),
     "install": ("runtime", "device"),
     "infer": ("measure", "runtime", "dataset.split", "device"),
 }

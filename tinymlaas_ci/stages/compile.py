@@ -75,6 +75,8 @@ def run(ctx: StageContext) -> None:
         device_arch=ctx.device.arch,
         progress=ctx.log,
         runtimes=[c_candidate.candidate()] if c_candidate else (),
+        batch_size=run.measure.batch_size,
+        threads=run.measure.threads,
     )
     rec = outcome.record
     rec.setdefault("runtime", runtime.value)
