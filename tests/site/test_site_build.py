@@ -266,3 +266,23 @@ def test_a_site_can_keep_a_markdown_run_page_template(tmp_path):
     build_site(tmp_path, tmp_path / "out", cli_parser=build_parser())
     page = next((tmp_path / "out/projects").glob("*/runs/*.html")).read_text()
     assert '<h2 id="our-numbers">Our numbers' in page and "<td>Accuracy</td>" in page
+
+
+def test_run_page_shows_how_static_int8_was_chosen(built_site):
+    _, out, _, results = built_site
+    res = next(r for r in results if r["run"]["name"] == "cnn-static-int8")
+    comp = res["compression"]
+    html = (out / "projects/digits/runs/cnn-static-int8.html").read_text()
+    assert f"Recipe <code>{comp['recipe']}</code>: 3 of 3 Conv/Gemm/MatMul layers run as integer kernels." in html
+    assert "Runtime chosen by <code>runtime: auto</code>: <strong>onnxruntime</strong>." in html
+    # Every candidate with what it measured; a node name from the model stays text.
+    table = html[html.index("<th>Candidate timed at compile</th>") :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r"<tr><td><code>(.*?)</code></td><td>(.*?)</td>(.*?)</tr>", table, re.DOTALL)
+    assert [(name, runtime) for name, runtime, _ in rows] == [
+        (c["recipe"], c.get("runtime", "onnxruntime")) for c in comp["recipe_candidates"]
+    ]
+    assert "<td>1.62×</td><td>0.3 %</td><td>3 of 3</td><td>yes</td>" in rows[0][2]
+    assert "1.1 % (too much)" in rows[1][2]
+    assert "could not run: node &#39;&lt;b&gt;x&lt;/b&gt;&#39; (Einsum)" in rows[2][2]
+    assert "<b>x</b>" not in html
