@@ -1,10 +1,11 @@
 """One real ``tinymlaas run`` of the digits CNN with ``runtime: c``, shared by the tests here.
 
-A copy of the example repository in a temp dir gets a project with five runs, all executed in
-one ``tinymlaas run --keep-going`` with the local executor (mcu install and infer run on the
+A copy of the example repository in a temp dir gets a project of runs, all executed in one
+``tinymlaas run --keep-going`` with the local executor (mcu install and infer run on the
 runner whatever the executor): the Cortex-M4F and Cortex-M55 boards under QEMU, the host build,
-a Cortex-M4F device whose flash budget is too small, and a model with an operator the C
-generator does not support. Missing tools skip the tests on a laptop and fail them under ``CI=true``.
+a Cortex-M4F device whose flash budget is too small, a model with an operator the C generator
+does not support, and those last two again with ``runtime: auto``. Missing tools skip the tests
+on a laptop and fail them under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,13 @@ def mcu_repo(tmp_path_factory, request):
     (root / "uploads" / "sigmoid").mkdir()
     _sigmoid_model(root / "uploads" / "sigmoid" / "model.onnx")
     (runs / "sigmoid.yaml").write_text(BAD_OP_SPEC)
+    # runtime auto: generated C on a microcontroller (this one fails at install, over budget, before
+    # the board runs anything); ONNX Runtime for a model the C generator cannot take.
+    auto = SPEC.format(suffix="tiny-auto", device="tiny-m4").replace("runtime: c", "runtime: auto")
+    (runs / "cnn-tiny-auto.yaml").write_text(auto)
+    (runs / "sigmoid-auto.yaml").write_text(
+        BAD_OP_SPEC.replace("name: sigmoid", "name: sigmoid-auto").replace("runtime: c", "runtime: auto")
+    )
     work = root / ".work"
     request.addfinalizer(lambda: stop_qemu(root / "board.pid"))
     proc = subprocess.run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,29 @@ def test_an_unsupported_operator_fails_compile_naming_node_and_operator(mcu_repo
     assert "operator Sigmoid is not supported by the C generator" in error["message"]
     assert "(Sigmoid)" in error["message"] and "node '" in error["message"]
     assert not (work / "mcu" / "sigmoid" / "compile" / "c").exists()
+
+
+def test_runtime_auto_deploys_generated_c_on_a_microcontroller(mcu_repo):
+    _root, work, _proc, outcomes = mcu_repo
+    # The same over-budget failure as runtime c: the firmware was built for the board.
+    assert outcomes["cnn-tiny-auto"]["failed_stage"] == "install"
+    assert "the model does not fit on mps2-an386" in stage_error(work, "cnn-tiny-auto", "install")["message"]
+    compiled = json.loads((work / "mcu" / "cnn-tiny-auto" / "compile" / "outputs.json").read_text())
+    comp = compiled["records"]["compression"]
+    assert comp["runtime"] == "c" and "microcontroller" in comp["runtime_reason"]
+    assert "c/model.c" in compiled["artifacts"]
+
+
+def test_runtime_auto_keeps_onnx_runtime_for_a_model_the_c_cannot_run(mcu_repo):
+    root, _work, proc, outcomes = mcu_repo
+    assert outcomes["sigmoid-auto"]["status"] == "succeeded", proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = Result.model_validate(result_of(root, "sigmoid-auto"))
+    assert result.runtime.name == "onnxruntime" and result.compression.runtime == "onnxruntime"
+    assert result.compression.runtime_reason.startswith("runtime c cannot run this model: ")
+    assert "operator Sigmoid is not supported by the C generator" in result.compression.runtime_reason
+    c = next(x for x in result.compression.recipe_candidates if x.get("runtime") == "c")
+    assert c["kept"] is False and "Sigmoid" in c["error"]
+    assert result.compression.recipe.startswith("qdq-u8s8") or result.compression.recipe.startswith("qdq-s8s8")
 
 
 def test_a_board_on_a_serial_port_runs_through_the_stages(mcu_repo):
