@@ -87,6 +87,31 @@ def test_docker_device_installs_an_image_and_infers_in_it(tmp_path, base_image, 
         assert result["metrics"][key] == local_result["metrics"][key], key
 
 
+def test_runtime_auto_on_a_docker_device_runs_what_compile_chose_in_the_image(tmp_path, base_image, local_result):
+    from tests.cgen.conftest import need_compiler
+
+    need_compiler()
+    root = copy_example(tmp_path)
+    (root / "devices/board.yaml").write_text(
+        f"schema: 1\nkind: docker\narch: amd64\nmemory_mb: 1024\ndocker: {{base_image: '{base_image}'}}\n"
+    )
+    spec = root / "runs/digits/cnn.yaml"
+    spec.write_text(
+        spec.read_text().replace("device: host", "device: board").replace("runtime: onnxruntime", "runtime: auto")
+    )
+    result = _run(root)
+    comp = result["compression"]
+    # The engine is on this machine, so the C was timed against ONNX Runtime's recipes.
+    assert {c.get("runtime", "onnxruntime") for c in comp["recipe_candidates"]} == {"onnxruntime", "c"}
+    assert result["runtime"]["name"] == comp["runtime"] and comp["runtime_reason"]
+    assert next(s for s in result["stages"] if s["name"] == "infer")["executor"] == "docker"
+    m = result["metrics"]
+    assert m["samples"] == local_result["metrics"]["samples"]
+    assert abs(m["accuracy"] - local_result["metrics"]["accuracy"]) <= 0.01
+    if comp["runtime"] == "c":
+        assert m["agreement_with_onnxruntime"] == 1.0
+
+
 def test_a_stage_image_of_your_own_is_built_by_content_and_used(tmp_path, docker_engine, base_image):
     from tests.engine.fakerepo import make_repo
     from tinymlaas_ci.engine.images import build_user_images, folder_image, user_image_tag

@@ -71,6 +71,13 @@ int tinyml_host_run_s8(int32_t n, const int8_t *x, int8_t *y) {
     return 0;
 }
 
+/* The compiler that built this library, so that a device without one (a Docker device's
+   image) can still say what built the code it runs. */
+#ifndef TINYML_HOST_COMPILER
+#define TINYML_HOST_COMPILER __VERSION__
+#endif
+const char tinyml_host_compiler[] = TINYML_HOST_COMPILER;
+
 long tinyml_host_info(int32_t what) {
     switch (what) {
     case 0: return TINYML_INPUT_SIZE;
@@ -120,7 +127,9 @@ def build_shared(
     with tempfile.TemporaryDirectory(prefix="tinymlaas-cgen-host-") as scratch:
         host_c = Path(scratch) / "tinyml_host.c"
         atomic_write_text(host_c, HOST_C)
-        cmd = [cc, *flags, "-std=c99", "-shared", "-fPIC", "-I", str(model_dir), str(model_dir / "model.c")]
+        version = compiler_version(cc).replace("\\", "\\\\").replace('"', '\\"')
+        cmd = [cc, *flags, "-std=c99", "-shared", "-fPIC", f'-DTINYML_HOST_COMPILER="{version}"']
+        cmd += ["-I", str(model_dir), str(model_dir / "model.c")]
         cmd += [str(host_c), "-o", str(tmp), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -159,6 +168,10 @@ class CModel:
         self.output_zero_point = ctypes.c_int.in_dll(lib, "tinyml_output_zero_point").value
         self.macs = ctypes.c_ulong.in_dll(lib, "tinyml_macs").value
         self.weights_bytes = ctypes.c_ulong.in_dll(lib, "tinyml_weights_bytes").value
+        self.compiler = ctypes.c_char_p(
+            ctypes.addressof(ctypes.c_char.in_dll(lib, "tinyml_host_compiler"))
+        ).value.decode(errors="replace")
+        """The compiler that built the library (``cc --version``'s first line)."""
         self.kernel_path = ctypes.c_char_p(
             ctypes.addressof(ctypes.c_char.in_dll(lib, "tinyml_kernel_path"))
         ).value.decode()
@@ -226,4 +239,4 @@ def load_c_session(model_dir: str | os.PathLike, *, flags: tuple[str, ...] | lis
         build_shared(model_dir, lib, flags=flags)
     model = CModel(lib)
     load_ms = (time.perf_counter_ns() - started) / 1e6
-    return Session("c", compiler_version(), 1, model.run, load_ms, providers=[f"kernels:{model.kernel_path}"])
+    return Session("c", model.compiler, 1, model.run, load_ms, providers=[f"kernels:{model.kernel_path}"])
