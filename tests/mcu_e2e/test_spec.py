@@ -52,23 +52,17 @@ def test_validate_refuses_an_mcu_device_with_another_runtime(tmp_path):
     (tmp_path / "uploads" / "d").mkdir(parents=True)
     (tmp_path / "uploads" / "d" / "data.zip").write_bytes(b"x")
     (tmp_path / "runs" / "p").mkdir(parents=True)
-    (tmp_path / "runs" / "p" / "ort.yaml").write_text(
-        "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
-        "compression: {quantization: static-int8}\nruntime: onnxruntime\ndevice: m4\n"
-    )
-    (tmp_path / "runs" / "p" / "c.yaml").write_text(
-        "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
-        "compression: {quantization: static-int8}\nruntime: c\ndevice: m4\n"
-    )
     # runtime: auto deploys C on a microcontroller, so it needs static-int8 there.
-    (tmp_path / "runs" / "p" / "auto.yaml").write_text(
-        "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
-        "compression: {quantization: static-int8}\nruntime: auto\ndevice: m4\n"
-    )
-    (tmp_path / "runs" / "p" / "auto-fp16.yaml").write_text(
-        "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
-        "compression: {quantization: fp16}\nruntime: auto\ndevice: m4\n"
-    )
+    for name, quantization, runtime in (
+        ("ort", "static-int8", "onnxruntime"),
+        ("c", "static-int8", "c"),
+        ("auto", "static-int8", "auto"),
+        ("auto-fp16", "fp16", "auto"),
+    ):
+        (tmp_path / "runs" / "p" / f"{name}.yaml").write_text(
+            "schema: 1\nmodel: {upload: uploads/m/model.onnx}\ndataset: {upload: uploads/d/data.zip}\n"
+            f"compression: {{quantization: {quantization}}}\nruntime: {runtime}\ndevice: m4\n"
+        )
     out = subprocess.run(
         [sys.executable, "-m", "tinymlaas_ci", "-C", str(tmp_path), "validate"], capture_output=True, text=True
     )
