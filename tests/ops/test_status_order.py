@@ -108,6 +108,9 @@ def test_real_ctrl_c_during_a_stage(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
+            # Ctrl-C's default action, whatever this process inherited: a shell starts background
+            # jobs (a CI script run with '&') with SIGINT ignored, and Python keeps it ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             # A runner that does not stop is made to print where each of its threads is.
             env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
