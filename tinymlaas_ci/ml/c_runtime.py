@@ -52,6 +52,7 @@ __all__ = [
     "c_record",
     "compile_c",
     "host_build_flags",
+    "is_this_machine",
     "ort_agreement",
 ]
 
@@ -226,6 +227,14 @@ def _machine_arch() -> str:
     return _MACHINE_ARCH.get(platform.machine().lower(), platform.machine().lower())
 
 
+def is_this_machine(device_kind: str, docker_host: str | None = None) -> bool:
+    """Whether a Linux device runs on this machine's CPU: a ``local`` device, or a ``docker``
+    device whose engine is on this machine (no host, or a ``unix://`` socket)."""
+    if device_kind == "local":
+        return True
+    return device_kind == "docker" and (docker_host is None or docker_host.startswith("unix://"))
+
+
 def host_build_flags(device_kind: str, device_arch: str, *, docker_host: str | None = None) -> list[str]:
     """Compiler flags for the host build of ``runtime: c`` on a Linux device: ``-O3`` and its ISA.
 
@@ -242,8 +251,7 @@ def host_build_flags(device_kind: str, device_arch: str, *, docker_host: str | N
             f"runtime c for a device of architecture {device_arch} cannot be built on this {here} runner",
             hint="use an ssh device (the C model is built on the board), or a runner of the device's architecture",
         )
-    local_engine = docker_host is None or docker_host.startswith("unix://")
-    if device_kind == "docker" and local_engine:
+    if is_this_machine(device_kind, docker_host):
         return ["-O3", "-march=native"]
     march = _BASELINE_MARCH.get(device_arch)
     return ["-O3", march] if march else ["-O3"]

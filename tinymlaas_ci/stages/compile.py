@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from tinymlaas_ci.errors import TinymlError
-from tinymlaas_ci.ml.c_runtime import C_DIR
+from tinymlaas_ci.ml.c_runtime import C_DIR, is_this_machine
 from tinymlaas_ci.spec.models import Quantization, Runtime
 from tinymlaas_ci.stages.contract import StageContext, fit_dataset, stage_main
 
@@ -141,9 +141,8 @@ def resolve_auto(ctx: StageContext):
             f"quantization {quant.value} runs in ONNX Runtime; only static-int8 has generated C as an alternative",
             None,
         )
-    here = device.kind == "local" or (
-        device.kind == "docker" and (device.docker.host is None or device.docker.host.startswith("unix://"))
-    )
+    docker_host = device.docker.host if device.kind == "docker" else None
+    here = is_this_machine(device.kind, docker_host)
     if not here or device.arch != host_arch():
         return (
             Runtime.onnxruntime,
@@ -158,9 +157,7 @@ def resolve_auto(ctx: StageContext):
         compiler()
     except TinymlError as exc:
         return Runtime.onnxruntime, f"the generated C cannot be built here: {exc}", None
-    flags = host_build_flags(
-        device.kind, device.arch, docker_host=device.docker.host if device.kind == "docker" else None
-    )
+    flags = host_build_flags(device.kind, device.arch, docker_host=docker_host)
     return Runtime.onnxruntime, None, CCandidate(ctx.path(C_DIR, "model.c").parent, flags)
 
 
